@@ -1,0 +1,81 @@
+# PlayVault — every command a developer or CI needs. `make test` and `make run`
+# install what they need themselves (virtualenvs in .venv and .venv-sam).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# The Lambda runtime is python3.12: find a matching interpreter on this machine
+# (PATH first, then pyenv's installs) instead of assuming one.
+PYTHON ?= $(shell for c in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	  $$c -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1 && { echo $$c; break; }; done)
+
+VENV := .venv
+VENV_SAM := .venv-sam
+PY := $(VENV)/bin/python
+SAM := $(VENV_SAM)/bin/sam
+# sam build looks for python3.12 on PATH; the app virtualenv provides it.
+SAM_ENV := PATH=$(CURDIR)/$(VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
+PYTEST_ARGS ?=
+
+.PHONY: help install test unit integration e2e lint validate build deploy run serve bench clean
+
+help:
+	@echo "make run       the whole system locally on the embedded emulators (24 simulated hours)"
+	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
+	@echo "make bench     benchmarks -> BENCHMARKS.md, bench/results.json"
+	@echo "make serve     keep the local stack up with the sign-in page on 127.0.0.1"
+	@echo "make validate | build | deploy   SAM template checks, build, deploy"
+
+$(VENV)/.installed: requirements-dev.txt layers/playvault/requirements.txt
+	@test -n "$(PYTHON)" || { echo "error: python3.12 not found (PATH or pyenv); install it first" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@# The layer package, the local tools and the bench are importable without copying.
+	@echo -e "$(CURDIR)/layers/playvault\n$(CURDIR)/local\n$(CURDIR)" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/playvault-dev.pth
+	@touch $@
+
+$(VENV_SAM)/.installed: requirements-sam.txt
+	@test -n "$(PYTHON)" || { echo "error: python3.12 not found (PATH or pyenv); install it first" >&2; exit 1; }
+	@test -x $(VENV_SAM)/bin/python || $(PYTHON) -m venv $(VENV_SAM)
+	$(VENV_SAM)/bin/python -m pip install -q -r requirements-sam.txt
+	@touch $@
+
+install: $(VENV)/.installed $(VENV_SAM)/.installed
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+validate: $(VENV)/.installed $(VENV_SAM)/.installed
+	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
+	$(SAM_ENV) $(VENV)/bin/cfn-lint --regions us-east-1 -- template.yaml
+
+build: $(VENV)/.installed $(VENV_SAM)/.installed
+	$(SAM_ENV) $(SAM) build --template template.yaml --build-dir .aws-sam/build
+
+deploy: build
+	$(SAM_ENV) $(SAM) deploy $(if $(wildcard .aws-sam/deployed),,--guided)
+	@touch .aws-sam/deployed
+
+unit: $(VENV)/.installed
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(VENV)/.installed
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: $(VENV)/.installed
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: install lint validate build
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+run: $(VENV)/.installed
+	$(PY) -m playvault_local run $(ARGS)
+
+serve: $(VENV)/.installed
+	$(PY) -m playvault_local serve $(ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(VENV_SAM) .aws-sam .pytest_cache .ruff_cache

@@ -1,0 +1,95 @@
+"""Settings from the environment, one validated model per function.
+
+Each handler builds its model at import, so a missing or malformed setting fails the cold start
+with a message naming the variable (never its value: some values are parameter names of secrets).
+template.yaml is the only place that sets these variables.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class EnvSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        env = os.environ if environ is None else environ
+        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an http(s) URL")
+    return value.rstrip("/")
+
+
+class TableSettings(EnvSettings):
+    users_table: str = Field(min_length=3)
+    artists_table: str = Field(min_length=3)
+    albums_table: str = Field(min_length=3)
+    tracks_table: str = Field(min_length=3)
+    plays_table: str = Field(min_length=3)
+    state_table: str = Field(min_length=3)
+
+
+class SpotifySettings(EnvSettings):
+    spotify_api_url: str = "https://api.spotify.com/v1"
+    spotify_accounts_url: str = "https://accounts.spotify.com"
+    # SSM Parameter Store names (SecureString for the secret), read through Powertools Parameters.
+    spotify_client_id_param: str = Field(pattern=r"^/[\w./-]+$")
+    spotify_client_secret_param: str = Field(pattern=r"^/[\w./-]+$")
+
+    _urls = field_validator("spotify_api_url", "spotify_accounts_url")(_http_url)
+
+
+class TokenSettings(EnvSettings):
+    token_key_id: str = Field(min_length=1)
+
+
+class DispatcherSettings(TableSettings):
+    work_queue_url: str = Field(min_length=1)
+    batch_size: int = Field(default=50, ge=1, le=500)
+    spread_window_seconds: int = Field(default=3600, ge=60, le=86400)
+
+
+class WorkerSettings(TableSettings, SpotifySettings, TokenSettings):
+    work_queue_url: str = Field(min_length=1)
+    idempotency_table: str = Field(min_length=3)
+    user_concurrency: int = Field(default=16, ge=1, le=64)
+    # Stop starting users when less than this remains: a started user must finish its writes.
+    min_remaining_ms: int = Field(default=20_000, ge=1_000)
+
+
+class AuthSettings(TableSettings, SpotifySettings, TokenSettings):
+    max_users: int = Field(ge=1)
+    redirect_uri: str
+    spotify_scopes: str = "user-read-recently-played"
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect(cls, value: str) -> str:
+        # Spotify accepts only HTTPS redirect URIs, or http on a loopback address.
+        parts = urlsplit(value)
+        loopback = parts.hostname in ("127.0.0.1", "[::1]", "::1")
+        if not parts.netloc or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+            raise ValueError("must be an https URL, or http on 127.0.0.1/[::1]")
+        return value

@@ -1,0 +1,77 @@
+"""Metric names, namespace and dimensions: the one list the dashboard, the alarms and their test read."""
+
+from __future__ import annotations
+
+from aws_lambda_powertools import Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+NAMESPACE = "PlayVault"
+FAILURE_TYPE_DIMENSION = "FailureType"
+
+# dispatcher
+USERS_CONSIDERED = "UsersConsidered"
+USERS_DISPATCHED = "UsersDispatched"
+USERS_IN_COOLDOWN = "UsersInCooldown"
+USERS_NEEDING_REAUTH = "UsersNeedingReauth"
+MESSAGES_SENT = "MessagesSent"
+# worker
+USERS_ARCHIVED = "UsersArchived"
+USERS_SKIPPED = "UsersSkipped"
+USERS_FAILED = "UsersFailed"  # with dimension FailureType
+PLAYS_ARCHIVED = "PlaysArchived"
+NEW_TRACKS = "NewTracks"
+GAPS_DETECTED = "GapsDetected"
+RATE_LIMITED = "RateLimited"
+DEFERRED_MESSAGES = "DeferredMessages"
+BATCH_DURATION = "BatchDuration"
+# auth
+SIGN_UPS = "SignUps"
+RE_AUTHORIZATIONS = "ReAuthorizations"
+WAITLISTED = "Waitlisted"
+
+# name -> (unit, dimension names besides the service dimension)
+CATALOG: dict[str, tuple[MetricUnit, tuple[str, ...]]] = {
+    USERS_CONSIDERED: (MetricUnit.Count, ()),
+    USERS_DISPATCHED: (MetricUnit.Count, ()),
+    USERS_IN_COOLDOWN: (MetricUnit.Count, ()),
+    USERS_NEEDING_REAUTH: (MetricUnit.Count, ()),
+    MESSAGES_SENT: (MetricUnit.Count, ()),
+    USERS_ARCHIVED: (MetricUnit.Count, ()),
+    USERS_SKIPPED: (MetricUnit.Count, ()),
+    USERS_FAILED: (MetricUnit.Count, (FAILURE_TYPE_DIMENSION,)),
+    PLAYS_ARCHIVED: (MetricUnit.Count, ()),
+    NEW_TRACKS: (MetricUnit.Count, ()),
+    GAPS_DETECTED: (MetricUnit.Count, ()),
+    RATE_LIMITED: (MetricUnit.Count, ()),
+    DEFERRED_MESSAGES: (MetricUnit.Count, ()),
+    BATCH_DURATION: (MetricUnit.Milliseconds, ()),
+    SIGN_UPS: (MetricUnit.Count, ()),
+    RE_AUTHORIZATIONS: (MetricUnit.Count, ()),
+    WAITLISTED: (MetricUnit.Count, ()),
+}
+
+# Powertools Metrics share their buffer per namespace: every module records into this one and the
+# handler's @metrics.log_metrics flushes it once per invocation as EMF.
+metrics = Metrics(namespace=NAMESPACE)
+
+
+def count(name: str, value: float = 1) -> None:
+    unit, dims = CATALOG[name]
+    if dims:
+        raise ValueError(f"metric {name} needs its dimensions {dims}: use count_failure")
+    metrics.add_metric(name=name, unit=unit, value=value)
+
+
+def count_failure(failure_type: str, value: float = 1) -> None:
+    """UsersFailed by FailureType: its own EMF blob, so the dimension does not leak onto other metrics."""
+    from aws_lambda_powertools.metrics import single_metric
+
+    with single_metric(
+        name=USERS_FAILED, unit=MetricUnit.Count, value=value, namespace=NAMESPACE
+    ) as metric:
+        metric.add_dimension(name=FAILURE_TYPE_DIMENSION, value=failure_type)
+
+
+def record_duration_ms(name: str, value_ms: float) -> None:
+    unit, _ = CATALOG[name]
+    metrics.add_metric(name=name, unit=unit, value=value_ms)

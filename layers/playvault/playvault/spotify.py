@@ -1,0 +1,263 @@
+"""Spotify accounts + Web API client (requests): token grants, /me, recently-played.
+
+Retries live here and nowhere else: 5xx, timeouts, connection errors and malformed JSON are retried
+with exponential backoff and full jitter inside the caller's time budget, then become NETWORK; a 429
+is waited out in-process only when Retry-After is short and fits the budget, otherwise it surfaces
+as RateLimited so the caller defers the work app-wide. Token and secret values never appear in a
+log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from playvault import clock
+from playvault.failures import (
+    AuthFailed,
+    AuthRevoked,
+    NetworkFailure,
+    RateLimited,
+    UnknownFailure,
+)
+from playvault.normalize import Page, PayloadError, parse_page
+
+MAX_PAGE = 50  # Spotify keeps the last 50 plays; limit is 1..50
+
+
+@dataclass(frozen=True)
+class Credentials:
+    client_id: str
+    client_secret: str
+
+    def __repr__(self) -> str:  # never print the secret, even in a traceback's locals
+        return f"Credentials(client_id={self.client_id!r}, client_secret=***)"
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    access_token: str
+    expires_at: datetime
+    refresh_token: str | None  # None when Spotify did not rotate it: keep the old one
+    scope: str = ""
+
+    def __repr__(self) -> str:
+        return f"TokenGrant(expires_at={self.expires_at.isoformat()}, rotated={self.refresh_token is not None})"
+
+
+class Budget:
+    """Time left for this piece of work, from Lambda's get_remaining_time_in_millis or a deadline."""
+
+    def __init__(self, remaining_ms: Callable[[], int], reserve_ms: int = 0):
+        self._remaining_ms = remaining_ms
+        self._reserve_ms = reserve_ms
+
+    @classmethod
+    def seconds(cls, seconds: float) -> Budget:
+        deadline = time.monotonic() + seconds
+        return cls(lambda: int((deadline - time.monotonic()) * 1000))
+
+    def remaining_s(self) -> float:
+        return max(0.0, (self._remaining_ms() - self._reserve_ms) / 1000)
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a retryable way."""
+
+    def __init__(self, reason: str, wait_s: float | None = None):
+        super().__init__(reason)
+        self.wait_s = wait_s
+
+
+class SpotifyClient:
+    def __init__(
+        self,
+        *,
+        api_url: str,
+        accounts_url: str,
+        credentials: Callable[[], Credentials],
+        pool_size: int = 16,
+        connect_timeout_s: float = 3.05,
+        read_timeout_s: float = 10.0,
+        max_attempts: int = 3,
+        backoff_base_s: float = 0.25,
+        max_inline_wait_s: float = 5.0,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.api_url = api_url.rstrip("/")
+        self.accounts_url = accounts_url.rstrip("/")
+        self._credentials = credentials
+        self._timeouts = (connect_timeout_s, read_timeout_s)
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._max_inline_wait_s = max_inline_wait_s
+        self._sleep = sleep
+        self._random = random.Random()
+        if session is None:
+            session = requests.Session()
+            # One pool sized to the worker's thread pool: connections are reused, never queued.
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self.session = session
+
+    # -- accounts -------------------------------------------------------------------------------
+    def refresh(self, refresh_token: str, budget: Budget) -> TokenGrant:
+        return self._token({"grant_type": "refresh_token", "refresh_token": refresh_token}, budget)
+
+    def exchange_code(self, code: str, code_verifier: str, redirect_uri: str, budget: Budget) -> TokenGrant:
+        return self._token(
+            {
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect_uri,
+                "code_verifier": code_verifier,
+            },
+            budget,
+        )
+
+    def _token(self, form: dict[str, str], budget: Budget) -> TokenGrant:
+        creds = self._credentials()
+        basic = base64.b64encode(f"{creds.client_id}:{creds.client_secret}".encode()).decode()
+        response = self._send(
+            "POST",
+            f"{self.accounts_url}/api/token",
+            budget,
+            data=form,
+            headers={"Authorization": f"Basic {basic}"},
+            what="token",
+        )
+        if response.status_code == 400 and _oauth_error(response) == "invalid_grant":
+            raise AuthRevoked("Spotify refused the grant (invalid_grant): the user must sign in again")
+        if response.status_code in (400, 401):
+            raise AuthFailed(f"token endpoint answered {response.status_code} {_oauth_error(response)}")
+        if response.status_code != 200:
+            raise UnknownFailure(f"token endpoint answered {response.status_code}")
+        body = self._json(response)
+        try:
+            return TokenGrant(
+                access_token=str(body["access_token"]),
+                expires_at=clock.now() + timedelta(seconds=int(body.get("expires_in", 3600))),
+                refresh_token=body.get("refresh_token") or None,
+                scope=str(body.get("scope", "")),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise UnknownFailure("token endpoint answered without an access_token") from None
+
+    # -- Web API ----------------------------------------------------------------------------------
+    def me(self, access_token: str, budget: Budget) -> dict[str, Any]:
+        response = self._api("GET", f"{self.api_url}/me", access_token, budget)
+        body = self._json(response)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise UnknownFailure("/me answered without a user id")
+        return body
+
+    def recently_played(self, access_token: str, after_ms: int | None, budget: Budget) -> Page:
+        """Every play after the cursor that Spotify still has (its window is the last 50 plays)."""
+        params: dict[str, int] = {"limit": MAX_PAGE}
+        if after_ms is not None:
+            params["after"] = after_ms
+        url = f"{self.api_url}/me/player/recently-played"
+        response = self._api("GET", url, access_token, budget, params=params)
+        try:
+            page = parse_page(self._json(response))
+        except PayloadError as exc:
+            raise UnknownFailure(f"recently-played payload: {exc}") from None
+        pages = 1
+        # With `after`, a page holds the oldest plays after the cursor; `next` goes forward in time.
+        while page.next_url and after_ms is not None and pages < 4:
+            following = parse_page(self._json(self._api("GET", page.next_url, access_token, budget)))
+            page = Page(plays=page.plays + following.plays, next_url=following.next_url)
+            pages += 1
+        return page
+
+    def _api(self, method: str, url: str, access_token: str, budget: Budget, **kwargs: Any) -> requests.Response:
+        response = self._send(
+            method, url, budget, headers={"Authorization": f"Bearer {access_token}"}, what="api", **kwargs
+        )
+        if response.status_code == 401:
+            raise AuthFailed("Spotify answered 401 to the access token")
+        if response.status_code == 403:
+            raise AuthFailed("Spotify answered 403 (scope missing or user not allow-listed)")
+        if response.status_code != 200:
+            raise UnknownFailure(f"Spotify answered {response.status_code}")
+        return response
+
+    # -- transport --------------------------------------------------------------------------------
+    def _send(self, method: str, url: str, budget: Budget, *, what: str, **kwargs: Any) -> requests.Response:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return self._attempt(method, url, budget, **kwargs)
+            except _Retry as retry:
+                wait = retry.wait_s
+                if wait is None:
+                    wait = self._random.uniform(0, self._backoff_base_s * 2 ** (attempt - 1))
+                if attempt == self._max_attempts or wait >= budget.remaining_s():
+                    raise NetworkFailure(f"{what}: {retry} (after {attempt} attempts)") from None
+                self._sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, method: str, url: str, budget: Budget, **kwargs: Any) -> requests.Response:
+        remaining = budget.remaining_s()
+        if remaining <= 0.05:
+            raise NetworkFailure("no time left for a Spotify call")
+        timeout = (min(self._timeouts[0], remaining), min(self._timeouts[1], remaining))
+        try:
+            response = self.session.request(method, url, timeout=timeout, **kwargs)
+        except requests.Timeout:
+            raise _Retry("timed out") from None
+        except requests.ConnectionError:
+            raise _Retry("connection failed") from None
+        if response.status_code >= 500:
+            raise _Retry(f"server error {response.status_code}")
+        if response.status_code == 429:
+            retry_after = _retry_after_s(response)
+            if retry_after <= self._max_inline_wait_s and retry_after < budget.remaining_s():
+                raise _Retry("rate limited briefly", wait_s=retry_after)
+            raise RateLimited(retry_after)
+        if response.status_code == 200:
+            try:
+                response.parsed = response.json()  # type: ignore[attr-defined]
+            except ValueError:
+                raise _Retry("malformed JSON") from None
+        return response
+
+    @staticmethod
+    def _json(response: requests.Response) -> Any:
+        return response.parsed  # type: ignore[attr-defined]  # validated in _attempt
+
+
+def _retry_after_s(response: requests.Response) -> float:
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _oauth_error(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("error", ""))[:64]
+    except (ValueError, AttributeError):
+        return ""
+
+
+def ssm_credentials(client_id_param: str, client_secret_param: str, max_age_s: int = 300) -> Callable[[], Credentials]:
+    """Client id and secret from SSM Parameter Store via Powertools Parameters (cached per container)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    def load() -> Credentials:
+        return Credentials(
+            client_id=str(parameters.get_parameter(client_id_param, max_age=max_age_s)),
+            client_secret=str(parameters.get_parameter(client_secret_param, decrypt=True, max_age=max_age_s)),
+        )
+
+    return load

@@ -1,0 +1,43 @@
+"""Binding the pynamodb models to their tables and region at cold start."""
+
+from __future__ import annotations
+
+import os
+
+from pynamodb.models import Model
+
+from playvault.config import TableSettings
+
+ALL_MODELS: dict[str, type[Model]] = {}
+
+
+def table(settings_field: str):
+    """Class decorator: the model's table name comes from TableSettings.<settings_field>."""
+
+    def register(model: type[Model]) -> type[Model]:
+        ALL_MODELS[settings_field] = model
+        return model
+
+    return register
+
+
+class BaseMeta:
+    table_name = "unbound"  # bind() sets the real name before any call
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    # host stays None: botocore then honours the standard AWS_ENDPOINT_URL by itself.
+    connect_timeout_seconds = 2
+    read_timeout_seconds = 5
+    max_retry_attempts = 3
+    base_backoff_ms = 25
+
+
+def bind(settings: TableSettings, *, extra: dict[str, str] | None = None) -> None:
+    """Point every model at its table (names from the environment model) and drop cached clients."""
+    names = settings.model_dump() | (extra or {})
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    for settings_field, model in ALL_MODELS.items():
+        if settings_field not in names:
+            continue
+        model.Meta.table_name = names[settings_field]
+        model.Meta.region = region
+        model._connection = None  # the next call builds a client for the new table/endpoint

@@ -1,0 +1,58 @@
+"""Plays aggregate: one row per (user, played_at).
+
+Access pattern: a user's plays by time range (Query on user_id with played_at BETWEEN). The key is
+the play's identity, and a row's content is a pure function of the Spotify payload, so writing the
+same play again (overlapping polls, redelivered messages) overwrites it with identical content:
+never a second row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.models import Model
+
+from playvault.normalize import Play
+from playvault.store.base import BaseMeta, table
+
+
+@table("plays_table")
+class PlayModel(Model):
+    class Meta(BaseMeta):
+        pass
+
+    user_id = UnicodeAttribute(hash_key=True)
+    played_at = UnicodeAttribute(range_key=True)  # canonical ISO 8601 UTC with milliseconds
+    played_at_ms = NumberAttribute()
+    track_id = UnicodeAttribute()
+    context_type = UnicodeAttribute(null=True)
+    context_uri = UnicodeAttribute(null=True)
+
+
+def write_plays(user_id: str, plays: Iterable[Play]) -> int:
+    """Durably write the plays (BatchWriteItem, 25 a request, unprocessed items retried)."""
+    written = 0
+    with PlayModel.batch_write() as batch:
+        for play in plays:
+            batch.save(
+                PlayModel(
+                    user_id,
+                    play.played_at,
+                    played_at_ms=play.played_at_ms,
+                    track_id=play.track.track_id,
+                    context_type=play.context_type,
+                    context_uri=play.context_uri,
+                )
+            )
+            written += 1
+    return written
+
+
+def plays_between(user_id: str, start: str, end: str) -> Iterator[PlayModel]:
+    """A user's plays with start <= played_at <= end (canonical strings), oldest first."""
+    return PlayModel.query(user_id, PlayModel.played_at.between(start, end))
+
+
+def all_plays(user_id: str) -> Iterator[PlayModel]:
+    return PlayModel.query(user_id)

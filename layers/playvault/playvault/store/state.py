@@ -1,0 +1,57 @@
+"""App-wide state, one item per name: the Spotify rate-limit gate (and, from onboarding, the seat
+counter, one-time OAuth states and the waitlist). Items that expire carry a TTL attribute.
+
+Access pattern: get/update one item by name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pynamodb.attributes import TTLAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.exceptions import UpdateError
+from pynamodb.models import Model
+
+from playvault.store.base import BaseMeta, table
+
+RATE_GATE = "rate_gate"
+
+
+@table("state_table")
+class StateModel(Model):
+    class Meta(BaseMeta):
+        pass
+
+    name = UnicodeAttribute(hash_key=True)
+    expires_at = TTLAttribute(null=True)  # DynamoDB deletes the item some time after this
+    limited_until = UTCDateTimeAttribute(null=True)  # rate gate
+    updated_at = UTCDateTimeAttribute(null=True)
+
+
+def rate_limited_until(now: datetime) -> datetime | None:
+    """The end of the app-wide Spotify rate-limit window, if one is open at `now`."""
+    try:
+        gate = StateModel.get(RATE_GATE, attributes_to_get=["limited_until"])
+    except StateModel.DoesNotExist:
+        return None
+    if gate.limited_until is None or gate.limited_until <= now:
+        return None
+    return gate.limited_until
+
+
+def close_rate_gate(until: datetime, now: datetime) -> bool:
+    """Record that Spotify rate-limits the app until `until`; the latest deadline wins.
+
+    Returns False if an equal or later deadline was already stored (a concurrent worker won).
+    """
+    gate = StateModel(RATE_GATE)
+    try:
+        gate.update(
+            actions=[StateModel.limited_until.set(until), StateModel.updated_at.set(now)],
+            condition=StateModel.limited_until.does_not_exist() | (StateModel.limited_until < until),
+        )
+    except UpdateError as exc:
+        if exc.cause_response_code == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
