@@ -1,0 +1,534 @@
+"""EmulatorState: all data and rules of the Spotify emulator, guarded by one lock.
+
+Nothing here does I/O; app.py translates HTTP to these calls. Time comes only from
+``self.clock`` so tests and the local runner can drive a simulated clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import math
+import random
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from . import catalog
+
+ACCESS_TOKEN_TTL = timedelta(hours=1)
+CODE_TTL = timedelta(minutes=10)
+REFRESH_TOKEN_TTL = timedelta(days=183)  # "6 months after the user authorized"
+WINDOW = 50  # recently-played only ever exposes the last 50 plays
+MIN_PLAY_GAP_S = 31  # a play is listed only once it lasted over 30 s
+ENDPOINTS = ("token", "me", "recently_played", "authorize")
+
+
+def real_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class OffsetClock:
+    """Real time plus an adjustable offset (used by the CLI so tests can jump ahead)."""
+
+    def __init__(self) -> None:
+        self._offset = timedelta(0)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> datetime:
+        with self._lock:
+            return datetime.now(UTC) + self._offset
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._offset += timedelta(seconds=seconds)
+
+
+def to_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        raise ValueError("datetimes must be timezone-aware (UTC)")
+    return int(round(dt.timestamp() * 1000))
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def format_played_at(ms: int, whole_second: bool) -> str:
+    dt = from_ms(ms)
+    base = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{base}Z" if whole_second else f"{base}.{ms % 1000:03d}Z"
+
+
+def s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class OAuthError(Exception):
+    """An accounts-service error: HTTP status plus OAuth error code and description."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(f"{status} {error}: {description}")
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+class ApiError(Exception):
+    """A Web API error rendered as ``{"error": {"status", "message"}}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class FaultConfig:
+    latency_ms: int = 0
+    error_5xx_rate: float = 0.0
+    rate_429_rate: float = 0.0
+    retry_after_s: int = 1
+    timeout_rate: float = 0.0
+    timeout_s: float = 5.0
+    expire_token_rate: float = 0.0
+
+    def update(self, **kwargs: Any) -> None:
+        names = {f.name: f.type for f in fields(self)}
+        for key, value in kwargs.items():
+            if key not in names:
+                raise ValueError(f"unknown fault field {key!r}")
+            current = getattr(self, key)
+            setattr(self, key, type(current)(value))
+
+
+@dataclass
+class Injection:
+    path_prefix: str
+    status: int | None
+    times: int
+    retry_after: int | None = None
+    body: Any = None
+    delay_s: float | None = None
+
+
+@dataclass
+class _Play:
+    ms: int
+    whole_second: bool
+    is_local: bool
+    track_index: int
+    track: dict
+    context: dict | None
+
+    def history_object(self) -> dict:
+        return {
+            "track": copy.deepcopy(self.track),
+            "played_at": format_played_at(self.ms, self.whole_second),
+            "context": copy.deepcopy(self.context),
+        }
+
+
+@dataclass
+class _User:
+    user_id: str
+    display_name: str
+    rotate_refresh_tokens: bool
+    plays: list[_Play] = field(default_factory=list)  # sorted by ms
+    exposed: set[int] = field(default_factory=set)
+
+
+@dataclass
+class _Client:
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+
+
+@dataclass
+class _Code:
+    client_id: str
+    redirect_uri: str
+    scope: str
+    code_challenge: str
+    user_id: str
+    issued_at: datetime
+    used: bool = False
+
+
+@dataclass
+class _RefreshToken:
+    user_id: str
+    client_id: str
+    scope: str
+    authorized_at: datetime
+    valid: bool = True
+
+
+@dataclass
+class _AccessToken:
+    user_id: str
+    client_id: str
+    scope: str
+    expires_at: datetime
+    valid: bool = True
+
+
+class EmulatorState:
+    def __init__(self, clock: Callable[[], datetime] | None = None, seed: int = 0) -> None:
+        self.clock: Callable[[], datetime] = clock or real_clock
+        self.seed = seed
+        self.faults = FaultConfig()
+        self.default_rotate_refresh_tokens = False  # for users created by a sign-in
+        self._lock = threading.RLock()
+        self._fault_rng = random.Random(f"faults:{seed}")
+        self._sim_rng = random.Random(f"listening:{seed}")
+        self._clients: dict[str, _Client] = {}
+        self._users: dict[str, _User] = {}
+        self._codes: dict[str, _Code] = {}
+        self._refresh: dict[str, _RefreshToken] = {}
+        self._access: dict[str, _AccessToken] = {}
+        self._injections: list[Injection] = []
+        self._rate_limited_until: datetime | None = None
+        self._counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+
+    # ------------------------------------------------------------------ setup
+    def now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError("clock must return an aware datetime")
+        return now.astimezone(UTC)
+
+    def register_client(self, client_id: str, client_secret: str, redirect_uris: list[str]) -> None:
+        with self._lock:
+            self._clients[client_id] = _Client(client_id, client_secret, list(redirect_uris))
+
+    def add_user(self, user_id: str, display_name: str | None = None,
+                 rotate_refresh_tokens: bool = False) -> None:
+        with self._lock:
+            user = self._users.get(user_id)
+            if user is None:
+                self._users[user_id] = _User(user_id, display_name or user_id, rotate_refresh_tokens)
+            else:
+                if display_name:
+                    user.display_name = display_name
+                user.rotate_refresh_tokens = rotate_refresh_tokens
+
+    def has_user(self, user_id: str) -> bool:
+        with self._lock:
+            return user_id in self._users
+
+    def _user(self, user_id: str) -> _User:
+        user = self._users.get(user_id)
+        if user is None:
+            raise KeyError(f"unknown user {user_id!r}")
+        return user
+
+    # ------------------------------------------------------------------ plays
+    def add_play(self, user_id: str, played_at: datetime, *, local: bool = False,
+                 track_index: int | None = None, whole_second: bool = False) -> dict:
+        with self._lock:
+            user = self._user(user_id)
+            ms = to_ms(played_at)
+            if whole_second:
+                ms -= ms % 1000
+            if track_index is None:
+                track_index = self._sim_rng.randrange(catalog.CATALOG_SIZE)
+            if local:
+                track = catalog.local_track(self.seed, track_index)
+                context = None
+            else:
+                track = catalog.track(self.seed, track_index)
+                alb = track["album"]
+                context = {"type": "album", "href": alb["href"], "external_urls": dict(alb["external_urls"]),
+                           "uri": alb["uri"]}
+            if context is None:
+                # Local files are played from a playlist; the schema has no null context.
+                pid = catalog.base62_id(random.Random(f"playlist:{self.seed}:{user_id}"))
+                context = {"type": "playlist", "href": f"{catalog.API_BASE}/playlists/{pid}",
+                           "external_urls": {"spotify": f"{catalog.OPEN_BASE}/playlist/{pid}"},
+                           "uri": f"spotify:playlist:{pid}"}
+            play = _Play(ms, whole_second, local, track_index, track, context)
+            # keep sorted by time, stable for equal timestamps
+            pos = len(user.plays)
+            while pos > 0 and user.plays[pos - 1].ms > ms:
+                pos -= 1
+            user.plays.insert(pos, play)
+            return play.history_object()
+
+    def simulate_listening(self, user_id: str, start: datetime, end: datetime, plays_per_hour: float, *,
+                           local_share: float = 0.05, whole_second_share: float = 0.3) -> int:
+        with self._lock:
+            self._user(user_id)
+            rng = self._sim_rng
+            if plays_per_hour <= 0 or end <= start:
+                return 0
+            mean_gap = 3600.0 / plays_per_hour
+            extra = max(mean_gap - MIN_PLAY_GAP_S, 0.001)
+            count = 0
+            t = start + timedelta(seconds=rng.uniform(0, min(mean_gap, (end - start).total_seconds())))
+            last: datetime | None = None
+            while t < end:
+                if last is None or (t - last).total_seconds() >= MIN_PLAY_GAP_S:
+                    self.add_play(user_id, t, local=rng.random() < local_share,
+                                  track_index=rng.randrange(catalog.CATALOG_SIZE),
+                                  whole_second=rng.random() < whole_second_share)
+                    count += 1
+                    last = t
+                gap = MIN_PLAY_GAP_S + 1 + rng.expovariate(1.0 / extra) + rng.randrange(1000) / 1000.0
+                t = t + timedelta(seconds=gap)
+            return count
+
+    def ground_truth(self, user_id: str) -> list[dict]:
+        with self._lock:
+            user = self._user(user_id)
+            now_ms = to_ms(self.now())
+            return [
+                {"played_at_ms": p.ms, "track_id": p.track["id"], "track_uri": p.track["uri"],
+                 "is_local": p.is_local}
+                for p in user.plays if p.ms <= now_ms
+            ]
+
+    def exposed_play_ms(self, user_id: str) -> set[int]:
+        with self._lock:
+            return set(self._user(user_id).exposed)
+
+    def _window(self, user: _User) -> list[_Play]:
+        now_ms = to_ms(self.now())
+        visible = [p for p in user.plays if p.ms <= now_ms]
+        return visible[-WINDOW:]
+
+    def recently_played(self, user_id: str, limit: int, after: int | None, before: int | None
+                        ) -> tuple[list[dict], dict | None, str | None, int | None]:
+        """Returns (items newest first, cursors, next_mode ('after'|'before'|None), next_value)."""
+        with self._lock:
+            user = self._user(user_id)
+            window = self._window(user)
+            user.exposed.update(p.ms for p in window)
+            if after is not None:
+                newer = [p for p in window if p.ms > after]
+                page = newer[:limit]
+                more = len(newer) > limit
+                mode = "after"
+            else:
+                older = [p for p in window if before is None or p.ms < before]
+                page = older[-limit:] if older else []
+                more = len(older) > limit
+                mode = "before"
+            if not page:
+                return [], None, None, None
+            cursors = {"after": str(page[-1].ms), "before": str(page[0].ms)}
+            next_value = (page[-1].ms if mode == "after" else page[0].ms) if more else None
+            items = [p.history_object() for p in reversed(page)]
+            return items, cursors, (mode if more else None), next_value
+
+    def user_profile(self, user_id: str) -> dict:
+        with self._lock:
+            user = self._user(user_id)
+            uid = user.user_id
+            return {
+                "country": "SE",
+                "display_name": user.display_name,
+                "email": f"{uid}@example.com",
+                "explicit_content": {"filter_enabled": False, "filter_locked": False},
+                "external_urls": {"spotify": f"{catalog.OPEN_BASE}/user/{uid}"},
+                "followers": {"href": None, "total": 0},
+                "href": f"{catalog.API_BASE}/users/{uid}",
+                "id": uid,
+                "images": [],
+                "product": "premium",
+                "type": "user",
+                "uri": f"spotify:user:{uid}",
+            }
+
+    # ------------------------------------------------------------------ OAuth
+    def validate_authorize(self, client_id: str | None, redirect_uri: str | None, response_type: str | None,
+                           code_challenge_method: str | None, code_challenge: str | None) -> None:
+        """Raises ValueError with a human-readable reason when the request is unacceptable."""
+        with self._lock:
+            if not client_id:
+                raise ValueError("INVALID_CLIENT: Missing client_id")
+            client = self._clients.get(client_id)
+            if client is None:
+                raise ValueError("INVALID_CLIENT: Invalid client")
+            if not redirect_uri or redirect_uri not in client.redirect_uris:
+                raise ValueError("INVALID_CLIENT: Invalid redirect URI")
+            if response_type != "code":
+                raise ValueError("unsupported_response_type: response_type must be 'code'")
+            if code_challenge_method != "S256":
+                raise ValueError("invalid_request: code_challenge_method must be S256")
+            if not code_challenge or not (43 <= len(code_challenge) <= 128):
+                raise ValueError("invalid_request: code_challenge missing or malformed")
+
+    def issue_code(self, client_id: str, redirect_uri: str, scope: str, code_challenge: str,
+                   user_id: str) -> str:
+        with self._lock:
+            if user_id not in self._users:
+                self.add_user(user_id, rotate_refresh_tokens=self.default_rotate_refresh_tokens)
+            code = secrets.token_urlsafe(48)
+            self._codes[code] = _Code(client_id, redirect_uri, scope, code_challenge, user_id, self.now())
+            return code
+
+    def authenticate_client(self, client_id: str | None, client_secret: str | None) -> _Client:
+        with self._lock:
+            if not client_id:
+                raise OAuthError(400, "invalid_client", "Invalid client")  # pragma: no cover - see app
+            client = self._clients.get(client_id)
+            if client is None:
+                raise OAuthError(401, "invalid_client", "Invalid client")
+            if client_secret is not None and not secrets.compare_digest(client_secret, client.client_secret):
+                raise OAuthError(401, "invalid_client", "Invalid client secret")
+            return client
+
+    def _new_access(self, user_id: str, client_id: str, scope: str) -> str:
+        token = "BQ" + secrets.token_urlsafe(90)
+        self._access[token] = _AccessToken(user_id, client_id, scope, self.now() + ACCESS_TOKEN_TTL)
+        return token
+
+    def _new_refresh(self, user_id: str, client_id: str, scope: str, authorized_at: datetime) -> str:
+        token = "AQ" + secrets.token_urlsafe(96)
+        self._refresh[token] = _RefreshToken(user_id, client_id, scope, authorized_at)
+        return token
+
+    def exchange_code(self, client: _Client, code: str | None, redirect_uri: str | None,
+                      code_verifier: str | None, client_secret_given: bool) -> dict:
+        with self._lock:
+            if not code:
+                raise OAuthError(400, "invalid_request", "code must be supplied")
+            entry = self._codes.get(code)
+            if entry is None or entry.used:
+                if entry is not None:
+                    entry.used = True
+                raise OAuthError(400, "invalid_grant", "Invalid authorization code")
+            if entry.client_id != client.client_id:
+                raise OAuthError(400, "invalid_grant", "Invalid authorization code")
+            if self.now() >= entry.issued_at + CODE_TTL:
+                entry.used = True
+                raise OAuthError(400, "invalid_grant", "Authorization code expired")
+            if redirect_uri != entry.redirect_uri:
+                raise OAuthError(400, "invalid_grant", "Invalid redirect URI")
+            if not code_verifier:
+                if not client_secret_given:
+                    raise OAuthError(400, "invalid_request", "code_verifier required")
+                raise OAuthError(400, "invalid_grant", "code_verifier required")
+            if not secrets.compare_digest(s256(code_verifier), entry.code_challenge):
+                entry.used = True
+                raise OAuthError(400, "invalid_grant", "code_verifier was incorrect")
+            entry.used = True
+            now = self.now()
+            return {
+                "access_token": self._new_access(entry.user_id, client.client_id, entry.scope),
+                "token_type": "Bearer",
+                "scope": entry.scope,
+                "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()),
+                "refresh_token": self._new_refresh(entry.user_id, client.client_id, entry.scope, now),
+            }
+
+    def refresh(self, client: _Client, refresh_token: str | None) -> dict:
+        with self._lock:
+            if not refresh_token:
+                raise OAuthError(400, "invalid_request", "refresh_token must be supplied")
+            entry = self._refresh.get(refresh_token)
+            if entry is None or entry.client_id != client.client_id:
+                raise OAuthError(400, "invalid_grant", "Invalid refresh token")
+            if not entry.valid:
+                raise OAuthError(400, "invalid_grant", "Refresh token revoked")
+            if self.now() >= entry.authorized_at + REFRESH_TOKEN_TTL:
+                entry.valid = False
+                raise OAuthError(400, "invalid_grant", "Refresh token expired")
+            body = {
+                "access_token": self._new_access(entry.user_id, client.client_id, entry.scope),
+                "token_type": "Bearer",
+                "scope": entry.scope,
+                "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()),
+            }
+            user = self._users.get(entry.user_id)
+            if user is not None and user.rotate_refresh_tokens:
+                entry.valid = False
+                body["refresh_token"] = self._new_refresh(entry.user_id, client.client_id, entry.scope,
+                                                          entry.authorized_at)
+            return body
+
+    def check_access_token(self, token: str | None) -> str:
+        """Returns the user id for a usable access token or raises ApiError(401)."""
+        with self._lock:
+            entry = self._access.get(token or "")
+            if entry is None or not entry.valid:
+                raise ApiError(401, "Invalid access token")
+            if self.now() >= entry.expires_at:
+                raise ApiError(401, "The access token expired")
+            return entry.user_id
+
+    def expire_access_token(self, token: str) -> None:
+        with self._lock:
+            entry = self._access.get(token)
+            if entry is not None:
+                entry.expires_at = min(entry.expires_at, self.now())
+
+    def revoke(self, user_id: str) -> None:
+        with self._lock:
+            for entry in self._refresh.values():
+                if entry.user_id == user_id:
+                    entry.valid = False
+            for access in self._access.values():
+                if access.user_id == user_id:
+                    access.valid = False
+
+    # ------------------------------------------------------------------ faults & counters
+    def inject(self, path_prefix: str, status: int | None = None, times: int = 1, retry_after: int | None = None,
+               body: Any = None, delay_s: float | None = None) -> None:
+        if status is None and delay_s is None:
+            raise ValueError("inject needs a status or a delay_s")
+        with self._lock:
+            self._injections.append(Injection(path_prefix, status, int(times), retry_after, body, delay_s))
+
+    def take_injection(self, path: str) -> Injection | None:
+        with self._lock:
+            for inj in self._injections:
+                if path.startswith(inj.path_prefix) and inj.times > 0:
+                    inj.times -= 1
+                    if inj.times <= 0:
+                        self._injections.remove(inj)
+                    return copy.copy(inj)
+            return None
+
+    def clear_injections(self) -> None:
+        with self._lock:
+            self._injections.clear()
+
+    def rate_limit_app(self, until: datetime) -> None:
+        with self._lock:
+            self._rate_limited_until = until
+
+    def rate_limit_remaining_s(self) -> int | None:
+        """Seconds left in the app-wide 429 window (rounded up), or None when not limited."""
+        with self._lock:
+            if self._rate_limited_until is None:
+                return None
+            remaining = (self._rate_limited_until - self.now()).total_seconds()
+            if remaining <= 0:
+                self._rate_limited_until = None
+                return None
+            return max(1, math.ceil(remaining))
+
+    def draw(self) -> float:
+        with self._lock:
+            return self._fault_rng.random()
+
+    def count(self, endpoint: str) -> None:
+        with self._lock:
+            self._counts[endpoint] = self._counts.get(endpoint, 0) + 1
+
+    def request_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def reset_counts(self) -> None:
+        with self._lock:
+            self._counts = dict.fromkeys(ENDPOINTS, 0)

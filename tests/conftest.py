@@ -1,0 +1,200 @@
+"""Shared fixtures. Resources come from template.yaml (playvault_local.provision), never listed here."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from playvault_local import provision as prov
+from playvault_local.lambda_runtime import context_for, load_handler
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
+
+# Credentials for the emulators only; they must never reach AWS.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": prov.LOCAL_REGION,
+        "AWS_REGION": prov.LOCAL_REGION,
+        "POWERTOOLS_METRICS_NAMESPACE": "PlayVault",
+        "POWERTOOLS_SERVICE_NAME": "playvault",
+    }
+)
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_PROFILE", None)
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(self: socket.socket, address: Any) -> Any:
+    """The tests talk to emulators on this machine and to nothing else."""
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConnectionRefusedError(f"tests may only connect to loopback, not {host}")
+    return _real_connect(self, address)
+
+
+socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _reset_clock() -> Iterator[None]:
+    from playvault import clock
+
+    yield
+    clock.reset_clock()
+
+
+# ---------------------------------------------------------------- Spotify emulator
+@pytest.fixture
+def emulator() -> Iterator[Any]:
+    """An in-process Spotify emulator (thread) with PlayVault's dev client registered."""
+    from spotify_emulator import EmulatorServer, EmulatorState
+
+    state = EmulatorState(seed=7)
+    state.register_client(prov.DEV_CLIENT_ID, prov.DEV_CLIENT_SECRET, [REDIRECT_URI])
+    server = EmulatorServer(state).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stack_parameters(spotify_url: str, **overrides: str) -> dict[str, str]:
+    params = {
+        "SpotifyApiUrl": f"{spotify_url}/v1",
+        "SpotifyAccountsUrl": spotify_url,
+        "RedirectUri": REDIRECT_URI,
+    }
+    params.update(overrides)
+    return params
+
+
+# ---------------------------------------------------------------- AWS (moto in-process)
+@pytest.fixture
+def stack_overrides() -> dict[str, str]:
+    """Template parameter overrides; a test module may override this fixture (e.g. MaxUsers)."""
+    return {}
+
+
+@pytest.fixture
+def aws_env(emulator: Any, stack_overrides: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[prov.Stack]:
+    """moto's mock_aws with every resource of template.yaml provisioned and the functions' env set."""
+    from moto import mock_aws
+
+    from playvault import store
+    from playvault.config import TableSettings
+
+    with mock_aws():
+        stack = prov.provision(parameters=stack_parameters(emulator.url, **stack_overrides))
+        for key, value in stack.env.items():
+            monkeypatch.setenv(key, value)
+        store.bind(TableSettings.from_env())
+        _clear_powertools_caches()
+        yield stack
+
+
+def _clear_powertools_caches() -> None:
+    from aws_lambda_powertools.utilities import parameters
+
+    parameters.clear_caches()
+
+
+@pytest.fixture
+def load_function(aws_env: prov.Stack) -> Callable[[str], Callable[[dict, Any], Any]]:
+    """load_function("WorkerFunction") -> its handler, imported fresh with the env set (a cold start)."""
+
+    def load(logical_id: str) -> Callable[[dict, Any], Any]:
+        return load_handler(aws_env.functions[logical_id], aws_env.layer_paths)
+
+    return load
+
+
+@pytest.fixture
+def lambda_context(aws_env: prov.Stack) -> Callable[[str], Any]:
+    return lambda logical_id: context_for(aws_env.functions[logical_id])
+
+
+# ---------------------------------------------------------------- real servers (integration)
+def _wait_http(url: str, process: subprocess.Popen, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url}")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto_server on 127.0.0.1:<free port>, stopped by its PID."""
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    process = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{url}/moto-api/", process, "moto_server")
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture
+def moto_reset(moto_server: str) -> str:
+    """A clean moto_server for this test (its state is process-wide)."""
+    requests.post(f"{moto_server}/moto-api/reset", timeout=10)
+    return moto_server
+
+
+@pytest.fixture(scope="session")
+def emulator_process() -> Iterator[str]:
+    """The Spotify emulator as its own process (python -m spotify_emulator), stopped by its PID."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "spotify_emulator", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"spotify_emulator did not start: {line!r}")
+        yield line.split("listening on ", 1)[1].strip()
+    finally:
+        _stop(process)
