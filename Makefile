@@ -16,7 +16,7 @@ SAM := $(VENV_SAM)/bin/sam
 SAM_ENV := PATH=$(CURDIR)/$(VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
 PYTEST_ARGS ?=
 
-.PHONY: help install test unit integration e2e lint validate build deploy run serve bench clean
+.PHONY: help browser-deps install test unit integration e2e lint validate build deploy run serve bench clean
 
 help:
 	@echo "make run       the whole system locally on the embedded emulators (24 simulated hours)"
@@ -40,7 +40,13 @@ $(VENV_SAM)/.installed: requirements-sam.txt
 	$(VENV_SAM)/bin/python -m pip install -q -r requirements-sam.txt
 	@touch $@
 
-install: $(VENV)/.installed $(VENV_SAM)/.installed
+# The browser test drives Debian's Chromium (never a downloaded browser build).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+install: $(VENV)/.installed $(VENV_SAM)/.installed browser-deps
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
