@@ -117,7 +117,7 @@ def provision(
         props = resolver.value(queues[logical].get("Properties") or {})
         physical[logical] = _create_queue(sqs, f"{prefix}-{logical}", props)
 
-    for logical, res in resources.items():  # placeholders for what has no local counterpart
+    for logical in resources:  # placeholders for what has no local counterpart
         physical.setdefault(logical, {"Ref": f"{prefix}-{logical}",
                                       "Arn": f"arn:aws:local:{region}:{LOCAL_ACCOUNT}:{logical}"})
 
@@ -129,7 +129,7 @@ def provision(
                 raise tpl.TemplateError(f"functions disagree on {key}; the local runner shares one environment")
 
     ssm = _client("ssm", endpoint_url, region)
-    for logical, res in tpl.resources_of_type(template, "AWS::SSM::Parameter").items():
+    for res in tpl.resources_of_type(template, "AWS::SSM::Parameter").values():
         props = resolver.value(res["Properties"])
         value = client_id if props["Name"] == env.get("SPOTIFY_CLIENT_ID_PARAM") else props["Value"]
         ssm.put_parameter(Name=props["Name"], Value=value, Type=props.get("Type", "String"), Overwrite=True)

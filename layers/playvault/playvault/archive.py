@@ -103,7 +103,9 @@ class Archiver:
         try:
             page = self.spotify.recently_played(tokens.access_token, user.cursor_ms, budget)
         except AuthFailed:
-            # A 401 means the token died early (revoked session, clock skew): refresh once, retry once.
+            if tokens.refreshed:  # a token minted this very poll is refused: refreshing again cannot help
+                raise
+            # A 401 means the cached token died early (revoked session, clock skew): refresh once, retry once.
             tokens = self._refresh(user, budget)
             page = self.spotify.recently_played(tokens.access_token, user.cursor_ms, budget)
         new_plays = [p for p in page.plays if user.cursor_ms is None or p.played_at_ms > user.cursor_ms]

@@ -19,11 +19,15 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 VERSION = "v1"
 PURPOSE = "spotify-token"
+# KMS answers these when the encrypted data key of a blob was altered or belongs to another key: the
+# blob is bad (the user must sign in again), KMS is fine (no redelivery can help).
+_BAD_DATA_KEY_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
 
 
 class TokenDecryptError(ValueError):
@@ -77,7 +81,7 @@ class TokenCipher:
         key = self._data_key(encrypted_key)
         try:
             return AESGCM(key).decrypt(nonce, ciphertext, user_id.encode()).decode()
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
             raise TokenDecryptError("token blob does not belong to this user or was altered") from None
 
     # -- internals ------------------------------------------------------------------------------
@@ -92,9 +96,12 @@ class TokenCipher:
         if len(parts) != 4 or parts[0] != VERSION:
             raise TokenDecryptError("token blob has an unknown format")
         try:
-            return _b64d(parts[1]), _b64d(parts[2]), _b64d(parts[3])
+            decoded = _b64d(parts[1]), _b64d(parts[2]), _b64d(parts[3])
         except ValueError:
             raise TokenDecryptError("token blob is not valid base64") from None
+        if not all(decoded):
+            raise TokenDecryptError("token blob has an empty part")
+        return decoded
 
     def _current_data_key(self) -> tuple[bytes, bytes]:
         with self._lock:
@@ -115,9 +122,14 @@ class TokenCipher:
             if key is not None:
                 self._cache.move_to_end(encrypted_key)
                 return key
-        answer = self._kms.decrypt(
-            CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=self._context()
-        )
+        try:
+            answer = self._kms.decrypt(
+                CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=self._context()
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in _BAD_DATA_KEY_CODES:
+                raise TokenDecryptError("token blob's data key was altered or is not ours") from None
+            raise
         with self._lock:
             self._remember(encrypted_key, answer["Plaintext"])
         return answer["Plaintext"]

@@ -25,6 +25,7 @@ from playvault.failures import (
     AuthFailed,
     AuthRevoked,
     NetworkFailure,
+    OutOfTime,
     RateLimited,
     UnknownFailure,
 )
@@ -175,8 +176,12 @@ class SpotifyClient:
         pages = 1
         # With `after`, a page holds the oldest plays after the cursor; `next` goes forward in time.
         while page.next_url and after_ms is not None and pages < 4:
-            following = parse_page(self._json(self._api("GET", page.next_url, access_token, budget)))
-            page = Page(plays=page.plays + following.plays, next_url=following.next_url)
+            try:
+                following = parse_page(self._json(self._api("GET", page.next_url, access_token, budget)))
+            except PayloadError as exc:
+                raise UnknownFailure(f"recently-played payload: {exc}") from None
+            merged = {p.played_at: p for p in (*page.plays, *following.plays)}
+            page = Page(plays=sorted(merged.values(), key=lambda p: p.played_at_ms), next_url=following.next_url)
             pages += 1
         return page
 
@@ -202,6 +207,8 @@ class SpotifyClient:
                 if wait is None:
                     wait = self._random.uniform(0, self._backoff_base_s * 2 ** (attempt - 1))
                 if attempt == self._max_attempts or wait >= budget.remaining_s():
+                    if retry.wait_s is not None:  # still rate limited: the app's problem, not the user's
+                        raise RateLimited(retry.wait_s) from None
                     raise NetworkFailure(f"{what}: {retry} (after {attempt} attempts)") from None
                 self._sleep(wait)
         raise AssertionError("unreachable")
@@ -209,7 +216,8 @@ class SpotifyClient:
     def _attempt(self, method: str, url: str, budget: Budget, **kwargs: Any) -> requests.Response:
         remaining = budget.remaining_s()
         if remaining <= 0.05:
-            raise NetworkFailure("no time left for a Spotify call")
+            # The invocation is ending: the message comes back, the user is not to blame.
+            raise OutOfTime("no time left for a Spotify call")
         timeout = (min(self._timeouts[0], remaining), min(self._timeouts[1], remaining))
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)

@@ -29,6 +29,9 @@ class BaseMeta:
     read_timeout_seconds = 5
     max_retry_attempts = 3
     base_backoff_ms = 25
+    # One connection per worker thread (USER_CONCURRENCY <= 64): pynamodb's default pool of 10 made
+    # threads beyond the 10th open and discard a connection per request (BENCHMARKS.md).
+    max_pool_connections = 64
 
 
 def bind(settings: TableSettings, *, extra: dict[str, str] | None = None) -> None:

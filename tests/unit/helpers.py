@@ -1,0 +1,96 @@
+"""Small helpers shared by the archive tests: sign a user in at the emulator, store a user, build an
+Archiver wired to the emulator and the provisioned KMS key."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from datetime import datetime
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import requests
+
+from playvault import clock
+from playvault.archive import Archiver
+from playvault.crypto import TokenCipher
+from playvault.spotify import Credentials, SpotifyClient
+from playvault.store import users
+from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
+from tests.conftest import REDIRECT_URI
+
+SCOPE = "user-read-recently-played"
+
+
+def _pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def _base_url(emulator: Any) -> str:
+    return (emulator if isinstance(emulator, str) else emulator.url).rstrip("/")
+
+
+def sign_in(emulator: Any, user_id: str) -> str:
+    """The authorization-code flow with PKCE, scripted (`login_as` consents at once); returns the
+    refresh token. `emulator` is an EmulatorServer, its accounts URL, or a bare EmulatorState
+    (then the same steps run in-process, without HTTP)."""
+    verifier, challenge = _pkce()
+    state = secrets.token_urlsafe(16)
+    if hasattr(emulator, "issue_code"):  # an EmulatorState
+        emulator.validate_authorize(DEV_CLIENT_ID, REDIRECT_URI, "code", "S256", challenge)
+        code = emulator.issue_code(DEV_CLIENT_ID, REDIRECT_URI, SCOPE, challenge, user_id)
+        client = emulator.authenticate_client(DEV_CLIENT_ID, DEV_CLIENT_SECRET)
+        return emulator.exchange_code(client, code, REDIRECT_URI, verifier, True)["refresh_token"]
+    base = _base_url(emulator)
+    answer = requests.get(
+        f"{base}/authorize",
+        params={"client_id": DEV_CLIENT_ID, "response_type": "code", "redirect_uri": REDIRECT_URI, "state": state,
+                "scope": SCOPE, "code_challenge_method": "S256", "code_challenge": challenge, "login_as": user_id},
+        allow_redirects=False, timeout=10,
+    )
+    assert answer.status_code == 302, answer.text
+    location = urlsplit(answer.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == REDIRECT_URI
+    query = parse_qs(location.query)
+    assert query["state"] == [state]
+    token = requests.post(
+        f"{base}/api/token",
+        data={"grant_type": "authorization_code", "code": query["code"][0], "redirect_uri": REDIRECT_URI,
+              "code_verifier": verifier},
+        auth=(DEV_CLIENT_ID, DEV_CLIENT_SECRET), timeout=10,
+    )
+    assert token.status_code == 200, token.text
+    return token.json()["refresh_token"]
+
+
+def make_user(user_id: str, refresh_token: str, cipher: TokenCipher, **fields: Any) -> users.UserModel:
+    """A stored, active user whose refresh token is sealed by `cipher` (fields override defaults)."""
+    now: datetime = clock.now()
+    values: dict[str, Any] = {"status": users.ACTIVE, "created_at": now, "authorized_at": now,
+                              "display_name": user_id}
+    values.update(fields)
+    user = users.UserModel(user_id, refresh_token_enc=cipher.encrypt(refresh_token, user_id), **values)
+    user.save()
+    return user
+
+
+def make_cipher(aws_env: Any) -> TokenCipher:
+    """A TokenCipher (a fresh container: empty data-key cache) on the stack's KMS key."""
+    return TokenCipher(boto3.client("kms"), aws_env.physical["TokenKey"]["Arn"])
+
+
+def make_spotify(emulator: Any, **client_kwargs: Any) -> SpotifyClient:
+    base = _base_url(emulator)
+    kwargs: dict[str, Any] = {"api_url": base + "/v1", "accounts_url": base,
+                              "credentials": lambda: Credentials(DEV_CLIENT_ID, DEV_CLIENT_SECRET)}
+    kwargs.update(client_kwargs)
+    return SpotifyClient(**kwargs)
+
+
+def make_archiver(aws_env: Any, emulator: Any, **client_kwargs: Any) -> Archiver:
+    """An Archiver whose SpotifyClient talks to the emulator (server or URL) as the dev client."""
+    return Archiver(make_spotify(emulator, **client_kwargs), make_cipher(aws_env))

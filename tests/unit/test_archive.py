@@ -1,0 +1,531 @@
+"""Archiver.archive_user against moto (every table of template.yaml) and the in-process emulator.
+
+The domain clock is frozen at NOW; plays are placed before NOW so the emulator (real clock) shows
+them. Waits go through a fake sleep.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from botocore.exceptions import ClientError
+
+from playvault import archive, clock
+from playvault.failures import AuthRevoked, FailureType
+from playvault.normalize import canonical_played_at, parse_play
+from playvault.spotify import Budget
+from playvault.store import catalog, plays, state, users
+from spotify_emulator import catalog as emulator_catalog
+from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, sign_in
+
+RP = "/v1/me/player/recently-played"
+CANONICAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+@pytest.fixture
+def now() -> datetime:
+    frozen = datetime.now(UTC).replace(microsecond=0)
+    clock.set_clock(lambda: frozen)  # reset by conftest's autouse fixture
+    return frozen
+
+
+class World:
+    def __init__(self, aws_env, emulator, now: datetime, **client_kwargs) -> None:
+        self.emulator = emulator
+        self.state = emulator.state
+        self.now = now
+        self.sleeps: list[float] = []
+        client_kwargs.setdefault("sleep", self.sleeps.append)
+        self.archiver = make_archiver(aws_env, emulator, **client_kwargs)
+        self.cipher = self.archiver.cipher
+
+    def sign_up(self, user_id: str = "alice", *, rotate: bool = False) -> str:
+        self.state.add_user(user_id, rotate_refresh_tokens=rotate)
+        refresh_token = sign_in(self.emulator, user_id)
+        make_user(user_id, refresh_token, self.cipher)
+        return refresh_token
+
+    def play(self, user_id: str, minutes_ago: float, **kwargs) -> int:
+        item = self.state.add_play(user_id, self.now - timedelta(minutes=minutes_ago), **kwargs)
+        return parse_play(item).played_at_ms
+
+    def archive(self, user_id: str = "alice") -> archive.ArchiveResult:
+        return self.archiver.archive_user(user_id, Budget.seconds(60))
+
+    def user(self, user_id: str = "alice") -> users.UserModel:
+        found = users.get(user_id)
+        assert found is not None
+        return found
+
+    def stored(self, user_id: str = "alice") -> list[plays.PlayModel]:
+        return list(plays.all_plays(user_id))
+
+    def stored_ms(self, user_id: str = "alice") -> list[int]:
+        return [int(p.played_at_ms) for p in self.stored(user_id)]
+
+    def truth_ms(self, user_id: str = "alice") -> list[int]:
+        return [t["played_at_ms"] for t in self.state.ground_truth(user_id)]
+
+    def counts(self) -> dict[str, int]:
+        return self.state.request_counts()
+
+
+@pytest.fixture
+def world(aws_env, emulator, now) -> World:
+    return World(aws_env, emulator, now)
+
+
+class RecordAfter:
+    """Wraps the emulator's recently_played to record the `after` each request carried."""
+
+    def __init__(self, emulator_state) -> None:
+        self.afters: list[int | None] = []
+        self._inner = emulator_state.recently_played
+        emulator_state.recently_played = self
+
+    def __call__(self, user_id, limit, after, before):
+        self.afters.append(after)
+        return self._inner(user_id, limit, after, before)
+
+
+class DynamoCalls:
+    """Counts DynamoDB operations per table on every model's client (botocore event hooks)."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, str]] = Counter()
+        for model in (catalog.TrackModel, catalog.AlbumModel, catalog.ArtistModel, plays.PlayModel):
+            model._get_connection().connection.client.meta.events.register(
+                "provide-client-params.dynamodb.*", self._count
+            )
+
+    def _count(self, params, model, **_) -> None:
+        tables = [params["TableName"]] if "TableName" in params else list(params.get("RequestItems", {}))
+        for table in tables:
+            self.calls[(model.name, table)] += 1
+
+    def count(self, operation: str, model) -> int:
+        return self.calls[(operation, model.Meta.table_name)]
+
+
+# ---------------------------------------------------------------- the happy path
+def test_first_poll_archives_all_visible_plays(world):
+    world.sign_up()
+    start = world.now - timedelta(hours=3)
+    listened = world.state.simulate_listening("alice", start, world.now - timedelta(minutes=5), plays_per_hour=12)
+    assert 20 <= listened <= 50
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.failure_type is None
+    assert result.plays_archived == listened
+    assert world.stored_ms() == world.truth_ms()
+    truth = world.state.ground_truth("alice")
+    stored = world.stored()
+    for row, expected in zip(stored, truth, strict=True):
+        if not expected["is_local"]:
+            assert row.track_id == expected["track_id"]
+        assert catalog.TrackModel.get(row.track_id).album_id
+    assert result.new_tracks == len({p.track_id for p in stored})
+    user = world.user()
+    assert user.cursor_ms == max(world.truth_ms())
+    assert user.plays_archived == listened
+    assert user.last_polled_at == world.now and user.consecutive_failures == 0
+    assert world.cipher.decrypt(user.access_token_enc, "alice")  # the fresh access token is cached
+    assert user.access_token_expires_at > world.now + timedelta(minutes=55)
+
+
+def test_catalog_rows_reference_their_album_and_artists(world):
+    world.sign_up()
+    for i in range(5):
+        world.play("alice", 60 - i, track_index=i)
+    world.archive()
+    for row in world.stored():
+        track = catalog.TrackModel.get(row.track_id)
+        album = catalog.AlbumModel.get(track.album_id)
+        assert album.name
+        for artist_id in [*track.artist_ids, *album.artist_ids]:
+            assert catalog.ArtistModel.get(artist_id).name
+
+
+def test_second_poll_asks_after_the_cursor_and_archives_only_newer_plays(world):
+    world.sign_up()
+    first = [world.play("alice", 100 - i, track_index=i) for i in range(5)]
+    assert world.archive().plays_archived == 5
+    cursor = world.user().cursor_ms
+    assert cursor == max(first)
+
+    newer = [world.play("alice", 30 - i, track_index=10 + i) for i in range(3)]
+    recorder = RecordAfter(world.state)
+    world.state.reset_counts()
+    result = world.archive()
+    assert recorder.afters == [cursor]
+    assert result.plays_archived == 3
+    assert world.counts()["recently_played"] == 1
+    assert world.stored_ms() == sorted(first + newer)
+    user = world.user()
+    assert user.cursor_ms == max(newer)
+    assert user.plays_archived == 8
+
+
+def test_idle_poll_is_one_request_and_writes_no_play(world):
+    world.sign_up()
+    world.play("alice", 10)
+    world.archive()
+    before = world.user()
+    world.state.reset_counts()
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.plays_archived == 0
+    assert world.counts() == {"token": 0, "me": 0, "recently_played": 1, "authorize": 0}  # cached token
+    after = world.user()
+    assert after.cursor_ms == before.cursor_ms and after.plays_archived == 1
+
+
+def test_overlapping_polls_store_each_play_once(world):
+    world.sign_up()
+    ms = [world.play("alice", 100 - i, track_index=i) for i in range(10)]
+    world.archive()
+    rows_before = {p.played_at: p.attribute_values for p in world.stored()}
+    # Rewind the cursor (as a redelivered, older view of the user would): the polls overlap.
+    world.user().update(actions=[users.UserModel.cursor_ms.set(ms[3])])
+    result = world.archive()
+    assert result.plays_archived == 6  # rewritten, not added
+    rows_after = {p.played_at: p.attribute_values for p in world.stored()}
+    assert rows_after == rows_before
+    assert world.stored_ms() == ms
+    assert world.user().cursor_ms == ms[-1]
+
+
+def test_played_at_with_and_without_milliseconds_is_stored_canonical(world):
+    world.sign_up()
+    whole = world.play("alice", 20, whole_second=True)
+    precise = world.play("alice", 10, whole_second=False)
+    world.play("alice", 5, whole_second=True)
+    exposed = [item["played_at"] for item in world.state.recently_played("alice", 50, None, None)[0]]
+    assert any(re.match(r".*:\d\dZ$", p) for p in exposed) and any(CANONICAL.match(p) for p in exposed)
+    world.archive()
+    stored = world.stored()
+    assert all(CANONICAL.match(p.played_at) for p in stored)
+    assert [p.played_at for p in stored] == [canonical_played_at(clock.from_ms(m)) for m in world.truth_ms()]
+    assert whole % 1000 == 0 and stored[0].played_at.endswith(".000Z")
+    assert int(stored[1].played_at_ms) == precise
+
+
+def test_local_files_are_stored_under_synthetic_ids(world):
+    world.sign_up()
+    world.play("alice", 30, local=True, track_index=1)
+    world.play("alice", 20, local=True, track_index=2)
+    world.play("alice", 10, local=True, track_index=1)  # the same local file again
+    world.play("alice", 5, track_index=3)
+    result = world.archive()
+    assert result.plays_archived == 4 and result.new_tracks == 3
+    ids = [p.track_id for p in world.stored()]
+    assert ids[0] == ids[2] != ids[1]
+    assert all(i.startswith("local:") for i in ids[:3]) and not ids[3].startswith("local:")
+    track = catalog.TrackModel.get(ids[0])
+    assert track.is_local and track.album_id.startswith("local:")
+    assert catalog.AlbumModel.get(track.album_id).name == emulator_catalog.local_track(7, 1)["album"]["name"]
+    assert all(catalog.ArtistModel.get(a).name for a in track.artist_ids)
+
+
+# ---------------------------------------------------------------- catalog
+def test_concurrent_upserts_of_the_same_new_tracks_give_one_row_each(world):
+    world.sign_up()
+    for i in range(12):
+        world.play("alice", 60 - i, track_index=i, local=(i % 4 == 0))
+    page = world.archiver.spotify.recently_played(
+        world.archiver.spotify.refresh(sign_in(world.emulator, "alice"), Budget.seconds(30)).access_token,
+        None, Budget.seconds(30))
+    tracks = [p.track for p in page.plays]
+    workers = 8
+    barrier = threading.Barrier(workers)
+
+    def upsert() -> int:
+        barrier.wait(timeout=10)
+        return catalog.upsert_tracks(tracks)
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = [f.result(timeout=60) for f in [pool.submit(upsert) for _ in range(workers)]]
+    assert all(isinstance(r, int) and r >= 0 for r in results)
+    distinct = {t.track_id: t for t in tracks}
+    rows = {t.track_id: t for t in catalog.TrackModel.scan()}
+    assert set(rows) == set(distinct)
+    for track_id, track in distinct.items():
+        assert rows[track_id].name == track.name and rows[track_id].album_id == track.album.album_id
+    assert {a.album_id for a in catalog.AlbumModel.scan()} == {t.album.album_id for t in tracks}
+    artist_ids = {a.artist_id for t in tracks for a in (*t.artists, *t.album.artists)}
+    assert {a.artist_id for a in catalog.ArtistModel.scan()} == artist_ids
+    assert catalog.upsert_tracks(tracks) == 0  # all known now
+
+
+def test_known_metadata_is_not_rewritten(world):
+    world.sign_up()
+    for i in range(6):
+        world.play("alice", 120 - i, track_index=i, local=(i == 5))
+    calls = DynamoCalls()
+    first = world.archive()
+    assert first.new_tracks == 6
+    assert calls.count("PutItem", catalog.TrackModel) == 6
+    assert calls.count("PutItem", catalog.AlbumModel) >= 1 and calls.count("PutItem", catalog.ArtistModel) >= 1
+
+    for i in range(6):  # the same tracks played again
+        world.play("alice", 30 - i, track_index=i, local=(i == 5))
+    calls.calls.clear()
+    second = world.archive()
+    assert second.plays_archived == 6 and second.new_tracks == 0
+    for model in (catalog.TrackModel, catalog.AlbumModel, catalog.ArtistModel):
+        assert calls.count("PutItem", model) == 0
+        assert calls.count("UpdateItem", model) == 0 and calls.count("BatchWriteItem", model) == 0
+    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
+
+
+# ---------------------------------------------------------------- crash safety
+def _throttled(*_args, **_kwargs):
+    raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                      "UpdateItem")
+
+
+@pytest.mark.parametrize("crash", ["infrastructure", "unexpected"])
+def test_crash_between_plays_and_cursor_loses_and_duplicates_nothing(world, monkeypatch, crash):
+    world.sign_up()
+    world.state.simulate_listening("alice", world.now - timedelta(hours=2), world.now - timedelta(minutes=1), 15)
+    real = users.record_success
+    crashes = []
+
+    def record_success_once(user, outcome):
+        if not crashes:
+            crashes.append(outcome)
+            if crash == "infrastructure":
+                _throttled()
+            raise RuntimeError("the container died")
+        return real(user, outcome)
+
+    monkeypatch.setattr(users, "record_success", record_success_once)
+    if crash == "infrastructure":
+        with pytest.raises(ClientError):  # infrastructure: the message is redelivered
+            world.archive()
+    else:
+        failed = world.archive()
+        assert failed.status == archive.FAILED and failed.failure_type == FailureType.UNKNOWN
+    assert world.stored_ms() == world.truth_ms()  # the plays are durable...
+    assert world.user().cursor_ms is None  # ...and the cursor did not move past them
+
+    retry = world.archive()
+    assert retry.status == archive.SUCCESS
+    assert world.stored_ms() == world.truth_ms()
+    assert len(world.stored()) == len(set(world.truth_ms()))
+    assert world.user().cursor_ms == max(world.truth_ms())
+    assert world.user().consecutive_failures == 0
+
+
+# ---------------------------------------------------------------- tokens
+def test_rotated_refresh_token_is_stored(world):
+    old = world.sign_up(rotate=True)
+    world.play("alice", 10)
+    assert world.archive().status == archive.SUCCESS
+    user = world.user()
+    new = world.cipher.decrypt(user.refresh_token_enc, "alice")
+    assert new != old
+    client = make_spotify(world.emulator)
+    with pytest.raises(AuthRevoked):
+        client.refresh(old, Budget.seconds(10))  # the old one is dead...
+    # (that refresh rotated nothing) ...and the stored one works
+    assert client.refresh(new, Budget.seconds(10)).access_token
+
+
+def test_rotated_refresh_token_survives_a_failed_poll(world):
+    old = world.sign_up(rotate=True)
+    world.play("alice", 10)
+    world.state.inject(RP, status=503, times=3)
+    failed = world.archive()
+    assert failed.status == archive.FAILED and failed.failure_type == FailureType.NETWORK
+    new = world.cipher.decrypt(world.user().refresh_token_enc, "alice")
+    assert new != old  # stored at once, before the API call failed
+    world.user().update(actions=[users.UserModel.access_token_enc.remove()])  # force another refresh
+    assert world.archive().status == archive.SUCCESS
+
+
+def test_refresh_token_not_rotated_is_kept(world):
+    old = world.sign_up(rotate=False)
+    blob = world.user().refresh_token_enc
+    world.play("alice", 10)
+    assert world.archive().status == archive.SUCCESS
+    user = world.user()
+    assert user.refresh_token_enc == blob
+    assert world.cipher.decrypt(user.refresh_token_enc, "alice") == old
+
+
+def test_invalid_grant_marks_the_user_needs_reauth(world):
+    world.sign_up()
+    world.play("alice", 10)
+    world.state.revoke("alice")
+    result = world.archive()
+    assert result.status == archive.FAILED and result.failure_type == FailureType.AUTH_REVOKED
+    user = world.user()
+    assert user.status == users.NEEDS_REAUTH
+    assert user.last_failure_type == "AUTH_REVOKED" and user.access_token_enc is None
+    assert world.stored() == []
+    world.state.reset_counts()
+    assert world.archive().status == archive.SKIPPED
+    assert world.counts()["token"] == 0
+
+
+def test_undecryptable_token_is_auth_revoked_not_an_infrastructure_error(aws_env, world):
+    world.sign_up()
+    version, key, nonce, sealed = world.user().refresh_token_enc.split(".")
+    tampered = ".".join((version, key[:-4] + ("AAAA" if key[-4:] != "AAAA" else "BBBB"), nonce, sealed))
+    world.user().update(actions=[users.UserModel.refresh_token_enc.set(tampered)])
+    world.archiver.cipher = make_cipher(aws_env)  # a new container: the data key goes to KMS
+    result = world.archive()
+    assert result.status == archive.FAILED and result.failure_type == FailureType.AUTH_REVOKED
+    assert world.user().status == users.NEEDS_REAUTH
+
+
+def test_api_401_refreshes_once_and_retries_once(world):
+    world.sign_up()
+    world.play("alice", 20)
+    world.archive()
+    cached = world.cipher.decrypt(world.user().access_token_enc, "alice")
+    world.play("alice", 10)
+    world.state.inject(RP, status=401)
+    world.state.reset_counts()
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.plays_archived == 1
+    assert world.counts()["token"] == 1 and world.counts()["recently_played"] == 2
+    user = world.user()
+    assert world.cipher.decrypt(user.access_token_enc, "alice") != cached  # the new token is cached
+    assert user.consecutive_failures == 0
+
+
+def test_second_401_is_an_auth_failure_in_the_breaker(world):
+    world.sign_up()
+    world.play("alice", 20)
+    world.archive()
+    cursor = world.user().cursor_ms
+    world.play("alice", 10)
+    world.state.inject(RP, status=401, times=2)
+    world.state.reset_counts()
+    result = world.archive()
+    assert result.status == archive.FAILED and result.failure_type == FailureType.AUTH
+    assert world.counts()["token"] == 1 and world.counts()["recently_played"] == 2
+    user = world.user()
+    assert user.consecutive_failures == 1
+    assert user.last_failure_type == "AUTH"
+    assert user.last_failed_at == world.now
+    assert user.cooldown_until == world.now + timedelta(minutes=30)
+    assert user.cursor_ms == cursor
+
+    world.state.inject(RP, status=401, times=2)
+    world.archive()
+    assert world.user().consecutive_failures == 2
+    assert world.user().cooldown_until == world.now + timedelta(minutes=60)
+
+    assert world.archive().status == archive.SUCCESS  # a success resets the breaker
+    user = world.user()
+    assert user.consecutive_failures == 0 and user.cooldown_until is None and user.last_failure_type is None
+
+
+def test_long_429_defers_and_closes_the_app_rate_gate(world):
+    world.sign_up()
+    world.play("alice", 10)
+    world.state.inject(RP, status=429, retry_after=3600)
+    assert state.rate_limited_until(world.now) is None
+    result = world.archive()
+    assert result.status == archive.DEFERRED
+    assert result.failure_type == FailureType.RATE_LIMITED and result.retry_after_s == 3600
+    assert state.rate_limited_until(world.now) == world.now + timedelta(seconds=3600)
+    user = world.user()
+    assert user.consecutive_failures == 0 and user.last_failure_type is None and user.cooldown_until is None
+    assert world.stored() == []
+    assert world.sleeps == []
+
+
+def test_short_429_is_waited_out(world):
+    world.sign_up()
+    world.play("alice", 10)
+    world.state.inject(RP, status=429, retry_after=1)
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.plays_archived == 1
+    assert world.sleeps == [1.0]
+    assert state.rate_limited_until(world.now) is None
+
+
+def test_5xx_is_recorded_as_network(world):
+    world.sign_up()
+    world.play("alice", 10)
+    world.state.inject(RP, status=503, times=3)
+    world.state.reset_counts()
+    result = world.archive()
+    assert result.status == archive.FAILED and result.failure_type == FailureType.NETWORK
+    assert world.counts()["recently_played"] == 3
+    user = world.user()
+    assert user.consecutive_failures == 1 and user.last_failure_type == "NETWORK"
+    assert user.cooldown_until == world.now + timedelta(minutes=10)
+    assert world.stored() == [] and user.cursor_ms is None
+
+
+def test_timeout_is_recorded_as_network(aws_env, emulator, now):
+    world = World(aws_env, emulator, now, read_timeout_s=0.1, max_attempts=2)
+    world.sign_up()
+    world.play("alice", 10)
+    world.state.inject(RP, delay_s=0.4, times=2)
+    result = world.archive()
+    assert result.status == archive.FAILED and result.failure_type == FailureType.NETWORK
+    assert world.user().last_failure_type == "NETWORK"
+
+
+def test_deleted_user_is_skipped(world):
+    result = world.archive("nobody")
+    assert result.status == archive.SKIPPED
+
+
+# ---------------------------------------------------------------- gaps
+def test_more_than_50_plays_between_polls_is_a_detected_gap(world):
+    world.sign_up()
+    for i in range(10):
+        world.play("alice", 500 - i, track_index=i)
+    world.archive()
+    cursor = world.user().cursor_ms
+    for i in range(60):
+        world.play("alice", 300 - 2 * i, track_index=20 + i)
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.gap_detected
+    assert result.plays_archived == 50
+    user = world.user()
+    stored = set(world.stored_ms())
+    truth = set(world.truth_ms())
+    newest_fifty = sorted(truth)[-50:]
+    assert user.gaps_detected == 1
+    assert user.last_gap_from_ms == cursor
+    assert user.last_gap_to_ms == newest_fifty[0]
+    missing = truth - stored
+    assert missing == truth - world.state.exposed_play_ms("alice")  # exactly Spotify's lost plays
+    assert len(missing) == 10
+    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)
+    assert user.cursor_ms == max(truth)
+
+
+def test_up_to_49_new_plays_is_no_gap(world):
+    world.sign_up()
+    world.play("alice", 500)
+    world.archive()
+    for i in range(49):
+        world.play("alice", 300 - 2 * i, track_index=i)
+    result = world.archive()
+    assert result.plays_archived == 49 and not result.gap_detected
+    assert world.user().gaps_detected == 0
+    assert set(world.stored_ms()) == set(world.truth_ms())
+
+
+def test_a_401_to_a_token_minted_this_poll_is_auth_without_a_second_refresh(aws_env, emulator):
+    """No cached token: the poll refreshes; if Spotify still answers 401, refreshing again cannot help."""
+    archiver = make_archiver(aws_env, emulator)
+    refresh_token = sign_in(emulator, "fresh401")
+    make_user("fresh401", refresh_token, archiver.cipher)
+    emulator.state.reset_counts()
+    emulator.state.inject("/v1/me/player/recently-played", status=401, times=2)
+    result = archiver.archive_user("fresh401", Budget.seconds(30))
+    assert (result.status, result.failure_type) == ("failed", "AUTH")
+    assert emulator.state.request_counts()["token"] == 1
