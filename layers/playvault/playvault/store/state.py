@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pynamodb.attributes import TTLAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
@@ -26,6 +26,11 @@ class StateModel(Model):
     expires_at = TTLAttribute(null=True)  # DynamoDB deletes the item some time after this
     limited_until = UTCDateTimeAttribute(null=True)  # rate gate
     updated_at = UTCDateTimeAttribute(null=True)
+    # onboarding (store/seats.py, store/oauth_states.py, store/waitlist.py)
+    seats = NumberAttribute(null=True)  # item "seats": users holding a seat
+    code_verifier = UnicodeAttribute(null=True)  # item "oauth_state#<sha256>": PKCE verifier, server side only
+    email = UnicodeAttribute(null=True)  # item "waitlist#<sha256>": the address to contact
+    created_at = UTCDateTimeAttribute(null=True)
 
 
 def rate_limited_until(now: datetime) -> datetime | None:

@@ -1,0 +1,272 @@
+"""HttpApi (payload 2.0) routes -> playvault.onboarding. Thin: parse, call, render; errors map here.
+
+GET  /auth/login      302 to Spotify's consent page (or the waitlist page when every seat is taken)
+GET  /auth/callback   consume the one-time state, exchange the code, create or re-authorize the user
+POST /auth/waitlist   form or JSON {"email": ...}
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from string import Template
+from typing import Any
+from urllib.parse import parse_qs
+
+import boto3
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.logging import correlation_paths
+
+from playvault import store
+from playvault.config import AuthSettings
+from playvault.crypto import TokenCipher
+from playvault.metrics import metrics
+from playvault.onboarding import (
+    AuthorizationDenied,
+    AuthorizationError,
+    CodeRejected,
+    Connected,
+    InvalidRequest,
+    InvalidState,
+    LoginRedirect,
+    Onboarding,
+    OnboardingError,
+    SpotifyUnavailable,
+    WaitlistRequired,
+)
+from playvault.spotify import Budget, SpotifyClient, ssm_credentials
+from playvault.store.seats import SeatsBusy
+
+settings = AuthSettings.from_env()
+store.bind(settings)
+logger = Logger()
+credentials = ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param)
+spotify = SpotifyClient(
+    api_url=settings.spotify_api_url,
+    accounts_url=settings.spotify_accounts_url,
+    credentials=credentials,
+    pool_size=4,
+    read_timeout_s=5.0,
+)
+cipher = TokenCipher(boto3.client("kms"), settings.token_key_id)
+onboarding = Onboarding.from_settings(settings, spotify=spotify, cipher=cipher, credentials=credentials)
+app = APIGatewayHttpResolver()
+
+ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST"}
+MAX_QUERY = 4096
+MAX_BODY = 4096
+RESERVE_MS = 1500  # leave time to answer after the Spotify calls
+
+_TEMPLATES = Path(__file__).parent / "templates"
+_PAGE = Template((_TEMPLATES / "page.html").read_text())
+_WAITLIST_FORM = (_TEMPLATES / "waitlist_form.html").read_text()
+
+NO_STORE = {"Cache-Control": "no-store"}
+HTML_HEADERS = {
+    **NO_STORE,
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    ),
+    # The callback URL carries the authorization code: never send it on as a Referer.
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+class RequestRejected(Exception):
+    """The HTTP request itself is unacceptable (size, method, media type)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+# -- rendering ----------------------------------------------------------------------------------
+def page(status: int, title: str, heading: str, content_html: str, headers: dict[str, str] | None = None) -> Response:
+    body = _PAGE.substitute(title=html.escape(title), heading=html.escape(heading), content=content_html)
+    return Response(
+        status_code=status,
+        content_type="text/html; charset=utf-8",
+        body=body,
+        headers={**HTML_HEADERS, **(headers or {})},
+    )
+
+
+def message_page(
+    status: int, title: str, text: str, headers: dict[str, str] | None = None, *, start_again: bool = False
+) -> Response:
+    more = '<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again else ""
+    return page(status, title, title, f"<p>{html.escape(text)}</p>{more}", headers)
+
+
+def waitlist_page() -> Response:
+    intro = (
+        "<p>PlayVault is full for now: every seat is taken. Leave your email address and we will "
+        "tell you when one opens.</p>"
+    )
+    return page(200, "PlayVault is full", "PlayVault is full", intro + _WAITLIST_FORM)
+
+
+def _wants_json() -> bool:
+    headers = app.current_event.headers or {}
+    content_type = (headers.get("content-type") or "").lower()
+    accept = (headers.get("accept") or "").lower()
+    return content_type.startswith("application/json") or ("application/json" in accept and "text/html" not in accept)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    if _wants_json():
+        return Response(
+            status_code=status,
+            content_type="application/json",
+            body=json.dumps({"error": message}),
+            headers={**NO_STORE, **(headers or {})},
+        )
+    title = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large",
+             415: "Unsupported media type", 502: "Spotify is unavailable", 503: "Busy"}.get(status, "Error")
+    return message_page(status, title, message, headers, start_again=status in (400, 500, 502, 503))
+
+
+# -- the one mapping from errors to responses -----------------------------------------------------
+_STATUS: list[tuple[type[OnboardingError], int]] = [
+    (AuthorizationDenied, 200),  # the visitor said no: a normal outcome, told kindly
+    (InvalidState, 400),
+    (InvalidRequest, 400),
+    (AuthorizationError, 400),
+    (CodeRejected, 400),
+    (SpotifyUnavailable, 502),
+]
+
+
+@app.exception_handler(OnboardingError)
+def onboarding_error(exc: OnboardingError) -> Response:
+    status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
+    if isinstance(exc, AuthorizationDenied):
+        return message_page(200, "Not connected", exc.public_message, start_again=True)
+    return error_response(status, exc.public_message)
+
+
+@app.exception_handler(RequestRejected)
+def request_rejected(exc: RequestRejected) -> Response:
+    return error_response(exc.status, exc.message, exc.headers)
+
+
+@app.exception_handler(SeatsBusy)
+def seats_busy(exc: SeatsBusy) -> Response:
+    logger.warning("seat counter contended")
+    return error_response(503, "We are busy signing people in. Please try again in a moment.", {"Retry-After": "2"})
+
+
+@app.exception_handler(Exception)
+def unexpected(exc: Exception) -> Response:
+    logger.exception("unexpected error")  # the message and trace go to the log, never to the visitor
+    return error_response(500, "Something went wrong on our side. Nothing was stored; please try again.")
+
+
+@app.not_found
+def not_found(exc: NotFoundError) -> Response:
+    path = app.current_event.path
+    allowed = ROUTES.get(path)
+    if allowed is not None:
+        return error_response(405, f"{path} accepts {allowed} only.", {"Allow": allowed})
+    return error_response(404, "There is nothing here.")
+
+
+# -- input helpers ----------------------------------------------------------------------------------
+def _query() -> dict[str, str]:
+    event = app.current_event
+    if len(event.raw_event.get("rawQueryString") or "") > MAX_QUERY:
+        raise RequestRejected(400, "The query string is too long.")
+    return dict(event.query_string_parameters or {})
+
+
+def _budget() -> Budget:
+    context = app.lambda_context
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        return Budget(context.get_remaining_time_in_millis, reserve_ms=RESERVE_MS)
+    return Budget.seconds(10)
+
+
+def _waitlist_email() -> object:
+    event = app.current_event
+    raw = event.body or ""
+    if len(raw) > MAX_BODY * 2:
+        raise RequestRejected(413, "The request body is too large.")
+    try:
+        body = event.decoded_body or ""
+    except (ValueError, UnicodeDecodeError):
+        raise RequestRejected(400, "The request body could not be decoded.") from None
+    if len(body) > MAX_BODY:
+        raise RequestRejected(413, "The request body is too large.")
+    content_type = ((event.headers or {}).get("content-type") or "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            raise RequestRejected(400, "The request body is not valid JSON.") from None
+        if not isinstance(data, dict) or "email" not in data:
+            raise InvalidRequest("Send a JSON object with an email field.")
+        return data["email"]
+    if content_type in ("application/x-www-form-urlencoded", ""):
+        try:
+            fields = parse_qs(body, keep_blank_values=True, max_num_fields=10, strict_parsing=False)
+        except ValueError:
+            raise RequestRejected(400, "The form has too many fields.") from None
+        values = fields.get("email") or []
+        if len(values) != 1:
+            raise InvalidRequest("The form needs exactly one email field.")
+        return values[0]
+    raise RequestRejected(415, "Send the form (application/x-www-form-urlencoded) or JSON.")
+
+
+# -- routes -----------------------------------------------------------------------------------------
+@app.get("/auth/login")
+def login() -> Response:
+    returning = _query().get("reconnect") in ("1", "true", "yes")
+    result = onboarding.begin_login(returning=returning)
+    if isinstance(result, WaitlistRequired):
+        return waitlist_page()
+    assert isinstance(result, LoginRedirect)
+    return Response(status_code=302, headers={**NO_STORE, "Location": result.url, "Referrer-Policy": "no-referrer"})
+
+
+@app.get("/auth/callback")
+def callback() -> Response:
+    query = _query()
+    result = onboarding.complete_login(
+        state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget()
+    )
+    if isinstance(result, WaitlistRequired):
+        return waitlist_page()
+    assert isinstance(result, Connected)
+    who = f", {html.escape(result.display_name)}" if result.display_name else ""
+    if result.returning:
+        text = f"<p>Welcome back{who}! Your Spotify account is reconnected; archiving resumes shortly.</p>"
+        return page(200, "Reconnected", "Reconnected", text)
+    text = (
+        f"<p>Welcome{who}! PlayVault now archives every song you play on Spotify.</p>"
+        '<p class="muted">You can close this page.</p>'
+    )
+    return page(200, "You're in", "You're in", text)
+
+
+@app.post("/auth/waitlist")
+def join_waitlist() -> Response:
+    onboarding.join_waitlist(_waitlist_email())
+    if _wants_json():
+        return Response(
+            status_code=200, content_type="application/json", body=json.dumps({"status": "listed"}), headers=NO_STORE
+        )
+    # Same answer whether the address was new or already listed: nothing to learn by probing.
+    return message_page(200, "You're on the list", "You're on the list. We will write to you when a seat opens.")
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)
