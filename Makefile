@@ -53,14 +53,15 @@ lint: $(VENV)/.installed
 
 validate: $(VENV)/.installed $(VENV_SAM)/.installed
 	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
-	$(SAM_ENV) $(VENV)/bin/cfn-lint --regions us-east-1 -- template.yaml
+	$(SAM_ENV) $(VENV)/bin/cfn-lint --regions us-east-1 --append-rules tools/cfn_rules -- template.yaml
 
 build: $(VENV)/.installed $(VENV_SAM)/.installed
 	$(SAM_ENV) $(SAM) build --template template.yaml --build-dir .aws-sam/build
 
+# Stack name, region, capabilities and parameters: samconfig.toml (docs/operate.md).
+# Another environment: make deploy ARGS="--config-env prod"; first time interactively: ARGS=--guided.
 deploy: build
-	$(SAM_ENV) $(SAM) deploy $(if $(wildcard .aws-sam/deployed),,--guided)
-	@touch .aws-sam/deployed
+	$(SAM_ENV) $(SAM) deploy $(ARGS)
 
 unit: $(VENV)/.installed
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -1,0 +1,366 @@
+"""Checkers for template.yaml, as plain functions over the parsed template (playvault_local.template.load()).
+
+Each checker returns a list of problems (strings naming the place); an empty list means clean. The
+tests run them on template.yaml and on small bad fragments, so a checker that stops catching its
+problem fails too.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CUSTOM_NAMESPACE = "PlayVault"
+SERVICE_DIMENSION = "service"
+EMITTERS = {"count", "record_duration_ms", "count_failure"}
+
+# Statements allowed to be broad, each for a documented reason: (resource, Sid).
+# A KMS key policy must let the account administer the key (else the key becomes unmanageable);
+# IAM policies of the account then decide who may use it.
+DOCUMENTED_EXCEPTIONS = {("TokenKey", "AccountAdministersTheKey")}
+
+
+# ------------------------------------------------------------------ helpers
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _resources(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in (template.get("Resources") or {}).items() if v.get("Type") == resource_type}
+
+
+def _ref_target(node: Any) -> str | None:
+    """The logical id behind {"Ref": X} or {"Fn::GetAtt": [X, attr]}."""
+    if isinstance(node, dict) and len(node) == 1:
+        (key, arg), = node.items()
+        if key == "Ref" and isinstance(arg, str):
+            return arg
+        if key == "Fn::GetAtt":
+            parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
+            return str(parts[0])
+    return None
+
+
+def _function_prop(template: dict[str, Any], props: dict[str, Any], name: str, default: Any = None) -> Any:
+    globals_ = (template.get("Globals") or {}).get("Function") or {}
+    return props.get(name, globals_.get(name, default))
+
+
+# ------------------------------------------------------------------ (a) IAM
+def _statements(document: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(document, dict):
+        for statement in _as_list(document.get("Statement")):
+            if isinstance(statement, dict):
+                yield statement
+
+
+def _policy_documents(template: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:
+    """(place, kind, policy document) of every identity and resource policy in the template.
+
+    kind is "identity" (what a function or role may do) or "resource" (who may use a resource).
+    """
+    for logical, res in (template.get("Resources") or {}).items():
+        props = res.get("Properties") or {}
+        rtype = res.get("Type")
+        if rtype == "AWS::Serverless::Function":
+            for i, policy in enumerate(_as_list(props.get("Policies"))):
+                yield f"{logical}.Policies[{i}]", "identity", policy
+        elif rtype == "AWS::IAM::Role":
+            for i, policy in enumerate(_as_list(props.get("Policies"))):
+                yield f"{logical}.Policies[{i}]", "identity", (policy or {}).get("PolicyDocument")
+        elif rtype in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            yield logical, "identity", props.get("PolicyDocument")
+        elif rtype == "AWS::KMS::Key":
+            yield f"{logical}.KeyPolicy", "resource", props.get("KeyPolicy")
+        elif rtype in ("AWS::SQS::QueuePolicy", "AWS::SNS::TopicPolicy", "AWS::S3::BucketPolicy"):
+            yield f"{logical}.PolicyDocument", "resource", props.get("PolicyDocument")
+
+
+def iam_problems(template: dict[str, Any]) -> list[str]:
+    """Wildcard actions (`*`, `dynamodb:*`, `dynamodb:Get*`), NotAction/NotResource, and Resource `*`
+    in identity policies. Function policies must be explicit statements (no managed policy names or
+    SAM policy templates, whose action lists nobody reviewed here)."""
+    problems = []
+    for place, kind, document in _policy_documents(template):
+        if kind == "identity" and not (isinstance(document, dict) and "Statement" in document):
+            problems.append(f"{place}: not an explicit policy statement ({document!r})")
+            continue
+        resource = place.split(".", 1)[0]
+        for i, statement in enumerate(_statements(document)):
+            where = f"{place}.Statement[{i}]"
+            if (resource, statement.get("Sid")) in DOCUMENTED_EXCEPTIONS:
+                continue
+            for key in ("NotAction", "NotResource"):
+                if key in statement:
+                    problems.append(f"{where}: {key} grants everything else")
+            for action in _as_list(statement.get("Action")):
+                if not isinstance(action, str) or "*" in action or ":" not in action:
+                    problems.append(f"{where}: wildcard or malformed action {action!r}")
+            if kind == "identity":
+                for target in _as_list(statement.get("Resource")):
+                    if target == "*":
+                        problems.append(f"{where}: Resource {target!r}")
+            elif statement.get("Effect") == "Allow" and statement.get("Principal") in ("*", {"AWS": "*"}):
+                problems.append(f"{where}: resource policy allows any principal")
+    return problems
+
+
+# ------------------------------------------------------------------ (b) metrics
+@dataclass(frozen=True)
+class MetricRef:
+    where: str
+    namespace: str
+    name: str
+    dimensions: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def dimension_names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.dimensions)
+
+
+_SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def dashboard_bodies(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each dashboard's body as JSON, its ${...} variables replaced by their names."""
+    bodies = {}
+    for logical, res in _resources(template, "AWS::CloudWatch::Dashboard").items():
+        body = (res.get("Properties") or {}).get("DashboardBody")
+        if isinstance(body, dict) and "Fn::Sub" in body:
+            text = body["Fn::Sub"] if isinstance(body["Fn::Sub"], str) else body["Fn::Sub"][0]
+            body = _SUB_VARIABLE.sub(lambda m: m.group(1), text)
+        if not isinstance(body, str):
+            raise ValueError(f"{logical}: DashboardBody must be a JSON string or !Sub of one")
+        bodies[logical] = json.loads(body)
+    return bodies
+
+
+def _dashboard_metric(where: str, entry: list[Any], previous: MetricRef | None) -> MetricRef | None:
+    """One "metrics" row: [namespace, name, dim, value, ..., {options}]; "." repeats the row above."""
+    values = [v for v in entry if not isinstance(v, dict)]
+    if any(isinstance(v, dict) and "expression" in v for v in entry) and not values:
+        return None  # a math expression, no metric of its own
+    if previous is not None and values and values[0] == "...":
+        return None  # shorthand rows are not used here; refuse to guess
+    if previous is not None:
+        prev = [previous.namespace, previous.name, *[x for pair in previous.dimensions for x in pair]]
+        values = [prev[i] if v == "." and i < len(prev) else v for i, v in enumerate(values)]
+    if len(values) < 2 or len(values) % 2:
+        raise ValueError(f"{where}: cannot read metric row {entry!r}")
+    dims = tuple((str(values[i]), str(values[i + 1])) for i in range(2, len(values), 2))
+    return MetricRef(where, str(values[0]), str(values[1]), dims)
+
+
+def dashboard_metrics(template: dict[str, Any]) -> list[MetricRef]:
+    refs = []
+    for logical, body in dashboard_bodies(template).items():
+        for w, widget in enumerate(body.get("widgets") or []):
+            previous = None
+            for r, entry in enumerate(((widget.get("properties") or {}).get("metrics")) or []):
+                ref = _dashboard_metric(f"{logical}.widgets[{w}].metrics[{r}]", entry, previous)
+                if ref is not None:
+                    refs.append(ref)
+                    previous = ref
+    return refs
+
+
+def _alarm_metric(where: str, spec: dict[str, Any]) -> MetricRef:
+    dims = tuple((str(d.get("Name")), str(d.get("Value"))) for d in _as_list(spec.get("Dimensions")))
+    return MetricRef(where, str(spec.get("Namespace")), str(spec.get("MetricName")), dims)
+
+
+def alarm_metrics(template: dict[str, Any]) -> list[MetricRef]:
+    refs = []
+    for logical, res in _resources(template, "AWS::CloudWatch::Alarm").items():
+        props = res.get("Properties") or {}
+        if "MetricName" in props:
+            refs.append(_alarm_metric(logical, props))
+        for query in _as_list(props.get("Metrics")):
+            metric = ((query or {}).get("MetricStat") or {}).get("Metric")
+            if metric:
+                refs.append(_alarm_metric(f"{logical}.Metrics[{query.get('Id')}]", metric))
+    return refs
+
+
+def metric_problems(refs: Iterable[MetricRef], catalog: dict[str, tuple[Any, tuple[str, ...]]],
+                    service: str) -> list[str]:
+    """Custom metrics must be in the catalog, with exactly the dimensions the code emits."""
+    problems = []
+    for ref in refs:
+        if ref.namespace != CUSTOM_NAMESPACE:
+            continue
+        if ref.name not in catalog:
+            problems.append(f"{ref.where}: {ref.name} is not in playvault.metrics.CATALOG")
+            continue
+        expected = frozenset((SERVICE_DIMENSION, *catalog[ref.name][1]))
+        if ref.dimension_names != expected:
+            problems.append(f"{ref.where}: {ref.name} dimensions {sorted(ref.dimension_names)}, "
+                            f"the code emits {sorted(expected)}")
+        if dict(ref.dimensions).get(SERVICE_DIMENSION, service) != service:
+            problems.append(f"{ref.where}: {ref.name} service={dict(ref.dimensions)[SERVICE_DIMENSION]}, "
+                            f"the functions' POWERTOOLS_SERVICE_NAME is {service}")
+    return problems
+
+
+def coverage_problems(dashboard: Iterable[MetricRef], catalog: Iterable[str]) -> list[str]:
+    shown = {ref.name for ref in dashboard if ref.namespace == CUSTOM_NAMESPACE}
+    return [f"{name} (in CATALOG) is not on the dashboard" for name in sorted(set(catalog) - shown)]
+
+
+def emitted_metrics(sources: Iterable[Path], constants: dict[str, str], users_failed: str) -> dict[str, list[str]]:
+    """Metric name -> places that emit it: calls of count(X), record_duration_ms(X) (X a metrics
+    constant or a literal) and count_failure(...) (which emits UsersFailed), found by parsing the code."""
+    found: dict[str, list[str]] = {}
+    for path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called not in EMITTERS:
+                continue
+            if called == "count_failure":
+                name: str | None = users_failed
+            elif not node.args:
+                continue
+            else:
+                arg = node.args[0]
+                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                    name = arg.value
+                else:
+                    ident = arg.attr if isinstance(arg, ast.Attribute) else getattr(arg, "id", None)
+                    name = constants.get(ident) if ident else None
+            if name:
+                found.setdefault(name, []).append(f"{path}:{node.lineno}")
+    return found
+
+
+def emission_problems(catalog: Iterable[str], emitted: dict[str, list[str]]) -> list[str]:
+    return [f"{name} is in CATALOG but no code emits it" for name in sorted(set(catalog) - set(emitted))]
+
+
+# ------------------------------------------------------------------ (c) structure
+def queue_problems(template: dict[str, Any]) -> list[str]:
+    """SQS event sources: visibility >= 6x the function timeout, partial batch failures, a DLQ."""
+    problems = []
+    queues = _resources(template, "AWS::SQS::Queue")
+    sources = 0
+    for logical, res in _resources(template, "AWS::Serverless::Function").items():
+        props = res.get("Properties") or {}
+        timeout = int(_function_prop(template, props, "Timeout", 3))
+        for event_name, event in (props.get("Events") or {}).items():
+            if event.get("Type") != "SQS":
+                continue
+            sources += 1
+            where = f"{logical}.Events.{event_name}"
+            eprops = event.get("Properties") or {}
+            if "ReportBatchItemFailures" not in _as_list(eprops.get("FunctionResponseTypes")):
+                problems.append(f"{where}: no FunctionResponseTypes [ReportBatchItemFailures]")
+            queue = _ref_target(eprops.get("Queue"))
+            if queue not in queues:
+                problems.append(f"{where}: queue {eprops.get('Queue')!r} is not a queue of this template")
+                continue
+            qprops = queues[queue].get("Properties") or {}
+            visibility = int(qprops.get("VisibilityTimeout", 30))
+            if visibility < 6 * timeout:
+                problems.append(f"{queue}: VisibilityTimeout {visibility} < 6 x {logical} Timeout {timeout}")
+            redrive = qprops.get("RedrivePolicy") or {}
+            if _ref_target(redrive.get("deadLetterTargetArn")) not in queues:
+                problems.append(f"{queue}: no RedrivePolicy.deadLetterTargetArn to a queue of this template")
+            if "maxReceiveCount" not in redrive:
+                problems.append(f"{queue}: RedrivePolicy without maxReceiveCount")
+    if not sources:
+        problems.append("no function has an SQS event source")
+    return problems
+
+
+def _expected_log_group_name(function_name: Any) -> str | None:
+    """"/aws/lambda/<FunctionName>" as a template string, for a literal or !Sub FunctionName."""
+    if isinstance(function_name, str):
+        return f"/aws/lambda/{function_name}"
+    if isinstance(function_name, dict) and isinstance(function_name.get("Fn::Sub"), str):
+        return f"/aws/lambda/{function_name['Fn::Sub']}"
+    return None
+
+
+def _log_group_name(props: dict[str, Any]) -> str | None:
+    name = props.get("LogGroupName")
+    if isinstance(name, dict) and isinstance(name.get("Fn::Sub"), str):
+        return name["Fn::Sub"]
+    return name if isinstance(name, str) else None
+
+
+def log_group_problems(template: dict[str, Any]) -> list[str]:
+    """Every function logs to its own AWS::Logs::LogGroup (named after it) with retention; so does the HttpApi."""
+    problems = []
+    groups = _resources(template, "AWS::Logs::LogGroup")
+    used: dict[str, str] = {}
+
+    def check_group(where: str, target: str | None) -> dict[str, Any] | None:
+        if target not in groups:
+            problems.append(f"{where}: does not point at an AWS::Logs::LogGroup of this template")
+            return None
+        if target in used:
+            problems.append(f"{where}: log group {target} is already used by {used[target]}")
+        used[target] = where
+        gprops = groups[target].get("Properties") or {}
+        if "RetentionInDays" not in gprops:
+            problems.append(f"{target}: no RetentionInDays")
+        return gprops
+
+    for logical, res in _resources(template, "AWS::Serverless::Function").items():
+        props = res.get("Properties") or {}
+        target = _ref_target((props.get("LoggingConfig") or {}).get("LogGroup"))
+        gprops = check_group(f"{logical}.LoggingConfig.LogGroup", target)
+        expected = _expected_log_group_name(props.get("FunctionName"))
+        if gprops is not None and (expected is None or _log_group_name(gprops) != expected):
+            wanted = expected or "/aws/lambda/<FunctionName>"
+            problems.append(f"{logical}: FunctionName must be set and its log group named {wanted}"
+                            f" (is {_log_group_name(gprops)!r})")
+    for logical, res in _resources(template, "AWS::Serverless::HttpApi").items():
+        settings = (res.get("Properties") or {}).get("AccessLogSettings") or {}
+        check_group(f"{logical}.AccessLogSettings.DestinationArn", _ref_target(settings.get("DestinationArn")))
+        if not settings.get("Format"):
+            problems.append(f"{logical}: AccessLogSettings without Format")
+    return problems
+
+
+def holds_user_data(props: dict[str, Any]) -> bool:
+    """Tables keyed by user_id hold users' data (users, plays)."""
+    return any(k.get("AttributeName") == "user_id" for k in _as_list(props.get("KeySchema")))
+
+
+def table_problems(template: dict[str, Any]) -> list[str]:
+    problems = []
+    for logical, res in _resources(template, "AWS::DynamoDB::Table").items():
+        props = res.get("Properties") or {}
+        if props.get("BillingMode") != "PAY_PER_REQUEST":
+            problems.append(f"{logical}: BillingMode is not PAY_PER_REQUEST (on-demand)")
+        if not holds_user_data(props):
+            continue
+        if not (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled"):
+            problems.append(f"{logical}: holds user data without point-in-time recovery")
+        for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
+            if res.get(policy) != "Retain":
+                problems.append(f"{logical}: holds user data, {policy} is not Retain")
+        if props.get("DeletionProtectionEnabled") is not True:
+            problems.append(f"{logical}: holds user data without DeletionProtectionEnabled")
+    return problems
+
+
+def ttl_problems(template: dict[str, Any], logical_ids: Iterable[str]) -> list[str]:
+    tables = _resources(template, "AWS::DynamoDB::Table")
+    problems = []
+    for logical in logical_ids:
+        ttl = ((tables.get(logical) or {}).get("Properties") or {}).get("TimeToLiveSpecification") or {}
+        if not (ttl.get("Enabled") and ttl.get("AttributeName")):
+            problems.append(f"{logical}: no TimeToLiveSpecification")
+    return problems

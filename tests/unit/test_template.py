@@ -1,0 +1,316 @@
+"""template.yaml is production-ready: least-privilege IAM, metrics that exist, queues, logs and tables.
+
+The checkers live in tests/template_rules.py; every one is also run on a small bad fragment here, so
+a checker that silently stops catching its problem fails the suite.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playvault import metrics
+from playvault.failures import FailureType
+from playvault_local import template as tpl
+from tests import template_rules as rules
+
+ROOT = Path(__file__).resolve().parents[2]
+CONSTANTS = {k: v for k, v in vars(metrics).items() if k.isupper() and isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return tpl.load()
+
+
+@pytest.fixture(scope="module")
+def service(template: dict[str, Any]) -> str:
+    return template["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+
+
+def fragment(resources: dict[str, Any], **sections: Any) -> dict[str, Any]:
+    return {"Resources": resources, **sections}
+
+
+def function(**props: Any) -> dict[str, Any]:
+    return {"Type": "AWS::Serverless::Function", "Properties": props}
+
+
+def statement(action: Any, resource: Any = "arn:aws:dynamodb:us-east-1:1:table/t", **extra: Any) -> dict[str, Any]:
+    return {"Effect": "Allow", "Action": action, "Resource": resource, **extra}
+
+
+# ------------------------------------------------------------------ (a) IAM
+def test_no_wildcard_actions_or_resources_in_any_policy(template):
+    assert rules.iam_problems(template) == []
+
+
+def test_every_function_has_explicit_policy_statements(template):
+    for logical, res in tpl.resources_of_type(template, "AWS::Serverless::Function").items():
+        policies = res["Properties"].get("Policies")
+        assert policies, f"{logical} has no Policies: it would run with none, or someone will add a broad one"
+        assert all("Statement" in p for p in policies), logical
+
+
+def test_the_documented_exception_is_narrow(template):
+    """The key policy lets the account root administer the key (and nothing else is excepted)."""
+    key = template["Resources"]["TokenKey"]["Properties"]["KeyPolicy"]
+    excepted = [s for s in key["Statement"] if ("TokenKey", s.get("Sid")) in rules.DOCUMENTED_EXCEPTIONS]
+    assert len(excepted) == 1
+    assert excepted[0]["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+    assert rules.DOCUMENTED_EXCEPTIONS == {("TokenKey", "AccountAdministersTheKey")}
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        ({"Statement": [statement("*")]}, "wildcard"),
+        ({"Statement": [statement(["dynamodb:GetItem", "dynamodb:*"])]}, "wildcard"),
+        ({"Statement": [statement("dynamodb:Get*")]}, "wildcard"),
+        ({"Statement": [statement("dynamodb:GetItem", "*")]}, "Resource '*'"),
+        ({"Statement": [statement("dynamodb:GetItem", ["arn:aws:dynamodb:us-east-1:1:table/t", "*"])]}, "Resource '*'"),
+        ({"Statement": [{"Effect": "Allow", "NotAction": "iam:*", "Resource": "arn:x"}]}, "NotAction"),
+        ("AmazonDynamoDBFullAccess", "not an explicit policy statement"),
+        ({"DynamoDBCrudPolicy": {"TableName": {"Ref": "T"}}}, "not an explicit policy statement"),
+    ],
+)
+def test_iam_checker_catches_broad_function_policies(bad, expected):
+    problems = rules.iam_problems(fragment({"Fn": function(Policies=[bad])}))
+    assert problems, f"checker missed {bad!r}"
+    assert any(expected in p for p in problems), problems
+
+
+def test_iam_checker_catches_broad_key_policies_and_roles():
+    key = {"Type": "AWS::KMS::Key", "Properties": {"KeyPolicy": {"Statement": [
+        statement("kms:*", "*", Sid="SomethingElse", Principal={"AWS": "arn:aws:iam::1:role/r"})]}}}
+    role = {"Type": "AWS::IAM::Role", "Properties": {"Policies": [
+        {"PolicyName": "p", "PolicyDocument": {"Statement": [statement("sqs:*", "*")]}}]}}
+    open_key = {"Type": "AWS::KMS::Key", "Properties": {"KeyPolicy": {"Statement": [
+        statement("kms:Decrypt", "*", Principal="*")]}}}
+    problems = rules.iam_problems(fragment({"OtherKey": key, "Role": role, "OpenKey": open_key}))
+    assert any(p.startswith("OtherKey.KeyPolicy") and "kms:*" in p for p in problems), problems
+    assert any(p.startswith("Role.Policies[0]") and "sqs:*" in p for p in problems), problems
+    assert any(p.startswith("Role.Policies[0]") and "Resource '*'" in p for p in problems), problems
+    assert any(p.startswith("OpenKey.KeyPolicy") and "any principal" in p for p in problems), problems
+
+
+def test_iam_checker_accepts_narrow_statements():
+    good = {"Statement": [statement(["dynamodb:GetItem", "dynamodb:UpdateItem"], {"Fn::GetAtt": ["T", "Arn"]})]}
+    assert rules.iam_problems(fragment({"Fn": function(Policies=[good])})) == []
+
+
+# ------------------------------------------------------------------ (b) metrics
+def test_custom_metrics_of_alarms_and_dashboard_are_the_ones_the_code_emits(template, service):
+    refs = rules.dashboard_metrics(template) + rules.alarm_metrics(template)
+    custom = [r for r in refs if r.namespace == rules.CUSTOM_NAMESPACE]
+    assert len(custom) >= len(metrics.CATALOG), "the dashboard and alarms read (almost) no custom metric"
+    assert rules.CUSTOM_NAMESPACE == metrics.NAMESPACE
+    assert rules.metric_problems(refs, metrics.CATALOG, service) == []
+
+
+def test_every_catalog_metric_is_on_the_dashboard(template):
+    assert rules.coverage_problems(rules.dashboard_metrics(template), metrics.CATALOG) == []
+
+
+def test_every_failure_type_is_on_the_dashboard(template):
+    shown = {dict(r.dimensions).get(metrics.FAILURE_TYPE_DIMENSION)
+             for r in rules.dashboard_metrics(template) if r.name == metrics.USERS_FAILED}
+    assert {t.value for t in FailureType} <= shown
+
+
+def test_custom_metric_alarms_watch_what_they_should(template):
+    alarms = {r.where: r for r in rules.alarm_metrics(template)}
+    assert alarms["AuthRevokedAlarm"].name == metrics.USERS_FAILED
+    assert dict(alarms["AuthRevokedAlarm"].dimensions)[metrics.FAILURE_TYPE_DIMENSION] == FailureType.AUTH_REVOKED
+    assert alarms["GapsDetectedAlarm"].name == metrics.GAPS_DETECTED
+    assert alarms["RateLimitedAlarm"].name == metrics.RATE_LIMITED
+    assert alarms["DispatcherMissedRunAlarm"].name == metrics.USERS_DISPATCHED
+    missed = template["Resources"]["DispatcherMissedRunAlarm"]["Properties"]
+    assert missed["TreatMissingData"] == "breaching", "no datapoint at all must mean 'the dispatcher did not run'"
+    sustained = template["Resources"]["RateLimitedAlarm"]["Properties"]
+    assert sustained["EvaluationPeriods"] == sustained["DatapointsToAlarm"], "sustained = every period in a row"
+
+
+def test_metric_checker_catches_bad_fragments(service):
+    body = """{"widgets": [{"type": "metric", "properties": {"metrics": [
+        ["PlayVault", "UsersArchivd", "service", "playvault"],
+        ["PlayVault", "UsersFailed", "service", "playvault"],
+        ["PlayVault", "PlaysArchived", "service", "other"],
+        ["PlayVault", "NewTracks", "service", "playvault", "FunctionName", "${WorkerFunction}"],
+        ["AWS/Lambda", "Errors", "FunctionName", "${WorkerFunction}"]
+    ]}}]}"""
+    bad = fragment({
+        "Board": {"Type": "AWS::CloudWatch::Dashboard", "Properties": {"DashboardBody": {"Fn::Sub": body}}},
+        "Alarm": {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "Namespace": "PlayVault", "MetricName": "GapsDetectd", "Dimensions": [{"Name": "service", "Value": "x"}]}},
+        "MathAlarm": {"Type": "AWS::CloudWatch::Alarm", "Properties": {"Metrics": [
+            {"Id": "m1", "MetricStat": {"Metric": {"Namespace": "PlayVault", "MetricName": "RateLimited"}}}]}},
+    })
+    refs = rules.dashboard_metrics(bad) + rules.alarm_metrics(bad)
+    problems = rules.metric_problems(refs, metrics.CATALOG, service)
+    assert any("UsersArchivd is not in" in p for p in problems), problems
+    assert any("UsersFailed dimensions ['service']" in p for p in problems), problems
+    assert any("PlaysArchived service=other" in p for p in problems), problems
+    assert any("NewTracks dimensions" in p for p in problems), problems
+    assert any(p.startswith("Alarm:") and "GapsDetectd" in p for p in problems), problems
+    assert any(p.startswith("MathAlarm.Metrics[m1]") and "RateLimited dimensions" in p for p in problems), problems
+    assert not any("Errors" in p for p in problems), "AWS namespaces are not the catalog's business"
+    missing = rules.coverage_problems(rules.dashboard_metrics(bad), metrics.CATALOG)
+    assert "UsersArchived (in CATALOG) is not on the dashboard" in missing
+
+
+def _sources() -> list[Path]:
+    layer = ROOT / "layers" / "playvault" / "playvault"
+    files = [p for p in layer.rglob("*.py") if p.name != "metrics.py"]
+    return files + sorted((ROOT / "functions").rglob("*.py"))
+
+
+def test_every_catalog_metric_is_emitted_by_the_code():
+    emitted = rules.emitted_metrics(_sources(), CONSTANTS, metrics.USERS_FAILED)
+    assert set(emitted) <= set(metrics.CATALOG), "code emits a metric the catalog does not list"
+    assert rules.emission_problems(metrics.CATALOG, emitted) == []
+
+
+def test_emission_checker_reads_calls_not_mentions(tmp_path):
+    source = tmp_path / "code.py"
+    source.write_text(
+        "from playvault import metrics\n"
+        "from playvault.metrics import PLAYS_ARCHIVED, count\n"
+        "metrics.count(metrics.USERS_ARCHIVED)\n"
+        "count(PLAYS_ARCHIVED, 3)\n"
+        "metrics.record_duration_ms(metrics.BATCH_DURATION, 12.0)\n"
+        "metrics.count_failure('AUTH')\n"
+        "# metrics.count(metrics.GAPS_DETECTED) in a comment emits nothing\n"
+        "NAME = metrics.NEW_TRACKS  # a mention is not an emission\n"
+    )
+    emitted = rules.emitted_metrics([source], CONSTANTS, metrics.USERS_FAILED)
+    assert set(emitted) == {"UsersArchived", "PlaysArchived", "BatchDuration", "UsersFailed"}
+    problems = rules.emission_problems(metrics.CATALOG, emitted)
+    assert "GapsDetected is in CATALOG but no code emits it" in problems
+    assert "NewTracks is in CATALOG but no code emits it" in problems
+
+
+# ------------------------------------------------------------------ (c) queue, logs, tables
+def test_worker_queue_visibility_partial_failures_and_dead_letter_queue(template):
+    assert rules.queue_problems(template) == []
+
+
+def test_queue_checker_catches_bad_fragment(template):
+    bad = copy.deepcopy(template)
+    bad["Resources"]["WorkQueue"]["Properties"]["VisibilityTimeout"] = 60
+    del bad["Resources"]["WorkQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    del bad["Resources"]["WorkerFunction"]["Properties"]["Events"]["Work"]["Properties"]["FunctionResponseTypes"]
+    problems = rules.queue_problems(bad)
+    assert any("VisibilityTimeout 60 < 6 x WorkerFunction Timeout" in p for p in problems), problems
+    assert any("without maxReceiveCount" in p for p in problems), problems
+    assert any("ReportBatchItemFailures" in p for p in problems), problems
+    del bad["Resources"]["WorkQueue"]["Properties"]["RedrivePolicy"]
+    assert any("no RedrivePolicy" in p for p in rules.queue_problems(bad))
+
+
+def test_every_function_and_the_api_log_to_their_own_group_with_retention(template):
+    assert rules.log_group_problems(template) == []
+    for res in tpl.resources_of_type(template, "AWS::Logs::LogGroup").values():
+        assert res["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_log_group_checker_catches_bad_fragment(template):
+    bad = copy.deepcopy(template)
+    res = bad["Resources"]
+    del res["WorkerLogGroup"]["Properties"]["RetentionInDays"]
+    res["AuthFunction"]["Properties"]["LoggingConfig"]["LogGroup"] = {"Ref": "DispatcherLogGroup"}
+    del res["DispatcherFunction"]["Properties"]["FunctionName"]
+    del res["AuthApi"]["Properties"]["AccessLogSettings"]
+    problems = rules.log_group_problems(bad)
+    assert "WorkerLogGroup: no RetentionInDays" in problems
+    assert any("AuthFunction.LoggingConfig.LogGroup: log group DispatcherLogGroup is already used" in p
+               for p in problems), problems
+    assert any(p.startswith("DispatcherFunction: FunctionName must be set") for p in problems), problems
+    assert any(p.startswith("AuthApi.AccessLogSettings") for p in problems), problems
+
+
+def test_tables_on_demand_and_user_data_protected(template):
+    assert rules.table_problems(template) == []
+    user_data = {k for k, v in tpl.resources_of_type(template, "AWS::DynamoDB::Table").items()
+                 if rules.holds_user_data(v["Properties"])}
+    assert {"UsersTable", "PlaysTable"} <= user_data
+
+
+def test_ephemeral_tables_expire_their_items(template):
+    assert rules.ttl_problems(template, ["IdempotencyTable", "StateTable"]) == []
+    assert rules.ttl_problems(fragment({"T": {"Type": "AWS::DynamoDB::Table", "Properties": {}}}), ["T"])
+
+
+def test_table_checker_catches_bad_fragment(template):
+    bad = copy.deepcopy(template)
+    res = bad["Resources"]
+    del res["PlaysTable"]["Properties"]["PointInTimeRecoverySpecification"]
+    res["UsersTable"]["DeletionPolicy"] = "Delete"
+    del res["UsersTable"]["Properties"]["DeletionProtectionEnabled"]
+    res["TracksTable"]["Properties"]["BillingMode"] = "PROVISIONED"
+    problems = rules.table_problems(bad)
+    assert "PlaysTable: holds user data without point-in-time recovery" in problems
+    assert "UsersTable: holds user data, DeletionPolicy is not Retain" in problems
+    assert "UsersTable: holds user data without DeletionProtectionEnabled" in problems
+    assert "TracksTable: BillingMode is not PAY_PER_REQUEST (on-demand)" in problems
+
+
+# ------------------------------------------------------------------ alarms and dashboard wiring
+def test_every_alarm_notifies_the_alarm_topic(template):
+    alarms = tpl.resources_of_type(template, "AWS::CloudWatch::Alarm")
+    assert len(alarms) >= 6
+    for logical, res in alarms.items():
+        assert res["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical
+    subscription = template["Resources"]["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+
+
+def test_dead_letter_queue_alarm_watches_the_dead_letter_queue(template):
+    props = template["Resources"]["DeadLetterQueueAlarm"]["Properties"]
+    assert props["Namespace"] == "AWS/SQS"
+    assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert props["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["WorkDeadLetterQueue", "QueueName"]}}]
+    assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+def test_dashboard_variables_resolve_to_parameters_resources_or_pseudo_parameters(template):
+    known = set(template["Resources"]) | set(template["Parameters"]) | {"AWS::Region", "AWS::AccountId",
+                                                                         "AWS::Partition", "AWS::URLSuffix"}
+    for res in tpl.resources_of_type(template, "AWS::CloudWatch::Dashboard").values():
+        text = res["Properties"]["DashboardBody"]["Fn::Sub"]
+        names = {m.split(".", 1)[0] for m in re.findall(r"\$\{([^}!][^}]*)\}", text)}
+        assert names <= known, names - known
+    assert rules.dashboard_bodies(template), "no dashboard"
+
+
+# ------------------------------------------------------------------ custom cfn-lint rules (tools/cfn_rules)
+def _cfn_lint(text: str) -> list[tuple[str, str]]:
+    from cfnlint.api import ManualArgs, lint
+
+    config = ManualArgs(regions=["us-east-1"], append_rules=[str(ROOT / "tools" / "cfn_rules")])
+    return [(m.rule.id, m.message) for m in lint(text, config=config) if m.rule.id.startswith("E91")]
+
+
+def test_custom_cfn_lint_rules_pass_on_the_template():
+    assert _cfn_lint((ROOT / "template.yaml").read_text(encoding="utf-8")) == []
+
+
+def test_custom_cfn_lint_rules_catch_a_bad_template():
+    from cfnlint.decode import decode_str
+
+    document, errors = decode_str((ROOT / "template.yaml").read_text(encoding="utf-8"))
+    assert not errors
+    res = document["Resources"]
+    res["DispatcherFunction"]["Properties"]["Policies"][0]["Statement"][0]["Action"] = ["dynamodb:*"]
+    del res["WorkerFunction"]["Properties"]["LoggingConfig"]
+    del res["DispatcherLogGroup"]["Properties"]["RetentionInDays"]
+    found = _cfn_lint(json.dumps(document))
+    assert ("E9102", "DispatcherFunction: wildcard action 'dynamodb:*'") in found, found
+    assert ("E9101", "WorkerFunction does not log to an AWS::Logs::LogGroup of this template") in found, found
+    assert ("E9101", "DispatcherLogGroup has no RetentionInDays") in found, found
