@@ -58,7 +58,7 @@ validate: $(VENV)/.installed $(VENV_SAM)/.installed
 build: $(VENV)/.installed $(VENV_SAM)/.installed
 	$(SAM_ENV) $(SAM) build --template template.yaml --build-dir .aws-sam/build
 
-# Stack name, region, capabilities and parameters: samconfig.toml (docs/operate.md).
+# Stack name, region, capabilities and parameters: samconfig.toml (README.md, Operate).
 # Another environment: make deploy ARGS="--config-env prod"; first time interactively: ARGS=--guided.
 deploy: build
 	$(SAM_ENV) $(SAM) deploy $(ARGS)

@@ -39,7 +39,7 @@ class LambdaLogGroupWithRetention(CloudFormationLintRule):
         "AWS::Lambda::Function needs LoggingConfig.LogGroup pointing at an AWS::Logs::LogGroup of the "
         "template that sets RetentionInDays; otherwise Lambda creates a group that keeps logs forever."
     )
-    source_url = "docs/operate.md"
+    source_url = "README.md, Operate"
     tags = ["playvault", "logs", "lambda"]
 
     def match(self, cfn: Any) -> list[RuleMatch]:
@@ -72,7 +72,7 @@ class NoWildcardIamAction(CloudFormationLintRule):
         "no NotAction) on named resources (no Resource '*'); key, queue and topic policies list each "
         "action too. DOCUMENTED_EXCEPTIONS names the allowed exceptions."
     )
-    source_url = "docs/operate.md"
+    source_url = "README.md, Operate"
     tags = ["playvault", "iam", "least-privilege"]
 
     def _check(self, logical: str, path: list[Any], document: Any, identity: bool) -> list[RuleMatch]:
