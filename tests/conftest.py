@@ -62,11 +62,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _reset_clock() -> Iterator[None]:
+def _reset_clock_and_metrics() -> Iterator[None]:
     from playvault import clock
+    from playvault.metrics import metrics
 
+    metrics.clear_metrics()  # Powertools keeps one buffer per namespace: no leaks between tests
     yield
     clock.reset_clock()
+    metrics.clear_metrics()
 
 
 # ---------------------------------------------------------------- Spotify emulator

@@ -1,0 +1,181 @@
+"""The work queue: the message schema and the two ways a message enters the queue.
+
+A work message names a few users and the earliest moment they may be polled:
+
+    {"users": ["alice", "bob"], "not_before": 1714568400, "window_id": "20240501T1300Z"}
+
+`not_before` (Unix seconds) carries the dispatcher's spread across the window past SQS's 900 s
+DelaySeconds cap: a worker receiving a message early puts it back (`requeue`) with the remaining
+delay instead of processing it. `window_id` names the dispatch that created the message (for logs
+and for following one window's messages through requeues).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+from playvault.failures import InfrastructureError
+
+MAX_DELAY_S = 900  # SQS caps DelaySeconds at 15 minutes
+MAX_ENTRIES = 10  # SendMessageBatch takes at most 10 entries
+MAX_BATCH_BYTES = 256 * 1024  # conservative cap on the summed payload of one SendMessageBatch
+SEND_ATTEMPTS = 4
+
+
+class WorkMessage(BaseModel):
+    """The body of one work-queue message (also the worker's Powertools parser model)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    users: list[StrictStr] = Field(min_length=1, max_length=500)
+    not_before: StrictInt = Field(ge=0)
+    window_id: StrictStr = Field(min_length=1, max_length=64)
+
+    def body(self) -> str:
+        return self.model_dump_json()
+
+    def remaining_delay_s(self, now: datetime) -> int:
+        """Whole seconds until not_before (0 when due)."""
+        return max(0, math.ceil(self.not_before - now.timestamp()))
+
+
+def delay_for(remaining_s: float) -> int:
+    """SQS DelaySeconds for a message due in remaining_s: never negative, never over the cap."""
+    return max(0, min(MAX_DELAY_S, math.ceil(remaining_s)))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    entry_id: str
+    body: str
+    delay_s: int
+
+
+def _chunks(entries: Iterable[_Entry]) -> Iterable[list[_Entry]]:
+    chunk: list[_Entry] = []
+    size = 0
+    for entry in entries:
+        entry_size = len(entry.body.encode())
+        if chunk and (len(chunk) == MAX_ENTRIES or size + entry_size > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(entry)
+        size += entry_size
+    if chunk:
+        yield chunk
+
+
+def _send_chunk(
+    sqs_client, queue_url: str, chunk: list[_Entry], attempts: int, sleep: Callable[[float], None]
+) -> None:
+    pending = {entry.entry_id: entry for entry in chunk}
+    problems: list[str] = []
+    for attempt in range(1, attempts + 1):
+        try:
+            answer = sqs_client.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[
+                    {"Id": e.entry_id, "MessageBody": e.body, "DelaySeconds": e.delay_s} for e in pending.values()
+                ],
+            )
+        except (ClientError, BotoCoreError) as exc:  # the whole call failed: every entry is still pending
+            problems = [type(exc).__name__ if isinstance(exc, BotoCoreError) else str(exc)]
+        else:
+            failed = answer.get("Failed", [])
+            retryable = {}
+            problems = []
+            for failure in failed:
+                entry = pending[failure["Id"]]
+                problems.append(f"{failure.get('Code')}")
+                if failure.get("SenderFault"):
+                    # The request itself is wrong (too big, bad delay): sending it again cannot help.
+                    raise InfrastructureError(
+                        f"SQS refused a work message ({failure.get('Code')}: {failure.get('Message')}); "
+                        f"{len(failed)} of {len(chunk)} messages of this batch left unsent"
+                    )
+                retryable[entry.entry_id] = entry
+            pending = retryable
+        if not pending:
+            return
+        if attempt < attempts:
+            sleep(min(1.0, 0.05 * 2**attempt))
+    raise InfrastructureError(
+        f"{len(pending)} work message(s) left unsent after {attempts} SendMessageBatch attempts "
+        f"({', '.join(sorted(set(problems))) or 'unknown error'})"
+    )
+
+
+def send_batches(
+    sqs_client,
+    queue_url: str,
+    messages: Iterable[WorkMessage],
+    delays: Iterable[int],
+    *,
+    attempts: int = SEND_ATTEMPTS,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Send the messages (message i with DelaySeconds delays[i]) with SendMessageBatch.
+
+    Streams: at most one SendMessageBatch worth of entries (10) is held. Entries SQS reports failed
+    are retried alone, a bounded number of times; what is still unsent then raises
+    InfrastructureError naming how many were left. Returns the number of messages sent.
+    """
+    sent = 0
+
+    def entries() -> Iterable[_Entry]:
+        for index, (message, delay) in enumerate(zip(messages, delays, strict=True)):
+            if not 0 <= delay <= MAX_DELAY_S:
+                raise ValueError(f"DelaySeconds must be within 0..{MAX_DELAY_S}, got {delay}")
+            yield _Entry(str(index), message.body(), int(delay))
+
+    for chunk in _chunks(entries()):
+        _send_chunk(sqs_client, queue_url, chunk, attempts, sleep)
+        sent += len(chunk)
+    return sent
+
+
+def requeue(
+    sqs_client,
+    queue_url: str,
+    users: Sequence[str],
+    *,
+    not_before: int,
+    window_id: str,
+    now: datetime,
+) -> int:
+    """Put users back on the queue, due at not_before; returns the DelaySeconds used (<= 900).
+
+    When not_before is more than 15 minutes away the message comes back early and the worker puts
+    it back again with what remains, so any deadline is honoured.
+    """
+    message = WorkMessage(users=list(users), not_before=int(not_before), window_id=window_id)
+    delay = delay_for(message.not_before - now.timestamp())
+    try:
+        sqs_client.send_message(QueueUrl=queue_url, MessageBody=message.body(), DelaySeconds=delay)
+    except (ClientError, BotoCoreError) as exc:
+        raise InfrastructureError(f"could not requeue {len(message.users)} user(s): {exc}") from exc
+    return delay
+
+
+def parse_body(body: str) -> WorkMessage:
+    """Validate a message body; a malformed one raises MalformedMessage naming what is wrong."""
+    from aws_lambda_powertools.utilities.parser import ValidationError, parse
+
+    try:
+        return parse(event=body, model=WorkMessage)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise MalformedMessage(f"malformed work message: {problems}") from None
+
+
+class MalformedMessage(ValueError):
+    """A work message body that is not JSON or does not match WorkMessage; redelivery cannot fix it."""

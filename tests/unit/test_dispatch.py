@@ -1,0 +1,323 @@
+"""Dispatch: who is due, how batches spread over the window, and windows past SQS's 15-minute cap."""
+
+from __future__ import annotations
+
+import heapq
+import json
+import sys
+import tracemalloc
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from playvault import clock, dispatch, queue
+from playvault.archive import SUCCESS, ArchiveResult
+from playvault.config import DispatcherSettings
+from playvault.failures import InfrastructureError
+from playvault.queue import MAX_DELAY_S, WorkMessage, send_batches
+from playvault.store import users
+from tests.unit.test_worker import (
+    RecordingSQS,
+    create_user,
+    install_clock,
+    make_cipher,
+    sqs_event,
+    sqs_record,
+)
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+NOW = datetime(2025, 3, 14, 10, 0, 7, tzinfo=UTC)
+
+
+def settings(**overrides: Any) -> DispatcherSettings:
+    values = {name: f"tbl-{name}" for name in ("users_table", "artists_table", "albums_table", "tracks_table",
+                                               "plays_table", "state_table")}
+    values.update(work_queue_url="https://sqs.local/q", batch_size=10, spread_window_seconds=3600)
+    values.update(overrides)
+    return DispatcherSettings(**values)
+
+
+class FakeSQS:
+    """SendMessageBatch as SQS answers it; can fail chosen entries a number of times."""
+
+    def __init__(self, fail: dict[int, int] | None = None, sender_fault: bool = False):
+        self.calls: list[list[dict[str, Any]]] = []
+        self.sent: list[dict[str, Any]] = []
+        self._fail = dict(fail or {})  # global entry index -> how many more times it fails
+        self._sender_fault = sender_fault
+
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+        assert len(Entries) <= 10
+        self.calls.append(Entries)
+        ok, failed = [], []
+        for entry in Entries:
+            index = int(entry["Id"])
+            if self._fail.get(index, 0) > 0:
+                self._fail[index] -= 1
+                failed.append({"Id": entry["Id"], "SenderFault": self._sender_fault, "Code": "InternalError",
+                               "Message": "try again"})
+            else:
+                self.sent.append(entry)
+                ok.append({"Id": entry["Id"], "MessageId": f"m{index}"})
+        return {"Successful": ok, "Failed": failed}
+
+
+def polling_states(count: int, **fields: Any):
+    def scan(page_size: int = 1000):
+        for index in range(count):
+            yield users.PollingState(f"user{index:06d}", fields.get("status", users.ACTIVE),
+                                     fields.get("cooldown_until"), fields.get("last_archived_at"))
+    return scan
+
+
+# ---------------------------------------------------------------- spread and delays
+@pytest.mark.parametrize(("due", "batch_size", "window"), [(95, 10, 3600), (1, 50, 3600), (500, 50, 600),
+                                                            (1000, 7, 86400), (3, 1, 60)])
+def test_batches_spread_evenly_over_the_window_and_no_delay_exceeds_900(monkeypatch, due, batch_size, window):
+    monkeypatch.setattr(users, "scan_polling_state", polling_states(due))
+    sqs = FakeSQS()
+    report = dispatch.dispatch(NOW, settings(batch_size=batch_size, spread_window_seconds=window), sqs)
+    messages = [WorkMessage.model_validate_json(e["MessageBody"]) for e in sqs.sent]
+    batches = -(-due // batch_size)
+    assert report.messages_sent == len(messages) == batches
+    assert sorted(u for m in messages for u in m.users) == [f"user{i:06d}" for i in range(due)]
+    assert all(len(m.users) <= batch_size for m in messages)
+    start = int(NOW.timestamp())
+    offsets = sorted(m.not_before - start for m in messages)
+    assert offsets[0] == 0 and offsets[-1] < window
+    step = window / batches
+    for index, offset in enumerate(offsets):  # evenly: batch i at i * window / n (floored)
+        assert index * step - 1 < offset <= index * step
+    for entry, message in zip(sqs.sent, messages, strict=True):
+        assert 0 <= entry["DelaySeconds"] <= MAX_DELAY_S
+        assert entry["DelaySeconds"] == min(message.not_before - start, MAX_DELAY_S)
+    assert report.max_delay_seconds == min(offsets[-1], MAX_DELAY_S)
+
+
+def test_nobody_due_sends_nothing(monkeypatch):
+    monkeypatch.setattr(users, "scan_polling_state", polling_states(0))
+    sqs = FakeSQS()
+    report = dispatch.dispatch(NOW, settings(), sqs)
+    assert (report.considered, report.dispatched, report.messages_sent, sqs.calls) == (0, 0, 0, [])
+
+
+def test_a_hundred_thousand_users_in_one_invocation(monkeypatch):
+    monkeypatch.setattr(users, "scan_polling_state", polling_states(100_000))
+
+    class CountingSQS(FakeSQS):
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
+            self.calls.append(len(Entries))  # remember only counts: the test must not hold the messages
+            self.sent.append(json.loads(Entries[-1]["MessageBody"])["not_before"])
+            return {"Successful": [{"Id": e["Id"], "MessageId": "m"} for e in Entries], "Failed": []}
+
+    sqs = CountingSQS()
+    tracemalloc.start()
+    try:
+        report = dispatch.dispatch(NOW, settings(batch_size=50), sqs)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (report.considered, report.dispatched, report.messages_sent) == (100_000, 100_000, 2_000)
+    assert sum(sqs.calls) == 2_000 and max(sqs.calls) == 10 and len(sqs.calls) == 200
+    assert max(sqs.sent) - int(NOW.timestamp()) < 3600
+    assert peak < 40 * 1024 * 1024, f"dispatch held {peak / 2**20:.1f} MiB for 100k users"
+
+
+# ---------------------------------------------------------------- SendMessageBatch failures
+def test_only_the_entries_sqs_reports_failed_are_retried():
+    sqs = FakeSQS(fail={3: 1, 12: 2})
+    messages = [WorkMessage(users=[f"u{i}"], not_before=i, window_id="w") for i in range(15)]
+    sent = send_batches(sqs, "q", messages, [0] * 15, sleep=lambda _s: None)
+    assert sent == 15
+    assert [len(call) for call in sqs.calls] == [10, 1, 5, 1, 1]
+    assert [c[0]["Id"] for c in sqs.calls if len(c) == 1] == ["3", "12", "12"]
+    assert sorted(int(e["Id"]) for e in sqs.sent) == list(range(15))
+
+
+def test_entries_failing_past_the_bound_raise_naming_how_many_were_left():
+    sqs = FakeSQS(fail={1: 99, 4: 99})
+    messages = [WorkMessage(users=[f"u{i}"], not_before=i, window_id="w") for i in range(6)]
+    with pytest.raises(InfrastructureError, match=r"^2 work message\(s\) left unsent after 4"):
+        send_batches(sqs, "q", messages, [0] * 6, sleep=lambda _s: None)
+    assert len(sqs.calls) == 4
+
+
+def test_a_sender_fault_is_not_retried():
+    sqs = FakeSQS(fail={0: 1}, sender_fault=True)
+    with pytest.raises(InfrastructureError, match="SQS refused"):
+        send_batches(sqs, "q", [WorkMessage(users=["u"], not_before=0, window_id="w")], [0], sleep=lambda _s: None)
+    assert len(sqs.calls) == 1
+
+
+def test_a_delay_over_the_cap_is_refused_not_clamped():
+    with pytest.raises(ValueError, match="DelaySeconds"):
+        send_batches(FakeSQS(), "q", [WorkMessage(users=["u"], not_before=0, window_id="w")], [901])
+
+
+# ---------------------------------------------------------------- who is due (moto + template)
+@pytest.fixture
+def clocked(emulator: Any, aws_env: Any) -> Any:
+    return install_clock(emulator.state, NOW)
+
+
+def _dispatch_settings(**overrides: Any) -> DispatcherSettings:
+    return DispatcherSettings.from_env().model_copy(update=overrides)
+
+
+def _dispatched_ids(sqs: RecordingSQS) -> list[str]:
+    return sorted(u for s in sqs.sent for u in json.loads(s["body"])["users"])
+
+
+def test_only_active_users_out_of_cooldown_and_not_archived_this_hour_are_dispatched(clocked, aws_env):
+    import boto3
+
+    cipher = make_cipher()
+    create_user("active", "rt", cipher)
+    create_user("reauth", None, cipher, status=users.NEEDS_REAUTH)
+    create_user("resting", "rt", cipher, cooldown_until=NOW + timedelta(minutes=10))
+    create_user("rested", "rt", cipher, cooldown_until=NOW - timedelta(seconds=1))
+    create_user("done", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0))
+    create_user("last_hour", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1))
+    create_user("paused", "rt", cipher, status="paused")
+    sqs = RecordingSQS(boto3.client("sqs"))
+    report = dispatch.dispatch(NOW, _dispatch_settings(), sqs)
+    assert _dispatched_ids(sqs) == ["active", "last_hour", "rested"]
+    assert (report.considered, report.dispatched, report.needs_reauth, report.in_cooldown,
+            report.already_archived, report.other_status) == (7, 3, 1, 1, 1, 1)
+    assert report.statuses == {"paused": 1}
+
+
+def test_needs_reauth_users_are_never_dispatched(clocked, aws_env):
+    import boto3
+
+    cipher = make_cipher()
+    for index in range(5):
+        create_user(f"gone{index}", None, cipher, status=users.NEEDS_REAUTH)
+    sqs = RecordingSQS(boto3.client("sqs"))
+    for hour in range(3):
+        report = dispatch.dispatch(NOW + timedelta(hours=hour), _dispatch_settings(), sqs)
+        assert (report.needs_reauth, report.dispatched) == (5, 0)
+    assert sqs.sent == []
+
+
+def test_a_user_in_cooldown_is_dispatched_once_the_cooldown_ends(clocked, aws_env):
+    import boto3
+
+    create_user("resting", "rt", make_cipher(), cooldown_until=NOW + timedelta(minutes=40))
+    sqs = RecordingSQS(boto3.client("sqs"))
+    assert dispatch.dispatch(NOW, _dispatch_settings(), sqs).in_cooldown == 1
+    assert dispatch.dispatch(NOW + timedelta(minutes=39, seconds=59), _dispatch_settings(), sqs).dispatched == 0
+    report = dispatch.dispatch(NOW + timedelta(minutes=40, seconds=1), _dispatch_settings(), sqs)
+    assert (report.in_cooldown, report.dispatched) == (0, 1)
+    assert _dispatched_ids(sqs) == ["resting"]
+
+
+def test_dispatch_emits_its_metrics(clocked, aws_env, capsys):
+    import boto3
+
+    from playvault.metrics import metrics
+
+    metrics.clear_metrics()  # the buffer is per container (module), shared by every test
+    cipher = make_cipher()
+    create_user("a", "rt", cipher)
+    create_user("b", None, cipher, status=users.NEEDS_REAUTH)
+    dispatch.dispatch(NOW, _dispatch_settings(), boto3.client("sqs"))
+    metrics.flush_metrics()
+    (blob,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    got = {k: blob[k] for k in ("UsersConsidered", "UsersDispatched", "UsersInCooldown", "UsersNeedingReauth",
+                                "MessagesSent")}
+    assert got == {"UsersConsidered": [2.0], "UsersDispatched": [1.0], "UsersInCooldown": [0.0],
+                   "UsersNeedingReauth": [1.0], "MessagesSent": [1.0]}
+
+
+def test_dispatcher_handler_takes_the_scheduled_event(load_function, lambda_context, clocked, aws_env):
+    import boto3
+
+    create_user("a", "rt", make_cipher())
+    handler = load_function("DispatcherFunction")
+    event = json.loads((EVENTS / "eventbridge_scheduled.json").read_text())
+    report = handler(event, lambda_context("DispatcherFunction"))
+    assert (report["considered"], report["dispatched"], report["messages_sent"]) == (1, 1, 1)
+    sqs = boto3.client("sqs")
+    got = sqs.receive_message(QueueUrl=aws_env.env["WORK_QUEUE_URL"], MaxNumberOfMessages=10)["Messages"]
+    assert json.loads(got[0]["Body"]) == {"users": ["a"], "not_before": int(NOW.timestamp()),
+                                          "window_id": report["window_id"]}
+
+
+def test_dispatcher_handler_rejects_what_is_not_a_scheduled_event(load_function, lambda_context, aws_env):
+    from aws_lambda_powertools.utilities.parser import ValidationError
+
+    handler = load_function("DispatcherFunction")
+    with pytest.raises(ValidationError):
+        handler({"Records": []}, lambda_context("DispatcherFunction"))
+
+
+# ---------------------------------------------------------------- a 60-minute window, simulated
+def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_context, clocked, aws_env,
+                                                          monkeypatch):
+    """Dispatch 40 users in 20 batches over 60 min, then play SQS: each message becomes visible after
+    its DelaySeconds; the worker bounces early ones with the remaining delay until not_before."""
+    cipher = make_cipher()
+    ids = [f"user{i:02d}" for i in range(40)]
+    for user_id in ids:
+        create_user(user_id, "rt", cipher)
+
+    handler = load_function("WorkerFunction")
+    worker = sys.modules[handler.__module__]
+    polled: list[tuple[str, datetime]] = []
+
+    class Archiver:
+        def archive_user(self, user_id: str, budget: Any) -> ArchiveResult:
+            polled.append((user_id, clock.now()))
+            return ArchiveResult(user_id, SUCCESS)
+
+    monkeypatch.setattr(worker, "archiver", Archiver())
+
+    class SimulatedSQS:
+        """Messages become visible DelaySeconds after they are sent (by the injected clock)."""
+
+        def __init__(self) -> None:
+            self.visible: list[tuple[datetime, int, str]] = []
+            self.delays: list[int] = []
+
+        def _put(self, body: str, delay: int) -> None:
+            assert 0 <= delay <= MAX_DELAY_S
+            self.delays.append(delay)
+            heapq.heappush(self.visible, (clock.now() + timedelta(seconds=delay), len(self.delays), body))
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict]) -> dict:  # noqa: N803
+            for entry in Entries:
+                self._put(entry["MessageBody"], entry["DelaySeconds"])
+            return {"Successful": [{"Id": e["Id"], "MessageId": "m"} for e in Entries], "Failed": []}
+
+        def send_message(self, QueueUrl: str, MessageBody: str, DelaySeconds: int = 0) -> dict:  # noqa: N803
+            self._put(MessageBody, DelaySeconds)
+            return {"MessageId": "m"}
+
+    sqs = SimulatedSQS()
+    monkeypatch.setattr(worker, "sqs", sqs)
+    report = dispatch.dispatch(NOW, _dispatch_settings(batch_size=2, spread_window_seconds=3600), sqs)
+    assert report.messages_sent == 20
+    not_before = {u: m.not_before for b in [e[2] for e in sqs.visible]
+                  for m in [WorkMessage.model_validate_json(b)] for u in m.users}
+
+    deliveries = 0
+    while sqs.visible:
+        visible_at, _, body = heapq.heappop(sqs.visible)
+        clocked.set(max(clocked.now, visible_at))
+        response = handler(sqs_event(sqs_record(body)), lambda_context("WorkerFunction"))
+        assert response == {"batchItemFailures": []}
+        deliveries += 1
+        assert deliveries < 200, "messages keep bouncing"
+
+    assert Counter(u for u, _ in polled) == Counter(ids), "every user exactly once"
+    for user_id, at in polled:
+        assert int(at.timestamp()) >= not_before[user_id] - worker.NOT_BEFORE_SLACK_S
+        assert at < NOW + timedelta(seconds=3600)
+    assert max(sqs.delays) == MAX_DELAY_S
+    # A batch due at 57 min needs 3 bounces of 900 s and a last one: more deliveries than messages.
+    assert deliveries > report.messages_sent
+    assert queue.MAX_DELAY_S == 900
