@@ -1,0 +1,1 @@
+"""PlayVault benchmarks: `make bench` (python -m bench). See BENCHMARKS.md."""
