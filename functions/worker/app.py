@@ -21,6 +21,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
+from botocore.config import Config
 
 from playvault import clock, store
 from playvault import metrics as m
@@ -48,7 +49,10 @@ spotify = SpotifyClient(
 )
 cipher = TokenCipher(boto3.client("kms"), settings.token_key_id)
 archiver = Archiver(spotify, cipher)
-persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)
+# Its boto3 client is shared by the user threads: one pooled connection per thread, not botocore's 10.
+persistence = DynamoDBPersistenceLayer(
+    table_name=settings.idempotency_table, boto_config=Config(max_pool_connections=settings.user_concurrency)
+)
 # Every record is answered in batchItemFailures, even when all fail: one uniform contract.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 

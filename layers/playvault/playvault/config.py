@@ -74,7 +74,7 @@ class DispatcherSettings(TableSettings):
 class WorkerSettings(TableSettings, SpotifySettings, TokenSettings):
     work_queue_url: str = Field(min_length=1)
     idempotency_table: str = Field(min_length=3)
-    user_concurrency: int = Field(default=16, ge=1, le=64)
+    user_concurrency: int = Field(default=50, ge=1, le=64)
     # Stop starting users when less than this remains: a started user must finish its writes.
     min_remaining_ms: int = Field(default=20_000, ge=1_000)
 

@@ -1,5 +1,8 @@
 """Failure types and the single mapping from Spotify/AWS errors to them.
 
+Spotify: the client (spotify.py) retries what can be retried and then asks token_endpoint_failure /
+web_api_failure what a final answer means; transport errors after retries are NETWORK.
+
 Two families:
 - user failures (the user's own problem: AUTH, AUTH_REVOKED, NETWORK, UNKNOWN) are recorded in the
   circuit breaker and never fail the SQS message;
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-import requests
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PynamoDBException
 
@@ -89,22 +91,21 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
-def classify_http_status(status: int) -> FailureType:
+def token_endpoint_failure(status: int, oauth_error: str) -> SpotifyFailure:
+    """What a final non-200 answer of the accounts service's /api/token means (after retries)."""
+    if status == 400 and oauth_error == "invalid_grant":
+        return AuthRevoked("Spotify refused the grant (invalid_grant): the user must sign in again")
+    if status in (400, 401):
+        return AuthFailed(f"token endpoint answered {status} {oauth_error}".rstrip())
+    return UnknownFailure(f"token endpoint answered {status}")
+
+
+def web_api_failure(status: int) -> SpotifyFailure:
+    """What a final non-200 answer of the Web API means (5xx and 429 are handled by the retries)."""
     if status == 401:
-        return FailureType.AUTH
-    if status == 429:
-        return FailureType.RATE_LIMITED
+        return AuthFailed("Spotify answered 401 to the access token")
+    if status == 403:
+        return AuthFailed("Spotify answered 403 (scope missing or user not allow-listed)")
     if status >= 500:
-        return FailureType.NETWORK
-    return FailureType.UNKNOWN
-
-
-def failure_type_of(exc: BaseException) -> FailureType:
-    """The failure type of any exception raised while archiving one user."""
-    if isinstance(exc, SpotifyFailure):
-        return exc.failure_type
-    if isinstance(exc, requests.Timeout | requests.ConnectionError):
-        return FailureType.NETWORK
-    if isinstance(exc, requests.HTTPError) and exc.response is not None:
-        return classify_http_status(exc.response.status_code)
-    return FailureType.UNKNOWN
+        return NetworkFailure(f"Spotify answered {status}")
+    return UnknownFailure(f"Spotify answered {status}")

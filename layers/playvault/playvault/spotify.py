@@ -22,12 +22,12 @@ from requests.adapters import HTTPAdapter
 
 from playvault import clock
 from playvault.failures import (
-    AuthFailed,
-    AuthRevoked,
     NetworkFailure,
     OutOfTime,
     RateLimited,
     UnknownFailure,
+    token_endpoint_failure,
+    web_api_failure,
 )
 from playvault.normalize import Page, PayloadError, parse_page
 
@@ -137,12 +137,8 @@ class SpotifyClient:
             headers={"Authorization": f"Basic {basic}"},
             what="token",
         )
-        if response.status_code == 400 and _oauth_error(response) == "invalid_grant":
-            raise AuthRevoked("Spotify refused the grant (invalid_grant): the user must sign in again")
-        if response.status_code in (400, 401):
-            raise AuthFailed(f"token endpoint answered {response.status_code} {_oauth_error(response)}")
         if response.status_code != 200:
-            raise UnknownFailure(f"token endpoint answered {response.status_code}")
+            raise token_endpoint_failure(response.status_code, _oauth_error(response))
         body = self._json(response)
         try:
             return TokenGrant(
@@ -189,12 +185,8 @@ class SpotifyClient:
         response = self._send(
             method, url, budget, headers={"Authorization": f"Bearer {access_token}"}, what="api", **kwargs
         )
-        if response.status_code == 401:
-            raise AuthFailed("Spotify answered 401 to the access token")
-        if response.status_code == 403:
-            raise AuthFailed("Spotify answered 403 (scope missing or user not allow-listed)")
         if response.status_code != 200:
-            raise UnknownFailure(f"Spotify answered {response.status_code}")
+            raise web_api_failure(response.status_code)
         return response
 
     # -- transport --------------------------------------------------------------------------------
