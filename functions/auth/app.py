@@ -14,13 +14,13 @@ from string import Template
 from typing import Any
 from urllib.parse import parse_qs
 
-import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
 from playvault import store
+from playvault.aws import LazyClient
 from playvault.config import AuthSettings
 from playvault.crypto import TokenCipher
 from playvault.metrics import metrics
@@ -51,7 +51,7 @@ spotify = SpotifyClient(
     pool_size=4,
     read_timeout_s=5.0,
 )
-cipher = TokenCipher(boto3.client("kms"), settings.token_key_id)
+cipher = TokenCipher(LazyClient("kms"), settings.token_key_id)  # data keys are cached
 onboarding = Onboarding.from_settings(settings, spotify=spotify, cipher=cipher, credentials=credentials)
 app = APIGatewayHttpResolver()
 

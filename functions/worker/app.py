@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import boto3
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -26,6 +25,7 @@ from botocore.config import Config
 from playvault import clock, store
 from playvault import metrics as m
 from playvault.archive import Archiver
+from playvault.aws import LazyClient
 from playvault.batch import BatchAborted, BatchOutcome, archive_batch
 from playvault.config import WorkerSettings
 from playvault.crypto import TokenCipher
@@ -40,14 +40,14 @@ NOT_BEFORE_SLACK_S = 2
 settings = WorkerSettings.from_env()  # a missing/malformed setting fails the cold start, naming it
 store.bind(settings)
 logger = Logger()  # service from POWERTOOLS_SERVICE_NAME
-sqs = boto3.client("sqs")
+sqs = LazyClient("sqs")  # only requeues use it
 spotify = SpotifyClient(
     api_url=settings.spotify_api_url,
     accounts_url=settings.spotify_accounts_url,
     credentials=ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param),
     pool_size=settings.user_concurrency,
 )
-cipher = TokenCipher(boto3.client("kms"), settings.token_key_id)
+cipher = TokenCipher(LazyClient("kms"), settings.token_key_id)  # data keys are cached
 archiver = Archiver(spotify, cipher)
 # Its boto3 client is shared by the user threads: one pooled connection per thread, not botocore's 10.
 persistence = DynamoDBPersistenceLayer(
