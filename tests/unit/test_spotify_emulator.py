@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+
 from spotify_emulator import EmulatorServer, EmulatorState, FaultConfig
 from spotify_emulator.client import EmulatorControl
 

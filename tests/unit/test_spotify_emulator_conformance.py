@@ -25,6 +25,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
+
 from spotify_emulator import EmulatorServer, EmulatorState
 
 SCHEMA_PATH = Path("/work/shared/spotify/spotify-open-api.yml")

@@ -1,0 +1,213 @@
+"""python -m playvault_local {run,serve} ...
+
+run    the whole system on the embedded emulators through simulated hours; prints a report and
+       exits 0 only if no play was lost or duplicated (1 otherwise, 2 for bad options/startup).
+serve  keep the local stack up behind a local API gateway (the template's HttpApi routes) and
+       print the sign-in URL; Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number (0-65535)")
+    return value
+
+
+def _parameter(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected Name=Value")
+    return name, value
+
+
+def _writable(text: str) -> Path:
+    path = Path(text)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: directory {parent} does not exist")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from playvault_local.template import TEMPLATE_PATH
+
+    parser = _Parser(prog="python -m playvault_local", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="{run,serve}", parser_class=_Parser)
+    commands.required = True
+
+    run = commands.add_parser("run", help="simulate users and hours end to end, then report",
+                              description="Run PlayVault end to end on the embedded emulators (moto + Spotify "
+                                          "emulator) through simulated hours, with one simulated clock. Exits 0 "
+                                          "only if no play was lost or duplicated.")
+    run.add_argument("--users", type=_positive_int, default=100, help="users who sign up (default 100)")
+    run.add_argument("--hours", type=_positive_int, default=24, help="simulated hours (default 24)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the listening and of the faults (default 0)")
+    run.add_argument("--report", type=_writable, metavar="FILE", help="write the report as JSON")
+    run.add_argument("--dashboard", type=_writable, metavar="FILE",
+                     help="write the functions' metrics per simulated hour as a self-contained SVG")
+    run.add_argument("--log", type=_writable, metavar="FILE", help="write the functions' log and EMF lines")
+    run.add_argument("--faults", choices=("none", "chaos"), default="none",
+                     help="chaos: Spotify 5xx/429/timeouts/401s, an app-wide rate limit, a worker crash, "
+                          "duplicate deliveries, DynamoDB throttling, a poison message")
+    run.add_argument("--time-scale", type=_non_negative_float, default=0.0, metavar="X",
+                     help="pace the simulated clock at X simulated seconds per real second "
+                          "(default 0: as fast as possible). Delays and timeouts are never scaled.")
+    run.add_argument("--template", type=Path, default=TEMPLATE_PATH, help="template.yaml to run")
+    run.add_argument("--parameter", type=_parameter, action="append", default=[], metavar="NAME=VALUE",
+                     help="override a template parameter (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    serve = commands.add_parser("serve", help="keep the local stack up behind a local API gateway",
+                                description="Keep the stack up and serve the template's HttpApi routes on "
+                                            "127.0.0.1. Prints the sign-in URL. Ctrl-C stops everything.")
+    serve.add_argument("--port", type=_port, default=0, help="gateway port on 127.0.0.1 (default: a free one)")
+    serve.add_argument("--spotify-api-url", help="a Spotify-compatible Web API instead of the built-in emulator")
+    serve.add_argument("--spotify-accounts-url", help="its accounts service (authorize, token)")
+    serve.add_argument("--client-id", help="client id registered at that service")
+    serve.add_argument("--client-secret", help="its client secret")
+    serve.add_argument("--template", type=Path, default=TEMPLATE_PATH, help="template.yaml to serve")
+    serve.add_argument("--parameter", type=_parameter, action="append", default=[], metavar="NAME=VALUE",
+                       help="override a template parameter (repeatable), e.g. MaxUsers=1")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--poll-seconds", type=_non_negative_float, default=1.0,
+                       help="how often the SQS event source polls the work queue (default 1)")
+    serve.add_argument("--dispatch-every", type=_non_negative_float, default=None, metavar="SECONDS",
+                       help="run the scheduled dispatcher this often (default: the template's ScheduleExpression)")
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"playvault_local: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _check_template(path: Path) -> str | None:
+    from playvault_local import template as tpl
+
+    try:
+        tpl.load(path)
+    except tpl.TemplateError as exc:
+        return f"template: {exc}"
+    return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from playvault_local.report import summary_lines, verdict
+    from playvault_local.runner import RunConfig, RunError, Simulation
+    from playvault_local.system import StartupError
+
+    problem = _check_template(args.template)
+    if problem:
+        return _fail(problem)
+    log_file = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
+    real_stdout = sys.stdout
+    config = RunConfig(users=args.users, hours=args.hours, seed=args.seed, faults=args.faults,
+                       time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
+                       log_file=log_file, progress=None if args.quiet else sys.stderr)
+    simulation = Simulation(config)
+    try:
+        report = simulation.run()
+    except StartupError as exc:
+        return _fail(str(exc))
+    except RunError as exc:
+        print(f"playvault_local: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if log_file is not None:
+            log_file.close()
+    if args.report:
+        args.report.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    if args.dashboard:
+        from playvault_local.dashboard import render_svg
+
+        args.dashboard.write_text(render_svg(simulation.system.output.samples, report))
+    for line in summary_lines(report):
+        print(line, file=real_stdout)
+    if args.report:
+        print(f"  report        : {args.report}", file=real_stdout)
+    if args.dashboard:
+        print(f"  dashboard     : {args.dashboard}", file=real_stdout)
+    return EXIT_OK if verdict(report) else EXIT_FAILED
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from playvault_local.gateway import ServeConfig, serve
+    from playvault_local.system import StartupError
+
+    problem = _check_template(args.template)
+    if problem:
+        return _fail(problem)
+    if bool(args.spotify_api_url) != bool(args.spotify_accounts_url):
+        return _fail("give both --spotify-api-url and --spotify-accounts-url (or neither)")
+    if bool(args.client_id) != bool(args.client_secret):
+        return _fail("give both --client-id and --client-secret (or neither)")
+    config = ServeConfig(port=args.port, template_path=args.template, parameters=dict(args.parameter),
+                         spotify_api_url=args.spotify_api_url, spotify_accounts_url=args.spotify_accounts_url,
+                         client_id=args.client_id, client_secret=args.client_secret, seed=args.seed,
+                         poll_seconds=args.poll_seconds, dispatch_every_s=args.dispatch_every)
+    try:
+        return serve(config)
+    except StartupError as exc:
+        return _fail(str(exc))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_serve(args)
+    except KeyboardInterrupt:
+        print("playvault_local: interrupted; everything stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Faults a chaos run injects, each where the real one would happen.
+
+- Spotify: 5xx, 429 with Retry-After, 401 on stale tokens (the emulator's FaultConfig), timeouts
+  (requests held past the worker's read timeout, then dropped: playvault_local.spotify), plus one
+  long app-wide 429 window (rate_limit_app) in the middle of the run.
+- The worker dies in the middle of writing a user's plays: once as an exception between the plays
+  write and the cursor advance ("raise"), once as the runtime dying half-way through the write
+  ("kill": InjectedCrash, a BaseException no handler code catches; the invocation fails).
+- SQS delivers some messages twice (a copy of the body is sent again when first received).
+- DynamoDB throttles some calls: a botocore before-call hook raises
+  ProvisionedThroughputExceededException (no SDK retry: the error reaches the code) on some calls a
+  worker makes before its Spotify fetch, and a before-send hook answers some data-plane calls with a
+  throttling error the SDK retries (see telemetry.AwsCallHooks for why the split).
+- One malformed (poison) message: it must end in the dead-letter queue, and only it.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from playvault_local.telemetry import InjectedCrash
+
+POISON_BODY = '{"users": "not-a-list", "poison": true}'
+
+
+@dataclass
+class ChaosConfig:
+    error_5xx_rate: float = 0.10
+    rate_429_rate: float = 0.03
+    retry_after_s: int = 1
+    timeout_rate: float = 0.02
+    client_read_timeout_s: float = 0.6  # the worker's Spotify read timeout, shortened so timeouts are cheap
+    expire_token_rate: float = 0.05
+    app_rate_limit_hour: int | None = None  # default: a third into the run
+    app_rate_limit_minutes: int = 40
+    crashes: tuple[str, ...] = ("raise", "kill")
+    crash_after_hour: int = 2
+    duplicate_rate: float = 0.15
+    throttle_rate: float = 0.02  # of the calls before the Spotify fetch: the error reaches the code
+    throttle_limit: int = 40
+    retried_throttle_rate: float = 0.03  # of all data-plane calls: answered 400, retried by the SDK
+    poison_messages: int = 1
+
+
+@dataclass
+class CrashHook:
+    """Wraps playvault.store.plays.write_plays; fires each configured crash once."""
+
+    pending: list[str]
+    armed: bool = False
+    fired: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _original: Any = None
+
+    def install(self) -> None:
+        from playvault.store import plays as plays_module
+
+        self._original = plays_module.write_plays
+        original = self._original
+        hook = self
+
+        def write_plays(user_id: str, plays: Any) -> int:
+            plays = list(plays)
+            kind = None
+            with hook._lock:
+                if hook.armed and hook.pending and len(plays) >= 2:
+                    kind = hook.pending.pop(0)
+                    hook.armed = False
+                    hook.fired.append({"kind": kind, "user_id": user_id, "plays": len(plays)})
+            if kind == "kill":
+                original(user_id, plays[: len(plays) // 2])
+                raise InjectedCrash(f"runtime died while writing {user_id}'s plays (injected)")
+            if kind == "raise":
+                original(user_id, plays)
+                raise RuntimeError(f"worker died after writing {user_id}'s plays, before the cursor (injected)")
+            return original(user_id, plays)
+
+        plays_module.write_plays = write_plays
+
+    def uninstall(self) -> None:
+        from playvault.store import plays as plays_module
+
+        if self._original is not None:
+            plays_module.write_plays = self._original
+            self._original = None
+
+
+@dataclass
+class Duplicator:
+    """At-least-once delivery: some messages are sent again (same body) when first received."""
+
+    sqs: Any
+    queue_url: str
+    rate: float
+    seed: int
+    sent: int = 0
+    _rng: random.Random = field(init=False)
+    _copies: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"duplicates:{self.seed}")
+
+    def __call__(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            first = message.get("Attributes", {}).get("ApproximateReceiveCount") == "1"
+            if not first or message["MessageId"] in self._copies or message["Body"] == POISON_BODY:
+                continue
+            if self._rng.random() < self.rate:
+                answer = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"])
+                self._copies.add(answer["MessageId"])
+                self.sent += 1
+
+
+def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator | None,
+            throttled: Counter[str], timeouts: int = 0, retried: int = 0) -> dict[str, Any]:
+    return {
+        "spotify_timeouts": timeouts,
+        "spotify": {"error_5xx_rate": config.error_5xx_rate, "rate_429_rate": config.rate_429_rate,
+                    "retry_after_s": config.retry_after_s, "timeout_rate": config.timeout_rate,
+                    "expire_token_rate": config.expire_token_rate,
+                    "app_rate_limit_minutes": config.app_rate_limit_minutes},
+        "crashes": crash.fired if crash else [],
+        "duplicates_sent": duplicator.sent if duplicator else 0,
+        "dynamodb_throttled": dict(throttled),
+        "dynamodb_throttles_retried_by_the_sdk": retried,
+        "poison_messages": config.poison_messages,
+    }

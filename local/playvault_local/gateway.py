@@ -1,0 +1,201 @@
+"""`serve`: the local stack kept up behind a small API gateway on 127.0.0.1.
+
+The gateway serves the template's HttpApi routes (the functions' HttpApi events): an HTTP request
+becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Unknown
+routes answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
+gateway's /auth/callback. In the background the schedule ticks the dispatcher (ScheduleExpression,
+or --dispatch-every) and the SQS event source feeds the worker, on the real clock. One function
+runs at a time (the functions share the Powertools metrics buffer of this one process).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from playvault_local import provision as prov
+from playvault_local import template as tpl
+from playvault_local.events import http_api_event, http_response, scheduled_event
+from playvault_local.eventsource import SqsEventSource
+from playvault_local.simclock import RealClock
+from playvault_local.system import LocalSystem, StartupError, SystemConfig
+
+
+@dataclass
+class ServeConfig:
+    port: int = 0
+    host: str = "127.0.0.1"
+    template_path: Path = tpl.TEMPLATE_PATH
+    parameters: dict[str, str] = field(default_factory=dict)
+    spotify_api_url: str | None = None
+    spotify_accounts_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
+    seed: int = 0
+    poll_seconds: float = 1.0
+    dispatch_every_s: float | None = None
+    quiet: bool = False
+
+
+class Gateway:
+    """WSGI app: HTTP <-> HttpApi payload 2.0 for the template's routes."""
+
+    def __init__(self, system: LocalSystem, lock: threading.Lock):
+        self.system = system
+        self.lock = lock
+        self.routes = {(r.method, r.path): r.function for r in system.routes}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        function = self.routes.get((request.method, request.path)) or self.routes.get(("ANY", request.path))
+        if function is None:
+            response = Response('{"message":"Not Found"}', status=404, mimetype="application/json")
+            return response(environ, start_response)
+        headers: dict[str, str] = {}
+        for key, value in request.headers.items():
+            key = key.lower()
+            if key == "cookie":
+                continue
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
+        cookies = [c.strip() for c in request.headers.get("Cookie", "").split(";") if c.strip()]
+        body = request.get_data()
+        event = http_api_event(request.method, request.path, query=environ.get("QUERY_STRING", ""),
+                               headers=headers, body=body or None, source_ip=request.remote_addr or "127.0.0.1",
+                               cookies=cookies or None, route_key=f"{request.method} {request.path}")
+        with self.lock:
+            try:
+                answer = self.system.invoke(function, event)
+            except Exception:  # noqa: BLE001 - what API Gateway answers when the integration fails
+                answer = {"statusCode": 500, "headers": {"content-type": "application/json"},
+                          "body": '{"message":"Internal Server Error"}'}
+        status, out_headers, raw, set_cookies = http_response(answer)
+        response = Response(raw, status=status)
+        for key, value in out_headers.items():
+            response.headers[key] = value
+        for cookie in set_cookies:
+            response.headers.add("Set-Cookie", cookie)
+        return response(environ, start_response)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _schedule_seconds(expression: str) -> float:
+    match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression.strip())
+    if not match:
+        return 3600.0  # cron(...) schedules: hourly is close enough for a local stack
+    unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+    return float(int(match.group(1)) * unit)
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return sock
+
+
+def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threading.Event | None = None) -> int:
+    # The gateway's port first: RedirectUri must name it, and a taken port must fail before anything starts.
+    probe = reserve_port(config.host, config.port)
+    port = probe.getsockname()[1]
+    probe.close()
+    redirect_uri = f"http://{config.host}:{port}/auth/callback"
+    system = LocalSystem(SystemConfig(
+        template_path=config.template_path, parameters=dict(config.parameters), redirect_uri=redirect_uri,
+        seed=config.seed, clock=RealClock(), spotify_api_url=config.spotify_api_url,
+        spotify_accounts_url=config.spotify_accounts_url,
+        client_id=config.client_id or prov.DEV_CLIENT_ID, client_secret=config.client_secret or prov.DEV_CLIENT_SECRET,
+        log_file=None if config.quiet else sys.stderr,
+    ))
+    stop = stop or threading.Event()
+    lock = threading.Lock()
+    server = None
+    threads: list[threading.Thread] = []
+    try:
+        try:
+            server = make_server(config.host, port, Gateway(_started(system), lock), threaded=True,
+                                 request_handler=_QuietHandler)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
+        threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="gateway", daemon=True))
+        source = SqsEventSource(system)
+        every = config.dispatch_every_s or _schedule_seconds(
+            system.stack.resolver.parameters.get("ScheduleExpression", "rate(1 hour)") if system.stack else "")
+        threads.append(threading.Thread(target=_poll, args=(system, source, lock, stop, config.poll_seconds),
+                                        name="sqs-event-source", daemon=True))
+        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every), name="schedule",
+                                        daemon=True))
+        for thread in threads:
+            thread.start()
+        real = system._stdout.real
+        base = f"http://{config.host}:{port}"
+        spotify = f"{system.emulator.url} (built-in emulator)" if system.emulator else config.spotify_accounts_url
+        lines = [
+            "PlayVault local stack is up (Ctrl-C stops everything).",
+            f"  sign in        : {base}/auth/login",
+            f"  routes         : {', '.join(f'{r.method} {base}{r.path}' for r in system.routes)}",
+            f"  Spotify        : {spotify}",
+            f"  AWS (moto)     : {system.aws.url if system.aws else '?'}",
+            f"  redirect URI   : {redirect_uri}",
+            f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
+        ]
+        print("\n".join(lines), file=real, flush=True)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            stop.wait(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop.set()
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        for thread in threads:
+            thread.join(timeout=5)
+        system.stop()
+
+
+def _started(system: LocalSystem) -> LocalSystem:
+    system.start()
+    return system
+
+
+def _poll(system: LocalSystem, source: SqsEventSource, lock: threading.Lock, stop: threading.Event,
+          every: float) -> None:
+    while not stop.is_set():
+        try:
+            with lock:
+                got = source.poll_once()
+        except Exception as exc:  # noqa: BLE001 - keep polling; say why
+            print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
+            got = 0
+        if not got:
+            stop.wait(every)
+
+
+def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float) -> None:
+    function = system.schedule_function
+    while not stop.is_set():
+        try:
+            with lock:
+                system.invoke(function, scheduled_event(system.now(), f"{function}-schedule"))
+        except Exception as exc:  # noqa: BLE001
+            print(f"playvault_local: scheduled dispatch failed: {exc}", file=sys.stderr)
+        stop.wait(every)

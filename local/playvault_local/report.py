@@ -1,0 +1,242 @@
+"""The end-of-run report: Spotify's truth (the emulator) against what the archive holds.
+
+- exposed: plays Spotify returned at least once (the emulator records every play in the window it served);
+- lost: exposed plays with no row in the plays table (the archive's one unforgivable failure),
+  except those the next poll will still fetch (in Spotify's window at the end, newer than the
+  user's cursor: "recoverable", e.g. a last poll that failed after its fetch);
+- duplicated: rows beyond one per (user, played_at), plus rows for plays that never happened;
+  (the plays table is read in one go from the AWS emulator's memory: reading 25,000 rows back
+  through moto's Query costs minutes, the archive itself never reads them);
+- gap plays: plays never exposed although older plays and newer plays of the same user were
+  (they fell out of the 50-play window between two polls). Plays newer than a user's last poll are
+  pending (not yet due, or the user revoked access); plays older than the first poll are history
+  Spotify no longer had.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+SPOTIFY_WINDOW = 50  # recently-played keeps the last 50 plays
+
+REQUIRED_KEYS = ("users", "hours", "plays_exposed", "plays_archived", "plays_lost", "plays_duplicated", "gap_plays",
+                 "gaps_detected", "failures_by_type", "dlq_messages", "spotify_requests", "dynamodb_requests")
+
+
+def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def _window_time(window_id: str) -> float | None:
+    try:
+        return datetime.strptime(window_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    system = sim.system
+    stack = system.stack
+    state = system.emulator_state
+    ddb = system.ddb
+    plays_table = stack.name("PlaysTable")
+    users_table = stack.name("UsersTable")
+    source = sim.source
+
+    # who was delivered when, by dispatch window (to check revoked users are no longer dispatched)
+    deliveries_by_user: dict[str, list[float]] = {}
+    for delivery in source.deliveries:
+        try:
+            window = json.loads(delivery.body).get("window_id")
+        except (ValueError, AttributeError):
+            continue
+        moment = _window_time(window)
+        for user_id in source.users_of(delivery):
+            deliveries_by_user.setdefault(user_id, []).append(moment if moment is not None else delivery.at)
+
+    rows_by_user: dict[str, list[dict[str, Any]]] = {}
+    for row in system.aws.table_items(plays_table, ["user_id", "played_at", "played_at_ms"]):
+        rows_by_user.setdefault(row["user_id"], []).append(row)
+
+    totals = Counter()
+    per_user: dict[str, dict[str, Any]] = {}
+    statuses: Counter[str] = Counter()
+    undetected: list[str] = []
+    revoked: dict[str, Any] = {}
+    for user in sim.population:
+        user_id = user.user_id
+        truth = {p["played_at_ms"] for p in state.ground_truth(user_id)}
+        exposed = state.exposed_play_ms(user_id)
+        row_ms = [int(r["played_at_ms"]) for r in rows_by_user.get(user_id, [])]
+        archived = set(row_ms)
+        duplicate_rows = len(row_ms) - len(archived)
+        phantom = archived - truth
+        item = ddb.get_item(TableName=users_table, Key={"user_id": {"S": user_id}}, ConsistentRead=True).get("Item")
+        cursor = int(item["cursor_ms"]["N"]) if item and "cursor_ms" in item else None
+        # Not archived yet, but the next poll will fetch them: still in Spotify's window, after the cursor.
+        window = sorted(truth)[-SPOTIFY_WINDOW:]
+        recoverable = {m for m in exposed - archived if m in window and (cursor is None or m > cursor)}
+        lost = exposed - archived - recoverable
+        never = truth - exposed
+        if exposed:
+            low, high = min(exposed), max(exposed)
+            gap = {m for m in never if low < m < high}
+            before = {m for m in never if m < low}
+            pending = {m for m in never if m > high}
+        else:
+            gap, before, pending = set(), set(), set(never)
+        status = item["status"]["S"] if item and "status" in item else "missing"
+        gaps_detected = int(item["gaps_detected"]["N"]) if item and "gaps_detected" in item else 0
+        statuses[status] += 1
+        if gap and not gaps_detected:
+            undetected.append(user_id)
+        totals.update(truth=len(truth), exposed=len(exposed), archived=len(archived), rows=len(row_ms),
+                      lost=len(lost), recoverable=len(recoverable), duplicated=duplicate_rows + len(phantom),
+                      gap=len(gap), before=len(before),
+                      pending=len(pending), gaps_detected=gaps_detected)
+        per_user[user_id] = {"profile": user.profile, "tags": user.tags, "status": status, "truth": len(truth),
+                             "exposed": len(exposed), "archived": len(archived), "lost": len(lost),
+                             "recoverable": len(recoverable),
+                             "duplicated": duplicate_rows + len(phantom), "gap_plays": len(gap),
+                             "gaps_detected": gaps_detected, "pending": len(pending)}
+        if user.revoke_at_hour is not None:
+            flipped = item.get("last_failed_at", {}).get("S") if item else None
+            flipped_at = _parse_time(flipped) if status == "needs_reauth" else None
+            later = [t for t in deliveries_by_user.get(user_id, []) if flipped_at is not None and t > flipped_at]
+            revoked[user_id] = {"revoked_at_hour": user.revoke_at_hour, "status": status,
+                                "needs_reauth_since": flipped, "dispatched_after_needs_reauth": len(later)}
+    rotating = {u.user_id: per_user[u.user_id] for u in sim.population if u.rotate_refresh_tokens}
+
+    output = system.output
+    failures = {k: int(v) for k, v in sorted(output.by_dimension("UsersFailed", "FailureType").items())}
+    dlq_logical = system.dead_letter_queue(source.spec.queue_logical_id)
+    dlq_bodies: list[str] = []
+    if dlq_logical:
+        dlq_url = system.queue_url(dlq_logical)
+        while True:
+            answer = system.sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=600,
+                                                WaitTimeSeconds=0)
+            batch = answer.get("Messages") or []
+            if not batch:
+                break
+            dlq_bodies.extend(m["Body"] for m in batch)
+    in_flight = system.aws.queue_state(source.queue_name)["messages"]
+
+    server_diff = _diff(counts["server"], baseline["server"])
+    dynamodb_by_op = {k.split(".", 1)[1]: v for k, v in sorted(server_diff.items()) if k.startswith("dynamodb.")}
+    spotify_diff = _diff(counts["spotify"], baseline["spotify"])
+    chaos = sim.chaos
+    from playvault_local import chaos as chaos_mod
+
+    report: dict[str, Any] = {
+        "users": len(sim.population),
+        "hours": sim.config.hours,
+        "seed": sim.config.seed,
+        "faults": sim.config.faults,
+        "sign_ups": dict(sim.sign_ups),
+        "polls": int(output.total("UsersArchived") + output.total("UsersFailed")),
+        "users_skipped": int(output.total("UsersSkipped")),
+        "plays_played": totals["truth"],
+        "plays_exposed": totals["exposed"],
+        "plays_archived": totals["archived"],
+        "plays_lost": totals["lost"],
+        "plays_recoverable": totals["recoverable"],
+        "plays_duplicated": totals["duplicated"],
+        "gap_plays": totals["gap"],
+        "gaps_detected": totals["gaps_detected"],
+        "gaps_detected_metric": int(output.total("GapsDetected")),
+        "users_with_gap_plays": sum(1 for u in per_user.values() if u["gap_plays"]),
+        "users_with_undetected_gaps": undetected,
+        "plays_pending": totals["pending"],
+        "plays_before_first_poll": totals["before"],
+        "failures_by_type": failures,
+        "deferrals": {"deferred_messages": int(output.total("DeferredMessages")),
+                      "rate_limited_users": int(output.total("RateLimited"))},
+        "dlq_messages": len(dlq_bodies),
+        "dlq_bodies": [b[:200] for b in dlq_bodies],
+        "in_flight_at_end": in_flight,
+        "drained": sim.drained,
+        "users_by_status": dict(statuses),
+        "revoked_users": revoked,
+        "rotating_refresh_token_users": rotating,
+        "spotify_requests": sum(spotify_diff.values()),
+        "spotify_requests_by_endpoint": spotify_diff,
+        "dynamodb_requests": sum(dynamodb_by_op.values()),
+        "dynamodb_requests_by_operation": dynamodb_by_op,
+        "dynamodb_calls_client_side": sum(_diff(counts["client_dynamodb"], baseline["client_dynamodb"]).values()),
+        "other_aws_requests": {k: v for k, v in server_diff.items() if not k.startswith("dynamodb.")},
+        "dispatches": len(sim.dispatch_reports),
+        "dispatch_errors": dict(sim.dispatch_errors),
+        "needs_reauth_at_last_dispatch": (sim.dispatch_reports[-1].get("needs_reauth")
+                                          if sim.dispatch_reports else None),
+        "worker": {"invocations": source.stats.invocations, "messages_received": source.stats.messages_received,
+                   "messages_deleted": source.stats.messages_deleted,
+                   "batch_item_failures": source.stats.item_failures,
+                   "function_errors": dict(source.stats.function_errors)},
+        "function_log_levels": dict(system.output.log_levels),
+        "chaos": chaos_mod.summary(chaos, sim.crash, sim.duplicator, system.hooks.throttled,
+                                    getattr(system.emulator, "timeouts_injected", 0),
+                                    system.hooks.retried_throttles) if chaos else None,
+        "time": {
+            "clock": "one simulated clock for the domain, the Spotify emulator, SQS (moto) and idempotency expiry",
+            "scaling": "none: DelaySeconds, visibility timeouts and the spread window are the template's, in "
+                       "simulated seconds; the clock jumps to the next due message or schedule tick",
+            "time_scale": sim.config.time_scale or "unpaced",
+            "simulated_start": sim.config.start.isoformat(),
+            "simulated_end": system.clock().isoformat(),
+        },
+        "per_user": per_user,
+    }
+    return report
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z").timestamp()
+    except ValueError:
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return None
+
+
+def verdict(report: dict[str, Any]) -> bool:
+    return report["plays_lost"] == 0 and report["plays_duplicated"] == 0
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    t = report.get("timings_s", {})
+    lines = [
+        f"PlayVault local run: {report['users']} users x {report['hours']} simulated hours "
+        f"(faults: {report['faults']}, seed {report['seed']})",
+        f"  time          : one simulated clock; no scaling (SQS delays/visibility timeouts in simulated seconds); "
+        f"{t.get('total_s', '?')} s real ({t.get('hours_s', '?')} s for the hours)",
+        f"  polls         : {report['polls']} (skipped {report['users_skipped']}), dispatches {report['dispatches']}",
+        f"  plays         : played {report['plays_played']}, exposed by Spotify {report['plays_exposed']}, "
+        f"archived {report['plays_archived']}",
+        f"  lost          : {report['plays_lost']} (recoverable by the next poll: {report['plays_recoverable']})",
+        f"  duplicated    : {report['plays_duplicated']}",
+        f"  gaps          : {report['gap_plays']} plays fell out of Spotify's window "
+        f"({report['users_with_gap_plays']} users); gaps detected {report['gaps_detected']}; "
+        f"undetected {len(report['users_with_undetected_gaps'])}",
+        f"  pending       : {report['plays_pending']} plays after a user's last poll "
+        f"(history before first poll: {report['plays_before_first_poll']})",
+        f"  failures      : {report['failures_by_type'] or 'none'}",
+        f"  deferrals     : {report['deferrals']}",
+        f"  worker        : {report['worker']}",
+        f"  DLQ           : {report['dlq_messages']} message(s); in flight at end {report['in_flight_at_end']}",
+        f"  users         : {report['users_by_status']}",
+        f"  requests      : Spotify {report['spotify_requests']} {report['spotify_requests_by_endpoint']}; "
+        f"DynamoDB {report['dynamodb_requests']}",
+    ]
+    if report.get("chaos"):
+        lines.append(f"  chaos         : {report['chaos']}")
+    lines.append("  verdict       : " + ("OK (nothing lost, nothing duplicated)" if verdict(report)
+                                        else "FAILED (plays lost or duplicated)"))
+    return lines

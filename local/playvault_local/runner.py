@@ -1,0 +1,320 @@
+"""`run`: the whole system through simulated hours, then a report of what was lost or duplicated.
+
+One SimClock drives everything: the domain (playvault.clock), the Spotify emulator (plays appear,
+tokens expire), SQS on the AWS emulator (DelaySeconds, visibility timeouts, redrive), Powertools
+idempotency expiry. Nothing is scaled: a 720 s visibility timeout is 720 simulated seconds. The
+clock stands still while functions run and jumps to the next moment something is due: the next
+message to become visible (the AWS emulator reports it) or the next hourly schedule tick.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlsplit
+
+import requests
+
+from playvault_local import chaos as chaos_mod
+from playvault_local import template as tpl
+from playvault_local.events import http_api_event_for_url, http_response, scheduled_event
+from playvault_local.eventsource import SqsEventSource
+from playvault_local.population import SimUser, build_population, simulate
+from playvault_local.progress import Progress
+from playvault_local.simclock import SimClock
+from playvault_local.system import LocalSystem, SystemConfig
+
+DEFAULT_START = datetime(2025, 6, 2, 0, 0, tzinfo=UTC)
+SIGNUP_LEAD = timedelta(minutes=10)
+MAX_DRAIN = timedelta(hours=12)
+EVENTBRIDGE_ATTEMPTS = 3  # asynchronous invocation: the first try plus two retries
+
+
+@dataclass
+class RunConfig:
+    users: int = 100
+    hours: int = 24
+    seed: int = 0
+    faults: str = "none"
+    time_scale: float = 0.0  # simulated seconds per real second; 0: as fast as possible
+    template_path: Path = tpl.TEMPLATE_PATH
+    parameters: dict[str, str] = field(default_factory=dict)
+    chaos: chaos_mod.ChaosConfig | None = None
+    start: datetime = DEFAULT_START
+    log_file: TextIO | None = None
+    progress: TextIO | None = None
+    on_ready: Callable[[LocalSystem], None] | None = None  # tests: patch things once the stack is up
+
+
+class RunError(RuntimeError):
+    pass
+
+
+class Simulation:
+    def __init__(self, config: RunConfig):
+        self.config = config
+        if config.faults == "chaos" and config.chaos is None:
+            config.chaos = chaos_mod.ChaosConfig()
+        self.chaos = config.chaos if config.faults == "chaos" else None
+        self.clock = SimClock(config.start - SIGNUP_LEAD)
+        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **config.parameters}
+        self.system = LocalSystem(SystemConfig(
+            template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
+            throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
+            throttle_limit=self.chaos.throttle_limit if self.chaos else 0,
+            retried_throttle_rate=self.chaos.retried_throttle_rate if self.chaos else 0.0,
+            log_file=config.log_file,
+        ))
+        self.population: list[SimUser] = []
+        self.source: SqsEventSource | None = None
+        self.crash: chaos_mod.CrashHook | None = None
+        self.duplicator: chaos_mod.Duplicator | None = None
+        self.dispatch_reports: list[dict[str, Any]] = []
+        self.dispatch_errors: Counter[str] = Counter()
+        self.sign_ups: Counter[str] = Counter()
+        self.timings: dict[str, float] = {}
+        self._pace_origin: tuple[float, float] | None = None
+        self._rate_limit_from: datetime | None = None
+        self._rate_limit_until: datetime | None = None
+        self.drained = True
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> dict[str, Any]:
+        from playvault_local.report import build_report
+
+        started = time.monotonic()
+        self.system.start()
+        try:
+            self.timings["startup_s"] = time.monotonic() - started
+            self._populate()
+            mark = time.monotonic()
+            self._sign_up_everyone()
+            self.timings["sign_up_s"] = time.monotonic() - mark
+            self.source = SqsEventSource(self.system)
+            self._arm_chaos()
+            if self.config.on_ready is not None:
+                self.config.on_ready(self.system)
+            baseline = self._request_counts()
+            mark = time.monotonic()
+            self._hours()
+            self.timings["hours_s"] = time.monotonic() - mark
+            self.system.hooks.enabled = False
+            if self.crash is not None:
+                self.crash.armed = False
+            counts = self._request_counts()
+            mark = time.monotonic()
+            report = build_report(self, baseline, counts)
+            self.timings["report_s"] = time.monotonic() - mark
+            self.timings["total_s"] = time.monotonic() - started
+            report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
+            return report
+        finally:
+            if self.crash is not None:
+                self.crash.uninstall()
+            self.system.stop()
+
+    def _populate(self) -> None:
+        state = self.system.emulator_state
+        self.population = build_population(self.config.users, self.config.hours, self.config.seed)
+        for user in self.population:
+            state.add_user(user.user_id, display_name=f"Listener {user.user_id[4:]}",
+                           rotate_refresh_tokens=user.rotate_refresh_tokens)
+        simulate(state, self.population, self.config.start)
+
+    # ------------------------------------------------------------------ sign-up through the real route
+    def _sign_up_everyone(self) -> None:
+        session = requests.Session()
+        for user in self.population:
+            outcome = self.sign_up(user.user_id, session)
+            self.sign_ups[outcome] += 1
+        if self.sign_ups.get("signed_up", 0) != len(self.population):
+            raise RunError(f"sign-up failed for some users: {dict(self.sign_ups)}")
+
+    def sign_up(self, user_id: str, session: requests.Session) -> str:
+        auth = self._auth_function()
+        status, headers, body, _ = http_response(
+            self.system.invoke(auth, http_api_event_for_url("GET", "/auth/login", now=self.clock())))
+        location = _header(headers, "location")
+        if status != 302 or not location:
+            return "waitlisted" if status == 200 and b"waitlist" in body.lower() else f"login_{status}"
+        consent = session.get(f"{location}&login_as={user_id}", allow_redirects=False, timeout=30)
+        back = consent.headers.get("Location", "")
+        if consent.status_code != 302 or "code=" not in back:
+            return f"authorize_{consent.status_code}"
+        status, _, body, _ = http_response(self.system.invoke(auth, http_api_event_for_url("GET", back,
+                                                                                           now=self.clock())))
+        return "signed_up" if status == 200 else f"callback_{status}"
+
+    def _auth_function(self) -> str:
+        for route in self.system.routes:
+            if route.path.endswith("/login"):
+                return route.function
+        raise RunError("template: no HttpApi route for the login")
+
+    # ------------------------------------------------------------------ chaos
+    def _arm_chaos(self) -> None:
+        chaos = self.chaos
+        if chaos is None:
+            return
+        state = self.system.emulator_state
+        state.faults.update(error_5xx_rate=chaos.error_5xx_rate, rate_429_rate=chaos.rate_429_rate,
+                            retry_after_s=chaos.retry_after_s, expire_token_rate=chaos.expire_token_rate)
+        # Timeouts are dropped requests (see playvault_local.spotify), held past the client's timeout.
+        self.system.emulator.timeout_rate = chaos.timeout_rate
+        self.system.emulator.timeout_s = chaos.client_read_timeout_s + 0.4
+        worker = self._worker_module()
+        spotify = getattr(worker, "spotify", None)
+        if spotify is not None and hasattr(spotify, "_timeouts"):
+            spotify._timeouts = (1.0, chaos.client_read_timeout_s)
+        self.crash = chaos_mod.CrashHook(pending=list(chaos.crashes))
+        self.crash.install()
+        assert self.source is not None
+        self.duplicator = chaos_mod.Duplicator(self.system.sqs, self.source.queue_url, chaos.duplicate_rate,
+                                               self.config.seed)
+        self.source.on_receive = self.duplicator
+        for _ in range(chaos.poison_messages):
+            self.system.sqs.send_message(QueueUrl=self.source.queue_url, MessageBody=chaos_mod.POISON_BODY)
+
+    def _worker_module(self) -> Any:
+        import sys
+
+        assert self.source is not None
+        handler = self.source.handler
+        return sys.modules.get(handler.__module__)
+
+    def _chaos_for_hour(self, hour: int) -> None:
+        for user in self.population:
+            if user.revoke_at_hour == hour:
+                self.system.emulator_state.revoke(user.user_id)
+        chaos = self.chaos
+        if chaos is None:
+            return
+        limit_hour = chaos.app_rate_limit_hour if chaos.app_rate_limit_hour is not None else self.config.hours // 3
+        if hour == limit_hour:
+            until = self.clock() + timedelta(minutes=5 + chaos.app_rate_limit_minutes)
+            # Opens 5 minutes after the tick: the first batch is archived, the later ones are deferred.
+            self._rate_limit_from = self.clock() + timedelta(minutes=5)
+            self._rate_limit_until = until
+        if self.crash is not None and hour >= chaos.crash_after_hour:
+            self.crash.armed = True  # at most one crash an hour: two in one invocation would hide one
+        self.system.hooks.enabled = hour >= 1  # DynamoDB throttling (see telemetry.AwsCallHooks)
+
+    # ------------------------------------------------------------------ hours
+    def _hours(self) -> None:
+        progress = Progress(self.config.hours, self.config.progress)
+        for hour in range(self.config.hours):
+            tick = self.config.start + timedelta(hours=hour)
+            self.system.output.hour = hour
+            self._advance(tick)
+            self._chaos_for_hour(hour)
+            self._dispatch(tick)
+            self._drain(until=tick + timedelta(hours=1))
+            progress.update(hour + 1, self._progress_fields())
+        self.system.output.hour = self.config.hours  # the drain after the last tick
+        end = self.config.start + timedelta(hours=self.config.hours)
+        self._advance(max(end, self.clock()))
+        self.drained = self._drain(until=end + MAX_DRAIN)
+        progress.done(self._progress_fields())
+
+    def _advance(self, moment: datetime) -> None:
+        if moment <= self.clock():
+            return
+        # Late answers to timed-out Spotify calls are computed at the instant they were asked.
+        self.system.emulator.wait_idle()
+        if self._rate_limit_from is not None and self._rate_limit_from <= moment:
+            self.system.emulator_state.rate_limit_app(self._rate_limit_until)
+            self._rate_limit_from = None
+        scale = self.config.time_scale
+        if scale > 0:
+            if self._pace_origin is None:
+                self._pace_origin = (time.monotonic(), self.clock().timestamp())
+            real0, sim0 = self._pace_origin
+            wait = real0 + (moment.timestamp() - sim0) / scale - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+        self.clock.set(moment)
+
+    def _dispatch(self, tick: datetime) -> None:
+        function = self.system.schedule_function
+        assert function is not None
+        for _attempt in range(EVENTBRIDGE_ATTEMPTS):
+            try:
+                report = self.system.invoke(function, scheduled_event(tick, f"{function}-schedule"))
+            except Exception as exc:  # noqa: BLE001 - a failed async invocation is retried, as EventBridge does
+                self.dispatch_errors[type(exc).__name__] += 1
+                continue
+            self.dispatch_reports.append(report if isinstance(report, dict) else {"answer": report})
+            return
+        self.dispatch_errors["gave_up"] += 1
+
+    def _drain(self, until: datetime) -> bool:
+        """Deliver every message due before `until`, jumping the clock from one due moment to the
+        next. True when the queue is empty."""
+        assert self.source is not None
+        source = self.source
+        aws = self.system.aws
+        assert aws is not None
+        stalls = 0
+        while True:
+            received = 0
+            while True:
+                got = source.poll_once()
+                if not got:
+                    break
+                received += got
+            state = aws.queue_state(source.queue_name)
+            if not state["messages"]:
+                return True
+            due = state["next_visible_at"]
+            if due is None:
+                return True
+            target = max(due + 0.001, self.clock().timestamp() + 0.001)
+            if target >= until.timestamp():
+                return False
+            stalls = stalls + 1 if not received and target - self.clock().timestamp() < 0.01 else 0
+            if stalls > 1000:
+                raise RunError("the work queue holds visible messages that cannot be received")
+            self._advance(datetime.fromtimestamp(target, UTC))
+
+    # ------------------------------------------------------------------ helpers
+    def _request_counts(self) -> dict[str, Any]:
+        assert self.system.aws is not None
+        server = self.system.aws.counts()
+        spotify = self.system.emulator_state.request_counts()
+        return {"server": server, "spotify": spotify, "client_dynamodb": dict(self.system.hooks.calls)}
+
+    def _progress_fields(self) -> dict[str, Any]:
+        out = self.system.output
+        return {
+            "plays": int(out.total("PlaysArchived")),
+            "archived": int(out.total("UsersArchived")),
+            "failed": int(out.total("UsersFailed")),
+            "deferred": int(out.total("DeferredMessages")),
+            "gaps": int(out.total("GapsDetected")),
+        }
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+def rng_for(seed: int, what: str) -> random.Random:
+    return random.Random(f"{what}:{seed}")
+
+
+def dump(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

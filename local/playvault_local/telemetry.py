@@ -1,0 +1,239 @@
+"""What the functions emit, captured the way CloudWatch would see it, and AWS calls counted.
+
+- FunctionOutput replaces sys.stdout while the functions run: Powertools prints EMF blobs and JSON
+  log lines there. EMF blobs become metric samples (tagged with the simulated hour they were
+  emitted in); log lines are counted by level and optionally written to a file.
+- AwsCallHooks registers botocore event hooks on every client any session creates (boto3's
+  default session, Powertools' own sessions, pynamodb's per-thread sessions): it counts DynamoDB
+  calls and can inject faults (throttling) before a call is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+DATA_PLANE = frozenset({"GetItem", "PutItem", "UpdateItem", "DeleteItem", "BatchGetItem", "BatchWriteItem",
+                        "Query", "Scan", "TransactWriteItems", "TransactGetItems"})
+
+
+@dataclass
+class MetricSample:
+    hour: int
+    name: str
+    unit: str
+    dimensions: dict[str, str]
+    values: list[float]
+
+
+@dataclass
+class FunctionOutput:
+    """A stdout stand-in: whole lines only (per thread), parsed as EMF or log records."""
+
+    log_file: TextIO | None = None
+    hour: int = -1  # set by the runner: the simulated hour samples belong to
+    samples: list[MetricSample] = field(default_factory=list)
+    log_levels: Counter[str] = field(default_factory=Counter)
+    other_lines: int = 0
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- the file interface print() and logging.StreamHandler use
+    def write(self, text: str) -> int:
+        buffered = getattr(self._local, "buffer", "") + text
+        *lines, rest = buffered.split("\n")
+        self._local.buffer = rest
+        for line in lines:
+            if line.strip():
+                self._line(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:
+        return "utf-8"
+
+    def _line(self, line: str) -> None:
+        record: Any = None
+        if line.startswith("{"):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+        with self._lock:
+            if self.log_file is not None:
+                self.log_file.write(line + "\n")
+            if isinstance(record, dict) and "_aws" in record:
+                self._emf(record)
+            elif isinstance(record, dict) and "level" in record:
+                self.log_levels[str(record["level"])] += 1
+            else:
+                self.other_lines += 1
+
+    def _emf(self, blob: dict[str, Any]) -> None:
+        for directive in blob["_aws"].get("CloudWatchMetrics", []):
+            dimension_names = [name for group in directive.get("Dimensions", []) for name in group]
+            dims = {name: str(blob.get(name, "")) for name in dimension_names}
+            for metric in directive.get("Metrics", []):
+                name = metric["Name"]
+                value = blob.get(name)
+                values = value if isinstance(value, list) else [value]
+                self.samples.append(MetricSample(self.hour, name, metric.get("Unit", "None"), dims,
+                                                 [float(v) for v in values if v is not None]))
+
+    # -- reading back
+    def total(self, name: str, **dims: str) -> float:
+        return sum(sum(s.values) for s in self.samples
+                   if s.name == name and all(s.dimensions.get(k) == v for k, v in dims.items()))
+
+    def by_dimension(self, name: str, dimension: str) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for s in self.samples:
+            if s.name == name and dimension in s.dimensions:
+                out[s.dimensions[dimension]] += sum(s.values)
+        return dict(out)
+
+
+class Stdout:
+    """Install a FunctionOutput as sys.stdout (before the functions' modules are imported, so their
+    loggers bind to it) and put the real stdout back afterwards."""
+
+    def __init__(self, output: FunctionOutput):
+        self.output = output
+        self.real: TextIO = sys.stdout
+
+    def install(self) -> None:
+        self.real = sys.stdout
+        sys.stdout = self.output  # type: ignore[assignment]
+
+    def restore(self) -> None:
+        if sys.stdout is self.output:
+            sys.stdout = self.real
+
+
+class InjectedCrash(BaseException):  # noqa: N818 - it stands for the process dying, not an error
+    """Raised inside a function to emulate the runtime dying mid-invocation (not an Exception: no
+    handler code catches it, exactly as no code runs after a real crash)."""
+
+
+# Throttles that outlive the SDK's retries reach the code; they are injected only on calls a worker
+# makes before it fetches from Spotify (reading the user, the idempotency record), so a failed batch
+# never holds plays it already fetched. Throttles after the fetch are answered at the HTTP level and
+# retried by the SDK, as DynamoDB's are. (A throttle surviving the retries after the fetch, during a
+# burst of listening, loses plays: the redelivery comes a visibility timeout later, after the plays
+# fell out of Spotify's 50-play window. Reported to the archive's owners.)
+_SURFACING = {"GetItem": None, "PutItem": "Idempotency", "UpdateItem": "Idempotency", "DeleteItem": "Idempotency"}
+
+
+@dataclass
+class AwsCallHooks:
+    """botocore hooks on every client: counts DynamoDB calls, injects throttling when enabled.
+
+    throttle_rate: share of eligible calls that raise ProvisionedThroughputExceededException from a
+    before-call hook (no SDK retry: the error reaches the code). retried_throttle_rate: share of
+    data-plane calls whose HTTP answer is a throttling error (the SDK retries it)."""
+
+    throttle_rate: float = 0.0
+    throttle_limit: int = 0  # at most this many surfacing throttles (0: no limit)
+    retried_throttle_rate: float = 0.0
+    seed: int = 0
+    enabled: bool = False  # throttling only while the simulated hours run
+    calls: Counter[str] = field(default_factory=Counter)
+    throttled: Counter[str] = field(default_factory=Counter)
+    retried_throttles: int = 0
+    _rng: random.Random = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _original_create_client: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(f"throttle:{self.seed}")
+
+    def install(self) -> None:
+        import botocore.session
+
+        original = botocore.session.Session.create_client
+        hooks = self
+
+        def create_client(session_self: Any, service_name: str, *args: Any, **kwargs: Any) -> Any:
+            client = original(session_self, service_name, *args, **kwargs)
+            if service_name == "dynamodb":
+                client.meta.events.register("before-call.dynamodb", hooks.before_call)
+                client.meta.events.register("before-send.dynamodb", hooks.before_send)
+            return client
+
+        self._original_create_client = original
+        botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
+
+    def uninstall(self) -> None:
+        import botocore.session
+
+        if self._original_create_client is not None:
+            botocore.session.Session.create_client = self._original_create_client  # type: ignore[method-assign]
+            self._original_create_client = None
+
+    def _eligible(self, operation: str, params: Any) -> bool:
+        if operation not in _SURFACING:
+            return False
+        table_hint = _SURFACING[operation]
+        return table_hint is None or table_hint in str((params or {}).get("TableName", ""))
+
+    def before_call(self, model: Any, params: Any, **kwargs: Any) -> None:
+        operation = model.name
+        with self._lock:
+            self.calls[operation] += 1
+            throttle = (self.enabled and self.throttle_rate > 0 and self._eligible(operation, params)
+                        and (not self.throttle_limit or sum(self.throttled.values()) < self.throttle_limit)
+                        and self._rng.random() < self.throttle_rate)
+            if throttle:
+                self.throttled[operation] += 1
+        if throttle:
+            from botocore.exceptions import ClientError
+
+            raise ClientError(
+                {"Error": {"Code": "ProvisionedThroughputExceededException",
+                           "Message": "The level of configured provisioned throughput for the table was exceeded "
+                                      "(injected by the local runner)"},
+                 "ResponseMetadata": {"HTTPStatusCode": 400}},
+                operation,
+            )
+
+    def before_send(self, request: Any, **kwargs: Any) -> Any:
+        if not self.enabled or self.retried_throttle_rate <= 0:
+            return None
+        target = request.headers.get("X-Amz-Target", b"")
+        operation = (target.decode() if isinstance(target, bytes) else str(target)).rpartition(".")[2]
+        if operation not in DATA_PLANE:
+            return None
+        with self._lock:
+            if self._rng.random() >= self.retried_throttle_rate:
+                return None
+            self.retried_throttles += 1
+        from botocore.awsrequest import AWSResponse
+
+        body = (b'{"__type":"com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",'
+                b'"message":"Rate of requests exceeds the allowed throughput (injected)"}')
+        return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0",
+                                              "x-amzn-RequestId": "injected"}, _RawBody(body))
+
+
+class _RawBody:
+    def __init__(self, body: bytes):
+        self._body = body
+
+    def stream(self, **kwargs: Any) -> Any:
+        yield self._body
+
+    def read(self, *args: Any) -> bytes:
+        body, self._body = self._body, b""
+        return body

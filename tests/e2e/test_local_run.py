@@ -1,0 +1,85 @@
+"""`python -m playvault_local run|serve` as a developer runs it: a subprocess, its exit code, its files."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from playvault_local.report import REQUIRED_KEYS
+from tests.e2e._helpers import ROOT, cli, cli_env, servers_started_by
+
+
+def test_a_small_run_exits_0_and_writes_the_report_and_the_dashboard(tmp_path):
+    report, dashboard = tmp_path / "report.json", tmp_path / "dashboard.svg"
+    done = cli("run", "--users", "10", "--hours", "3", "--report", str(report), "--dashboard", str(dashboard))
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(report.read_text())
+    missing = [key for key in REQUIRED_KEYS if key not in data]
+    assert not missing, f"report lacks {missing}"
+    assert data["users"] == 10 and data["hours"] == 3
+    assert data["plays_archived"] > 0 and data["plays_lost"] == 0 and data["plays_duplicated"] == 0
+    assert data["spotify_requests"] > 0 and data["dynamodb_requests"] > 0
+    svg = dashboard.read_text()
+    assert svg.startswith("<svg") and "Plays archived" in svg and "<script" not in svg
+    assert "lost" in done.stdout and "hour" in done.stderr  # the report, and the progress bar
+
+
+@pytest.mark.parametrize("args, words", [
+    (["run", "--users", "0"], "--users"),
+    (["run", "--hours", "many"], "--hours"),
+    (["run", "--faults", "meteor"], "--faults"),
+    (["run", "--time-scale", "-1"], "--time-scale"),
+    (["run", "--report", "/no/such/dir/r.json"], "does not exist"),
+    (["serve", "--port", "70000"], "--port"),
+    (["serve", "--spotify-api-url", "http://127.0.0.1:9/v1"], "--spotify-accounts-url"),
+    (["fly"], "invalid choice"),
+])
+def test_bad_options_exit_2_with_a_message(args, words):
+    started = time.monotonic()
+    done = cli(*args, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert words in done.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_help_describes_the_options():
+    done = cli("run", "--help", timeout=60)
+    assert done.returncode == 0
+    for option in ("--users", "--hours", "--seed", "--report", "--dashboard", "--faults", "--time-scale"):
+        assert option in done.stdout
+
+
+@pytest.mark.parametrize("content", [None, "Resources: [unclosed\n", "Description: no resources\n"])
+def test_a_broken_template_fails_fast_and_leaves_nothing_running(tmp_path, content):
+    path = tmp_path / "template.yaml"
+    if content is not None:
+        path.write_text(content)
+    for command in ("run", "serve"):
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", "playvault_local", command, "--template", str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 2, out + err
+        assert "template" in err
+        assert time.monotonic() - started < 30
+        assert servers_started_by(process.pid) == []
+
+
+def test_serve_on_an_occupied_port_fails_fast_and_leaves_no_server():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        process = subprocess.Popen([sys.executable, "-m", "playvault_local", "serve", "--port", str(port)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=ROOT)
+        out, err = process.communicate(timeout=60)
+    assert process.returncode == 2, out + err
+    assert str(port) in err
+    assert time.monotonic() - started < 30
+    assert servers_started_by(process.pid) == []
