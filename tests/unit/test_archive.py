@@ -529,3 +529,22 @@ def test_a_401_to_a_token_minted_this_poll_is_auth_without_a_second_refresh(aws_
     result = archiver.archive_user("fresh401", Budget.seconds(30))
     assert (result.status, result.failure_type) == ("failed", "AUTH")
     assert emulator.state.request_counts()["token"] == 1
+
+
+def test_a_gap_before_the_first_archived_play_is_detected_from_the_last_poll(world):
+    """No cursor yet (the first poll found nothing): the last poll's time bounds what may be lost."""
+    world.sign_up()
+    first_poll = world.now - timedelta(minutes=200)
+    clock.set_clock(lambda: first_poll)
+    assert world.archive().plays_archived == 0
+    assert world.user().cursor_ms is None
+    for i in range(60):
+        world.play("alice", 150 - 2 * i, track_index=i)
+    clock.set_clock(lambda: world.now)
+    result = world.archive()
+    assert result.status == archive.SUCCESS and result.gap_detected
+    user = world.user()
+    assert user.last_gap_from_ms == clock.to_ms(first_poll)
+    missing = set(world.truth_ms()) - set(world.stored_ms())
+    assert len(missing) == 10
+    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)

@@ -73,7 +73,8 @@ class _Tokens:
 
 def detect_gap(cursor_ms: int | None, page: Page) -> tuple[int, int] | None:
     """Spotify keeps 50 plays: a full page whose oldest play is newer than the cursor means plays
-    between the cursor and that oldest play may have fallen out of the window. Returns that window."""
+    between the cursor and that oldest play may have fallen out of the window. Returns that window.
+    With no cursor and no earlier poll (the first poll ever) nothing was promised yet: no gap."""
     if cursor_ms is None or len(page.plays) < MAX_PAGE:
         return None
     oldest = min(p.played_at_ms for p in page.plays)
@@ -111,7 +112,10 @@ class Archiver:
         new_plays = [p for p in page.plays if user.cursor_ms is None or p.played_at_ms > user.cursor_ms]
         new_tracks = catalog.upsert_tracks(p.track for p in new_plays)
         written = plays.write_plays(user.user_id, new_plays)
-        gap = detect_gap(user.cursor_ms, page)
+        # Before the first archived play there is no cursor: the last poll bounds what may be lost.
+        since_ms = user.cursor_ms if user.cursor_ms is not None else (
+            clock.to_ms(user.last_polled_at) if user.last_polled_at else None)
+        gap = detect_gap(since_ms, page)
         # Only now, with the plays durable, may the cursor move past them.
         users.record_success(
             user,
