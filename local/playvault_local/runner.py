@@ -150,6 +150,8 @@ class Simulation:
             return f"authorize_{consent.status_code}"
         status, _, body, _ = http_response(self.system.invoke(auth, http_api_event_for_url("GET", back,
                                                                                            now=self.clock())))
+        if status == 200 and b"waitlist" in body.lower():  # the cap was reached between login and callback
+            return "waitlisted"
         return "signed_up" if status == 200 else f"callback_{status}"
 
     def _auth_function(self) -> str:
