@@ -84,7 +84,7 @@ def record_handler(record: SQSRecord, lambda_context: Any) -> str:
     if message.not_before - now.timestamp() > NOT_BEFORE_SLACK_S:
         delay = requeue(sqs, settings.work_queue_url, message.users, not_before=message.not_before,
                         window_id=message.window_id, now=now)
-        m.count(m.DEFERRED_MESSAGES)
+        m.count(m.MESSAGES_NOT_YET_DUE)
         logger.info("not due yet: requeued", extra={"users": len(message.users), "delay_s": delay,
                                                     "not_before": message.not_before})
         return "requeued"

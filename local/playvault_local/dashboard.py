@@ -21,7 +21,8 @@ PANELS: list[tuple[str, list[tuple[str, str]], str]] = [
     ("New tracks", [("NewTracks", "tracks")], "sum"),
     ("Gaps detected", [("GapsDetected", "gaps")], "sum"),
     ("Rate limiting", [("RateLimited", "users rate-limited"), ("DeferredMessages", "messages deferred")], "sum"),
-    ("Work messages sent", [("MessagesSent", "by the dispatcher")], "sum"),
+    ("Work messages", [("MessagesSent", "sent by the dispatcher"), ("MessagesNotYetDue", "requeued, not yet due")],
+     "sum"),
     ("Batch duration (ms, max)", [("BatchDuration", "max")], "max"),
     ("Sign-ups", [("SignUps", "sign-ups"), ("ReAuthorizations", "re-auth"), ("Waitlisted", "waitlisted")], "sum"),
 ]

@@ -303,11 +303,17 @@ def test_the_same_user_in_the_next_hour_is_polled_again(worker, context, emulato
     assert stored_play_ms("ana") == truth_ms(emulator, "ana")
 
 
-def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, context, emulator, aws_env, fake_clock):
+def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, context, emulator, aws_env, fake_clock,
+                                                                     capsys):
     onboard(emulator, aws_env, ["ana"])
     due = fake_clock.now + timedelta(minutes=50)
     record = sqs_record(work_body(["ana"], due, window_id="w1"))
+    capsys.readouterr()
     assert worker.handler(sqs_event(record), context) == {"batchItemFailures": []}
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    # A hop through the spread window is routine: counted apart from rate-limit deferrals.
+    assert any(blob.get("MessagesNotYetDue") in (1.0, [1.0]) for blob in blobs)
+    assert not any("DeferredMessages" in blob for blob in blobs)
     assert emulator.state.request_counts().get("recently_played", 0) == 0
     assert stored_play_ms("ana") == []
     (sent,) = worker.sqs.sent

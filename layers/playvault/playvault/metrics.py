@@ -22,7 +22,8 @@ PLAYS_ARCHIVED = "PlaysArchived"
 NEW_TRACKS = "NewTracks"
 GAPS_DETECTED = "GapsDetected"
 RATE_LIMITED = "RateLimited"
-DEFERRED_MESSAGES = "DeferredMessages"
+DEFERRED_MESSAGES = "DeferredMessages"  # requeued because Spotify rate-limits the app
+MESSAGES_NOT_YET_DUE = "MessagesNotYetDue"  # requeued: its slot in the spread window is ahead
 BATCH_DURATION = "BatchDuration"
 # auth
 SIGN_UPS = "SignUps"
@@ -44,6 +45,7 @@ CATALOG: dict[str, tuple[MetricUnit, tuple[str, ...]]] = {
     GAPS_DETECTED: (MetricUnit.Count, ()),
     RATE_LIMITED: (MetricUnit.Count, ()),
     DEFERRED_MESSAGES: (MetricUnit.Count, ()),
+    MESSAGES_NOT_YET_DUE: (MetricUnit.Count, ()),
     BATCH_DURATION: (MetricUnit.Milliseconds, ()),
     SIGN_UPS: (MetricUnit.Count, ()),
     RE_AUTHORIZATIONS: (MetricUnit.Count, ()),
