@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import requests
 
 from playvault_local import provision as prov
+from playvault_local.aws_server import stop_process
 from playvault_local.lambda_runtime import context_for, load_handler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +129,22 @@ def _clear_powertools_caches() -> None:
     parameters.clear_caches()
 
 
+@contextmanager
+def stack_on_server(endpoint_url: str, spotify_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[prov.Stack]:
+    """template.yaml provisioned on a real moto_server, the env (AWS_ENDPOINT_URL included) set, store bound."""
+    from playvault import store
+    from playvault.config import TableSettings
+
+    stack = prov.provision(endpoint_url=endpoint_url, parameters=stack_parameters(spotify_url))
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    assert stack.env["AWS_ENDPOINT_URL"] == endpoint_url
+    store.bind(TableSettings.from_env())
+    yield stack
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    store.bind(TableSettings.from_env())  # drop the clients built for this endpoint
+
+
 @pytest.fixture
 def load_function(aws_env: prov.Stack) -> Callable[[str], Callable[[dict, Any], Any]]:
     """load_function("WorkerFunction") -> its handler, imported fresh with the env set (a cold start)."""
@@ -156,15 +174,6 @@ def _wait_http(url: str, process: subprocess.Popen, what: str, timeout_s: float 
     raise RuntimeError(f"{what} did not answer at {url}")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto_server on 127.0.0.1:<free port>, stopped by its PID."""
@@ -177,7 +186,7 @@ def moto_server() -> Iterator[str]:
         _wait_http(f"{url}/moto-api/", process, "moto_server")
         yield url
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 @pytest.fixture
@@ -200,4 +209,4 @@ def emulator_process() -> Iterator[str]:
             raise RuntimeError(f"spotify_emulator did not start: {line!r}")
         yield line.split("listening on ", 1)[1].strip()
     finally:
-        _stop(process)
+        stop_process(process)

@@ -221,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 10) -> None:
+    """Stop a server we started, by its PID: SIGTERM, then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
 class AwsServer:
     """The runner's handle on the child process: start, clock, counts, stop (by PID)."""
 
@@ -279,13 +290,7 @@ class AwsServer:
         process, self.process = self.process, None
         if process is None:
             return
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
         if process.stdout is not None:
             process.stdout.close()
         self._session.close()

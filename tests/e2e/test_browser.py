@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from playvault_local.aws_server import stop_process
 from tests.conftest import free_port
 from tests.e2e._helpers import ROOT, cli_env, servers_started_by
 
@@ -61,12 +62,7 @@ def _serve(*extra: str) -> Iterator[str]:
                 return
         pytest.fail(f"serve did not come up (exit {process.poll()}): {''.join(seen)}")
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=20)
         assert servers_started_by(process.pid) == []
 
 

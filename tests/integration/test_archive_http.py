@@ -9,13 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from playvault import archive, clock, store
-from playvault.config import TableSettings
+from playvault import archive, clock
 from playvault.spotify import Budget
 from playvault.store import plays, users
-from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET, provision
+from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
 from spotify_emulator.client import EmulatorControl
-from tests.conftest import REDIRECT_URI
+from tests.conftest import REDIRECT_URI, stack_on_server
 from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, sign_in
 
 HOUR = 3600
@@ -23,16 +22,8 @@ HOUR = 3600
 
 @pytest.fixture
 def http_stack(moto_reset, emulator_process, monkeypatch):
-    stack = provision(endpoint_url=moto_reset, parameters={
-        "SpotifyApiUrl": emulator_process + "/v1", "SpotifyAccountsUrl": emulator_process,
-        "RedirectUri": REDIRECT_URI})
-    for key, value in stack.env.items():
-        monkeypatch.setenv(key, value)
-    assert stack.env["AWS_ENDPOINT_URL"] == moto_reset
-    store.bind(TableSettings.from_env())
-    yield stack
-    monkeypatch.delenv("AWS_ENDPOINT_URL")
-    store.bind(TableSettings.from_env())
+    with stack_on_server(moto_reset, emulator_process, monkeypatch) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from playvault.config import (
 )
 from playvault.store import users
 from playvault_local import provision as prov
+from tests.conftest import stack_on_server
 
 TABLES = {
     "USERS_TABLE": "t-users",
@@ -92,16 +93,8 @@ def test_settings_read_os_environ_by_default(monkeypatch):
 # ---------------------------------------------------------------- AWS_ENDPOINT_URL
 @pytest.fixture
 def moto_endpoint(moto_reset, monkeypatch) -> prov.Stack:
-    stack = prov.provision(endpoint_url=moto_reset, parameters={
-        "SpotifyApiUrl": "http://127.0.0.1:9/v1", "SpotifyAccountsUrl": "http://127.0.0.1:9",
-        "RedirectUri": "http://127.0.0.1:8765/auth/callback"})
-    for key, value in stack.env.items():
-        monkeypatch.setenv(key, value)
-    assert stack.env["AWS_ENDPOINT_URL"] == moto_reset
-    store.bind(TableSettings.from_env())
-    yield stack
-    monkeypatch.delenv("AWS_ENDPOINT_URL")
-    store.bind(TableSettings.from_env())  # drop the clients built for this endpoint
+    with stack_on_server(moto_reset, "http://127.0.0.1:9", monkeypatch) as stack:  # no Spotify needed
+        yield stack
 
 
 def test_aws_endpoint_url_reaches_boto3_clients(moto_endpoint, moto_reset):
