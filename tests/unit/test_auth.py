@@ -20,7 +20,7 @@ import requests
 
 from playvault import clock
 from playvault.onboarding import pkce_challenge
-from playvault.store import oauth_states, seats, users, waitlist
+from playvault.store import oauth_states, plays, seats, users, waitlist
 from playvault.store.state import StateModel
 from playvault_local import provision as prov
 
@@ -423,6 +423,17 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     auth.sign_in("alice")  # a re-authorization as well
     emulator.state.inject("/api/token", status=500, times=10)
     auth.sign_in("alice")  # and a failed exchange
+    emulator.state.clear_injections()
+
+    # ...then an archive run of that user through the worker, with a token refresh on the way.
+    from tests.unit.test_worker import sqs_event, sqs_record, work_body
+
+    emulator.state.simulate_listening("alice", datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC), 8)
+    users.UserModel.get("alice").update(actions=[users.UserModel.access_token_enc.remove()])
+    worker = load_function("WorkerFunction")
+    answer = worker(sqs_event(sqs_record(work_body(["alice"]))), lambda_context("WorkerFunction"))
+    assert answer == {"batchItemFailures": []}
+    assert list(plays.all_plays("alice")), "the archive run stored nothing"
 
     secrets_seen = {"code": query["code"], "verifier": verifier, "client secret": prov.DEV_CLIENT_SECRET}
     for i, token in enumerate(list(emulator.state._access) + list(emulator.state._refresh)):
@@ -432,6 +443,7 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     logs = capsys.readouterr()
     text = logs.out + logs.err + "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
     assert "user signed up" in text and "token endpoint failed" in text  # the logs were captured
+    assert "batch archived" in text
     responses = json.dumps(auth.responses)
     for what, value in secrets_seen.items():
         assert value not in text, f"{what} appears in a log line"
