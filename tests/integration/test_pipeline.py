@@ -27,10 +27,10 @@ from tests.conftest import stack_parameters
 from tests.unit.test_worker import make_cipher, onboard, truth_ms
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
-USERS = 120
+USERS = 200
 PARAMETERS = {
-    "SpreadWindowSeconds": "60",  # the smallest window: two batches, at 0 and 30 s
-    "BatchSize": "75",
+    "SpreadWindowSeconds": "60",  # the smallest window: two batches of 100, at 0 and 30 s
+    "BatchSize": "100",
     "MaxReceiveCount": "2",
 }
 
