@@ -31,7 +31,7 @@ from playvault.config import WorkerSettings
 from playvault.crypto import TokenCipher
 from playvault.failures import OutOfTime
 from playvault.metrics import metrics
-from playvault.queue import MalformedMessage, parse_body, requeue
+from playvault.queue import MalformedMessage, parse_body, requeue, window_hour
 from playvault.spotify import Budget, SpotifyClient, ssm_credentials
 
 # A message this close to its not_before is processed rather than bounced for a second or two.
@@ -95,7 +95,7 @@ def record_handler(record: SQSRecord, lambda_context: Any) -> str:
             message.users,
             archiver=archiver,
             budget=budget,
-            hour_key=clock.hour_key(now),
+            hour_key=window_hour(message.window_id, now),
             persistence=persistence,
             concurrency=settings.user_concurrency,
             min_remaining_ms=settings.min_remaining_ms,

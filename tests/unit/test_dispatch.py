@@ -179,8 +179,9 @@ def test_only_active_users_out_of_cooldown_and_not_archived_this_hour_are_dispat
     create_user("reauth", None, cipher, status=users.NEEDS_REAUTH)
     create_user("resting", "rt", cipher, cooldown_until=NOW + timedelta(minutes=10))
     create_user("rested", "rt", cipher, cooldown_until=NOW - timedelta(seconds=1))
-    create_user("done", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0))
-    create_user("last_hour", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1))
+    create_user("done", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0), last_window=clock.hour_key(NOW))
+    create_user("last_hour", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1),
+                last_window=clock.hour_key(NOW - timedelta(hours=1)))
     create_user("paused", "rt", cipher, status="paused")
     sqs = RecordingSQS(boto3.client("sqs"))
     report = dispatch.dispatch(NOW, _dispatch_settings(), sqs)
@@ -270,7 +271,7 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     polled: list[tuple[str, datetime]] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Any) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Any, window: str | None = None) -> ArchiveResult:
             polled.append((user_id, clock.now()))
             return ArchiveResult(user_id, SUCCESS)
 
@@ -321,3 +322,28 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     # A batch due at 57 min needs 3 bounces of 900 s and a last one: more deliveries than messages.
     assert deliveries > report.messages_sent
     assert queue.MAX_DELAY_S == 900
+
+
+def test_a_user_polled_late_in_the_previous_window_is_dispatched_again(clocked, aws_env):
+    """rate(1 hour) fires at any minute: a user whose slot was 50 min into the 09:17 window was archived
+    at 10:07, in the clock hour of the 10:17 dispatch. It belongs to the 09:17 window and must be
+    dispatched at 10:17, or it would be polled only every other hour."""
+    import boto3
+
+    dispatch_at = NOW.replace(minute=17)
+    cipher = make_cipher()
+    create_user("late_slot", "rt", cipher, last_archived_at=NOW.replace(minute=7),
+                last_window=clock.hour_key(dispatch_at - timedelta(hours=1)))
+    create_user("this_window", "rt", cipher, last_archived_at=NOW.replace(minute=16),
+                last_window=clock.hour_key(dispatch_at))
+    sqs = RecordingSQS(boto3.client("sqs"))
+    report = dispatch.dispatch(dispatch_at, _dispatch_settings(), sqs)
+    assert _dispatched_ids(sqs) == ["late_slot"]
+    assert report.already_archived == 1
+
+
+def test_a_message_belongs_to_the_hour_of_its_dispatch_not_of_its_processing():
+    dispatched = datetime(2025, 3, 14, 9, 17, 3, tzinfo=UTC)
+    processed = dispatched + timedelta(minutes=50)  # 10:07: the next clock hour
+    assert queue.window_hour(queue.window_id_of(dispatched), processed) == "2025_03_14_09"
+    assert queue.window_hour("not-a-window", processed) == "2025_03_14_10"

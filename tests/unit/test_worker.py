@@ -249,7 +249,7 @@ def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_en
     onboard(emulator, aws_env, ids)
     real = worker.archiver.archive_user
 
-    def archive_user(user_id: str, budget: Budget) -> ArchiveResult:
+    def archive_user(user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
         if user_id == "poison":
             raise KeyError("a bug only this user triggers")
         return real(user_id, budget)
@@ -347,7 +347,7 @@ def test_out_of_time_midway_reports_the_rest_unstarted_and_redelivery_skips_the_
     done: list[str] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
             done.append(user_id)
             return ArchiveResult(user_id, SUCCESS, plays_archived=1)
 
@@ -374,7 +374,7 @@ def test_a_failed_user_is_retried_by_the_next_delivery(aws_env, fake_clock):
     attempts: list[str] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
             attempts.append(user_id)
             if len(attempts) == 1:
                 return ArchiveResult(user_id, FAILED, failure_type="NETWORK")
@@ -396,7 +396,7 @@ def test_a_user_being_archived_elsewhere_is_skipped(aws_env, fake_clock):
     inner: list[Any] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
             if not inner:  # while "ana" is in progress, a second worker gets the same user
                 inner.append(archive_batch(["ana"], archiver=self, budget=budget, hour_key="2025_03_14_09",
                                            persistence=persistence, concurrency=1))
@@ -412,7 +412,7 @@ def test_users_run_concurrently_and_in_isolation(aws_env, fake_clock):
     barrier = threading.Barrier(4, timeout=5)
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
             barrier.wait()  # only returns if 4 users are in flight at once
             if user_id == "u2":
                 raise ValueError("boom")
@@ -474,3 +474,13 @@ def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_
     archived = [blob["UsersArchived"] for blob in blobs if "UsersArchived" in blob]
     assert archived in ([2], [[2]])  # one flush per invocation
     assert all(blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "PlayVault" for blob in blobs)
+
+
+def test_the_poll_records_the_window_it_belongs_to(worker, context, emulator, aws_env, fake_clock):
+    from playvault.queue import window_id_of
+
+    onboard(emulator, aws_env, ["ana"])
+    dispatched = fake_clock.now - timedelta(minutes=50)  # its slot was late in the window
+    record = sqs_record(work_body(["ana"], fake_clock.now, window_id=window_id_of(dispatched)))
+    assert worker.handler(sqs_event(record), context) == {"batchItemFailures": []}
+    assert users.UserModel.get("ana").last_window == clock.hour_key(dispatched)

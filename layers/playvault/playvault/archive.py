@@ -86,20 +86,21 @@ class Archiver:
         self.spotify = spotify
         self.cipher = cipher
 
-    def archive_user(self, user_id: str, budget: Budget) -> ArchiveResult:
+    def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
+        """`window`: the dispatch window (hour key) this poll belongs to, recorded on success."""
         user = users.get(user_id)
         if user is None:
             return ArchiveResult(user_id, SKIPPED, reason="unknown user (deleted?)")
         if user.status != users.ACTIVE:
             return ArchiveResult(user_id, SKIPPED, reason=f"status {user.status}")
         try:
-            return self._archive(user, budget)
+            return self._archive(user, budget, window)
         except Exception as exc:  # noqa: BLE001 - one user's failure must never crash the batch
             if is_infrastructure_error(exc):
                 raise
             return self._record_failure(user, exc)
 
-    def _archive(self, user: users.UserModel, budget: Budget) -> ArchiveResult:
+    def _archive(self, user: users.UserModel, budget: Budget, window: str | None) -> ArchiveResult:
         tokens = self._cached_or_refreshed(user, budget)
         try:
             page = self.spotify.recently_played(tokens.access_token, user.cursor_ms, budget)
@@ -126,6 +127,7 @@ class Archiver:
                 access_token_enc=tokens.access_token_enc,
                 access_token_expires_at=tokens.expires_at if tokens.access_token_enc else None,
                 gap_window_ms=gap,
+                window=window,
             ),
         )
         if gap:

@@ -195,7 +195,7 @@ def archive_batch(
         key_prefix=IDEMPOTENCY_KEY_PREFIX,
     )
     def archive_once(*, payload: dict[str, str]) -> dict[str, Any]:
-        result = archiver.archive_user(payload["user_id"], budget)
+        result = archiver.archive_user(payload["user_id"], budget, window=hour_key)
         if result.status in (FAILED, DEFERRED):
             raise _NotDone(result)
         return result.to_dict()

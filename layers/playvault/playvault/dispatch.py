@@ -1,7 +1,8 @@
 """Dispatch: pick the users due for a poll, batch them, spread the batches over the window, send.
 
 Who is due: status active, not resting in the circuit breaker (cooldown_until > now), and not
-already archived in the current UTC hour. Everyone else is counted by the reason they were left
+already archived in this dispatch window (the UTC hour of the dispatch; a user polled late in the
+previous window, i.e. in this clock hour, is due again). Everyone else is counted by the reason they were left
 out (needs_reauth, cooldown, already archived, other status), so the dispatcher's metrics explain
 every user.
 
@@ -35,9 +36,9 @@ from datetime import UTC, datetime
 
 from aws_lambda_powertools import Logger
 
-from playvault import metrics
+from playvault import clock, metrics
 from playvault.config import DispatcherSettings
-from playvault.queue import MAX_DELAY_S, WorkMessage, delay_for, send_batches
+from playvault.queue import MAX_DELAY_S, WorkMessage, delay_for, send_batches, window_id_of
 from playvault.store import users
 
 logger = Logger(child=True)
@@ -64,14 +65,6 @@ class DispatchReport:
         return asdict(self)
 
 
-def hour_start(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def window_id_of(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
 def offsets(batches: int, window_s: int) -> Iterator[int]:
     """Evenly spread offsets (seconds after dispatch) of `batches` batches over [0, window_s)."""
     for index in range(batches):
@@ -79,7 +72,7 @@ def offsets(batches: int, window_s: int) -> Iterator[int]:
 
 
 def _due_user_ids(now: datetime, report: DispatchReport) -> list[str]:
-    this_hour = hour_start(now)
+    this_window = clock.hour_key(now)
     due: list[str] = []
     for user in users.scan_polling_state():
         report.considered += 1
@@ -91,7 +84,7 @@ def _due_user_ids(now: datetime, report: DispatchReport) -> list[str]:
                 report.statuses[user.status] = report.statuses.get(user.status, 0) + 1
         elif user.cooldown_until is not None and user.cooldown_until > now:
             report.in_cooldown += 1
-        elif user.last_archived_at is not None and user.last_archived_at >= this_hour:
+        elif user.last_window == this_window:
             report.already_archived += 1
         else:
             due.append(user.user_id)

@@ -16,11 +16,12 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from playvault import clock
 from playvault.failures import InfrastructureError
 
 MAX_DELAY_S = 900  # SQS caps DelaySeconds at 15 minutes
@@ -28,6 +29,23 @@ MAX_ENTRIES = 10  # SendMessageBatch takes at most 10 entries
 MAX_BATCH_BYTES = 256 * 1024  # conservative cap on the summed payload of one SendMessageBatch
 SEND_ATTEMPTS = 4
 
+
+WINDOW_ID_FORMAT = "%Y%m%dT%H%M%SZ"
+
+
+def window_id_of(dispatched_at: datetime) -> str:
+    """A dispatch window's id: the dispatch time, UTC, to the second."""
+    return dispatched_at.astimezone(UTC).strftime(WINDOW_ID_FORMAT)
+
+
+def window_hour(window_id: str, now: datetime) -> str:
+    """The hour key (YYYY_MM_DD_HH) of the window a message belongs to: the per-user idempotency key
+    and the user's last_window. A message without a parseable window falls back to `now`'s hour."""
+    try:
+        dispatched_at = datetime.strptime(window_id, WINDOW_ID_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        dispatched_at = now
+    return clock.hour_key(dispatched_at)
 
 class WorkMessage(BaseModel):
     """The body of one work-queue message (also the worker's Powertools parser model)."""

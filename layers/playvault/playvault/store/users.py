@@ -40,6 +40,10 @@ class UserModel(Model):
     cursor_ms = NumberAttribute(null=True)
     last_polled_at = UTCDateTimeAttribute(null=True)
     last_archived_at = UTCDateTimeAttribute(null=True)
+    # The dispatch window (UTC hour of the dispatch, YYYY_MM_DD_HH) of the last successful poll. A
+    # poll may land in the next clock hour (slots spread over the window), so "done this hour" is
+    # judged by window, not by clock.
+    last_window = UnicodeAttribute(null=True)
     plays_archived = NumberAttribute(default=0)
     # Circuit breaker (seed fields) plus the computed end of the cooldown the dispatcher filters on.
     consecutive_failures = NumberAttribute(default=0)
@@ -72,6 +76,7 @@ class PollSuccess:
     access_token_expires_at: datetime | None
     refresh_token_enc: str | None = None  # only when Spotify rotated it
     gap_window_ms: tuple[int, int] | None = None
+    window: str | None = None  # the dispatch window this poll belongs to
 
 
 def record_success(user: UserModel, outcome: PollSuccess) -> None:
@@ -84,6 +89,8 @@ def record_success(user: UserModel, outcome: PollSuccess) -> None:
     ]
     if user.last_failure_type is not None or user.cooldown_until is not None:
         actions += [UserModel.last_failure_type.remove(), UserModel.cooldown_until.remove()]
+    if outcome.window is not None:
+        actions.append(UserModel.last_window.set(outcome.window))
     if outcome.cursor_ms is not None and (user.cursor_ms is None or outcome.cursor_ms > user.cursor_ms):
         actions.append(UserModel.cursor_ms.set(outcome.cursor_ms))
     if outcome.access_token_enc is not None:
@@ -144,12 +151,13 @@ class PollingState:
     status: str
     cooldown_until: datetime | None
     last_archived_at: datetime | None
+    last_window: str | None = None
 
 
-_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_archived_at"]
+_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_archived_at", "last_window"]
 
 
 def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
     """Every user's polling state, paginated, projecting only what the dispatcher reads."""
     for user in UserModel.scan(attributes_to_get=_POLLING_ATTRIBUTES, page_size=page_size):
-        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_archived_at)
+        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_archived_at, user.last_window)
