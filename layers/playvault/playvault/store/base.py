@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from pynamodb.exceptions import PutError, PynamoDBException
 from pynamodb.models import Model
 
 from playvault.config import TableSettings
@@ -44,3 +45,21 @@ def bind(settings: TableSettings, *, extra: dict[str, str] | None = None) -> Non
         model.Meta.table_name = names[settings_field]
         model.Meta.region = region
         model._connection = None  # the next call builds a client for the new table/endpoint
+
+
+def condition_failed(exc: PynamoDBException) -> bool:
+    """True when a conditional write was refused because its condition did not hold."""
+    return exc.cause_response_code == "ConditionalCheckFailedException"
+
+
+def put_if_absent(item: Model) -> bool:
+    """Conditional put on the hash key: True if this call created the row, False if it existed
+    (maybe written by a concurrent worker a moment ago). Never overwrites."""
+    hash_key = type(item)._hash_key_attribute()
+    try:
+        item.save(condition=hash_key.does_not_exist())
+    except PutError as exc:
+        if condition_failed(exc):
+            return False
+        raise
+    return True

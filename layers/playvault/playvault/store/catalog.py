@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pynamodb.attributes import BooleanAttribute, ListAttribute, NumberAttribute, UnicodeAttribute
-from pynamodb.exceptions import PutError
 from pynamodb.models import Model
 
 from playvault.normalize import Album, Artist, Track
-from playvault.store.base import BaseMeta, table
+from playvault.store.base import BaseMeta, put_if_absent, table
 
 
 @table("artists_table")
@@ -65,18 +64,6 @@ def _existing_ids(model: type[Model], ids: set[str]) -> set[str]:
     return {getattr(item, hash_key) for item in model.batch_get(list(ids), attributes_to_get=[hash_key])}
 
 
-def _put_if_absent(item: Model) -> bool:
-    """True if this call created the row; False if someone (maybe a concurrent worker) already had."""
-    hash_key = type(item)._hash_key_attribute()
-    try:
-        item.save(condition=hash_key.does_not_exist())
-    except PutError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
-
-
 def _artist_row(artist: Artist) -> ArtistModel:
     return ArtistModel(artist.artist_id, name=artist.name, uri=artist.uri)
 
@@ -121,7 +108,7 @@ def upsert_tracks(tracks: Iterable[Track]) -> int:
     # Album artists may differ from track artists (compilations): both are stored.
     artists = {a.artist_id: a for t in unknown for a in (*t.artists, *t.album.artists)}
     for artist_id in sorted(set(artists) - _existing_ids(ArtistModel, set(artists))):
-        _put_if_absent(_artist_row(artists[artist_id]))
+        put_if_absent(_artist_row(artists[artist_id]))
     for album_id in sorted(set(albums) - _existing_ids(AlbumModel, set(albums))):
-        _put_if_absent(_album_row(albums[album_id]))
-    return sum(_put_if_absent(_track_row(track)) for track in unknown)
+        put_if_absent(_album_row(albums[album_id]))
+    return sum(put_if_absent(_track_row(track)) for track in unknown)

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pynamodb.constants import ALL_OLD
-from pynamodb.exceptions import DeleteError, PutError
+from pynamodb.exceptions import DeleteError
 
+from playvault.store.base import condition_failed, put_if_absent
 from playvault.store.state import StateModel
 
 PREFIX = "oauth_state#"
@@ -42,12 +43,8 @@ def put_state(state: str, code_verifier: str, now: datetime) -> datetime:
     """Store a new one-time state (conditional put); returns when it expires."""
     expires = now + TTL
     item = StateModel(state_key(state), code_verifier=code_verifier, created_at=now, expires_at=expires)
-    try:
-        item.save(condition=StateModel.name.does_not_exist())
-    except PutError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            raise StateCollision("a one-time state collided with an existing one") from None
-        raise
+    if not put_if_absent(item):
+        raise StateCollision("a one-time state collided with an existing one")
     return expires
 
 
@@ -60,7 +57,7 @@ def consume_state(state: str, now: datetime) -> PendingLogin | None:
     try:
         answer = StateModel._get_connection().delete_item(state_key(state), condition=condition, return_values=ALL_OLD)
     except DeleteError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
+        if condition_failed(exc):
             return None
         raise
     item = StateModel.from_raw_data(answer.get("Attributes") or {})

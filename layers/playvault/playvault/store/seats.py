@@ -26,6 +26,7 @@ from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
+from playvault.store.base import condition_failed
 from playvault.store.state import StateModel
 from playvault.store.users import ACTIVE, UserModel
 
@@ -175,7 +176,7 @@ def reauthorize(
     try:
         UserModel(user_id).update(actions=actions, condition=UserModel.user_id.exists())
     except UpdateError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
+        if condition_failed(exc):
             return False
         raise
     return True

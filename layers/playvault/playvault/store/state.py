@@ -12,7 +12,7 @@ from pynamodb.attributes import NumberAttribute, TTLAttribute, UnicodeAttribute,
 from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
-from playvault.store.base import BaseMeta, table
+from playvault.store.base import BaseMeta, condition_failed, table
 
 RATE_GATE = "rate_gate"
 
@@ -56,7 +56,7 @@ def close_rate_gate(until: datetime, now: datetime) -> bool:
             condition=StateModel.limited_until.does_not_exist() | (StateModel.limited_until < until),
         )
     except UpdateError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
+        if condition_failed(exc):
             return False
         raise
     return True

@@ -10,8 +10,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from pynamodb.exceptions import PutError
-
+from playvault.store.base import put_if_absent
 from playvault.store.state import StateModel
 
 PREFIX = "waitlist#"
@@ -23,14 +22,7 @@ def waitlist_key(normalized_email: str) -> str:
 
 def add(normalized_email: str, now: datetime) -> bool:
     """Store the address once; True if this call added it, False if it was already listed."""
-    item = StateModel(waitlist_key(normalized_email), email=normalized_email, created_at=now)
-    try:
-        item.save(condition=StateModel.name.does_not_exist())
-    except PutError as exc:
-        if exc.cause_response_code == "ConditionalCheckFailedException":
-            return False
-        raise
-    return True
+    return put_if_absent(StateModel(waitlist_key(normalized_email), email=normalized_email, created_at=now))
 
 
 def is_listed(normalized_email: str) -> bool:
