@@ -69,7 +69,7 @@ def polling_states(count: int, **fields: Any):
     def scan(page_size: int = 1000):
         for index in range(count):
             yield users.PollingState(f"user{index:06d}", fields.get("status", users.ACTIVE),
-                                     fields.get("cooldown_until"), fields.get("last_archived_at"))
+                                     fields.get("cooldown_until"), fields.get("last_window"))
     return scan
 
 

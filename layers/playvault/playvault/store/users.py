@@ -150,14 +150,13 @@ class PollingState:
     user_id: str
     status: str
     cooldown_until: datetime | None
-    last_archived_at: datetime | None
-    last_window: str | None = None
+    last_window: str | None
 
 
-_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_archived_at", "last_window"]
+_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_window"]
 
 
 def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
     """Every user's polling state, paginated, projecting only what the dispatcher reads."""
     for user in UserModel.scan(attributes_to_get=_POLLING_ATTRIBUTES, page_size=page_size):
-        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_archived_at, user.last_window)
+        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_window)
