@@ -35,9 +35,9 @@ class BaseMeta:
     max_pool_connections = 64
 
 
-def bind(settings: TableSettings, *, extra: dict[str, str] | None = None) -> None:
+def bind(settings: TableSettings) -> None:
     """Point every model at its table (names from the environment model) and drop cached clients."""
-    names = settings.model_dump() | (extra or {})
+    names = settings.model_dump()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     for settings_field, model in ALL_MODELS.items():
         if settings_field not in names:
