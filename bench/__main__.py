@@ -361,7 +361,7 @@ class Bench:
                          KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}])
         queue = sqs.create_queue(QueueName=f"bench-work-{users}-{uuid.uuid4().hex[:4]}")["QueueUrl"]
         template = dict(self.user_item)
-        template["last_archived_at"] = {"S": "2020-01-01T00:00:00.000000+0000"}
+        template["last_window"] = {"S": "2020_01_01_00"}  # polled long ago: every user is due
 
         def put(start: int) -> None:
             items = []

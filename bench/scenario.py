@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -78,9 +78,8 @@ def create_user(spec: UserSpec, *, accounts_url: str, control: Any, cipher: Any,
     fields: dict[str, Any] = {
         "status": users.ACTIVE, "created_at": now - timedelta(days=7), "authorized_at": now - timedelta(days=7),
         "display_name": spec.user_id, "cursor_ms": cursor_ms, "last_polled_at": cursor,
-        "last_archived_at": cursor, "plays_archived": 100,
-        "refresh_token_enc": cipher.encrypt(grant.refresh_token, spec.user_id),
-        "access_token_enc": cipher.encrypt(grant.access_token, spec.user_id),
+        "plays_archived": 100,
+        **asdict(cipher.seal_new(spec.user_id, grant.refresh_token, grant.access_token)),
         "access_token_expires_at": grant.expires_at if spec.cached_token else now - timedelta(minutes=1),
     }
     users.UserModel(spec.user_id, **fields).save()

@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from playvault import archive, clock
+from playvault.crypto import REFRESH_TOKEN
 from playvault.spotify import Budget
 from playvault.store import plays, users
 from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
 from spotify_emulator.client import EmulatorControl
 from tests.conftest import REDIRECT_URI, stack_on_server
-from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, sign_in
+from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, open_token, sign_in
 
 HOUR = 3600
 
@@ -97,6 +98,6 @@ def test_archived_plays_equal_what_spotify_showed(http_stack, control, emulator_
             assert not any(r.gap_detected for r in results[user_id])
     # the rotating user's stored refresh token is the live one; the others keep their first one
     for user_id in listeners:
-        kept = cipher.decrypt(users.get(user_id).refresh_token_enc, user_id)
+        kept = open_token(cipher, users.get(user_id), REFRESH_TOKEN)
         assert (kept != signed_in[user_id]) == user_id.startswith("light-b")
         assert make_spotify(emulator_process).refresh(kept, Budget.seconds(10)).access_token

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,7 +16,7 @@ import requests
 
 from playvault import clock
 from playvault.archive import Archiver
-from playvault.crypto import TokenCipher
+from playvault.crypto import REFRESH_TOKEN, TokenCipher
 from playvault.spotify import Credentials, SpotifyClient
 from playvault.store import users
 from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
@@ -73,9 +74,21 @@ def make_user(user_id: str, refresh_token: str, cipher: TokenCipher, **fields: A
     values: dict[str, Any] = {"status": users.ACTIVE, "created_at": now, "authorized_at": now,
                               "display_name": user_id}
     values.update(fields)
-    user = users.UserModel(user_id, refresh_token_enc=cipher.encrypt(refresh_token, user_id), **values)
+    user = users.UserModel(user_id, **sealed_fields(cipher, user_id, refresh_token), **values)
     user.save()
     return user
+
+
+def sealed_fields(cipher: TokenCipher, user_id: str, refresh_token: str, access_token: str | None = None
+                  ) -> dict[str, Any]:
+    """The token attributes of a user item, sealed as sign-up seals them."""
+    return {k: v for k, v in asdict(cipher.seal_new(user_id, refresh_token, access_token)).items() if v is not None}
+
+
+def open_token(cipher: TokenCipher, user: users.UserModel, purpose: str) -> str:
+    """A stored token in clear (REFRESH_TOKEN or ACCESS_TOKEN from playvault.crypto)."""
+    sealed = user.refresh_token_enc if purpose == REFRESH_TOKEN else user.access_token_enc
+    return cipher.open(user.token_key, sealed, user.user_id, purpose)
 
 
 def make_cipher(aws_env: Any) -> TokenCipher:

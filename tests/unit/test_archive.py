@@ -16,12 +16,13 @@ import pytest
 from botocore.exceptions import ClientError
 
 from playvault import archive, clock
+from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN
 from playvault.failures import AuthRevoked, FailureType
 from playvault.normalize import canonical_played_at, parse_play
 from playvault.spotify import Budget
 from playvault.store import catalog, plays, state, users
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, sign_in
+from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, open_token, sign_in
 
 RP = "/v1/me/player/recently-played"
 CANONICAL = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -133,7 +134,7 @@ def test_first_poll_archives_all_visible_plays(world):
     assert user.cursor_ms == max(world.truth_ms())
     assert user.plays_archived == listened
     assert user.last_polled_at == world.now and user.consecutive_failures == 0
-    assert world.cipher.decrypt(user.access_token_enc, "alice")  # the fresh access token is cached
+    assert open_token(world.cipher, user, ACCESS_TOKEN)  # the fresh access token is cached
     assert user.access_token_expires_at > world.now + timedelta(minutes=55)
 
 
@@ -326,7 +327,7 @@ def test_rotated_refresh_token_is_stored(world):
     world.play("alice", 10)
     assert world.archive().status == archive.SUCCESS
     user = world.user()
-    new = world.cipher.decrypt(user.refresh_token_enc, "alice")
+    new = open_token(world.cipher, user, REFRESH_TOKEN)
     assert new != old
     client = make_spotify(world.emulator)
     with pytest.raises(AuthRevoked):
@@ -341,7 +342,7 @@ def test_rotated_refresh_token_survives_a_failed_poll(world):
     world.state.inject(RP, status=503, times=3)
     failed = world.archive()
     assert failed.status == archive.FAILED and failed.failure_type == FailureType.NETWORK
-    new = world.cipher.decrypt(world.user().refresh_token_enc, "alice")
+    new = open_token(world.cipher, world.user(), REFRESH_TOKEN)
     assert new != old  # stored at once, before the API call failed
     world.user().update(actions=[users.UserModel.access_token_enc.remove()])  # force another refresh
     assert world.archive().status == archive.SUCCESS
@@ -354,7 +355,7 @@ def test_refresh_token_not_rotated_is_kept(world):
     assert world.archive().status == archive.SUCCESS
     user = world.user()
     assert user.refresh_token_enc == blob
-    assert world.cipher.decrypt(user.refresh_token_enc, "alice") == old
+    assert open_token(world.cipher, user, REFRESH_TOKEN) == old
 
 
 def test_invalid_grant_marks_the_user_needs_reauth(world):
@@ -374,9 +375,8 @@ def test_invalid_grant_marks_the_user_needs_reauth(world):
 
 def test_undecryptable_token_is_auth_revoked_not_an_infrastructure_error(aws_env, world):
     world.sign_up()
-    version, key, nonce, sealed = world.user().refresh_token_enc.split(".")
-    tampered = ".".join((version, key[:-4] + ("AAAA" if key[-4:] != "AAAA" else "BBBB"), nonce, sealed))
-    world.user().update(actions=[users.UserModel.refresh_token_enc.set(tampered)])
+    key = world.user().token_key
+    world.user().update(actions=[users.UserModel.token_key.set(key[:-1] + bytes([key[-1] ^ 0x01]))])
     world.archiver.cipher = make_cipher(aws_env)  # a new container: the data key goes to KMS
     result = world.archive()
     assert result.status == archive.FAILED and result.failure_type == FailureType.AUTH_REVOKED
@@ -387,7 +387,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     world.sign_up()
     world.play("alice", 20)
     world.archive()
-    cached = world.cipher.decrypt(world.user().access_token_enc, "alice")
+    cached = open_token(world.cipher, world.user(), ACCESS_TOKEN)
     world.play("alice", 10)
     world.state.inject(RP, status=401)
     world.state.reset_counts()
@@ -395,7 +395,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     assert result.status == archive.SUCCESS and result.plays_archived == 1
     assert world.counts()["token"] == 1 and world.counts()["recently_played"] == 2
     user = world.user()
-    assert world.cipher.decrypt(user.access_token_enc, "alice") != cached  # the new token is cached
+    assert open_token(world.cipher, user, ACCESS_TOKEN) != cached  # the new token is cached
     assert user.consecutive_failures == 0
 
 

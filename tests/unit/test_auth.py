@@ -23,6 +23,7 @@ from playvault.onboarding import pkce_challenge
 from playvault.store import oauth_states, plays, seats, users, waitlist
 from playvault.store.state import StateModel
 from playvault_local import provision as prov
+from tests.unit.helpers import open_token
 
 EVENT = json.loads((Path(__file__).parents[1] / "events" / "http_api_auth_login.json").read_text())
 REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
@@ -163,7 +164,7 @@ def test_new_user_signs_up(auth: Auth, capsys) -> None:
     assert user.user_id == "alice"
     assert user.status == users.ACTIVE
     assert user.consecutive_failures == 0
-    assert user.refresh_token_enc.startswith("v1.") and user.access_token_enc.startswith("v1.")
+    assert user.token_key and user.refresh_token_enc and user.access_token_enc  # sealed (see the next test)
     assert user.access_token_expires_at > datetime.now(UTC)
     assert seats.seats_taken() == 1
     assert [i.name for i in state_items()] == [seats.SEATS]  # the one-time state is gone
@@ -173,13 +174,13 @@ def test_new_user_signs_up(auth: Auth, capsys) -> None:
 def test_tokens_are_sealed_for_the_user(auth: Auth, aws_env) -> None:
     import boto3
 
-    from playvault.crypto import TokenCipher
+    from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN, TokenCipher
 
     auth.sign_in("alice")
     user = users.get("alice")
     cipher = TokenCipher(boto3.client("kms"), aws_env.env["TOKEN_KEY_ID"])
-    refresh = cipher.decrypt(user.refresh_token_enc, "alice")
-    access = cipher.decrypt(user.access_token_enc, "alice")
+    refresh = open_token(cipher, user, REFRESH_TOKEN)
+    access = open_token(cipher, user, ACCESS_TOKEN)
     # The emulator accepts both: they are the grant Spotify issued.
     api = requests.get(f"{auth.emulator.api_url}/me", headers={"Authorization": f"Bearer {access}"}, timeout=5)
     assert api.status_code == 200 and api.json()["id"] == "alice"

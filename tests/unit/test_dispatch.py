@@ -179,8 +179,8 @@ def test_only_active_users_out_of_cooldown_and_not_archived_this_hour_are_dispat
     create_user("reauth", None, cipher, status=users.NEEDS_REAUTH)
     create_user("resting", "rt", cipher, cooldown_until=NOW + timedelta(minutes=10))
     create_user("rested", "rt", cipher, cooldown_until=NOW - timedelta(seconds=1))
-    create_user("done", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0), last_window=clock.hour_key(NOW))
-    create_user("last_hour", "rt", cipher, last_archived_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1),
+    create_user("done", "rt", cipher, last_polled_at=NOW.replace(minute=0, second=0), last_window=clock.hour_key(NOW))
+    create_user("last_hour", "rt", cipher, last_polled_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1),
                 last_window=clock.hour_key(NOW - timedelta(hours=1)))
     create_user("paused", "rt", cipher, status="paused")
     sqs = RecordingSQS(boto3.client("sqs"))
@@ -332,9 +332,9 @@ def test_a_user_polled_late_in_the_previous_window_is_dispatched_again(clocked, 
 
     dispatch_at = NOW.replace(minute=17)
     cipher = make_cipher()
-    create_user("late_slot", "rt", cipher, last_archived_at=NOW.replace(minute=7),
+    create_user("late_slot", "rt", cipher, last_polled_at=NOW.replace(minute=7),
                 last_window=clock.hour_key(dispatch_at - timedelta(hours=1)))
-    create_user("this_window", "rt", cipher, last_archived_at=NOW.replace(minute=16),
+    create_user("this_window", "rt", cipher, last_polled_at=NOW.replace(minute=16),
                 last_window=clock.hour_key(dispatch_at))
     sqs = RecordingSQS(boto3.client("sqs"))
     report = dispatch.dispatch(dispatch_at, _dispatch_settings(), sqs)

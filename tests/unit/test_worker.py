@@ -31,6 +31,7 @@ from playvault.queue import WorkMessage
 from playvault.spotify import Budget
 from playvault.store import plays, users
 from playvault_local.lambda_runtime import LambdaContext
+from tests.unit.helpers import sealed_fields
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
@@ -100,7 +101,7 @@ def create_user(user_id: str, refresh_token: str | None, cipher: TokenCipher, **
         status=fields.pop("status", users.ACTIVE),
         created_at=clock.now(),
         authorized_at=clock.now(),
-        refresh_token_enc=cipher.encrypt(refresh_token, user_id) if refresh_token else None,
+        **(sealed_fields(cipher, user_id, refresh_token) if refresh_token else {}),
         **fields,
     )
     user.save()
@@ -218,7 +219,7 @@ def test_every_user_of_a_message_is_archived(worker, context, emulator, aws_env,
         assert stored_play_ms(user_id) == truth_ms(emulator, user_id)
         assert stored_play_ms(user_id), "the emulator simulated some listening"
         user = users.get(user_id)
-        assert user.last_archived_at == fake_clock.now
+        assert user.last_polled_at == fake_clock.now
         assert int(user.consecutive_failures) == 0
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from aws_lambda_powertools import Logger
 
 from playvault import breaker, clock
-from playvault.crypto import TokenCipher, TokenDecryptError
+from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN, TokenCipher, TokenDecryptError
 from playvault.failures import (
     AuthFailed,
     AuthRevoked,
@@ -63,8 +63,8 @@ class ArchiveResult:
 class _Tokens:
     access_token: str
     expires_at: datetime
-    access_token_enc: str | None = None  # set when refreshed during this poll: to be stored
-    refresh_token_enc: str | None = None  # set when Spotify rotated the refresh token
+    access_token_enc: bytes | None = None  # set when refreshed during this poll: to be stored
+    refresh_token_enc: bytes | None = None  # set when Spotify rotated the refresh token
     refreshed: bool = False
 
     def __repr__(self) -> str:
@@ -140,24 +140,25 @@ class Archiver:
     def _cached_or_refreshed(self, user: users.UserModel, budget: Budget) -> _Tokens:
         expires_at = user.access_token_expires_at
         if user.access_token_enc and expires_at and expires_at - clock.now() > TOKEN_MARGIN:
-            return _Tokens(self.cipher.decrypt(user.access_token_enc, user.user_id), expires_at)
+            access_token = self.cipher.open(user.token_key, user.access_token_enc, user.user_id, ACCESS_TOKEN)
+            return _Tokens(access_token, expires_at)
         return self._refresh(user, budget)
 
     def _refresh(self, user: users.UserModel, budget: Budget) -> _Tokens:
         if not user.refresh_token_enc:
             raise AuthRevoked("no refresh token stored")
-        refresh_token = self.cipher.decrypt(user.refresh_token_enc, user.user_id)
+        refresh_token = self.cipher.open(user.token_key, user.refresh_token_enc, user.user_id, REFRESH_TOKEN)
         grant = self.spotify.refresh(refresh_token, budget)
         rotated = None
         if grant.refresh_token and grant.refresh_token != refresh_token:
-            rotated = self.cipher.encrypt_like(user.refresh_token_enc, grant.refresh_token, user.user_id)
+            rotated = self.cipher.seal(user.token_key, grant.refresh_token, user.user_id, REFRESH_TOKEN)
             # Stored at once: after a rotation the old refresh token may already be dead.
             users.store_rotated_refresh_token(user, rotated)
             user.refresh_token_enc = rotated
         return _Tokens(
             grant.access_token,
             grant.expires_at,
-            access_token_enc=self.cipher.encrypt_like(user.refresh_token_enc, grant.access_token, user.user_id),
+            access_token_enc=self.cipher.seal(user.token_key, grant.access_token, user.user_id, ACCESS_TOKEN),
             refresh_token_enc=rotated,
             refreshed=True,
         )

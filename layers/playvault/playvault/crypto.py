@@ -1,45 +1,56 @@
 """Envelope encryption of Spotify tokens at rest (KMS data keys, AES-256-GCM, cached per container).
 
-A blob is `v1.<KMS-encrypted data key>.<nonce>.<ciphertext>` (base64url parts). The data key comes
-from KMS GenerateDataKey with the encryption context {"app": "playvault", "purpose": ...}; each
-token is sealed with AES-GCM whose associated data is the user id, so a blob copied onto another
-user does not decrypt. Data keys are cached per container: KMS is asked once per data key, not once
-per poll (KMS requests would otherwise dominate the cost per user).
+A user item holds its KMS-encrypted data key once (`token_key`) and each token sealed with it as
+`nonce || AES-GCM ciphertext` (binary attributes: no base64, no second copy of the data key, so the
+item stays under DynamoDB's 1 KB write unit). The associated data is the user id and the token's
+purpose, so a sealed token copied onto another user, or from the access slot to the refresh slot,
+does not open. The data key comes from KMS GenerateDataKey with the encryption context
+{"app": "playvault", "purpose": ...}; data keys are cached per container: KMS is asked once per data
+key, not once per poll (KMS requests would otherwise dominate the cost per user).
 
 Least privilege: sign-up (auth) only creates data keys; the worker only decrypts them and seals a
-refreshed token with the data key it recovered from the user's own blob.
+refreshed token with the data key it recovered from the user's own `token_key`.
 """
 
 from __future__ import annotations
 
-import base64
 import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-VERSION = "v1"
 PURPOSE = "spotify-token"
-# KMS answers these when the encrypted data key of a blob was altered or belongs to another key: the
-# blob is bad (the user must sign in again), KMS is fine (no redelivery can help).
+# What a sealed token is for (part of its associated data); names, not secrets.
+REFRESH_TOKEN = "refresh_token"  # noqa: S105
+ACCESS_TOKEN = "access_token"  # noqa: S105
+_NONCE_BYTES = 12
+_TAG_BYTES = 16
+# KMS answers these when an encrypted data key was altered or belongs to another key: the stored
+# key is bad (the user must sign in again), KMS is fine (no redelivery can help).
 _BAD_DATA_KEY_CODES = frozenset({"InvalidCiphertextException", "IncorrectKeyException"})
 
 
 class TokenDecryptError(ValueError):
-    """A blob is malformed or does not belong to this user (message never contains the blob)."""
+    """A sealed token or data key is malformed or not this user's (the message never contains it)."""
 
 
-def _b64e(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+@dataclass(frozen=True)
+class SealedTokens:
+    """A user's tokens as stored: the KMS-encrypted data key and the tokens sealed with it."""
 
+    token_key: bytes
+    refresh_token_enc: bytes
+    access_token_enc: bytes | None
 
-def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    def __repr__(self) -> str:
+        return "SealedTokens(<sealed>)"
+
 
 
 class TokenCipher:
@@ -65,45 +76,9 @@ class TokenCipher:
     def _context() -> dict[str, str]:
         return {"app": "playvault", "purpose": PURPOSE}
 
-    # -- sealing --------------------------------------------------------------------------------
-    def encrypt(self, plaintext: str, user_id: str) -> str:
-        """Seal with the container's current data key (GenerateDataKey when none or stale)."""
-        encrypted_key, key = self._current_data_key()
-        return self._seal(encrypted_key, key, plaintext, user_id)
-
-    def encrypt_like(self, existing_blob: str, plaintext: str, user_id: str) -> str:
-        """Seal with the data key of an existing blob of the same user: needs kms:Decrypt only."""
-        encrypted_key, _, _ = self._split(existing_blob)
-        return self._seal(encrypted_key, self._data_key(encrypted_key), plaintext, user_id)
-
-    def decrypt(self, blob: str, user_id: str) -> str:
-        encrypted_key, nonce, ciphertext = self._split(blob)
-        key = self._data_key(encrypted_key)
-        try:
-            return AESGCM(key).decrypt(nonce, ciphertext, user_id.encode()).decode()
-        except (InvalidTag, ValueError):  # ValueError: a nonce of the wrong length
-            raise TokenDecryptError("token blob does not belong to this user or was altered") from None
-
-    # -- internals ------------------------------------------------------------------------------
-    def _seal(self, encrypted_key: bytes, key: bytes, plaintext: str, user_id: str) -> str:
-        nonce = os.urandom(12)
-        ciphertext = AESGCM(key).encrypt(nonce, plaintext.encode(), user_id.encode())
-        return ".".join((VERSION, _b64e(encrypted_key), _b64e(nonce), _b64e(ciphertext)))
-
-    @staticmethod
-    def _split(blob: str) -> tuple[bytes, bytes, bytes]:
-        parts = blob.split(".") if isinstance(blob, str) else []
-        if len(parts) != 4 or parts[0] != VERSION:
-            raise TokenDecryptError("token blob has an unknown format")
-        try:
-            decoded = _b64d(parts[1]), _b64d(parts[2]), _b64d(parts[3])
-        except ValueError:
-            raise TokenDecryptError("token blob is not valid base64") from None
-        if not all(decoded):
-            raise TokenDecryptError("token blob has an empty part")
-        return decoded
-
-    def _current_data_key(self) -> tuple[bytes, bytes]:
+    def new_token_key(self) -> bytes:
+        """An encrypted data key for a user's tokens: the container's current one (GenerateDataKey
+        when none or stale). Stored on the user as `token_key`."""
         with self._lock:
             now = time.monotonic()
             current = self._current
@@ -114,8 +89,35 @@ class TokenCipher:
                 current = (answer["CiphertextBlob"], answer["Plaintext"], now, 0)
                 self._remember(current[0], current[1])
             self._current = (current[0], current[1], current[2], current[3] + 1)
-            return current[0], current[1]
+            return current[0]
 
+    def seal_new(self, user_id: str, refresh_token: str, access_token: str | None) -> SealedTokens:
+        """Sign-up: a token key and both tokens sealed with it."""
+        token_key = self.new_token_key()
+        return SealedTokens(
+            token_key=token_key,
+            refresh_token_enc=self.seal(token_key, refresh_token, user_id, REFRESH_TOKEN),
+            access_token_enc=self.seal(token_key, access_token, user_id, ACCESS_TOKEN) if access_token else None,
+        )
+
+    def seal(self, token_key: bytes, plaintext: str, user_id: str, purpose: str) -> bytes:
+        """`nonce || ciphertext` of a token under the user's data key (needs kms:Decrypt at most)."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + AESGCM(self._data_key(token_key)).encrypt(nonce, plaintext.encode(), _aad(user_id, purpose))
+
+    def open(self, token_key: bytes | None, sealed: bytes | None, user_id: str, purpose: str) -> str:
+        if not isinstance(token_key, bytes) or not token_key:
+            raise TokenDecryptError("user has no token key")
+        if not isinstance(sealed, bytes) or len(sealed) <= _NONCE_BYTES + _TAG_BYTES:
+            raise TokenDecryptError(f"sealed {purpose} is missing or too short")
+        key = self._data_key(token_key)
+        try:
+            plaintext = AESGCM(key).decrypt(sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _aad(user_id, purpose))
+        except InvalidTag:
+            raise TokenDecryptError(f"sealed {purpose} does not belong to this user or was altered") from None
+        return plaintext.decode()
+
+    # -- internals ------------------------------------------------------------------------------
     def _data_key(self, encrypted_key: bytes) -> bytes:
         with self._lock:
             key = self._cache.get(encrypted_key)
@@ -128,7 +130,7 @@ class TokenCipher:
             )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _BAD_DATA_KEY_CODES:
-                raise TokenDecryptError("token blob's data key was altered or is not ours") from None
+                raise TokenDecryptError("token key was altered or is not ours") from None
             raise
         with self._lock:
             self._remember(encrypted_key, answer["Plaintext"])
@@ -139,3 +141,7 @@ class TokenCipher:
         self._cache.move_to_end(encrypted_key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
+
+
+def _aad(user_id: str, purpose: str) -> bytes:
+    return f"{user_id}\x00{purpose}".encode()

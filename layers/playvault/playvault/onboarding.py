@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from aws_lambda_powertools import Logger
 
 from playvault import clock, metrics
-from playvault.crypto import TokenCipher
+from playvault.crypto import SealedTokens, TokenCipher
 from playvault.failures import AuthRevoked, SpotifyFailure
 from playvault.spotify import Budget, Credentials, SpotifyClient, TokenGrant
 from playvault.store import oauth_states, seats, users, waitlist
@@ -259,9 +259,8 @@ class Onboarding:
     def _store(self, user_id: str, display_name: str | None, grant: TokenGrant) -> Connected | WaitlistRequired:
         now = clock.now()
         assert grant.refresh_token is not None
-        refresh_enc = self.cipher.encrypt(grant.refresh_token, user_id)
-        access_enc = self.cipher.encrypt(grant.access_token, user_id)
-        if users.get(user_id) is not None and self._reauthorize(user_id, display_name, grant, refresh_enc, access_enc):
+        tokens = self.cipher.seal_new(user_id, grant.refresh_token, grant.access_token)
+        if users.get(user_id) is not None and self._reauthorize(user_id, display_name, grant, tokens):
             return Connected(user_id, display_name, returning=True)
         user = users.UserModel(
             user_id,
@@ -269,8 +268,9 @@ class Onboarding:
             status=users.ACTIVE,
             created_at=now,
             authorized_at=now,
-            refresh_token_enc=refresh_enc,
-            access_token_enc=access_enc,
+            token_key=tokens.token_key,
+            refresh_token_enc=tokens.refresh_token_enc,
+            access_token_enc=tokens.access_token_enc,
             access_token_expires_at=grant.expires_at,
             consecutive_failures=0,
             plays_archived=0,
@@ -283,19 +283,17 @@ class Onboarding:
             return Connected(user_id, display_name, returning=False)
         if outcome is seats.SeatOutcome.USER_EXISTS:
             # A concurrent callback of the same user created it first: this one re-authorizes.
-            if self._reauthorize(user_id, display_name, grant, refresh_enc, access_enc):
+            if self._reauthorize(user_id, display_name, grant, tokens):
                 return Connected(user_id, display_name, returning=True)
             raise SpotifyUnavailable("The sign-in collided with another one. Please try again.")
         logger.info("sign-up at cap: waitlist offered", extra={"user_id": user_id, "max_users": self.max_users})
         return WaitlistRequired()
 
-    def _reauthorize(
-        self, user_id: str, display_name: str | None, grant: TokenGrant, refresh_enc: str, access_enc: str
-    ) -> bool:
+    def _reauthorize(self, user_id: str, display_name: str | None, grant: TokenGrant, tokens: SealedTokens
+                     ) -> bool:
         done = seats.reauthorize(
             user_id,
-            refresh_token_enc=refresh_enc,
-            access_token_enc=access_enc,
+            tokens=tokens,
             access_token_expires_at=grant.expires_at,
             display_name=display_name,
             now=clock.now(),

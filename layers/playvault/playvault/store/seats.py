@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
@@ -29,6 +30,9 @@ from pynamodb.transactions import TransactWrite
 from playvault.store.base import condition_failed
 from playvault.store.state import StateModel
 from playvault.store.users import ACTIVE, UserModel
+
+if TYPE_CHECKING:
+    from playvault.crypto import SealedTokens
 
 SEATS = "seats"
 MAX_ATTEMPTS = 8
@@ -147,8 +151,7 @@ def remove_user(user_id: str, *, sleep: Callable[[float], None] = time.sleep) ->
 def reauthorize(
     user_id: str,
     *,
-    refresh_token_enc: str,
-    access_token_enc: str | None,
+    tokens: SealedTokens,
     access_token_expires_at: datetime | None,
     display_name: str | None,
     now: datetime,
@@ -157,16 +160,17 @@ def reauthorize(
     circuit breaker reset; the seat it already holds is kept. False if the user does not exist
     (deleted meanwhile): the caller then takes the new-user path."""
     actions = [
-        UserModel.refresh_token_enc.set(refresh_token_enc),
+        UserModel.token_key.set(tokens.token_key),
+        UserModel.refresh_token_enc.set(tokens.refresh_token_enc),
         UserModel.status.set(ACTIVE),
         UserModel.authorized_at.set(now),
         UserModel.consecutive_failures.set(0),
         UserModel.last_failure_type.remove(),
         UserModel.cooldown_until.remove(),
     ]
-    if access_token_enc is not None:
+    if tokens.access_token_enc is not None:
         actions += [
-            UserModel.access_token_enc.set(access_token_enc),
+            UserModel.access_token_enc.set(tokens.access_token_enc),
             UserModel.access_token_expires_at.set(access_token_expires_at),
         ]
     else:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import BinaryAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
 from pynamodb.models import Model
 
 from playvault.store.base import BaseMeta, table
@@ -32,14 +32,15 @@ class UserModel(Model):
     status = UnicodeAttribute(default=ACTIVE)
     created_at = UTCDateTimeAttribute(null=True)
     authorized_at = UTCDateTimeAttribute(null=True)
-    # Tokens are envelope-encrypted (playvault.crypto); never stored or logged in clear.
-    refresh_token_enc = UnicodeAttribute(null=True)
-    access_token_enc = UnicodeAttribute(null=True)
+    # Tokens are envelope-encrypted (playvault.crypto): the KMS-encrypted data key once, each token
+    # sealed with it; never stored or logged in clear. Binary, to keep the item under 1 KB (one WRU).
+    token_key = BinaryAttribute(null=True, legacy_encoding=False)
+    refresh_token_enc = BinaryAttribute(null=True, legacy_encoding=False)
+    access_token_enc = BinaryAttribute(null=True, legacy_encoding=False)
     access_token_expires_at = UTCDateTimeAttribute(null=True)
     # Cursor: played_at (Unix ms) of the newest archived play; the next poll asks `after` it.
     cursor_ms = NumberAttribute(null=True)
     last_polled_at = UTCDateTimeAttribute(null=True)
-    last_archived_at = UTCDateTimeAttribute(null=True)
     # The dispatch window (UTC hour of the dispatch, YYYY_MM_DD_HH) of the last successful poll. A
     # poll may land in the next clock hour (slots spread over the window), so "done this hour" is
     # judged by window, not by clock.
@@ -72,9 +73,9 @@ class PollSuccess:
     polled_at: datetime
     cursor_ms: int | None
     plays_archived: int
-    access_token_enc: str | None
+    access_token_enc: bytes | None
     access_token_expires_at: datetime | None
-    refresh_token_enc: str | None = None  # only when Spotify rotated it
+    refresh_token_enc: bytes | None = None  # only when Spotify rotated it
     gap_window_ms: tuple[int, int] | None = None
     window: str | None = None  # the dispatch window this poll belongs to
 
@@ -83,7 +84,6 @@ def record_success(user: UserModel, outcome: PollSuccess) -> None:
     """One UpdateItem: cursor, cached token, counters; resets the circuit breaker."""
     actions = [
         UserModel.last_polled_at.set(outcome.polled_at),
-        UserModel.last_archived_at.set(outcome.polled_at),
         UserModel.consecutive_failures.set(0),
         UserModel.plays_archived.add(outcome.plays_archived),
     ]
@@ -109,7 +109,7 @@ def record_success(user: UserModel, outcome: PollSuccess) -> None:
     user.update(actions=actions, condition=_EXISTS)
 
 
-def store_rotated_refresh_token(user: UserModel, refresh_token_enc: str) -> None:
+def store_rotated_refresh_token(user: UserModel, refresh_token_enc: bytes) -> None:
     """Saved at once: if Spotify rotated the token, the old one may already be dead."""
     user.update(actions=[UserModel.refresh_token_enc.set(refresh_token_enc)], condition=_EXISTS)
 
