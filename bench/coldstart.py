@@ -1,7 +1,10 @@
 """Cold start: import time of each handler module in fresh processes (no AWS call is made at import).
 
 `python -m bench.coldstart <code_uri> <layer_path>` imports <code_uri>/app.py the way Lambda does and
-prints one JSON line: the import's wall time and which heavy packages ended up in sys.modules.
+prints one JSON line: the import's wall time, which heavy packages ended up in sys.modules, and every
+third-party module it loaded. `python -m bench.coldstart --floor <file>` imports only those
+third-party modules, in the same order: the handler's dependency floor, what the import would cost
+if PlayVault's own code took no time at all.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,29 @@ def _child(code_uri: str, layer: str) -> None:
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     elapsed_ms = (time.perf_counter() - started) * 1000
     loaded = sorted(name for name in HEAVY if name in sys.modules)
-    print(json.dumps({"import_ms": elapsed_ms, "loaded": loaded, "modules": len(sys.modules)}))
+    third_party = [name for name, mod in list(sys.modules.items())
+                   if "site-packages" in (getattr(mod, "__file__", None) or "")]
+    print(json.dumps({"import_ms": elapsed_ms, "loaded": loaded, "modules": len(sys.modules),
+                      "third_party": third_party}))
+
+
+def _floor_child(names_file: str) -> None:
+    import importlib
+    import time
+
+    names = json.loads(Path(names_file).read_text())
+    started = time.perf_counter()
+    for name in names:
+        importlib.import_module(name)
+    print(json.dumps({"import_ms": (time.perf_counter() - started) * 1000}))
+
+
+def _run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", "bench.coldstart", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args} failed to import: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _importtime(code_uri: Path, layer: Path, env: dict[str, str]) -> dict[str, float]:
@@ -56,20 +82,27 @@ def measure(functions: dict[str, Any], layer: Path, env: dict[str, str], runs: i
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     results = {}
     for logical, spec in sorted(functions.items()):
-        samples, last = [], {}
-        for _ in range(runs + 1):  # the first run may write .pyc files: discarded
-            proc = subprocess.run([sys.executable, "-m", "bench.coldstart", str(spec.code_uri), str(layer)],
-                                  env=env, capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{logical} failed to import: {proc.stderr[-2000:]}")
-            last = json.loads(proc.stdout.strip().splitlines()[-1])
-            samples.append(last["import_ms"])
-        samples = samples[1:]
+        last = _run([str(spec.code_uri), str(layer)], env)  # may write .pyc files: discarded
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as names:
+            json.dump(last["third_party"], names)
+        try:
+            _run(["--floor", names.name], env)
+            samples, floor = [], []
+            for _ in range(runs):  # interleaved, so both see the same machine noise
+                last = _run([str(spec.code_uri), str(layer)], env)
+                samples.append(last["import_ms"])
+                floor.append(_run(["--floor", names.name], env)["import_ms"])
+        finally:
+            os.unlink(names.name)
+        median, floor_median = statistics.median(samples), statistics.median(floor)
         results[logical] = {
-            "median_ms": round(statistics.median(samples), 1),
+            "median_ms": round(median, 1),
             "min_ms": round(min(samples), 1),
             "max_ms": round(max(samples), 1),
             "runs": runs,
+            "dependency_floor_median_ms": round(floor_median, 1),
+            "own_code_ms": round(median - floor_median, 1),
+            "third_party_modules": len(last["third_party"]),
             "heavy_packages_loaded": last["loaded"],
             "modules_loaded": last["modules"],
             "cumulative_import_ms": {k: round(v, 1) for k, v in _importtime(spec.code_uri, layer, env).items()},
@@ -78,4 +111,7 @@ def measure(functions: dict[str, Any], layer: Path, env: dict[str, str], runs: i
 
 
 if __name__ == "__main__":
-    _child(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--floor":
+        _floor_child(sys.argv[2])
+    else:
+        _child(sys.argv[1], sys.argv[2])

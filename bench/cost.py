@@ -34,11 +34,13 @@ PRICES = {
 GB = 1024**3
 
 
-def model(m: dict[str, Any], users: int = 1000) -> dict[str, Any]:
-    """m: measured inputs (see bench.__main__._cost_inputs). Returns lines, totals and assumptions."""
+def model(m: dict[str, Any], users: int = 1000, *, polls_per_day: float = 24, wru_saved_per_poll: float = 0
+          ) -> dict[str, Any]:
+    """m: measured inputs (see bench.__main__._cost_inputs). Returns lines, totals and assumptions.
+    polls_per_day / wru_saved_per_poll model product rules that were not built (see `decisions`)."""
     a = m["assumptions"]
     days = 30
-    polls_per_user = 24 * days  # hourly schedule
+    polls_per_user = polls_per_day * days  # 24: the hourly schedule as built
     plays_per_user = a["plays_per_day"] * days
     polls = users * polls_per_user
     plays = users * plays_per_user
@@ -51,7 +53,8 @@ def model(m: dict[str, Any], users: int = 1000) -> dict[str, Any]:
     # Units: every poll pays the idle poll's (the realistic one at an hourly schedule refreshes
     # the token); each play adds (20 known - idle)/20; a play of an unknown track adds (unknown-known)/20.
     base = p["idle_token_expired"]
-    wru = polls * base["dynamodb_wru"] + plays * per_play("dynamodb_wru", "20_plays_known_tracks", "idle") \
+    wru = polls * (base["dynamodb_wru"] - wru_saved_per_poll) \
+        + plays * per_play("dynamodb_wru", "20_plays_known_tracks", "idle") \
         + unknown_plays * per_play("dynamodb_wru", "20_plays_unknown_tracks", "20_plays_known_tracks")
     rru = polls * (base["dynamodb_rru"] + m["rru_per_message"] / m["users_per_message"]) \
         + plays * per_play("dynamodb_rru", "20_plays_known_tracks", "idle") \
@@ -139,3 +142,25 @@ def break_even_users(m: dict[str, Any], goal_usd: float = 1.50) -> int | None:
     if variable_per_1000 >= goal_usd:
         return None
     return math.ceil(one["fixed_usd"] * 1000 / (goal_usd - variable_per_1000))
+
+
+# Product rules the cost goal would need, priced from the same measured inputs. None is built: each
+# changes a rule the product owner set (hourly polls; Powertools idempotency with its own record).
+DECISIONS = [
+    ("as built: hourly polls, Powertools idempotency record (PutItem + UpdateItem)", 24, 0),
+    ("hourly, idempotency as one conditional put (no completion update)", 24, 1),
+    ("hourly, idempotency by a condition on the user's own update (no record)", 24, 2),
+    ("every 2 h, Powertools idempotency record", 12, 0),
+    ("every 2 h, idempotency by a condition on the user's own update", 12, 2),
+]
+
+
+def decisions(m: dict[str, Any], goal_usd: float = 1.50) -> list[dict[str, Any]]:
+    """Variable cost per 1,000 users per month under each rule of DECISIONS."""
+    out = []
+    for rule, polls_per_day, saved in DECISIONS:
+        result = model(m, 1000, polls_per_day=polls_per_day, wru_saved_per_poll=saved)
+        out.append({"rule": rule, "polls_per_day": polls_per_day, "wru_saved_per_poll": saved,
+                    "variable_per_1000_usd": result["variable_usd"],
+                    "meets_goal_at_large_fleet": result["variable_usd"] < goal_usd})
+    return out
