@@ -52,7 +52,6 @@ class SealedTokens:
         return "SealedTokens(<sealed>)"
 
 
-
 class TokenCipher:
     def __init__(
         self,
