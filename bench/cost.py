@@ -52,13 +52,15 @@ def model(m: dict[str, Any], users: int = 1000, *, polls_per_day: float = 24, wr
 
     # Units: every poll pays the idle poll's (the realistic one at an hourly schedule refreshes
     # the token); each play adds (20 known - idle)/20; a play of an unknown track adds (unknown-known)/20.
+    # "Known" is the new-container case (the tracks are looked up): conservative, the warm case is cheaper.
+    known = "20_plays_known_tracks_new_container"
     base = p["idle_token_expired"]
     wru = polls * (base["dynamodb_wru"] - wru_saved_per_poll) \
-        + plays * per_play("dynamodb_wru", "20_plays_known_tracks", "idle") \
-        + unknown_plays * per_play("dynamodb_wru", "20_plays_unknown_tracks", "20_plays_known_tracks")
+        + plays * per_play("dynamodb_wru", known, "idle") \
+        + unknown_plays * per_play("dynamodb_wru", "20_plays_unknown_tracks", known)
     rru = polls * (base["dynamodb_rru"] + m["rru_per_message"] / m["users_per_message"]) \
-        + plays * per_play("dynamodb_rru", "20_plays_known_tracks", "idle") \
-        + unknown_plays * per_play("dynamodb_rru", "20_plays_unknown_tracks", "20_plays_known_tracks")
+        + plays * per_play("dynamodb_rru", known, "idle") \
+        + unknown_plays * per_play("dynamodb_rru", "20_plays_unknown_tracks", known)
     dispatches = 24 * days
     rru += dispatches * m["dispatcher_rru_per_user"] * users
 

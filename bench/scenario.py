@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -64,6 +64,7 @@ class UserSpec:
     new_plays: int = 0
     track_indexes: list[int] = field(default_factory=list)  # cycled over the new plays
     cached_token: bool = True  # False: the stored access token has expired, the poll refreshes
+    new_container: bool = False  # True: the worker has not met any catalog id yet (a fresh container)
 
 
 def create_user(spec: UserSpec, *, accounts_url: str, control: Any, cipher: Any, client_id: str,
@@ -168,6 +169,8 @@ POLL_SCENARIOS: list[tuple[str, UserSpec]] = [
     ("idle", UserSpec("idle", new_plays=0)),
     ("1_play_known_track", UserSpec("one", new_plays=1, track_indexes=[3])),
     ("20_plays_known_tracks", UserSpec("twenty", new_plays=20, track_indexes=list(range(20)))),
+    ("20_plays_known_tracks_new_container",
+     UserSpec("twentynew", new_plays=20, track_indexes=list(range(20)), new_container=True)),
     ("20_plays_unknown_tracks", UserSpec("fresh", new_plays=20, track_indexes=list(range(400, 420)))),
     ("idle_token_expired", UserSpec("expired", new_plays=0, cached_token=False)),
 ]
@@ -188,6 +191,10 @@ def poll_counts(*, recorder: Any, spotify_counter: Any, handler: Callable[[dict,
     def run(spec: UserSpec) -> tuple[Invocation, dict[str, Any]]:
         with recorder.paused():
             make_user(spec)
+            if spec.new_container:
+                from playvault.store import catalog
+
+                catalog.forget_known_ids()
         recorder.reset()
         spotify_counter.reset()
         invocation = invoke_captured(handler, sqs_event([spec.user_id]), context_factory())
@@ -202,11 +209,10 @@ def poll_counts(*, recorder: Any, spotify_counter: Any, handler: Callable[[dict,
             raise RuntimeError(f"poll of {spec.user_id} did not succeed: {failures} {invocation.batch_report()}")
         return invocation, snapshot
 
-    run(UserSpec(WARMUP.user_id + suffix, WARMUP.new_plays, WARMUP.track_indexes, WARMUP.cached_token))
+    run(replace(WARMUP, user_id=WARMUP.user_id + suffix))
     results: dict[str, dict[str, Any]] = {}
     for name, template in POLL_SCENARIOS:
-        spec = UserSpec(template.user_id + suffix, template.new_plays, template.track_indexes,
-                        template.cached_token)
+        spec = replace(template, user_id=template.user_id + suffix)
         invocation, snap = run(spec)
         calls = snap["calls"]
         per_message = {k: n for k, n in calls.items() if k == ("dynamodb", "GetItem", state_table)}

@@ -282,6 +282,52 @@ def test_known_metadata_is_not_rewritten(world):
     assert calls.count("BatchWriteItem", plays.PlayModel) == 1
 
 
+def test_tracks_this_container_met_are_not_looked_up_again(world):
+    world.sign_up()
+    for i in range(4):
+        world.play("alice", 120 - i, track_index=i)
+    calls = DynamoCalls()
+    assert world.archive().new_tracks == 4
+    for i in range(4):
+        world.play("alice", 30 - i, track_index=i)
+    calls.calls.clear()
+    assert world.archive().plays_archived == 4
+    assert calls.count("BatchGetItem", catalog.TrackModel) == 0  # remembered from the first poll
+    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
+
+    catalog.forget_known_ids()  # a new container: it asks once, finds them, writes no metadata
+    world.play("alice", 10, track_index=0)
+    calls.calls.clear()
+    result = world.archive()
+    assert result.plays_archived == 1 and result.new_tracks == 0
+    assert calls.count("BatchGetItem", catalog.TrackModel) == 1
+    assert calls.count("PutItem", catalog.TrackModel) == 0
+
+
+def test_remembered_ids_do_not_outlive_a_rebinding_to_other_tables(world, aws_env):
+    from playvault import store
+    from playvault.config import TableSettings
+
+    world.sign_up()
+    world.play("alice", 60, track_index=1)
+    assert world.archive().new_tracks == 1
+    for model in (catalog.TrackModel, catalog.AlbumModel, catalog.ArtistModel):  # as if bound to new tables
+        for row in list(model.scan()):
+            row.delete()
+    store.bind(TableSettings.from_env())
+    world.play("alice", 30, track_index=1)
+    assert world.archive().new_tracks == 1  # looked up again and stored again, not trusted from memory
+    assert catalog.TrackModel.count() == 1
+
+
+def test_remembered_ids_are_bounded_least_recently_used_first():
+    known = catalog._KnownIds(capacity=2)
+    known.add(catalog.TrackModel, ["a", "b"])
+    assert known.unknown(catalog.TrackModel, {"a"}) == set()  # "a" is now the most recently used
+    known.add(catalog.TrackModel, ["c"])
+    assert known.unknown(catalog.TrackModel, {"a", "b", "c"}) == {"b"}
+
+
 # ---------------------------------------------------------------- crash safety
 def _throttled(*_args, **_kwargs):
     raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},

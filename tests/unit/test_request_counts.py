@@ -70,14 +70,19 @@ def test_request_counts_per_poll(counts: dict[str, dict[str, Any]]) -> None:
     assert idle["dynamodb_wru_by_table"] == {"IdempotencyTable": 2, "UsersTable": 1}
     assert idle["dynamodb_rru"] == 1.5  # consistent user read 1, plus the per-message gate read 0.5
 
+    # Tracks this container has met (the warm-up user played them): no lookup, only the play rows.
     for name, plays in (("1_play_known_track", 1), ("20_plays_known_tracks", 20)):
         poll = counts[name]
         assert poll["spotify_requests"] == 1, name
-        assert poll["dynamodb_by_operation"] == {**PER_USER, "BatchGetItem TracksTable": 1,
-                                                 "BatchWriteItem PlaysTable": 1}, name
+        assert poll["dynamodb_by_operation"] == {**PER_USER, "BatchWriteItem PlaysTable": 1}, name
         assert poll["dynamodb_wru_by_table"]["PlaysTable"] == plays, name
         assert poll["dynamodb_wru"] == 3 + plays, name
         assert poll["kms_requests"] == 0, name
+    # The same tracks seen by a container that has not met them: one keys-only lookup, no catalog write.
+    cold = counts["20_plays_known_tracks_new_container"]
+    assert cold["dynamodb_by_operation"] == {**PER_USER, "BatchGetItem TracksTable": 1,
+                                             "BatchWriteItem PlaysTable": 1}
+    assert cold["dynamodb_wru"] == 3 + 20
 
     fresh = counts["20_plays_unknown_tracks"]
     ops = fresh["dynamodb_by_operation"]

@@ -10,6 +10,7 @@ from pynamodb.models import Model
 from playvault.config import TableSettings
 
 ALL_MODELS: dict[str, type[Model]] = {}
+_bindings = 0  # how many times bind() ran: per-container caches of table contents key on it
 
 
 def table(settings_field: str):
@@ -37,6 +38,8 @@ class BaseMeta:
 
 def bind(settings: TableSettings) -> None:
     """Point every model at its table (names from the environment model) and drop cached clients."""
+    global _bindings
+    _bindings += 1
     names = settings.model_dump()
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     for settings_field, model in ALL_MODELS.items():
@@ -45,6 +48,12 @@ def bind(settings: TableSettings) -> None:
         model.Meta.table_name = names[settings_field]
         model.Meta.region = region
         model._connection = None  # the next call builds a client for the new table/endpoint
+
+
+def binding() -> int:
+    """Changes whenever the models are pointed at (possibly other) tables: a cache of what a table
+    holds is valid only for the binding it was filled under."""
+    return _bindings
 
 
 def condition_failed(exc: PynamoDBException) -> bool:
