@@ -38,7 +38,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         help="worker USER_CONCURRENCY values to measure (default: the template's, and "
                              "users-per-message)")
     parser.add_argument("--dispatcher-users", type=ints, default=[10_000, 100_000])
-    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--cold-runs", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     return parser.parse_args(argv)
 

@@ -2,9 +2,10 @@
 
 `python -m bench.coldstart <code_uri> <layer_path>` imports <code_uri>/app.py the way Lambda does and
 prints one JSON line: the import's wall time, which heavy packages ended up in sys.modules, and every
-third-party module it loaded. `python -m bench.coldstart --floor <file>` imports only those
-third-party modules, in the same order: the handler's dependency floor, what the import would cost
-if PlayVault's own code took no time at all.
+third-party module it loaded. `python -m bench.coldstart --split <file> <code_uri> <layer_path>`
+first imports only those third-party modules, in the same order (the handler's dependency floor:
+what the import would cost if PlayVault's own code took no time), then the handler, and times the
+two parts apart in the same process, so both see the same machine noise.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ HEAVY = ["boto3", "botocore", "pydantic", "pydantic_core", "cryptography", "requ
          "aws_lambda_powertools", "pynamodb", "jmespath", "yaml", "werkzeug", "moto"]
 
 
-def _child(code_uri: str, layer: str) -> None:
+def _import_handler(code_uri: str, layer: str) -> float:
     import importlib.util
     import time
 
@@ -33,7 +34,11 @@ def _child(code_uri: str, layer: str) -> None:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     sys.modules["handler_app"] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
-    elapsed_ms = (time.perf_counter() - started) * 1000
+    return (time.perf_counter() - started) * 1000
+
+
+def _child(code_uri: str, layer: str) -> None:
+    elapsed_ms = _import_handler(code_uri, layer)
     loaded = sorted(name for name in HEAVY if name in sys.modules)
     third_party = [name for name, mod in list(sys.modules.items())
                    if "site-packages" in (getattr(mod, "__file__", None) or "")]
@@ -41,7 +46,7 @@ def _child(code_uri: str, layer: str) -> None:
                       "third_party": third_party}))
 
 
-def _floor_child(names_file: str) -> None:
+def _split_child(names_file: str, code_uri: str, layer: str) -> None:
     import importlib
     import time
 
@@ -49,7 +54,8 @@ def _floor_child(names_file: str) -> None:
     started = time.perf_counter()
     for name in names:
         importlib.import_module(name)
-    print(json.dumps({"import_ms": (time.perf_counter() - started) * 1000}))
+    floor_ms = (time.perf_counter() - started) * 1000
+    print(json.dumps({"floor_ms": floor_ms, "own_ms": _import_handler(code_uri, layer)}))
 
 
 def _run(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -85,23 +91,25 @@ def measure(functions: dict[str, Any], layer: Path, env: dict[str, str], runs: i
         last = _run([str(spec.code_uri), str(layer)], env)  # may write .pyc files: discarded
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as names:
             json.dump(last["third_party"], names)
+        split_args = ["--split", names.name, str(spec.code_uri), str(layer)]
         try:
-            _run(["--floor", names.name], env)
-            samples, floor = [], []
-            for _ in range(runs):  # interleaved, so both see the same machine noise
+            samples, floor, own = [], [], []
+            for _ in range(runs):
                 last = _run([str(spec.code_uri), str(layer)], env)
                 samples.append(last["import_ms"])
-                floor.append(_run(["--floor", names.name], env)["import_ms"])
+                split = _run(split_args, env)
+                floor.append(split["floor_ms"])
+                own.append(split["own_ms"])
         finally:
             os.unlink(names.name)
-        median, floor_median = statistics.median(samples), statistics.median(floor)
+        median = statistics.median(samples)
         results[logical] = {
             "median_ms": round(median, 1),
             "min_ms": round(min(samples), 1),
             "max_ms": round(max(samples), 1),
             "runs": runs,
-            "dependency_floor_median_ms": round(floor_median, 1),
-            "own_code_ms": round(median - floor_median, 1),
+            "dependency_floor_median_ms": round(statistics.median(floor), 1),
+            "own_code_ms": round(statistics.median(own), 1),
             "third_party_modules": len(last["third_party"]),
             "heavy_packages_loaded": last["loaded"],
             "modules_loaded": last["modules"],
@@ -111,7 +119,7 @@ def measure(functions: dict[str, Any], layer: Path, env: dict[str, str], runs: i
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--floor":
-        _floor_child(sys.argv[2])
+    if sys.argv[1] == "--split":
+        _split_child(*sys.argv[2:5])
     else:
         _child(sys.argv[1], sys.argv[2])
