@@ -180,19 +180,10 @@ def main(argv: list[str] | None = None) -> int:
     from moto.moto_server.werkzeug_app import MotoRequestHandler
     from werkzeug.serving import make_server
 
-    class QuietHandler(MotoRequestHandler):
-        # Keep-alive: HTTP/1.0 would cost every AWS call a new connection (and a new server thread).
-        protocol_version = "HTTP/1.1"
+    from playvault_local.keepalive import KeepAliveQuiet
 
-        def setup(self) -> None:
-            super().setup()
-            # Headers and body go out in separate writes: without NODELAY, Nagle holds the body.
-            import socket
-
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-        def log_request(self, *a: Any, **k: Any) -> None:
-            pass
+    class QuietHandler(KeepAliveQuiet, MotoRequestHandler):
+        pass
 
     _patch_moto_sqs_time()
     _speed_up_moto()

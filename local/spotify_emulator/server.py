@@ -17,11 +17,14 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class EmulatorServer:
+    # A subclass may serve the app through a wrapper (`serve`) and with its own request handler.
+    request_handler: type[WSGIRequestHandler] = _QuietHandler
+
     def __init__(self, state: EmulatorState, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
         self.state = state
         self.app = EmulatorApp(state)
-        self._server = make_server(host, port, self.app, threaded=True,
-                                   request_handler=_QuietHandler if quiet else None)
+        self._server = make_server(host, port, self.serve, threaded=True,
+                                   request_handler=self.request_handler if quiet else None)
         self._server.daemon_threads = True  # type: ignore[attr-defined]  # ThreadingMixIn
         self.host = host
         self.port = self._server.server_port
@@ -34,6 +37,10 @@ class EmulatorServer:
     @property
     def api_url(self) -> str:
         return self.url + "/v1"
+
+    def serve(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """The WSGI callable the server runs."""
+        return self.app(environ, start_response)
 
     def start(self) -> EmulatorServer:
         if self._thread is None:
