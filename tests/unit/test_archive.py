@@ -16,11 +16,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from playvault import archive, clock
-from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN
+from playvault.crypto import REFRESH_TOKEN
 from playvault.failures import AuthRevoked, FailureType
 from playvault.normalize import canonical_played_at, parse_play
 from playvault.spotify import Budget
-from playvault.store import catalog, plays, state, users
+from playvault.store import catalog, gaps, plays, state, users
 from spotify_emulator import catalog as emulator_catalog
 from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, open_token, sign_in
 
@@ -134,8 +134,9 @@ def test_first_poll_archives_all_visible_plays(world):
     assert user.cursor_ms == max(world.truth_ms())
     assert user.plays_archived == listened
     assert user.last_polled_at == world.now and user.consecutive_failures == 0
-    assert open_token(world.cipher, user, ACCESS_TOKEN)  # the fresh access token is cached
-    assert user.access_token_expires_at > world.now + timedelta(minutes=55)
+    # The fresh access token is kept in the container's memory only, never at rest.
+    assert user.access_token_enc is None and user.access_token_expires_at is None
+    assert world.archiver.access_tokens.get("alice", world.now)
 
 
 def test_catalog_rows_reference_their_album_and_artists(world):
@@ -151,7 +152,7 @@ def test_catalog_rows_reference_their_album_and_artists(world):
             assert catalog.ArtistModel.get(artist_id).name
 
 
-def test_second_poll_asks_after_the_cursor_and_archives_only_newer_plays(world):
+def test_second_poll_reads_the_whole_window_and_writes_only_unseen_plays(world):
     world.sign_up()
     first = [world.play("alice", 100 - i, track_index=i) for i in range(5)]
     assert world.archive().plays_archived == 5
@@ -161,8 +162,10 @@ def test_second_poll_asks_after_the_cursor_and_archives_only_newer_plays(world):
     newer = [world.play("alice", 30 - i, track_index=10 + i) for i in range(3)]
     recorder = RecordAfter(world.state)
     world.state.reset_counts()
+    calls = DynamoCalls()
     result = world.archive()
-    assert recorder.afters == [cursor]
+    assert recorder.afters == [None]  # no cursor: Spotify's whole window, late plays included
+    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
     assert result.plays_archived == 3
     assert world.counts()["recently_played"] == 1
     assert world.stored_ms() == sorted(first + newer)
@@ -189,8 +192,8 @@ def test_overlapping_polls_store_each_play_once(world):
     ms = [world.play("alice", 100 - i, track_index=i) for i in range(10)]
     world.archive()
     rows_before = {p.played_at: p.attribute_values for p in world.stored()}
-    # Rewind the cursor (as a redelivered, older view of the user would): the polls overlap.
-    world.user().update(actions=[users.UserModel.cursor_ms.set(ms[3])])
+    # Forget part of what was seen (as a crash before the user update would): the polls overlap.
+    world.user().update(actions=[users.UserModel.recent_played.set(users.encode_played(ms[:4]))])
     result = world.archive()
     assert result.plays_archived == 6  # rewritten, not added
     rows_after = {p.played_at: p.attribute_values for p in world.stored()}
@@ -238,7 +241,7 @@ def test_concurrent_upserts_of_the_same_new_tracks_give_one_row_each(world):
         world.play("alice", 60 - i, track_index=i, local=(i % 4 == 0))
     page = world.archiver.spotify.recently_played(
         world.archiver.spotify.refresh(sign_in(world.emulator, "alice"), Budget.seconds(30)).access_token,
-        None, Budget.seconds(30))
+        Budget.seconds(30))
     tracks = [p.track for p in page.plays]
     workers = 8
     barrier = threading.Barrier(workers)
@@ -390,7 +393,7 @@ def test_rotated_refresh_token_survives_a_failed_poll(world):
     assert failed.status == archive.FAILED and failed.failure_type == FailureType.NETWORK
     new = open_token(world.cipher, world.user(), REFRESH_TOKEN)
     assert new != old  # stored at once, before the API call failed
-    world.user().update(actions=[users.UserModel.access_token_enc.remove()])  # force another refresh
+    world.archiver.access_tokens.drop("alice")  # a new container: it must refresh with the stored token
     assert world.archive().status == archive.SUCCESS
 
 
@@ -433,7 +436,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     world.sign_up()
     world.play("alice", 20)
     world.archive()
-    cached = open_token(world.cipher, world.user(), ACCESS_TOKEN)
+    cached = world.archiver.access_tokens.get("alice", world.now)
     world.play("alice", 10)
     world.state.inject(RP, status=401)
     world.state.reset_counts()
@@ -441,7 +444,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     assert result.status == archive.SUCCESS and result.plays_archived == 1
     assert world.counts()["token"] == 1 and world.counts()["recently_played"] == 2
     user = world.user()
-    assert open_token(world.cipher, user, ACCESS_TOKEN) != cached  # the new token is cached
+    assert world.archiver.access_tokens.get("alice", world.now) not in (None, cached)  # the new one is kept
     assert user.consecutive_failures == 0
 
 
@@ -544,12 +547,13 @@ def test_more_than_50_plays_between_polls_is_a_detected_gap(world):
     truth = set(world.truth_ms())
     newest_fifty = sorted(truth)[-50:]
     assert user.gaps_detected == 1
-    assert user.last_gap_from_ms == cursor
-    assert user.last_gap_to_ms == newest_fifty[0]
+    (gap,) = gaps.for_user("alice")
+    assert (gap.from_ms, gap.to_ms) == (cursor, newest_fifty[0])
+    assert gap.from_at == canonical_played_at(clock.from_ms(cursor)) and gap.detected_at == world.now
     missing = truth - stored
     assert missing == truth - world.state.exposed_play_ms("alice")  # exactly Spotify's lost plays
     assert len(missing) == 10
-    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)
+    assert all(gap.from_ms < m < gap.to_ms for m in missing)
     assert user.cursor_ms == max(truth)
 
 
@@ -589,8 +593,8 @@ def test_a_gap_before_the_first_archived_play_is_detected_from_the_last_poll(wor
     clock.set_clock(lambda: world.now)
     result = world.archive()
     assert result.status == archive.SUCCESS and result.gap_detected
-    user = world.user()
-    assert user.last_gap_from_ms == clock.to_ms(first_poll)
+    (gap,) = gaps.for_user("alice")
+    assert gap.from_ms == clock.to_ms(first_poll)
     missing = set(world.truth_ms()) - set(world.stored_ms())
     assert len(missing) == 10
-    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)
+    assert all(gap.from_ms < m < gap.to_ms for m in missing)

@@ -211,7 +211,8 @@ def test_local_file_play(state):
     assert track["is_local"] is True and track["id"] is None and track["href"] is None
     assert re.match(r"^spotify:local:[^:]+:[^:]+:[^:]+:\d+$", track["uri"])
     truth = state.ground_truth("alice")[0]
-    assert truth == {"played_at_ms": ms(T0), "track_id": None, "track_uri": track["uri"], "is_local": True}
+    assert truth == {"played_at_ms": ms(T0), "track_id": None, "track_uri": track["uri"], "is_local": True,
+                     "late_s": 0.0, "bad_kind": None, "episode": False}
 
 
 def test_catalog_ids_are_base62_and_deterministic(clock):
