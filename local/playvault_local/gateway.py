@@ -3,14 +3,13 @@
 The gateway serves the template's HttpApi routes (the functions' HttpApi events): an HTTP request
 becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Unknown
 routes answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
-gateway's /auth/callback. In the background the schedule ticks the dispatcher (ScheduleExpression,
+gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
 or --dispatch-every) and the SQS event source feeds the worker, on the real clock. One function
 runs at a time (the functions share the Powertools metrics buffer of this one process).
 """
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 import threading
@@ -90,14 +89,6 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _schedule_seconds(expression: str) -> float:
-    match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression.strip())
-    if not match:
-        return 3600.0  # cron(...) schedules: hourly is close enough for a local stack
-    unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
-    return float(int(match.group(1)) * unit)
-
-
 def reserve_port(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -134,8 +125,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
         source = SqsEventSource(system)
-        every = config.dispatch_every_s or _schedule_seconds(
-            system.stack.resolver.parameters.get("ScheduleExpression", "rate(1 hour)") if system.stack else "")
+        every = config.dispatch_every_s or system.schedule_seconds()
         threads.append(threading.Thread(target=_poll, args=(system, source, lock, stop, config.poll_seconds),
                                         name="sqs-event-source", daemon=True))
         threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every), name="schedule",

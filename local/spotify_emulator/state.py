@@ -218,6 +218,8 @@ class _RefreshToken:
     scope: str
     authorized_at: datetime
     valid: bool = True
+    parent: str | None = None  # the token this one was rotated from (still valid until this is used)
+    child: str | None = None  # the latest token rotated from this one
 
 
 @dataclass
@@ -463,9 +465,10 @@ class EmulatorState:
         self._access[token] = _AccessToken(user_id, client_id, scope, self.now() + ACCESS_TOKEN_TTL)
         return token
 
-    def _new_refresh(self, user_id: str, client_id: str, scope: str, authorized_at: datetime) -> str:
+    def _new_refresh(self, user_id: str, client_id: str, scope: str, authorized_at: datetime,
+                     parent: str | None = None) -> str:
         token = "AQ" + secrets.token_urlsafe(96)
-        self._refresh[token] = _RefreshToken(user_id, client_id, scope, authorized_at)
+        self._refresh[token] = _RefreshToken(user_id, client_id, scope, authorized_at, parent=parent)
         return token
 
     def exchange_code(self, client: _Client, code: str | None, redirect_uri: str | None,
@@ -520,11 +523,18 @@ class EmulatorState:
                 "scope": entry.scope,
                 "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()),
             }
+            # Rotation: the new token replaces this one once it is used; until then this one still works
+            # (so an answer lost on the way is not fatal), and using it again replaces the unused one.
+            if entry.parent is not None and entry.parent in self._refresh:
+                self._refresh[entry.parent].valid = False
+                entry.parent = None
             user = self._users.get(entry.user_id)
             if user is not None and user.rotate_refresh_tokens:
-                entry.valid = False
-                body["refresh_token"] = self._new_refresh(entry.user_id, client.client_id, entry.scope,
-                                                          entry.authorized_at)
+                if entry.child is not None and entry.child in self._refresh:
+                    self._refresh[entry.child].valid = False
+                entry.child = self._new_refresh(entry.user_id, client.client_id, entry.scope, entry.authorized_at,
+                                                parent=refresh_token)
+                body["refresh_token"] = entry.child
             return body
 
     def check_access_token(self, token: str | None) -> str:

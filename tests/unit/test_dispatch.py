@@ -18,7 +18,7 @@ from playvault.archive import SUCCESS, ArchiveResult
 from playvault.config import DispatcherSettings
 from playvault.failures import InfrastructureError
 from playvault.queue import MAX_DELAY_S, WorkMessage, send_batches
-from playvault.store import users
+from playvault.store import plays, users
 from tests.unit.test_worker import (
     RecordingSQS,
     create_user,
@@ -355,3 +355,39 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     # A batch due at 57 min needs 3 bounces of 900 s and a last one: more deliveries than messages.
     assert deliveries > report.messages_sent
     assert queue.MAX_DELAY_S == 900
+
+
+def test_a_15_minute_schedule_polls_a_heavy_listener_every_run_and_a_light_one_hourly(
+        load_function, lambda_context, clocked, emulator, aws_env):
+    """Three hours of a 15-minute dispatcher: the heavy listener (70 plays an hour) fills 25+ new
+    plays a run and is polled every run; the light one (6 an hour) once an hour."""
+    from tests.unit.test_worker import onboard
+
+    onboard(emulator, aws_env, ["heavy", "light"], listen_hours=0)
+    start = clocked.now
+    emulator.state.simulate_listening("heavy", start - timedelta(hours=1), start + timedelta(hours=3), 70)
+    emulator.state.simulate_listening("light", start, start + timedelta(hours=3), 6)
+    handler = load_function("WorkerFunction")
+    worker = sys.modules[handler.__module__]
+    worker.spotify._sleep = lambda _s: None
+    import boto3
+
+    sqs = RecordingSQS(boto3.client("sqs"))
+    settings = _dispatch_settings(dispatch_period_minutes=15)
+    for run in range(12):
+        run_at = start + timedelta(minutes=15 * run)
+        clocked.set(run_at)
+        sent = len(sqs.sent)
+        dispatch.dispatch(run_at, settings, sqs)
+        for message in sorted((WorkMessage.model_validate_json(m["body"]) for m in sqs.sent[sent:]),
+                              key=lambda m: m.not_before):
+            clocked.set(max(clocked.now, datetime.fromtimestamp(message.not_before, UTC)))
+            assert handler(sqs_event(sqs_record(message.body())), lambda_context("WorkerFunction")) == {
+                "batchItemFailures": []}
+    stored = sorted(int(p.played_at_ms) for p in plays.all_plays("heavy"))
+    truth = [p["played_at_ms"] for p in emulator.state.ground_truth("heavy")]
+    assert stored == [t for t in truth if t >= stored[0]], "after the first poll nothing of the heavy listener lost"
+    assert users.get("heavy").gaps_detected == 0
+    runs_polled = Counter(u for m in sqs.sent for u in WorkMessage.model_validate_json(m["body"]).users)
+    assert runs_polled["heavy"] == 12  # every 15 minutes
+    assert runs_polled["light"] == 3  # every 60 minutes (runs 0, 4, 8)

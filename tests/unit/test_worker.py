@@ -481,3 +481,27 @@ def test_the_poll_records_the_run_it_belongs_to(worker, context, emulator, aws_e
     user = users.UserModel.get("ana")
     assert user.last_run == window_id_of(dispatched)
     assert user.next_poll_at == fake_clock.now + timedelta(minutes=59)  # the default cadence, a minute early
+
+
+def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_the_dlq(
+        worker, emulator, aws_env, fake_clock, monkeypatch):
+    ids = [f"u{i}" for i in range(6)]
+    onboard(emulator, aws_env, ids, listen_hours=0)
+    emulator.state.faults.update(latency_ms=600)  # every answer comes after the client stopped waiting
+    monkeypatch.setattr(worker.spotify, "_timeouts", (0.2, 0.2))
+    monkeypatch.setattr(worker, "settings", worker.settings.model_copy(update={"user_concurrency": 1,
+                                                                              "min_remaining_ms": 1_000}))
+    bodies = [work_body(ids, window_id="slow")]
+    invocations = 0
+    while bodies:
+        invocations += 1
+        assert invocations < 20, "the work never finishes"
+        sent_before = len(worker.sqs.sent)
+        response = worker.handler(sqs_event(sqs_record(bodies.pop(0))), short_context(2.5))
+        assert response == {"batchItemFailures": []}, "a healthy message must not go back for redelivery"
+        bodies += [m["body"] for m in worker.sqs.sent[sent_before:]]  # users out of time come back at once
+    assert invocations > 1, "the time budget ran out at least once (the case under test)"
+    for user_id in ids:
+        user = users.get(user_id)
+        assert user.last_failure_type == "NETWORK" and int(user.consecutive_failures) == 1, user_id
+    assert _dead_letters(aws_env) == []

@@ -74,10 +74,14 @@ class Cadence:
     default_s: int = 3600
     max_s: int = 3600
     min_s: int = 900  # the dispatcher's period: "again at the next run"
-    busy_plays: int = 25  # this many new plays (or a gap) means poll again at the next run
+    # A gap, or this many new plays per default_s (measured over the time since the last poll), means
+    # poll again at the next run: a listener filling half of Spotify's window within the cadence.
+    busy_plays: int = 25
 
     def next_poll_at(self, user: users.UserModel, now: datetime, new_plays: int, gap: bool) -> datetime:
-        if gap or new_plays >= self.busy_plays:
+        elapsed = (now - user.last_polled_at).total_seconds() if user.last_polled_at else self.default_s
+        rate = new_plays * self.default_s / max(elapsed, self.min_s / 2)  # new plays per cadence
+        if gap or rate >= self.busy_plays:
             interval = self.min_s
         elif new_plays == 0 and user.last_polled_at and user.next_poll_at:
             # Quiet users back off (doubling) up to max_s; with default == max nothing changes.

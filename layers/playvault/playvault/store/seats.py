@@ -168,6 +168,7 @@ def reauthorize(
         UserModel.consecutive_failures.set(0),
         UserModel.last_failure_type.remove(),
         UserModel.cooldown_until.remove(),
+        UserModel.next_poll_at.remove(),  # polled at the next dispatch run
     ]
     if tokens.access_token_enc is not None:
         actions += [
