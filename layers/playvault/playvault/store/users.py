@@ -13,13 +13,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from pynamodb.attributes import BinaryAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import (
+    BinaryAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UnicodeSetAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
-from playvault.store.base import BaseMeta, table
+from playvault.store.base import BaseMeta, condition_failed, table
 
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
+LAPSED = "lapsed"  # gave its seat back after ReclaimSeatAfterDays in needs_reauth; archive kept
 
 
 @table("users_table")
@@ -32,6 +40,13 @@ class UserModel(Model):
     status = UnicodeAttribute(default=ACTIVE)
     created_at = UTCDateTimeAttribute(null=True)
     authorized_at = UTCDateTimeAttribute(null=True)
+    # Authorization lifecycle (playvault.lifecycle): Spotify's refresh token dies this long after the
+    # sign-in (6 months), whatever the refreshes; a sign-in or reconnect sets both and clears the rest.
+    authorization_expires_at = UTCDateTimeAttribute(null=True)
+    email_enc = BinaryAttribute(null=True, legacy_encoding=False)  # /me e-mail, sealed like the tokens
+    reminders_sent = UnicodeSetAttribute(null=True)  # reminder stages e-mailed for this authorization
+    needs_reauth_since = UTCDateTimeAttribute(null=True)
+    lapsed_at = UTCDateTimeAttribute(null=True)
     # Tokens are envelope-encrypted (playvault.crypto): the KMS-encrypted data key once, each token
     # sealed with it; never stored or logged in clear. Binary, to keep the item under 1 KB (one WRU).
     token_key = BinaryAttribute(null=True, legacy_encoding=False)
@@ -138,6 +153,8 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> None:
             UserModel.last_polled_at.set(failed_at),
             UserModel.access_token_enc.remove(),
             UserModel.access_token_expires_at.remove(),
+            # The seat-reclaim clock (playvault.lifecycle) starts at the first mark, not at a later one.
+            UserModel.needs_reauth_since.set(UserModel.needs_reauth_since | failed_at),
         ],
         condition=_EXISTS,
     )
@@ -151,12 +168,64 @@ class PollingState:
     status: str
     cooldown_until: datetime | None
     last_window: str | None
+    # the authorization lifecycle (playvault.lifecycle)
+    authorized_at: datetime | None = None
+    authorization_expires_at: datetime | None = None
+    reminders_sent: frozenset[str] = frozenset()
+    needs_reauth_since: datetime | None = None
 
 
-_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_window"]
+_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_window", "authorized_at",
+                       "authorization_expires_at", "reminders_sent", "needs_reauth_since"]
 
 
 def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
     """Every user's polling state, paginated, projecting only what the dispatcher reads."""
     for user in UserModel.scan(attributes_to_get=_POLLING_ATTRIBUTES, page_size=page_size):
-        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_window)
+        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_window,
+                           user.authorized_at, user.authorization_expires_at,
+                           frozenset(user.reminders_sent or ()), user.needs_reauth_since)
+
+
+# -- authorization lifecycle (playvault.lifecycle) ----------------------------------------------------
+def _same_authorization(authorized_at: datetime | None):
+    # A reconnect between the scan and this write changes authorized_at: the write then does nothing.
+    if authorized_at is None:
+        return UserModel.authorized_at.does_not_exist()
+    return UserModel.authorized_at == authorized_at
+
+
+def claim_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> bool:
+    """Record that `stage` is being e-mailed for this authorization; False if it already was (a retry
+    or a concurrent dispatcher run claimed it) or the user reconnected or is gone meanwhile. Claimed
+    before sending: a reminder goes out at most once."""
+    condition = _EXISTS & _same_authorization(authorized_at) & ~UserModel.reminders_sent.contains(stage)
+    try:
+        UserModel(user_id).update(actions=[UserModel.reminders_sent.add({stage})], condition=condition)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            return False
+        raise
+    return True
+
+
+def release_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> None:
+    """The e-mail could not be handed to SES: let a later run try again."""
+    try:
+        UserModel(user_id).update(actions=[UserModel.reminders_sent.delete({stage})],
+                                  condition=_EXISTS & _same_authorization(authorized_at))
+    except UpdateError as exc:
+        if not condition_failed(exc):
+            raise
+
+
+def start_reclaim_clock(user_id: str, now: datetime) -> None:
+    """A needs_reauth user marked before needs_reauth_since existed: its reclaim clock starts now."""
+    try:
+        UserModel(user_id).update(
+            actions=[UserModel.needs_reauth_since.set(now)],
+            condition=_EXISTS & (UserModel.status == NEEDS_REAUTH) & UserModel.needs_reauth_since.does_not_exist(),
+        )
+    except UpdateError as exc:
+        if not condition_failed(exc):
+            raise
