@@ -36,7 +36,6 @@ from botocore.exceptions import ClientError
 
 from playvault import metrics
 from playvault.crypto import TokenCipher, TokenDecryptError
-from playvault.failures import is_infrastructure_error
 from playvault.store import seats, users
 
 logger = Logger(child=True)
@@ -181,8 +180,8 @@ class Lifecycle:
         try:
             self.mailer.send(address, subject, text)
         except ClientError as exc:
-            if is_infrastructure_error(exc):
-                raise
+            # Refused (address, sender not verified, sandbox) or throttled: either way the next hourly
+            # run tries again; the dispatch this run already made is not undone.
             users.release_reminder(state.user_id, stage, state.authorized_at)
             report.reminders_failed += 1
             # The address is personal data: the log names the user and SES's error code only.
