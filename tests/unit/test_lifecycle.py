@@ -18,7 +18,7 @@ from moto.ses.models import ses_backends
 
 from playvault import clock
 from playvault.crypto import TokenCipher
-from playvault.lifecycle import ENDED, EMAIL, REMIND_2_DAYS, REMIND_14_DAYS, Lifecycle, SesMailer, reminder_stage
+from playvault.lifecycle import EMAIL, ENDED, REMIND_2_DAYS, REMIND_14_DAYS, Lifecycle, SesMailer, reminder_stage
 from playvault.store import seats, users
 from playvault_local import provision as prov
 from tests.unit.test_auth import Auth, assert_html
