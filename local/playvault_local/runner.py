@@ -26,7 +26,7 @@ from playvault_local import chaos as chaos_mod
 from playvault_local import template as tpl
 from playvault_local.events import http_api_event_for_url, http_response, scheduled_event
 from playvault_local.eventsource import SqsEventSource
-from playvault_local.population import SimUser, build_population, simulate
+from playvault_local.population import SimUser, build_lifecycle_population, build_population, simulate
 from playvault_local.progress import Progress
 from playvault_local.simclock import SimClock
 from playvault_local.system import LocalSystem, SystemConfig
@@ -35,6 +35,7 @@ DEFAULT_START = datetime(2025, 6, 2, 0, 0, tzinfo=UTC)
 SIGNUP_LEAD = timedelta(minutes=10)
 MAX_DRAIN = timedelta(hours=12)
 EVENTBRIDGE_ATTEMPTS = 3  # asynchronous invocation: the first try plus two retries
+LOCAL_SENDER = "reminders@playvault.local"  # --days: the NotificationSender, verified in moto's SES
 
 
 @dataclass
@@ -51,6 +52,9 @@ class RunConfig:
     log_file: TextIO | None = None
     progress: TextIO | None = None
     on_ready: Callable[[LocalSystem], None] | None = None  # tests: patch things once the stack is up
+    # --days N: months of the authorization lifecycle (see Simulation._lifecycle_setup)
+    days: int = 0
+    tick_hours: int = 0  # the dispatcher runs every tick_hours simulated hours; 0: 1, or 24 with --days
 
 
 class RunError(RuntimeError):
@@ -64,7 +68,7 @@ class Simulation:
             config.chaos = chaos_mod.ChaosConfig()
         self.chaos = config.chaos if config.faults == "chaos" else None
         self.clock = SimClock(config.start - SIGNUP_LEAD)
-        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **config.parameters}
+        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **self._lifecycle_setup(), **config.parameters}
         self.system = LocalSystem(SystemConfig(
             template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
@@ -84,6 +88,7 @@ class Simulation:
         self._rate_limit_from: datetime | None = None
         self._rate_limit_until: datetime | None = None
         self.drained = True
+        self.lifecycle_events: list[dict[str, Any]] = []  # sign-ins during the run (--days)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -122,7 +127,10 @@ class Simulation:
 
     def _populate(self) -> None:
         state = self.system.emulator_state
-        self.population = build_population(self.config.users, self.config.hours, self.config.seed)
+        if self.config.days:
+            self.population = build_lifecycle_population(self.config.users, self.config.days, self.config.seed)
+        else:
+            self.population = build_population(self.config.users, self.config.hours, self.config.seed)
         for user in self.population:
             state.add_user(user.user_id, display_name=f"Listener {user.user_id[4:]}",
                            rotate_refresh_tokens=user.rotate_refresh_tokens)
@@ -131,16 +139,18 @@ class Simulation:
     # ------------------------------------------------------------------ sign-up through the real route
     def _sign_up_everyone(self) -> None:
         session = requests.Session()
-        for user in self.population:
+        first = [user for user in self.population if user.sign_up_at_hour is None]
+        for user in first:
             outcome = self.sign_up(user.user_id, session)
             self.sign_ups[outcome] += 1
-        if self.sign_ups.get("signed_up", 0) != len(self.population):
+        if self.sign_ups.get("signed_up", 0) != len(first):
             raise RunError(f"sign-up failed for some users: {dict(self.sign_ups)}")
 
-    def sign_up(self, user_id: str, session: requests.Session) -> str:
+    def sign_up(self, user_id: str, session: requests.Session, *, reconnect: bool = False) -> str:
         auth = self._auth_function()
+        login = "/auth/login?reconnect=1" if reconnect else "/auth/login"
         status, headers, body, _ = http_response(
-            self.system.invoke(auth, http_api_event_for_url("GET", "/auth/login", now=self.clock())))
+            self.system.invoke(auth, http_api_event_for_url("GET", login, now=self.clock())))
         location = _header(headers, "location")
         if status != 302 or not location:
             return "waitlisted" if status == 200 and b"waitlist" in body.lower() else f"login_{status}"
@@ -152,6 +162,8 @@ class Simulation:
                                                                                            now=self.clock())))
         if status == 200 and b"waitlist" in body.lower():  # the cap was reached between login and callback
             return "waitlisted"
+        if status == 200 and b"welcome back" in body.lower():
+            return "reconnected"
         return "signed_up" if status == 200 else f"callback_{status}"
 
     def _auth_function(self) -> str:
@@ -211,14 +223,16 @@ class Simulation:
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:
         progress = Progress(self.config.hours, self.config.progress)
-        for hour in range(self.config.hours):
+        step = max(1, self.config.tick_hours)
+        for hour in range(0, self.config.hours, step):
             tick = self.config.start + timedelta(hours=hour)
             self.system.output.hour = hour
             self._advance(tick)
             self._chaos_for_hour(hour)
             self._dispatch(tick)
-            self._drain(until=tick + timedelta(hours=1))
-            progress.update(hour + 1, self._progress_fields())
+            self._drain(until=tick + timedelta(hours=step))
+            self._lifecycle_sign_ins(hour, step)
+            progress.update(min(hour + step, self.config.hours), self._progress_fields())
         self.system.output.hour = self.config.hours  # the drain after the last tick
         end = self.config.start + timedelta(hours=self.config.hours)
         self._advance(max(end, self.clock()))
@@ -284,6 +298,34 @@ class Simulation:
             if stalls > 1000:
                 raise RunError("the work queue holds visible messages that cannot be received")
             self._advance(datetime.fromtimestamp(target, UTC))
+
+    # ------------------------------------------------------------------ the authorization lifecycle (--days)
+    def _lifecycle_setup(self) -> dict[str, str]:
+        """--days N: N simulated days, the dispatcher every tick_hours (default 24: the lifecycle's
+        deadlines are days, and the lifecycle population listens under Spotify's 50-play window a
+        day, so a daily poll loses nothing while a 200-day run stays a few minutes); every seat
+        taken by the users who sign up at the start; reminders sent from a (moto-verified) sender."""
+        config = self.config
+        if not config.tick_hours:
+            config.tick_hours = 24 if config.days else 1
+        if not config.days:
+            return {}
+        config.hours = config.days * 24
+        return {"MaxUsers": str(config.users), "NotificationSender": LOCAL_SENDER}
+
+    def _lifecycle_sign_ins(self, hour: int, step: int) -> None:
+        """Late sign-ups and sign-ins again that fall in [hour, hour + step), through the real routes."""
+        due: list[tuple[int, SimUser, str]] = []
+        for user in self.population:
+            if user.sign_up_at_hour is not None:
+                due.append((user.sign_up_at_hour, user, "sign_up"))
+            due += [(at, user, "sign_in_again") for at in user.sign_in_again_at_hours]
+        due = sorted((e for e in due if hour <= e[0] < hour + step), key=lambda e: (e[0], e[1].user_id))
+        for at, user, kind in due:
+            self._advance(self.config.start + timedelta(hours=at))
+            outcome = self.sign_up(user.user_id, requests.Session(), reconnect=kind == "sign_in_again")
+            self.lifecycle_events.append({"day": round(at / 24, 2), "user_id": user.user_id, "action": kind,
+                                          "outcome": outcome})
 
     # ------------------------------------------------------------------ helpers
     def _request_counts(self) -> dict[str, Any]:
