@@ -113,6 +113,16 @@ def test_two_runs_on_the_same_scan_send_a_reminder_once(auth: Auth, aws_env) -> 
     assert len(sent()) == 1
 
 
+def test_a_claim_racing_another_runs_claim_loses(auth: Auth, monkeypatch) -> None:
+    """Between this run's read and its write another run claimed the stage: the conditional write
+    refuses, however stale the read."""
+    auth.sign_in("alice")
+    stale = users.get("alice")
+    assert users.claim_reminder("alice", REMIND_14_DAYS, stale.authorized_at)  # the other run
+    monkeypatch.setattr(users, "get", lambda user_id: stale)  # this run read before it
+    assert not users.claim_reminder("alice", REMIND_14_DAYS, stale.authorized_at)
+
+
 def test_without_a_sender_nothing_is_sent_but_the_counts_are_the_same(auth: Auth, aws_env, capsys) -> None:
     auth.sign_in("alice")
     auth.sign_in("bob")

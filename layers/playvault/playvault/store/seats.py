@@ -32,7 +32,8 @@ from pynamodb.transactions import TransactWrite
 
 from playvault.store.base import condition_failed
 from playvault.store.state import StateModel
-from playvault.store.users import ACTIVE, LAPSED, NEEDS_REAUTH, UserModel
+from playvault.store.users import ACTIVE, LAPSED, NEEDS_REAUTH, UPDATE_ATTEMPTS, UserModel
+from playvault.store.users import get as get_user
 
 if TYPE_CHECKING:
     from playvault.crypto import SealedTokens
@@ -201,24 +202,25 @@ def reauthorize(
 ) -> ReauthOutcome:
     """A returning user (needs_reauth, or its refresh token expired): new tokens, status active,
     circuit breaker reset; the seat it already holds is kept. A lapsed user holds no seat: it is
-    left alone here (LAPSED) and resume_lapsed gives it one if there is one."""
+    left alone here (LAPSED) and resume_lapsed gives it one if there is one.
+
+    Written through update() on the item as just read (a VersionAttribute, once the model has one,
+    is checked and bumped); a write refused because a poll wrote in between is read and tried again."""
     actions = _reauthorize_actions(tokens, access_token_expires_at, display_name, now, authorization_expires_at,
                                    email_enc)
-    try:
-        UserModel(user_id).update(actions=actions,
-                                  condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
-    except UpdateError as exc:
-        if condition_failed(exc):
-            return ReauthOutcome.LAPSED if _is_lapsed(user_id) else ReauthOutcome.GONE
-        raise
-    return ReauthOutcome.REAUTHORIZED
-
-
-def _is_lapsed(user_id: str) -> bool:
-    try:
-        return UserModel.get(user_id, consistent_read=True, attributes_to_get=["status"]).status == LAPSED
-    except UserModel.DoesNotExist:
-        return False
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None:
+            return ReauthOutcome.GONE
+        if user.status == LAPSED:
+            return ReauthOutcome.LAPSED
+        try:
+            user.update(actions=actions, condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
+            return ReauthOutcome.REAUTHORIZED
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+    raise SeatsBusy("the user item kept changing during the sign-in; try again")
 
 
 def resume_lapsed(
@@ -240,26 +242,31 @@ def resume_lapsed(
     actions = _reauthorize_actions(tokens, access_token_expires_at, display_name, now, authorization_expires_at,
                                    email_enc)
     counter = StateModel(SEATS)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None or user.status != LAPSED:
+            return None
 
-    def build(transaction: TransactWrite) -> None:
-        # Both are updates, sent in this order: reasons[0] is the user, reasons[1] the counter.
-        transaction.update(UserModel(user_id), actions=actions,
-                           condition=UserModel.user_id.exists() & (UserModel.status == LAPSED))
-        transaction.update(
-            counter,
-            actions=[StateModel.seats.set((StateModel.seats | 0) + 1)],
-            condition=StateModel.seats.does_not_exist() | (StateModel.seats < cap),
-        )
+        def build(transaction: TransactWrite, user: UserModel = user) -> None:
+            # Both are updates, sent in this order: reasons[0] is the user, reasons[1] the counter.
+            transaction.update(user, actions=actions,
+                               condition=UserModel.user_id.exists() & (UserModel.status == LAPSED))
+            transaction.update(
+                counter,
+                actions=[StateModel.seats.set((StateModel.seats | 0) + 1)],
+                condition=StateModel.seats.does_not_exist() | (StateModel.seats < cap),
+            )
 
-    reasons = _run(build, sleep)
-    if not reasons:
-        return SeatOutcome.CREATED
-    user_reason, seat_reason = (reasons + [None, None])[:2]
-    if user_reason == "ConditionalCheckFailed":
-        return None
-    if seat_reason == "ConditionalCheckFailed":
-        return SeatOutcome.CAP_REACHED
-    raise AssertionError(f"unexpected cancellation reasons {reasons}")
+        reasons = _run(build, sleep)
+        if not reasons:
+            return SeatOutcome.CREATED
+        user_reason, seat_reason = (reasons + [None, None])[:2]
+        if user_reason == "ConditionalCheckFailed":
+            continue  # the user changed since the read: look again
+        if seat_reason == "ConditionalCheckFailed":
+            return SeatOutcome.CAP_REACHED
+        raise AssertionError(f"unexpected cancellation reasons {reasons}")
+    raise SeatsBusy("the user item kept changing during the sign-in; try again")
 
 
 def lapse_user(user_id: str, needs_reauth_since: datetime, now: datetime, *,
@@ -268,20 +275,24 @@ def lapse_user(user_id: str, needs_reauth_since: datetime, now: datetime, *,
     counter decremented in one transaction. Its archive (plays, cursor) stays. False when the user
     changed meanwhile (reconnected, deleted): nothing written."""
     counter = StateModel(SEATS)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None or user.status != NEEDS_REAUTH or user.needs_reauth_since != needs_reauth_since:
+            return False
 
-    def build(transaction: TransactWrite) -> None:
-        transaction.update(
-            UserModel(user_id),
-            actions=[UserModel.status.set(LAPSED), UserModel.lapsed_at.set(now)],
-            condition=(UserModel.user_id.exists() & (UserModel.status == NEEDS_REAUTH)
-                       & (UserModel.needs_reauth_since == needs_reauth_since)),
-        )
-        transaction.update(counter, actions=[StateModel.seats.add(-1)], condition=StateModel.seats > 0)
+        def build(transaction: TransactWrite, user: UserModel = user) -> None:
+            transaction.update(
+                user,
+                actions=[UserModel.status.set(LAPSED), UserModel.lapsed_at.set(now)],
+                condition=(UserModel.user_id.exists() & (UserModel.status == NEEDS_REAUTH)
+                           & (UserModel.needs_reauth_since == needs_reauth_since)),
+            )
+            transaction.update(counter, actions=[StateModel.seats.add(-1)], condition=StateModel.seats > 0)
 
-    reasons = _run(build, sleep)
-    if not reasons:
-        return True
-    user_reason, _seat_reason = (reasons + [None, None])[:2]
-    if user_reason == "ConditionalCheckFailed":
-        return False
-    raise RuntimeError("the seat counter is already 0 while a user holds a seat: counter drifted")
+        reasons = _run(build, sleep)
+        if not reasons:
+            return True
+        user_reason, _seat_reason = (reasons + [None, None])[:2]
+        if user_reason != "ConditionalCheckFailed":
+            raise RuntimeError("the seat counter is already 0 while a user holds a seat: counter drifted")
+    return False

@@ -9,7 +9,7 @@ Access patterns:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +21,7 @@ from pynamodb.attributes import (
     UTCDateTimeAttribute,
 )
 from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
 from playvault.store.base import BaseMeta, condition_failed, table
@@ -188,7 +189,32 @@ def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
 
 
 # -- authorization lifecycle (playvault.lifecycle) ----------------------------------------------------
-def _same_authorization(authorized_at: datetime | None):
+UPDATE_ATTEMPTS = 3
+
+
+def update_current(user_id: str, actions: list, condition: Condition, holds: Callable[[UserModel], bool]) -> bool:
+    """Apply `actions` to the user as stored now, if `condition` holds for it.
+
+    The write goes through update() on the item just read, so once the model has a
+    VersionAttribute (the worker's optimistic lock) it is checked and bumped like every other
+    writer's. `holds` is `condition` evaluated on the read item: False at once when it does not hold;
+    a write refused anyway means the item changed between the read and the write (a poll wrote
+    meanwhile): read again and retry. False when the user is gone or the condition does not hold.
+    """
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get(user_id)
+        if user is None or not holds(user):
+            return False
+        try:
+            user.update(actions=actions, condition=_EXISTS & condition)
+            return True
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+    return False
+
+
+def _same_authorization(authorized_at: datetime | None) -> Condition:
     # A reconnect between the scan and this write changes authorized_at: the write then does nothing.
     if authorized_at is None:
         return UserModel.authorized_at.does_not_exist()
@@ -199,33 +225,29 @@ def claim_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> 
     """Record that `stage` is being e-mailed for this authorization; False if it already was (a retry
     or a concurrent dispatcher run claimed it) or the user reconnected or is gone meanwhile. Claimed
     before sending: a reminder goes out at most once."""
-    condition = _EXISTS & _same_authorization(authorized_at) & ~UserModel.reminders_sent.contains(stage)
-    try:
-        UserModel(user_id).update(actions=[UserModel.reminders_sent.add({stage})], condition=condition)
-    except UpdateError as exc:
-        if condition_failed(exc):
-            return False
-        raise
-    return True
+    return update_current(
+        user_id,
+        [UserModel.reminders_sent.add({stage})],
+        _same_authorization(authorized_at) & ~UserModel.reminders_sent.contains(stage),
+        lambda user: user.authorized_at == authorized_at and stage not in (user.reminders_sent or ()),
+    )
 
 
 def release_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> None:
     """The e-mail could not be handed to SES: let a later run try again."""
-    try:
-        UserModel(user_id).update(actions=[UserModel.reminders_sent.delete({stage})],
-                                  condition=_EXISTS & _same_authorization(authorized_at))
-    except UpdateError as exc:
-        if not condition_failed(exc):
-            raise
+    update_current(
+        user_id,
+        [UserModel.reminders_sent.delete({stage})],
+        _same_authorization(authorized_at) & UserModel.reminders_sent.contains(stage),
+        lambda user: user.authorized_at == authorized_at and stage in (user.reminders_sent or ()),
+    )
 
 
 def start_reclaim_clock(user_id: str, now: datetime) -> None:
     """A needs_reauth user marked before needs_reauth_since existed: its reclaim clock starts now."""
-    try:
-        UserModel(user_id).update(
-            actions=[UserModel.needs_reauth_since.set(now)],
-            condition=_EXISTS & (UserModel.status == NEEDS_REAUTH) & UserModel.needs_reauth_since.does_not_exist(),
-        )
-    except UpdateError as exc:
-        if not condition_failed(exc):
-            raise
+    update_current(
+        user_id,
+        [UserModel.needs_reauth_since.set(now)],
+        (UserModel.status == NEEDS_REAUTH) & UserModel.needs_reauth_since.does_not_exist(),
+        lambda user: user.status == NEEDS_REAUTH and user.needs_reauth_since is None,
+    )
