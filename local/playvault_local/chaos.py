@@ -12,6 +12,10 @@
   worker makes before its Spotify fetch, and a before-send hook answers some data-plane calls with a
   throttling error the SDK retries (see telemetry.AwsCallHooks for why the split).
 - One malformed (poison) message: it must end in the dead-letter queue, and only it.
+- Optionally (`secret_rotation_hour`, off by default until the worker treats invalid_client as the
+  app's failure): the operator rotates the client secret at Spotify mid-run; Spotify answers
+  invalid_client until the new secret is in SSM (`secret_rotation_ssm_minutes` later) and the
+  functions' 5-minute parameter cache has expired.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ class ChaosConfig:
     throttle_limit: int = 40
     retried_throttle_rate: float = 0.03  # of all data-plane calls: answered 400, retried by the SDK
     poison_messages: int = 1
+    secret_rotation_hour: int | None = None  # None: no client-secret rotation
+    secret_rotation_ssm_minutes: int = 20  # the operator puts the new secret in SSM this much later
 
 
 @dataclass
@@ -128,4 +134,5 @@ def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator
         "dynamodb_throttled": dict(throttled),
         "dynamodb_throttles_retried_by_the_sdk": retried,
         "poison_messages": config.poison_messages,
+        "client_secret_rotated_at_hour": config.secret_rotation_hour,
     }

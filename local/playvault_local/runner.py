@@ -89,6 +89,7 @@ class Simulation:
         self._rate_limit_until: datetime | None = None
         self.drained = True
         self.lifecycle_events: list[dict[str, Any]] = []  # sign-ins during the run (--days)
+        self._secret_steps: list[tuple[datetime, str]] = []  # chaos: (when, "ssm" | "cache") after a rotation
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -216,9 +217,36 @@ class Simulation:
             # Opens 5 minutes after the tick: the first batch is archived, the later ones are deferred.
             self._rate_limit_from = self.clock() + timedelta(minutes=5)
             self._rate_limit_until = until
+        if chaos.secret_rotation_hour is not None and hour == chaos.secret_rotation_hour:
+            self._rotate_client_secret(chaos.secret_rotation_ssm_minutes)
         if self.crash is not None and hour >= chaos.crash_after_hour:
             self.crash.armed = True  # at most one crash an hour: two in one invocation would hide one
         self.system.hooks.enabled = hour >= 1  # DynamoDB throttling (see telemetry.AwsCallHooks)
+
+    def _rotate_client_secret(self, ssm_minutes: int) -> None:
+        """The operator rotates the secret at Spotify now, puts it in SSM `ssm_minutes` later; the
+        functions' cached copy (Powertools Parameters, 5 minutes) expires 5 minutes after that."""
+        config = self.system.config
+        new_secret = f"{config.client_secret}-rotated"
+        self._new_secret = new_secret
+        self.system.emulator_state.rotate_client_secret(config.client_id, new_secret)
+        in_ssm = self.clock() + timedelta(minutes=ssm_minutes)
+        self._secret_steps = [(in_ssm, "ssm"), (in_ssm + timedelta(minutes=5), "cache")]
+
+    def _secret_steps_due(self, moment: datetime) -> None:
+        while self._secret_steps and self._secret_steps[0][0] <= moment:
+            _, step = self._secret_steps.pop(0)
+            if step == "ssm":
+                import boto3
+
+                assert self.system.aws is not None and self.system.stack is not None
+                ssm = boto3.session.Session().client("ssm", endpoint_url=self.system.aws.url)
+                ssm.put_parameter(Name=self.system.stack.env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=self._new_secret,
+                                  Type="SecureString", Overwrite=True)
+            else:  # the 5-minute cache runs on real time; on the simulated clock it expires here
+                from aws_lambda_powertools.utilities import parameters
+
+                parameters.clear_caches()
 
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:
@@ -247,6 +275,7 @@ class Simulation:
         if self._rate_limit_from is not None and self._rate_limit_from <= moment:
             self.system.emulator_state.rate_limit_app(self._rate_limit_until)
             self._rate_limit_from = None
+        self._secret_steps_due(moment)
         scale = self.config.time_scale
         if scale > 0:
             if self._pace_origin is None:
