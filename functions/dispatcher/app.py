@@ -23,6 +23,7 @@ settings = DispatcherSettings.from_env()  # a missing/malformed setting fails th
 store.bind(settings)
 logger = Logger()  # service from POWERTOOLS_SERVICE_NAME
 sqs = boto3.client("sqs")
+LIFECYCLE_RESERVE_MS = 30_000  # stop sending reminders with this much left; the next run sends the rest
 # SES and KMS only when a NotificationSender is set (the template grants them only then).
 lifecycle = Lifecycle.from_settings(settings, ses_client=LazyClient("ses"), kms_client=LazyClient("kms"))
 
@@ -35,5 +36,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                                              "rule": scheduled.resources[:1]})
     report = dispatch(clock.now(), settings, sqs)
     # After the dispatch: a lifecycle failure must not keep anyone from being polled this hour.
-    lifecycle_report = lifecycle.run(clock.now(), users.scan_polling_state())
+    lifecycle_report = lifecycle.run(clock.now(), users.scan_polling_state(),
+                                     out_of_time=lambda: context.get_remaining_time_in_millis() < LIFECYCLE_RESERVE_MS)
     return {**report.to_dict(), "lifecycle": lifecycle_report.to_dict()}

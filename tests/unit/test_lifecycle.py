@@ -76,8 +76,11 @@ def test_reminder_stage_boundaries() -> None:
 
 
 # ------------------------------------------------------------------------------------ sign-in records
-def test_sign_in_records_the_authorization_and_the_sealed_address(auth: Auth, aws_env) -> None:
-    auth.sign_in("alice")
+def test_sign_in_records_the_authorization_and_the_sealed_address(auth: Auth, aws_env, caplog) -> None:
+    caplog.set_level("DEBUG")
+    response = auth.sign_in("alice")
+    logs = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert "user signed up" in logs and "alice@example.com" not in logs + str(response)
     user = users.get("alice")
     assert user.authorized_at == T0 and user.authorization_expires_at == at(182)
     assert user.email_enc is not None and b"alice@example.com" not in user.email_enc
@@ -164,6 +167,16 @@ def test_reconnecting_resets_the_clock_and_the_reminders(auth: Auth, aws_env) ->
     assert len(sent()) == 2  # the new authorization's own 14-day reminder
 
 
+def test_reminders_left_when_the_time_is_up_go_out_with_the_next_run(auth: Auth, aws_env) -> None:
+    auth.sign_in("alice")
+    auth.sign_in("bob")
+    budget = iter([False, True])  # time for one e-mail
+    report = lifecycle(aws_env).run(at(170), list(users.scan_polling_state()), out_of_time=lambda: next(budget))
+    assert (report.reminders_sent, report.reminders_deferred, report.expiring_soon) == ({"14d": 1}, 1, 2)
+    assert run(lifecycle(aws_env), at(171)).reminders_sent == {"14d": 1}
+    assert sorted(m.destinations["ToAddresses"][0] for m in sent()) == ["alice@example.com", "bob@example.com"]
+
+
 def test_an_address_ses_refuses_is_tried_again_next_run(auth: Auth, aws_env) -> None:
     auth.sign_in("alice")
 
@@ -248,7 +261,8 @@ def test_needs_reauth_from_before_the_clock_existed_starts_it_at_the_next_run(au
 
 
 # ------------------------------------------------------------------------------------ the dispatcher
-def test_the_dispatcher_runs_the_lifecycle_once_per_run(auth: Auth, load_function, lambda_context) -> None:
+def test_the_dispatcher_runs_the_lifecycle_once_per_run(auth: Auth, load_function, lambda_context, caplog) -> None:
+    caplog.set_level("INFO")
     auth.sign_in("alice")
     clock.set_clock(lambda: at(170))
     dispatcher = load_function("DispatcherFunction")
@@ -260,6 +274,8 @@ def test_the_dispatcher_runs_the_lifecycle_once_per_run(auth: Auth, load_functio
         "reminders_sent"] == {}
     (message,) = sent()
     assert "/auth/login?reconnect=1" in message.body and message.body.startswith("Spotify ends")
+    logs = "\n".join(r.getMessage() + str(r.__dict__) for r in caplog.records)
+    assert "reminder sent" in logs and "alice@example.com" not in logs  # the address never reaches a log
 
 
 @pytest.mark.parametrize("stack_overrides", [{}])  # the template's default: no NotificationSender

@@ -26,7 +26,7 @@ tokens (purpose EMAIL in the associated data) and is opened here only to send.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -79,6 +79,7 @@ class LifecycleReport:
     reminders_failed: int = 0  # SES refused: released for the next run
     lapsed: int = 0  # gave their seat back in this run
     notifications: bool = False  # a sender is configured
+    reminders_deferred: int = 0  # due, but the run's time was up: the next run sends them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,7 +143,10 @@ class Lifecycle:
             return state.authorization_expires_at
         return state.authorized_at + self.lifetime if state.authorized_at is not None else None
 
-    def run(self, now: datetime, states: Iterable[users.PollingState]) -> LifecycleReport:
+    def run(self, now: datetime, states: Iterable[users.PollingState],
+            out_of_time: Callable[[], bool] = lambda: False) -> LifecycleReport:
+        """`out_of_time`: True when the invocation must stop sending (counting goes on; reminders not
+        sent stay due and go out with the next run)."""
         report = LifecycleReport(notifications=self.mailer is not None)
         for state in states:
             if state.status == users.NEEDS_REAUTH and self._reclaim(state, now, report):
@@ -161,6 +165,9 @@ class Lifecycle:
                 continue  # needs_reauth before the end: revoked, a reminder cannot help
             if self.mailer is not None and stage not in state.reminders_sent:
                 assert expires_at is not None
+                if out_of_time():
+                    report.reminders_deferred += 1
+                    continue
                 self._remind(state, stage, expires_at, report)
         metrics.count(metrics.AUTHORIZATIONS_EXPIRING_SOON, report.expiring_soon)
         metrics.count(metrics.AUTHORIZATIONS_EXPIRED, report.expired)
