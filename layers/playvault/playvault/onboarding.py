@@ -304,10 +304,9 @@ class Onboarding:
         tokens = self.cipher.seal_new(user_id, grant.refresh_token, grant.access_token)
         email_enc = self.cipher.seal(tokens.token_key, email, user_id, EMAIL) if email else None
         sealed = _Authorization(tokens, grant, display_name, email_enc, now, now + self.authorization_lifetime)
-        if users.get(user_id) is not None:
-            result = self._returning(user_id, sealed)
-            if result is not None:
-                return self._signed_in(result, email)
+        result = self._returning(user_id, sealed)  # None: no such user yet
+        if result is not None:
+            return self._signed_in(result, email)
         user = users.UserModel(
             user_id,
             display_name=display_name,
