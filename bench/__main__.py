@@ -375,7 +375,7 @@ class Bench:
                          KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}])
         queue = sqs.create_queue(QueueName=f"bench-work-{users}-{uuid.uuid4().hex[:4]}")["QueueUrl"]
         template = dict(self.user_item)
-        template["last_window"] = {"S": "2020_01_01_00"}  # polled long ago: every user is due
+        # no next_poll_at: every user is due
 
         def put(start: int) -> None:
             items = []

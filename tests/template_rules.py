@@ -57,8 +57,14 @@ def _function_prop(template: dict[str, Any], props: dict[str, Any], name: str, d
 def _statements(document: Any) -> Iterator[dict[str, Any]]:
     if isinstance(document, dict):
         for statement in _as_list(document.get("Statement")):
-            if isinstance(statement, dict):
-                yield statement
+            # A conditional statement (!If [Condition, statement, !Ref AWS::NoValue]): check both branches.
+            if isinstance(statement, dict) and set(statement) == {"Fn::If"}:
+                branches = [b for b in statement["Fn::If"][1:] if b != {"Ref": "AWS::NoValue"}]
+            else:
+                branches = [statement]
+            for branch in branches:
+                if isinstance(branch, dict):
+                    yield branch
 
 
 def _policy_documents(template: dict[str, Any]) -> Iterator[tuple[str, str, Any]]:

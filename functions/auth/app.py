@@ -32,8 +32,10 @@ from playvault.onboarding import (
     InvalidRequest,
     InvalidState,
     LoginRedirect,
+    NotAllowListed,
     Onboarding,
     OnboardingError,
+    SeatAvailable,
     SpotifyUnavailable,
     WaitlistRequired,
 )
@@ -127,8 +129,9 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
             body=json.dumps({"error": message}),
             headers={**NO_STORE, **(headers or {})},
         )
-    title = {400: "Bad request", 404: "Not found", 405: "Method not allowed", 413: "Too large",
-             415: "Unsupported media type", 502: "Spotify is unavailable", 503: "Busy"}.get(status, "Error")
+    title = {400: "Bad request", 403: "Not allowed", 404: "Not found", 405: "Method not allowed", 409: "Conflict",
+             413: "Too large", 415: "Unsupported media type", 502: "Spotify is unavailable",
+             503: "Busy"}.get(status, "Error")
     return message_page(status, title, message, headers, start_again=status in (400, 500, 502, 503))
 
 
@@ -139,8 +142,24 @@ _STATUS: list[tuple[type[OnboardingError], int]] = [
     (InvalidRequest, 400),
     (AuthorizationError, 400),
     (CodeRejected, 400),
+    (NotAllowListed, 403),
+    (SeatAvailable, 409),
     (SpotifyUnavailable, 502),
 ]
+
+
+def not_allow_listed_page(exc: NotAllowListed) -> Response:
+    """Spotify answered 403 to /me: development mode, account not allow-listed. Say what the
+    operator must do; the visitor can only pass it on."""
+    operator = (
+        "<p><b>If you run this PlayVault:</b> open the Spotify developer dashboard "
+        "(developer.spotify.com/dashboard), choose this app, then <i>User Management</i>, and add this "
+        "person's name and the e-mail address of their Spotify account. A development-mode app allows "
+        "5 users; more need Spotify's extended quota. Then they sign in again here.</p>"
+    )
+    more = '<p><a href="/auth/login">Sign in with Spotify</a> (once you have been added)</p>'
+    return page(403, "Not on the allow-list", "This Spotify account is not on the allow-list",
+                f"<p>{html.escape(exc.public_message)}</p>{operator}{more}")
 
 
 @app.exception_handler(OnboardingError)
@@ -148,6 +167,10 @@ def onboarding_error(exc: OnboardingError) -> Response:
     status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 400)
     if isinstance(exc, AuthorizationDenied):
         return message_page(200, "Not connected", exc.public_message, start_again=True)
+    if isinstance(exc, NotAllowListed) and not _wants_json():
+        return not_allow_listed_page(exc)
+    if isinstance(exc, SeatAvailable) and not _wants_json():
+        return message_page(409, "A seat is free", exc.public_message, start_again=True)
     return error_response(status, exc.public_message)
 
 

@@ -74,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Run PlayVault end to end on the embedded emulators (moto + Spotify "
                                           "emulator) through simulated hours, with one simulated clock. Exits 0 "
                                           "only if no play was lost or duplicated.")
-    run.add_argument("--users", type=_positive_int, default=100, help="users who sign up (default 100)")
+    run.add_argument("--users", type=_positive_int, default=None,
+                     help="users who sign up (default 100; with --days 10)")
     run.add_argument("--hours", type=_positive_int, default=24, help="simulated hours (default 24)")
+    run.add_argument("--days", type=_positive_int, default=0, metavar="N",
+                     help="instead of --hours: N simulated days of the authorization lifecycle (reminders, "
+                          "6-month expiry, reconnects, seats reclaimed and reused); the dispatcher runs every "
+                          "--tick-hours (default 24)")
+    run.add_argument("--tick-hours", type=_positive_int, default=0, metavar="H",
+                     help="run the dispatcher every H simulated hours (default 1; 24 with --days)")
     run.add_argument("--seed", type=int, default=0, help="seed of the listening and of the faults (default 0)")
     run.add_argument("--report", type=_writable, metavar="FILE", help="write the report as JSON")
     run.add_argument("--dashboard", type=_writable, metavar="FILE",
@@ -149,7 +156,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(problem)
     log_file = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
     real_stdout = sys.stdout
-    config = RunConfig(users=args.users, hours=args.hours, seed=args.seed, faults=args.faults,
+    users = args.users if args.users is not None else (10 if args.days else 100)
+    config = RunConfig(users=users, hours=args.hours, days=args.days, tick_hours=args.tick_hours,
+                       seed=args.seed, faults=args.faults,
                        time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
                        log_file=log_file, progress=None if args.quiet else sys.stderr, late_share=args.late_share)
     simulation = Simulation(config)

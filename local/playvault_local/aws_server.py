@@ -8,6 +8,7 @@ prints one line `listening on http://HOST:PORT` and serves moto's API plus a sma
     GET  /_playvault/counts       requests served, by service and operation
     GET  /_playvault/queue?name=  messages held by a queue and the next moment one becomes visible
     GET  /_playvault/items?table=&attributes=a,b   scalar attributes of every item (end-of-run report)
+    GET  /_playvault/mail         the e-mails SES (moto) accepted: source, to, subject, body
 
 Why a clock: SQS DelaySeconds and visibility timeouts are real seconds in moto. The local runner
 drives a simulated clock (hours in seconds); patching moto's SQS time source to that clock keeps
@@ -117,6 +118,20 @@ def _table_items(name: str, attributes: list[str]) -> list[dict[str, Any]] | Non
     return None
 
 
+def _sent_mail() -> list[dict[str, Any]]:
+    """What the functions sent through SES: moto keeps every accepted message in its backend."""
+    from moto.ses.models import ses_backends
+
+    mail = []
+    for account in list(ses_backends.keys()):
+        for region in list(ses_backends[account].keys()):
+            for message in list(ses_backends[account][region].sent_messages):
+                to = (getattr(message, "destinations", None) or {}).get("ToAddresses", [])
+                mail.append({"source": message.source, "to": list(to), "subject": getattr(message, "subject", ""),
+                             "body": getattr(message, "body", "")})
+    return mail
+
+
 def _json_response(start_response: Any, body: Any, status: str = "200 OK") -> list[bytes]:
     data = json.dumps(body).encode()
     start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
@@ -146,6 +161,8 @@ def make_app() -> Any:
 
                 name = parse_qs(environ.get("QUERY_STRING", "")).get("name", [""])[0]
                 return _json_response(start_response, _queue_state(name))
+            if path == "/_playvault/mail":
+                return _json_response(start_response, _sent_mail())
             if path == "/_playvault/items":
                 from urllib.parse import parse_qs
 
@@ -276,6 +293,9 @@ class AwsServer:
                                    params={"table": table, "attributes": ",".join(attributes)}, timeout=60)
         answer.raise_for_status()
         return answer.json()
+
+    def sent_mail(self) -> list[dict[str, Any]]:
+        return self._session.get(f"{self.url}/_playvault/mail", timeout=30).json()
 
     def stop(self) -> None:
         process, self.process = self.process, None

@@ -12,10 +12,15 @@
   worker makes before its Spotify fetch, and a before-send hook answers some data-plane calls with a
   throttling error the SDK retries (see telemetry.AwsCallHooks for why the split).
 - One malformed (poison) message: it must end in the dead-letter queue, and only it.
+- A client-secret rotation (`secret_rotation_hour`, None to switch it off): the operator rotates
+  the client secret at Spotify mid-run; Spotify answers invalid_client until the new secret is in
+  SSM (`secret_rotation_ssm_minutes` later) and the functions' 5-minute parameter cache has
+  expired. The worker treats it as the app's failure: no user is charged.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 from collections import Counter
@@ -47,6 +52,8 @@ class ChaosConfig:
     throttle_limit: int = 40
     retried_throttle_rate: float = 0.03  # of all data-plane calls: answered 400, retried by the SDK
     poison_messages: int = 1
+    secret_rotation_hour: int | None = 5  # None: no client-secret rotation
+    secret_rotation_ssm_minutes: int = 20  # the operator puts the new secret in SSM this much later
 
 
 @dataclass
@@ -94,7 +101,10 @@ class CrashHook:
 
 @dataclass
 class Duplicator:
-    """At-least-once delivery: some messages are sent again (same body) when first received."""
+    """At-least-once delivery: some messages are sent again when first received. Every other copy
+    is the same body (a duplicate delivery); the others carry another run id, as an old message
+    redriven from the DLQ would: they reach the worker at the same moment as the original, so
+    two polls of one user run at once."""
 
     sqs: Any
     queue_url: str
@@ -113,7 +123,15 @@ class Duplicator:
             if not first or message["MessageId"] in self._copies or message["Body"] == POISON_BODY:
                 continue
             if self._rng.random() < self.rate:
-                answer = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=message["Body"])
+                body = message["Body"]
+                if self.sent % 2:
+                    try:
+                        parsed = json.loads(body)
+                        parsed["window_id"] = "redriven-" + str(parsed.get("window_id", ""))[:40]
+                        body = json.dumps(parsed)
+                    except (ValueError, TypeError):
+                        pass
+                answer = self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
                 self._copies.add(answer["MessageId"])
                 self.sent += 1
 
@@ -131,4 +149,5 @@ def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator
         "dynamodb_throttled": dict(throttled),
         "dynamodb_throttles_retried_by_the_sdk": retried,
         "poison_messages": config.poison_messages,
+        "client_secret_rotated_at_hour": config.secret_rotation_hour,
     }

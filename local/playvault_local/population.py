@@ -24,6 +24,9 @@ class SimUser:
     revoke_at_hour: int | None = None
     burst_hour: int | None = None
     tags: list[str] = field(default_factory=list)
+    # the authorization lifecycle (--days): a late sign-up, and sign-ins again ("reconnect" links)
+    sign_up_at_hour: int | None = None  # None: signs up before the first dispatch
+    sign_in_again_at_hours: list[int] = field(default_factory=list)
 
 
 def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
@@ -85,3 +88,60 @@ def simulate(state: object, population: list[SimUser], start: datetime) -> int:
             total += state.simulate_listening(user.user_id, segment_start, segment_start + timedelta(hours=1),  # type: ignore[attr-defined]
                                               rate, local_share=user.local_share)
     return total
+
+
+# -- the authorization lifecycle (`run --days N`) ------------------------------------------------------
+DAY = 24
+
+
+def build_lifecycle_population(users: int, days: int, seed: int, *, lifetime_days: int = 182,
+                               reclaim_days: int = 30) -> list[SimUser]:
+    """Months of light listening (one session a day, under Spotify's 50-play window, so a daily
+    poll misses nothing) and the lifecycle's cast, all on the simulated calendar:
+
+    - most users ignore the reminders: their authorization ends at `lifetime_days` (Spotify then
+      answers invalid_grant) and they become needs_reauth;
+    - one reconnects after the 14-day reminder, one after the 2-day reminder (a new 6 months);
+    - one revokes access early: needs_reauth, then after `reclaim_days` it lapses and gives its
+      seat back; a newcomer takes that seat; the lapsed user signing in again later meets the
+      waitlist (every seat taken);
+    - one has Spotify rotate its refresh token on every refresh.
+    The seat cap is the number of users who sign up at the start (the runner sets MaxUsers).
+    """
+    rng = random.Random(f"lifecycle-population:{seed}")
+    hours = days * DAY
+    population: list[SimUser] = []
+    for index in range(users):
+        rates = [0.0] * (hours + 1)
+        for day in range(days + 1):
+            session = day * DAY + rng.randrange(1, DAY)  # never the tick hour itself
+            if session <= hours:
+                rates[session] = rng.uniform(4, 30)
+        population.append(SimUser(f"user{index:04d}", "daily", rates))
+    if users >= 1:
+        population[-1].rotate_refresh_tokens = True
+        population[-1].tags.append("rotating-refresh-token")
+    cast = population[:-1] if users >= 2 else []
+    if len(cast) >= 1:
+        cast[0].sign_in_again_at_hours.append((lifetime_days - 13) * DAY)
+        cast[0].tags.append("reconnects-after-14-day-reminder")
+    if len(cast) >= 2:
+        cast[1].sign_in_again_at_hours.append((lifetime_days - 1) * DAY + 12)
+        cast[1].tags.append("reconnects-after-2-day-reminder")
+    revoke_day = min(5, max(1, days // 4))
+    lapse_day = revoke_day + reclaim_days + 1
+    if len(cast) >= 3 and lapse_day + 2 < days:
+        quitter = cast[2]
+        quitter.revoke_at_hour = revoke_day * DAY
+        quitter.sign_in_again_at_hours.append((lapse_day + 10) * DAY + 6)
+        quitter.tags += ["revokes-access", "lapses", "signs-in-again-at-the-cap"]
+        rates = [0.0] * (hours + 1)
+        for day in range(lapse_day + 1, days):
+            rates[day * DAY + 15] = rng.uniform(4, 30)
+        newcomer = SimUser(f"user{users:04d}", "daily", rates, sign_up_at_hour=(lapse_day + 1) * DAY + 3,
+                           tags=["signs-up-into-a-lapsed-seat"])
+        population.append(newcomer)
+    for user in population:
+        if not user.sign_in_again_at_hours and user.sign_up_at_hour is None:
+            user.tags.append("ignores-reminders")
+    return population

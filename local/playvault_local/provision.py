@@ -138,6 +138,10 @@ def provision(
         ssm.put_parameter(Name=env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=client_secret, Type="SecureString",
                           Overwrite=True)
 
+    # Reminder e-mails: the operator verifies the sender address in SES (README, Operate); do it here.
+    if env.get("NOTIFICATION_SENDER"):
+        _client("ses", endpoint_url, region).verify_email_identity(EmailAddress=env["NOTIFICATION_SENDER"])
+
     env.update({"AWS_REGION": region, "AWS_DEFAULT_REGION": region})
     env.setdefault("AWS_ACCESS_KEY_ID", os.environ.get("AWS_ACCESS_KEY_ID", "testing"))
     env.setdefault("AWS_SECRET_ACCESS_KEY", os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"))

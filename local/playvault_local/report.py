@@ -229,6 +229,8 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         },
         "per_user": per_user,
     }
+    if sim.config.days:
+        report["lifecycle"] = lifecycle_section(sim, statuses)
     return report
 
 
@@ -237,6 +239,52 @@ def _spread(values: list[int]) -> dict[str, float]:
         return {"min": 0, "median": 0, "max": 0}
     ordered = sorted(values)
     return {"min": ordered[0], "median": float(statistics.median(ordered)), "max": ordered[-1]}
+
+
+# -- the authorization lifecycle (--days) --------------------------------------------------------------
+def lifecycle_section(sim: Any, statuses: Counter[str]) -> dict[str, Any]:
+    """Reminders, expiries, reconnects and lapses over the run: from the dispatcher's answers (its
+    lifecycle report per run), the e-mails SES (moto) accepted, and the sign-ins the runner made."""
+    runs = [r.get("lifecycle") or {} for r in sim.dispatch_reports]
+    reminders: Counter[str] = Counter()
+    for run in runs:
+        reminders.update(run.get("reminders_sent") or {})
+    mail = sim.system.aws.sent_mail()
+    events = sim.lifecycle_events
+    outcomes = Counter(f"{e['action']}:{e['outcome']}" for e in events)
+    by_day: dict[str, list[str]] = {}
+    for message in mail:
+        by_day.setdefault(",".join(message["to"]), []).append(message["subject"])
+    return {
+        "days": sim.config.days,
+        "tick_hours": sim.config.tick_hours,
+        "reminders_sent": dict(reminders),
+        "emails_captured": len(mail),
+        "users_e_mailed": len(by_day),
+        "expiring_soon_max": max((run.get("expiring_soon", 0) for run in runs), default=0),
+        "expired_at_end": runs[-1].get("expired", 0) if runs else 0,
+        "lapsed": sum(run.get("lapsed", 0) for run in runs),
+        "reconnected": outcomes.get("sign_in_again:reconnected", 0),
+        "late_sign_ups": outcomes.get("sign_up:signed_up", 0),
+        "waitlisted_on_sign_in": outcomes.get("sign_in_again:waitlisted", 0) + outcomes.get("sign_up:waitlisted", 0),
+        "users_by_status": dict(statuses),
+        "events": events,
+        "emails": [{"to": m["to"], "subject": m["subject"]} for m in mail],
+    }
+
+
+def lifecycle_lines(report: dict[str, Any]) -> list[str]:
+    life = report.get("lifecycle")
+    if not life:
+        return []
+    return [
+        f"  lifecycle     : {life['days']} days, dispatcher every {life['tick_hours']} h; reminders "
+        f"{life['reminders_sent'] or 'none'} ({life['emails_captured']} e-mails to {life['users_e_mailed']} users, "
+        f"captured from SES); expiring within 14 days at most {life['expiring_soon_max']}; expired at end "
+        f"{life['expired_at_end']}",
+        f"  seats         : reconnected {life['reconnected']}, lapsed {life['lapsed']}, late sign-ups "
+        f"{life['late_sign_ups']}, sent to the waitlist on sign-in {life['waitlisted_on_sign_in']}",
+    ]
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -289,6 +337,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("chaos"):
         lines.append(f"  chaos         : {report['chaos']}")
+    lines += lifecycle_lines(report)
     lines.append("  verdict       : " + ("OK (nothing lost, nothing duplicated)" if verdict(report)
                                         else "FAILED (plays lost or duplicated)"))
     return lines

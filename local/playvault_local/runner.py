@@ -27,7 +27,7 @@ from playvault_local import chaos as chaos_mod
 from playvault_local import template as tpl
 from playvault_local.events import http_api_event_for_url, http_response, scheduled_event
 from playvault_local.eventsource import SqsEventSource
-from playvault_local.population import SimUser, build_population, simulate
+from playvault_local.population import SimUser, build_lifecycle_population, build_population, simulate
 from playvault_local.progress import Progress
 from playvault_local.simclock import SimClock
 from playvault_local.system import LocalSystem, SystemConfig
@@ -36,6 +36,7 @@ DEFAULT_START = datetime(2025, 6, 2, 0, 0, tzinfo=UTC)
 SIGNUP_LEAD = timedelta(minutes=10)
 MAX_DRAIN = timedelta(hours=12)
 EVENTBRIDGE_ATTEMPTS = 3  # asynchronous invocation: the first try plus two retries
+LOCAL_SENDER = "reminders@playvault.local"  # --days: the NotificationSender, verified in moto's SES
 
 
 @dataclass
@@ -54,6 +55,9 @@ class RunConfig:
     on_ready: Callable[[LocalSystem], None] | None = None  # tests: patch things once the stack is up
     # Share of plays Spotify shows late (1-90 min after played_at, out of order), as the real feed does.
     late_share: float = 0.10
+    # --days N: months of the authorization lifecycle (see Simulation._lifecycle_setup)
+    days: int = 0
+    tick_hours: int = 0  # the dispatcher runs every tick_hours simulated hours; 0: 1, or 24 with --days
 
 
 class RunError(RuntimeError):
@@ -67,7 +71,7 @@ class Simulation:
             config.chaos = chaos_mod.ChaosConfig()
         self.chaos = config.chaos if config.faults == "chaos" else None
         self.clock = SimClock(config.start - SIGNUP_LEAD)
-        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **config.parameters}
+        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **self._lifecycle_setup(), **config.parameters}
         self.system = LocalSystem(SystemConfig(
             template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
@@ -88,6 +92,8 @@ class Simulation:
         self._rate_limit_from: datetime | None = None
         self._rate_limit_until: datetime | None = None
         self.drained = True
+        self.lifecycle_events: list[dict[str, Any]] = []  # sign-ins during the run (--days)
+        self._secret_steps: list[tuple[datetime, str]] = []  # chaos: (when, "ssm" | "cache") after a rotation
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -130,7 +136,10 @@ class Simulation:
         state.listening.update(late_share=self.config.late_share)
         if self.chaos is not None:
             state.listening.update(bad_share=self.chaos.bad_item_share, episode_share=self.chaos.episode_share)
-        self.population = build_population(self.config.users, self.config.hours, self.config.seed)
+        if self.config.days:
+            self.population = build_lifecycle_population(self.config.users, self.config.days, self.config.seed)
+        else:
+            self.population = build_population(self.config.users, self.config.hours, self.config.seed)
         for user in self.population:
             state.add_user(user.user_id, display_name=f"Listener {user.user_id[4:]}",
                            rotate_refresh_tokens=user.rotate_refresh_tokens)
@@ -139,16 +148,18 @@ class Simulation:
     # ------------------------------------------------------------------ sign-up through the real route
     def _sign_up_everyone(self) -> None:
         session = requests.Session()
-        for user in self.population:
+        first = [user for user in self.population if user.sign_up_at_hour is None]
+        for user in first:
             outcome = self.sign_up(user.user_id, session)
             self.sign_ups[outcome] += 1
-        if self.sign_ups.get("signed_up", 0) != len(self.population):
+        if self.sign_ups.get("signed_up", 0) != len(first):
             raise RunError(f"sign-up failed for some users: {dict(self.sign_ups)}")
 
-    def sign_up(self, user_id: str, session: requests.Session) -> str:
+    def sign_up(self, user_id: str, session: requests.Session, *, reconnect: bool = False) -> str:
         auth = self._auth_function()
+        login = "/auth/login?reconnect=1" if reconnect else "/auth/login"
         status, headers, body, _ = http_response(
-            self.system.invoke(auth, http_api_event_for_url("GET", "/auth/login", now=self.clock())))
+            self.system.invoke(auth, http_api_event_for_url("GET", login, now=self.clock())))
         location = _header(headers, "location")
         if status != 302 or not location:
             return "waitlisted" if status == 200 and b"waitlist" in body.lower() else f"login_{status}"
@@ -160,6 +171,8 @@ class Simulation:
                                                                                            now=self.clock())))
         if status == 200 and b"waitlist" in body.lower():  # the cap was reached between login and callback
             return "waitlisted"
+        if status == 200 and b"welcome back" in body.lower():
+            return "reconnected"
         return "signed_up" if status == 200 else f"callback_{status}"
 
     def _auth_function(self) -> str:
@@ -229,14 +242,43 @@ class Simulation:
             self._rate_limit_from = self.clock() + timedelta(minutes=5)
             self._rate_limit_until = until
             self.system.emulator_state.quota_exceeded = chaos.quota_exceeded
+        if chaos.secret_rotation_hour is not None and hour == chaos.secret_rotation_hour:
+            self._rotate_client_secret(chaos.secret_rotation_ssm_minutes)
         if self.crash is not None and hour >= chaos.crash_after_hour:
             self.crash.armed = True  # at most one crash an hour: two in one invocation would hide one
         self.system.hooks.enabled = hour >= 1  # DynamoDB throttling (see telemetry.AwsCallHooks)
 
+    def _rotate_client_secret(self, ssm_minutes: int) -> None:
+        """The operator rotates the secret at Spotify now, puts it in SSM `ssm_minutes` later; the
+        functions' cached copy (Powertools Parameters, 5 minutes) expires 5 minutes after that."""
+        config = self.system.config
+        new_secret = f"{config.client_secret}-rotated"
+        self._new_secret = new_secret
+        self.system.emulator_state.rotate_client_secret(config.client_id, new_secret)
+        in_ssm = self.clock() + timedelta(minutes=ssm_minutes)
+        self._secret_steps = [(in_ssm, "ssm"), (in_ssm + timedelta(minutes=5), "cache")]
+
+    def _secret_steps_due(self, moment: datetime) -> None:
+        while self._secret_steps and self._secret_steps[0][0] <= moment:
+            _, step = self._secret_steps.pop(0)
+            if step == "ssm":
+                import boto3
+
+                assert self.system.aws is not None and self.system.stack is not None
+                ssm = boto3.session.Session().client("ssm", endpoint_url=self.system.aws.url)
+                ssm.put_parameter(Name=self.system.stack.env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=self._new_secret,
+                                  Type="SecureString", Overwrite=True)
+            else:  # the 5-minute cache runs on real time; on the simulated clock it expires here
+                from aws_lambda_powertools.utilities import parameters
+
+                parameters.clear_caches()
+
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:
         progress = Progress(self.config.hours, self.config.progress)
-        period = timedelta(seconds=self.system.schedule_seconds())
+        # The dispatcher's period from the template; --days ticks once per tick_hours instead.
+        period = (timedelta(hours=self.config.tick_hours) if self.config.tick_hours
+                  else timedelta(seconds=self.system.schedule_seconds()))
         end = self.config.start + timedelta(hours=self.config.hours)
         tick = self.config.start
         hour_seen = -1
@@ -250,8 +292,10 @@ class Simulation:
                 self._chaos_for_hour(hour)
                 hour_seen = hour
             self._dispatch(tick)
-            self._drain(until=min(tick + period, end))
-            tick += period
+            next_tick = min(tick + period, end)
+            self._drain(until=next_tick)
+            self._lifecycle_sign_ins(tick, next_tick)
+            tick = next_tick
         progress.update(self.config.hours, self._progress_fields())
         self.system.output.hour = self.config.hours  # the drain after the last tick
         self._advance(max(end, self.clock()))
@@ -266,6 +310,7 @@ class Simulation:
         if self._rate_limit_from is not None and self._rate_limit_from <= moment:
             self.system.emulator_state.rate_limit_app(self._rate_limit_until)
             self._rate_limit_from = None
+        self._secret_steps_due(moment)
         scale = self.config.time_scale
         if scale > 0:
             if self._pace_origin is None:
@@ -317,6 +362,35 @@ class Simulation:
             if stalls > 1000:
                 raise RunError("the work queue holds visible messages that cannot be received")
             self._advance(datetime.fromtimestamp(target, UTC))
+
+    # ------------------------------------------------------------------ the authorization lifecycle (--days)
+    def _lifecycle_setup(self) -> dict[str, str]:
+        """--days N: N simulated days, the dispatcher every tick_hours (default 24: the lifecycle's
+        deadlines are days, and the lifecycle population listens under Spotify's 50-play window a
+        day, so a daily poll loses nothing while a 200-day run stays a few minutes); every seat
+        taken by the users who sign up at the start; reminders sent from a (moto-verified) sender."""
+        config = self.config
+        if not config.tick_hours:
+            config.tick_hours = 24 if config.days else 1
+        if not config.days:
+            return {}
+        config.hours = config.days * 24
+        return {"MaxUsers": str(config.users), "NotificationSender": LOCAL_SENDER}
+
+    def _lifecycle_sign_ins(self, start: datetime, end: datetime) -> None:
+        """Late sign-ups and sign-ins again that fall in [start, end), through the real routes."""
+        due: list[tuple[int, SimUser, str]] = []
+        for user in self.population:
+            if user.sign_up_at_hour is not None:
+                due.append((user.sign_up_at_hour, user, "sign_up"))
+            due += [(at, user, "sign_in_again") for at in user.sign_in_again_at_hours]
+        due = sorted((e for e in due if start <= self.config.start + timedelta(hours=e[0]) < end),
+                     key=lambda e: (e[0], e[1].user_id))
+        for at, user, kind in due:
+            self._advance(self.config.start + timedelta(hours=at))
+            outcome = self.sign_up(user.user_id, requests.Session(), reconnect=kind == "sign_in_again")
+            self.lifecycle_events.append({"day": round(at / 24, 2), "user_id": user.user_id, "action": kind,
+                                          "outcome": outcome})
 
     # ------------------------------------------------------------------ helpers
     def _request_counts(self) -> dict[str, Any]:

@@ -224,6 +224,10 @@ class EmulatorApp:
                                                 form.get("code_verifier"), client_secret is not None)
             elif grant == "refresh_token":
                 body = self.state.refresh(client, form.get("refresh_token"))
+                if "refresh_token" in body and self.state.take_lost_rotation():
+                    # Rotated, then the answer is lost on the way: held past the client's timeout.
+                    time.sleep(self.state.faults.timeout_s)
+                    return _json({"error": "server_error", "error_description": "Gateway timeout"}, 504)
             elif not grant:
                 raise OAuthError(400, "invalid_request", "grant_type must be supplied")
             else:
@@ -251,7 +255,8 @@ class EmulatorApp:
         return handler(request, user_id)
 
     def me(self, request: Request, user_id: str) -> Response:
-        return _json(self.state.user_profile(user_id))
+        token = request.headers.get("Authorization", "")[7:].strip()
+        return _json(self.state.user_profile(user_id, self.state.token_scope(token)))
 
     def recently_played(self, request: Request, user_id: str) -> Response:
         args = request.args
@@ -295,6 +300,16 @@ class EmulatorApp:
         try:
             if path == "clients" and request.method == "POST":
                 st.register_client(data["client_id"], data["client_secret"], list(data["redirect_uris"]))
+                return _json({"ok": True})
+            if path == "clients/secret" and request.method == "POST":
+                st.rotate_client_secret(data["client_id"], data["client_secret"])
+                return _json({"ok": True})
+            if path == "clients/allow-list" and request.method == "POST":
+                users = data.get("user_ids")
+                st.set_allow_list(data["client_id"], None if users is None else [str(u) for u in users])
+                return _json({"ok": True})
+            if path == "lose-rotations" and request.method == "POST":
+                st.lose_rotation_responses(int(data.get("times", 1)))
                 return _json({"ok": True})
             if path == "users" and request.method == "POST":
                 st.add_user(data["user_id"], data.get("display_name"),

@@ -27,6 +27,15 @@ class EmulatorControl:
         self._call("POST", "clients", {"client_id": client_id, "client_secret": client_secret,
                                        "redirect_uris": list(redirect_uris)})
 
+    def rotate_client_secret(self, client_id: str, client_secret: str) -> None:
+        self._call("POST", "clients/secret", {"client_id": client_id, "client_secret": client_secret})
+
+    def set_allow_list(self, client_id: str, user_ids: list[str] | None) -> None:
+        self._call("POST", "clients/allow-list", {"client_id": client_id, "user_ids": user_ids})
+
+    def lose_rotation_responses(self, times: int = 1) -> None:
+        self._call("POST", "lose-rotations", {"times": times})
+
     def add_user(self, user_id: str, display_name: str | None = None, rotate_refresh_tokens: bool = False) -> None:
         self._call("POST", "users", {"user_id": user_id, "display_name": display_name,
                                      "rotate_refresh_tokens": rotate_refresh_tokens})

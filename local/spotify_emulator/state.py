@@ -25,6 +25,8 @@ CODE_TTL = timedelta(minutes=10)
 REFRESH_TOKEN_TTL = timedelta(days=183)  # "6 months after the user authorized"
 WINDOW = 50  # recently-played only ever exposes the last 50 plays
 MIN_PLAY_GAP_S = 31  # a play is listed only once it lasted over 30 s
+# Spotify's answer to an account a development-mode app has not allow-listed.
+NOT_REGISTERED = "Check settings on developer.spotify.com/dashboard, the user may not be registered."
 ENDPOINTS = ("token", "me", "recently_played", "authorize")
 
 
@@ -98,6 +100,9 @@ class FaultConfig:
     timeout_rate: float = 0.0
     timeout_s: float = 5.0
     expire_token_rate: float = 0.0
+    # A refresh that rotates the refresh token, and then the answer is lost (held for timeout_s,
+    # then 504): the old token is dead and the client never saw the new one.
+    lost_rotation_rate: float = 0.0
 
     def update(self, **kwargs: Any) -> None:
         names = {f.name: f.type for f in fields(self)}
@@ -198,6 +203,9 @@ class _Client:
     client_id: str
     client_secret: str
     redirect_uris: list[str]
+    # Development mode: only these Spotify accounts may use the app (403 on the Web API otherwise);
+    # None: every account (extended quota).
+    allow_list: set[str] | None = None
 
 
 @dataclass
@@ -250,6 +258,7 @@ class EmulatorState:
         self._injections: list[Injection] = []
         self._rate_limited_until: datetime | None = None
         self._counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+        self._lose_rotations = 0  # the next n rotating refreshes lose their answer
 
     # ------------------------------------------------------------------ setup
     def now(self) -> datetime:
@@ -261,6 +270,35 @@ class EmulatorState:
     def register_client(self, client_id: str, client_secret: str, redirect_uris: list[str]) -> None:
         with self._lock:
             self._clients[client_id] = _Client(client_id, client_secret, list(redirect_uris))
+
+    def rotate_client_secret(self, client_id: str, client_secret: str) -> None:
+        """The operator rotated the secret in Spotify's dashboard: the old one answers invalid_client."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None:
+                raise KeyError(f"unknown client {client_id!r}")
+            client.client_secret = client_secret
+
+    def set_allow_list(self, client_id: str, user_ids: list[str] | None) -> None:
+        """Development mode: only these users may use the client's tokens (None: everyone)."""
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None:
+                raise KeyError(f"unknown client {client_id!r}")
+            client.allow_list = None if user_ids is None else set(user_ids)
+
+    def lose_rotation_responses(self, times: int = 1) -> None:
+        with self._lock:
+            self._lose_rotations += int(times)
+
+    def take_lost_rotation(self) -> bool:
+        """Whether the answer of a refresh that just rotated is to be lost."""
+        with self._lock:
+            if self._lose_rotations > 0:
+                self._lose_rotations -= 1
+                return True
+        rate = self.faults.lost_rotation_rate
+        return rate > 0 and self.draw() < rate
 
     def add_user(self, user_id: str, display_name: str | None = None,
                  rotate_refresh_tokens: bool = False) -> None:
@@ -402,11 +440,12 @@ class EmulatorState:
             items = [p.history_object() for p in reversed(page)]
             return items, cursors, (mode if more else None), next_value
 
-    def user_profile(self, user_id: str) -> dict:
+    def user_profile(self, user_id: str, scope: str = "user-read-email") -> dict:
+        """The /me payload; `email` only with the user-read-email scope, as Spotify does."""
         with self._lock:
             user = self._user(user_id)
             uid = user.user_id
-            return {
+            profile = {
                 "country": "SE",
                 "display_name": user.display_name,
                 "email": f"{uid}@example.com",
@@ -420,6 +459,9 @@ class EmulatorState:
                 "type": "user",
                 "uri": f"spotify:user:{uid}",
             }
+            if "user-read-email" not in scope.split():
+                del profile["email"]
+            return profile
 
     # ------------------------------------------------------------------ OAuth
     def validate_authorize(self, client_id: str | None, redirect_uri: str | None, response_type: str | None,
@@ -538,14 +580,23 @@ class EmulatorState:
             return body
 
     def check_access_token(self, token: str | None) -> str:
-        """Returns the user id for a usable access token or raises ApiError(401)."""
+        """Returns the user id for a usable access token or raises ApiError(401), or ApiError(403)
+        for an account not on a development-mode client's allow-list."""
         with self._lock:
             entry = self._access.get(token or "")
             if entry is None or not entry.valid:
                 raise ApiError(401, "Invalid access token")
             if self.now() >= entry.expires_at:
                 raise ApiError(401, "The access token expired")
+            client = self._clients.get(entry.client_id)
+            if client is not None and client.allow_list is not None and entry.user_id not in client.allow_list:
+                raise ApiError(403, NOT_REGISTERED)
             return entry.user_id
+
+    def token_scope(self, token: str | None) -> str:
+        with self._lock:
+            entry = self._access.get(token or "")
+            return entry.scope if entry is not None else ""
 
     def expire_access_token(self, token: str) -> None:
         with self._lock:

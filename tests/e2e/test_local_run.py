@@ -28,6 +28,22 @@ def test_a_small_run_exits_0_and_writes_the_report_and_the_dashboard(tmp_path):
     assert "lost" in done.stdout and "hour" in done.stderr  # the report, and the progress bar
 
 
+def test_a_days_run_shows_a_seat_reclaimed_reused_and_refused(tmp_path):
+    """--days: a user who revoked access lapses after ReclaimSeatAfterDays, a newcomer takes the
+    seat, and the lapsed user signing in again meets the waitlist; nothing lost or duplicated."""
+    report = tmp_path / "report.json"
+    done = cli("run", "--days", "50", "--users", "5", "--quiet", "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(report.read_text())
+    life = data["lifecycle"]
+    assert data["hours"] == 50 * 24 and life["tick_hours"] == 24 and data["dispatches"] == 50
+    assert (life["lapsed"], life["late_sign_ups"], life["waitlisted_on_sign_in"]) == (1, 1, 1)
+    assert data["users_by_status"] == {"active": 5, "lapsed": 1}  # 5 at the start, 1 lapsed, 1 newcomer
+    assert data["plays_lost"] == 0 and data["plays_duplicated"] == 0
+    assert life["reminders_sent"] == {} and life["emails_captured"] == 0  # nobody's 6 months end in 50 days
+    assert "lapsed 1" in done.stdout
+
+
 @pytest.mark.parametrize("args, words", [
     (["run", "--users", "0"], "--users"),
     (["run", "--hours", "many"], "--hours"),
@@ -47,7 +63,8 @@ def test_bad_options_exit_2_with_a_message(args, words):
 def test_help_describes_the_options():
     done = cli("run", "--help", timeout=60)
     assert done.returncode == 0
-    for option in ("--users", "--hours", "--seed", "--report", "--dashboard", "--faults", "--time-scale"):
+    for option in ("--users", "--hours", "--days", "--tick-hours", "--seed", "--report", "--dashboard", "--faults",
+                   "--time-scale"):
         assert option in done.stdout
 
 

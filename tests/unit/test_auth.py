@@ -27,7 +27,7 @@ from tests.unit.helpers import open_token
 
 EVENT = json.loads((Path(__file__).parents[1] / "events" / "http_api_auth_login.json").read_text())
 REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
-SCOPES = "user-read-recently-played"
+SCOPES = "user-read-recently-played user-read-email"
 
 
 def http_event(
@@ -315,7 +315,10 @@ def test_seat_taken_between_login_and_callback(auth: Auth) -> None:
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
+@pytest.mark.parametrize("stack_overrides", [{"MaxUsers": "1"}])
 def test_waitlist_form_stores_the_address_once(auth: Auth, capsys) -> None:
+    auth.sign_in("zed")  # every seat taken: the only time the waitlist takes addresses
+    capsys.readouterr()
     first = auth.call("POST", "/auth/waitlist", body="email=Ada%40Example.org", headers=FORM)
     again = auth.call("POST", "/auth/waitlist", body=urlencode({"email": "  ada@example.ORG "}), headers=FORM)
 
@@ -329,13 +332,16 @@ def test_waitlist_form_stores_the_address_once(auth: Auth, capsys) -> None:
     assert "ada@example" not in out.lower()  # the address never reaches the logs
 
 
+@pytest.mark.parametrize("stack_overrides", [{"MaxUsers": "1"}])
 def test_waitlist_accepts_json_and_base64_bodies(auth: Auth) -> None:
+    auth.sign_in("zed")
     answer = auth.call("POST", "/auth/waitlist", body=json.dumps({"email": "grace@example.com"}),
                        headers={"content-type": "application/json"})
     assert answer["statusCode"] == 200 and json.loads(answer["body"]) == {"status": "listed"}
     encoded = auth.call("POST", "/auth/waitlist", body="email=linus%40example.net", headers=FORM, base64_body=True)
     assert_html(encoded, 200, "on the list")
-    assert waitlist.is_listed("grace@example.com") and waitlist.is_listed("linus@example.net")
+    now = clock.now()
+    assert waitlist.is_listed("grace@example.com", now) and waitlist.is_listed("linus@example.net", now)
 
 
 @pytest.mark.parametrize(
@@ -449,3 +455,38 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     for what, value in secrets_seen.items():
         assert value not in text, f"{what} appears in a log line"
         assert value not in responses, f"{what} appears in a response"
+
+
+# ------------------------------------------------------------------------------------ allow-list, waitlist rules
+def test_account_not_on_the_allow_list_gets_the_allow_list_page_not_a_502(auth: Auth, emulator) -> None:
+    emulator.state.set_allow_list(prov.DEV_CLIENT_ID, ["someone-else"])  # development mode
+    response = auth.sign_in("mallory")
+    body = assert_html(response, 403, "not on this PlayVault&#x27;s allow-list", "User Management",
+                       "developer.spotify.com/dashboard", "5 users")
+    assert "could not be reached" not in body
+    assert all_users() == [] and seats.seats_taken() == 0  # nothing stored
+    emulator.state.set_allow_list(prov.DEV_CLIENT_ID, ["mallory"])
+    assert_html(auth.sign_in("mallory"), 200, "Welcome")  # once added by the operator
+
+
+def test_waitlist_takes_no_address_while_a_seat_is_free(auth: Auth) -> None:
+    response = auth.call("POST", "/auth/waitlist", body="email=ada%40example.org", headers=FORM)
+    assert_html(response, 409, "A seat is free", 'href="/auth/login"')
+    assert state_items() == []
+    answer = auth.call("POST", "/auth/waitlist", body=json.dumps({"email": "ada@example.org"}),
+                       headers={"content-type": "application/json"})
+    assert answer["statusCode"] == 409 and "seat is free" in json.loads(answer["body"])["error"]
+
+
+@pytest.mark.parametrize("stack_overrides", [{"MaxUsers": "1"}])
+def test_waitlist_entries_expire_after_90_days_and_leave_when_the_person_signs_up(auth: Auth) -> None:
+    auth.sign_in("zed")
+    now = clock.now()
+    auth.call("POST", "/auth/waitlist", body="email=alice%40example.com", headers=FORM)
+    (entry,) = [i for i in state_items() if i.name.startswith(waitlist.PREFIX)]
+    assert timedelta(days=89, hours=23) < entry.expires_at - now <= timedelta(days=90)
+    assert waitlist.is_listed("alice@example.com", now)
+    assert not waitlist.is_listed("alice@example.com", now + timedelta(days=91))  # TTL deletion lags
+    seats.remove_user("zed")  # a seat opens; alice (alice@example.com at Spotify) signs up
+    assert_html(auth.sign_in("alice"), 200, "Welcome")
+    assert not waitlist.is_listed("alice@example.com", now)

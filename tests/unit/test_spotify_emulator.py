@@ -384,6 +384,38 @@ def test_refresh_token_expires_six_months_after_authorization(state, server, clo
         assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
+def test_lost_rotation_answer_leaves_only_a_token_the_client_never_saw(state, server):
+    state.add_user("rot", rotate_refresh_tokens=True)
+    rt = sign_in(server, "rot")["refresh_token"]
+    state.faults.timeout_s = 0.05
+    EmulatorControl(server.url).lose_rotation_responses(1)
+    r = token_call(server, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 504 and "refresh_token" not in r.text  # rotated, answer lost
+    r = token_call(server, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"  # the old one died with the rotation
+    alice_rt = sign_in(server)["refresh_token"]  # a user without rotation is never affected
+    state.lose_rotation_responses(1)
+    assert token_call(server, grant_type="refresh_token", refresh_token=alice_rt).status_code == 200
+
+
+def test_rotated_client_secret_answers_invalid_client_until_the_new_one_is_used(state, server):
+    rt = sign_in(server)["refresh_token"]
+    EmulatorControl(server.url).rotate_client_secret(CLIENT_ID, "new-secret")
+    r = token_call(server, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 401 and r.json()["error"] == "invalid_client"
+    r = token_call(server, auth=(CLIENT_ID, "new-secret"), grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 200  # the user's refresh token was never the problem
+
+
+def test_allow_list_of_a_development_mode_client(state, server):
+    token = sign_in(server)["access_token"]
+    EmulatorControl(server.url).set_allow_list(CLIENT_ID, ["bob"])
+    assert api(server, token, "/me").status_code == 403
+    assert api(server, token).status_code == 403
+    EmulatorControl(server.url).set_allow_list(CLIENT_ID, None)
+    assert api(server, token, "/me").status_code == 200
+
+
 def test_access_token_expires_after_one_hour(state, server, clock):
     tok = sign_in(server)["access_token"]
     clock.advance(minutes=59, seconds=59)
@@ -398,7 +430,8 @@ def test_access_token_expires_after_one_hour(state, server, clock):
 # ----------------------------------------------------------------------------- faults & counters
 def test_fault_config_defaults():
     assert FaultConfig() == FaultConfig(latency_ms=0, error_5xx_rate=0.0, rate_429_rate=0.0, retry_after_s=1,
-                                        timeout_rate=0.0, timeout_s=5.0, expire_token_rate=0.0)
+                                        timeout_rate=0.0, timeout_s=5.0, expire_token_rate=0.0,
+                                        lost_rotation_rate=0.0)
 
 
 def test_injected_errors_and_delays(state, server):

@@ -126,12 +126,12 @@ def env():
         yield state, server, token, clock
 
 
-def _sign_in(base: str, user: str) -> str:
+def _sign_in(base: str, user: str, scope: str = "user-read-recently-played user-read-private") -> str:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     r = requests.get(f"{base}/authorize", params={
         "client_id": CLIENT_ID, "response_type": "code", "redirect_uri": REDIRECT, "state": "xyz",
-        "scope": "user-read-recently-played user-read-private", "code_challenge_method": "S256",
+        "scope": scope, "code_challenge_method": "S256",
         "code_challenge": challenge, "login_as": user}, allow_redirects=False, timeout=10)
     assert r.status_code == 302
     code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
@@ -277,3 +277,26 @@ def test_error_objects_validate(env, openapi):
     r = _get(server, token, rp)
     assert 500 <= r.status_code <= 599
     assert_valid(openapi, "/components/schemas/ErrorObject", r.json()["error"])
+
+
+def test_me_has_the_email_only_with_its_scope(env, openapi):
+    _, server, token, _ = env
+    assert "email" not in _get(server, token, "/me").json()  # signed in without user-read-email
+    with_email = _sign_in(server.url, "alice", "user-read-recently-played user-read-email")
+    me = _get(server, with_email, "/me").json()
+    assert me["email"] == "alice@example.com"
+    assert_valid(openapi, "/components/schemas/PrivateUserObject", me)
+
+
+def test_account_not_on_the_allow_list_gets_a_valid_403(env, openapi):
+    state, server, token, _ = env
+    state.set_allow_list(CLIENT_ID, ["bob"])
+    r = _get(server, token, "/me")
+    assert r.status_code == 403 and r.json()["error"]["status"] == 403
+    assert_valid(openapi, _response_schema_pointer(openapi, "/me", "403"), r.json())
+    r = _get(server, token, "/me/player/recently-played")
+    assert r.status_code == 403
+    state.set_allow_list(CLIENT_ID, ["alice"])
+    assert _get(server, token, "/me").status_code == 200
+    state.set_allow_list(CLIENT_ID, None)
+    assert _get(server, token, "/me").status_code == 200

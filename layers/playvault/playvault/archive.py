@@ -317,7 +317,8 @@ class Archiver:
         now = clock.now()
         if isinstance(exc, TokenDecryptError):
             exc = AuthRevoked("stored refresh token cannot be opened")
-        if isinstance(exc, NetworkFailure) and exc.server_error and self._server_errors.failed(user.user_id) >= OUTAGE_STREAK:
+        outage = isinstance(exc, NetworkFailure) and exc.server_error
+        if outage and self._server_errors.failed(user.user_id) >= OUTAGE_STREAK:
             exc = SpotifyUnavailable(f"Spotify is failing every user ({exc})")
         failure_type = exc.failure_type if isinstance(exc, SpotifyFailure) else FailureType.UNKNOWN
         reason = str(exc)[:200] if isinstance(exc, SpotifyFailure) else type(exc).__name__

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(RuntimeError):
@@ -73,9 +73,28 @@ class DispatchSettings(EnvSettings):
     dispatch_period_minutes: int = Field(default=15, ge=2, le=1440)
 
 
-class DispatcherSettings(TableSettings, DispatchSettings):
+class LifecycleSettings(EnvSettings):
+    """The authorization lifecycle (playvault.lifecycle): Spotify's 6-month refresh-token expiry."""
+
+    authorization_lifetime_days: int = Field(default=182, ge=1, le=3650)
+
+
+class DispatcherSettings(TableSettings, LifecycleSettings, DispatchSettings):
     work_queue_url: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1, le=500)
+    # Reminder e-mails (SES) go out only when a sender is set; the address opens with the token key.
+    notification_sender: str = Field(default="", pattern=r"^$|^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    token_key_id: str = ""
+    public_api_url: str = "https://example.invalid"  # the reconnect link is <this>/auth/login?reconnect=1
+    reclaim_seat_after_days: int = Field(default=30, ge=1, le=3650)
+
+    _url = field_validator("public_api_url")(_http_url)
+
+    @model_validator(mode="after")
+    def _sender_needs_key(self) -> DispatcherSettings:
+        if self.notification_sender and not self.token_key_id:
+            raise ValueError("TOKEN_KEY_ID is required when NOTIFICATION_SENDER is set")
+        return self
 
 
 class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSettings):
@@ -92,10 +111,11 @@ class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSett
     min_remaining_ms: int = Field(default=20_000, ge=1_000)
 
 
-class AuthSettings(TableSettings, SpotifySettings, TokenSettings):
+class AuthSettings(TableSettings, SpotifySettings, TokenSettings, LifecycleSettings):
     max_users: int = Field(ge=1)
     redirect_uri: str
-    spotify_scopes: str = "user-read-recently-played"
+    # user-read-email: the address the 6-month expiry reminders go to (stored sealed).
+    spotify_scopes: str = "user-read-recently-played user-read-email"
 
     @field_validator("redirect_uri")
     @classmethod

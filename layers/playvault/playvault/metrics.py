@@ -14,6 +14,10 @@ USERS_DISPATCHED = "UsersDispatched"
 USERS_IN_COOLDOWN = "UsersInCooldown"
 USERS_NEEDING_REAUTH = "UsersNeedingReauth"
 MESSAGES_SENT = "MessagesSent"
+# dispatcher, authorization lifecycle (playvault.lifecycle): users whose 6-month authorization
+# ends within 14 days / has ended while they still hold a seat (reminders and lapses: log lines)
+AUTHORIZATIONS_EXPIRING_SOON = "AuthorizationsExpiringSoon"
+AUTHORIZATIONS_EXPIRED = "AuthorizationsExpired"
 # worker
 USERS_ARCHIVED = "UsersArchived"
 USERS_SKIPPED = "UsersSkipped"
@@ -42,6 +46,8 @@ CATALOG: dict[str, tuple[MetricUnit, tuple[str, ...]]] = {
     USERS_IN_COOLDOWN: (MetricUnit.Count, ()),
     USERS_NEEDING_REAUTH: (MetricUnit.Count, ()),
     MESSAGES_SENT: (MetricUnit.Count, ()),
+    AUTHORIZATIONS_EXPIRING_SOON: (MetricUnit.Count, ()),
+    AUTHORIZATIONS_EXPIRED: (MetricUnit.Count, ()),
     USERS_ARCHIVED: (MetricUnit.Count, ()),
     USERS_SKIPPED: (MetricUnit.Count, ()),
     USERS_FAILED: (MetricUnit.Count, (FAILURE_TYPE_DIMENSION,)),

@@ -17,6 +17,7 @@ import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
@@ -25,7 +26,8 @@ from aws_lambda_powertools import Logger
 from playvault import clock, metrics
 from playvault.crypto import SealedTokens, TokenCipher
 from playvault.failures import AuthRevoked, SpotifyFailure
-from playvault.spotify import Budget, Credentials, SpotifyClient, TokenGrant
+from playvault.lifecycle import EMAIL
+from playvault.spotify import AccountNotAllowListed, Budget, Credentials, SpotifyClient, TokenGrant
 from playvault.store import oauth_states, seats, users, waitlist
 
 if TYPE_CHECKING:
@@ -80,6 +82,20 @@ class CodeRejected(OnboardingError):
     public_message = "Spotify refused the sign-in (it may have expired). Please start again."
 
 
+class NotAllowListed(OnboardingError):
+    """/me answered 403: the app is in Spotify's development mode and this account is not on its
+    allow-list. Nothing was stored; only the operator can fix it."""
+
+    public_message = (
+        "This Spotify account is not on this PlayVault's allow-list. The app is in Spotify's "
+        "development mode, which only lets accounts the operator has added sign in. Nothing was stored."
+    )
+
+
+class SeatAvailable(OnboardingError):
+    public_message = "A seat is free right now, so there is no waitlist: sign in with Spotify instead."
+
+
 class SpotifyUnavailable(OnboardingError):
     public_message = (
         "Spotify could not be reached to finish signing you in. Nothing was stored; please try again later."
@@ -112,6 +128,21 @@ class Connected:
 @dataclass(frozen=True)
 class WaitlistJoined:
     added: bool  # False when the address was already listed (nothing written)
+
+
+@dataclass(frozen=True)
+class _Authorization:
+    """What one sign-in stores on the user, sealed."""
+
+    tokens: SealedTokens
+    grant: TokenGrant
+    display_name: str | None
+    email_enc: bytes | None
+    now: datetime
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return "_Authorization(<sealed>)"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -160,6 +191,7 @@ class Onboarding:
         redirect_uri: str,
         scopes: str,
         max_users: int,
+        authorization_lifetime: timedelta = timedelta(days=182),
     ):
         self.spotify = spotify
         self.cipher = cipher
@@ -168,6 +200,7 @@ class Onboarding:
         self.redirect_uri = redirect_uri
         self.scopes = scopes
         self.max_users = max_users
+        self.authorization_lifetime = authorization_lifetime
 
     @classmethod
     def from_settings(cls, settings: AuthSettings, *, spotify: SpotifyClient, cipher: TokenCipher,
@@ -180,6 +213,7 @@ class Onboarding:
             redirect_uri=settings.redirect_uri,
             scopes=settings.spotify_scopes,
             max_users=settings.max_users,
+            authorization_lifetime=timedelta(days=settings.authorization_lifetime_days),
         )
 
     # GET /auth/login ----------------------------------------------------------------------------
@@ -245,6 +279,9 @@ class Onboarding:
             raise SpotifyUnavailable()
         try:
             profile = self.spotify.me(grant.access_token, budget)
+        except AccountNotAllowListed:
+            logger.warning("sign-in refused: the Spotify account is not on the app's allow-list (development mode)")
+            raise NotAllowListed() from None
         except SpotifyFailure as exc:
             logger.warning("/me failed", extra={"failure_type": str(exc.failure_type), "reason": str(exc)})
             raise SpotifyUnavailable() from None
@@ -254,23 +291,33 @@ class Onboarding:
             raise SpotifyUnavailable()
         name = profile.get("display_name")
         display_name = name[:_MAX_DISPLAY_NAME] if isinstance(name, str) and name else None
-        return self._store(user_id, display_name, grant)
+        try:
+            email = normalize_email(profile.get("email"))
+        except InvalidEmail:
+            email = None  # no user-read-email grant, or an address we could not use: no reminders
+        return self._store(user_id, display_name, grant, email)
 
-    def _store(self, user_id: str, display_name: str | None, grant: TokenGrant) -> Connected | WaitlistRequired:
+    def _store(self, user_id: str, display_name: str | None, grant: TokenGrant, email: str | None
+               ) -> Connected | WaitlistRequired:
         now = clock.now()
         assert grant.refresh_token is not None
         # Only the refresh token is kept at rest: the access token lives an hour, the next poll mints its own.
         tokens = self.cipher.seal_new(user_id, grant.refresh_token, None)
-        if users.get(user_id) is not None and self._reauthorize(user_id, display_name, grant, tokens):
-            return Connected(user_id, display_name, returning=True)
+        email_enc = self.cipher.seal(tokens.token_key, email, user_id, EMAIL) if email else None
+        sealed = _Authorization(tokens, grant, display_name, email_enc, now, now + self.authorization_lifetime)
+        result = self._returning(user_id, sealed)  # None: no such user yet
+        if result is not None:
+            return self._signed_in(result, email)
         user = users.UserModel(
             user_id,
             display_name=display_name,
             status=users.ACTIVE,
             created_at=now,
             authorized_at=now,
+            authorization_expires_at=sealed.expires_at,
             token_key=tokens.token_key,
             refresh_token_enc=tokens.refresh_token_enc,
+            email_enc=email_enc,
             consecutive_failures=0,
             plays_archived=0,
             gaps_detected=0,
@@ -279,32 +326,48 @@ class Onboarding:
         if outcome is seats.SeatOutcome.CREATED:
             metrics.count(metrics.SIGN_UPS)
             logger.info("user signed up", extra={"user_id": user_id})
-            return Connected(user_id, display_name, returning=False)
+            return self._signed_in(Connected(user_id, display_name, returning=False), email)
         if outcome is seats.SeatOutcome.USER_EXISTS:
             # A concurrent callback of the same user created it first: this one re-authorizes.
-            if self._reauthorize(user_id, display_name, grant, tokens):
-                return Connected(user_id, display_name, returning=True)
+            result = self._returning(user_id, sealed)
+            if result is not None:
+                return self._signed_in(result, email)
             raise SpotifyUnavailable("The sign-in collided with another one. Please try again.")
         logger.info("sign-up at cap: waitlist offered", extra={"user_id": user_id, "max_users": self.max_users})
         return WaitlistRequired()
 
-    def _reauthorize(self, user_id: str, display_name: str | None, grant: TokenGrant, tokens: SealedTokens
-                     ) -> bool:
-        done = seats.reauthorize(
-            user_id,
-            tokens=tokens,
-            access_token_expires_at=None,
-            display_name=display_name,
-            now=clock.now(),
-        )
-        if done:
-            metrics.count(metrics.RE_AUTHORIZATIONS)
-            logger.info("user re-authorized", extra={"user_id": user_id})
-        return done
+    def _signed_in(self, result: Connected | WaitlistRequired, email: str | None) -> Connected | WaitlistRequired:
+        if isinstance(result, Connected) and email:
+            waitlist.remove(email)  # holding a seat now: the waitlist keeps no address it cannot use
+        return result
+
+    def _returning(self, user_id: str, sealed: _Authorization) -> Connected | WaitlistRequired | None:
+        """An existing user: re-authorized (keeps its seat), or lapsed and resumed if a seat is free,
+        or offered the waitlist. None when the user vanished meanwhile (take the new-user path)."""
+        fields = {"tokens": sealed.tokens, "access_token_expires_at": None,
+                  "display_name": sealed.display_name, "now": sealed.now,
+                  "authorization_expires_at": sealed.expires_at, "email_enc": sealed.email_enc}
+        outcome = seats.reauthorize(user_id, **fields)
+        if outcome is seats.ReauthOutcome.GONE:
+            return None
+        if outcome is seats.ReauthOutcome.LAPSED:
+            resumed = seats.resume_lapsed(user_id, self.max_users, **fields)
+            if resumed is None:  # reconnected by a concurrent callback, or deleted: start again
+                raise SpotifyUnavailable("The sign-in collided with another one. Please try again.")
+            if resumed is seats.SeatOutcome.CAP_REACHED:
+                logger.info("lapsed user at cap: waitlist offered", extra={"user_id": user_id})
+                return WaitlistRequired()
+            logger.info("lapsed user resumed with a seat", extra={"user_id": user_id})
+        metrics.count(metrics.RE_AUTHORIZATIONS)
+        logger.info("user re-authorized", extra={"user_id": user_id})
+        return Connected(user_id, sealed.display_name, returning=True)
 
     # POST /auth/waitlist ------------------------------------------------------------------------
     def join_waitlist(self, email: object) -> WaitlistJoined:
         normalized = normalize_email(email)
+        if seats.has_free_seat(self.max_users):
+            # The waitlist keeps no address it cannot use: with a seat free, signing in is the answer.
+            raise SeatAvailable()
         added = waitlist.add(normalized, clock.now())
         key = waitlist.waitlist_key(normalized)
         if added:

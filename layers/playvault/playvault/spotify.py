@@ -33,6 +33,7 @@ from requests.adapters import HTTPAdapter
 
 from playvault import clock
 from playvault.failures import (
+    AuthFailed,
     NetworkFailure,
     OutOfTime,
     RateLimited,
@@ -44,6 +45,11 @@ from playvault.failures import (
 from playvault.normalize import Page, PayloadError, parse_page
 
 MAX_PAGE = 50  # Spotify keeps the last 50 plays; limit is 1..50
+
+
+class AccountNotAllowListed(AuthFailed):
+    """/me answered 403: a development-mode app serves only the accounts on its allow-list (Spotify
+    dashboard > User Management). The operator's to fix, not the visitor's and not a Spotify outage."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,13 @@ class SpotifyClient:
 
     # -- Web API ----------------------------------------------------------------------------------
     def me(self, access_token: str, budget: Budget) -> dict[str, Any]:
-        response = self._api("GET", f"{self.api_url}/me", access_token, budget)
+        response = self._send(
+            "GET", f"{self.api_url}/me", budget, headers={"Authorization": f"Bearer {access_token}"}, what="api"
+        )
+        if response.status_code == 403:
+            raise AccountNotAllowListed("Spotify answered 403 to /me (account not on the app's allow-list)")
+        if response.status_code != 200:
+            raise web_api_failure(response.status_code)
         body = self._json(response)
         if not isinstance(body, dict) or not isinstance(body.get("id"), str):
             raise UnknownFailure("/me answered without a user id")

@@ -7,6 +7,9 @@ and the transactions that keep it equal to the number of users.
   Either both happen or neither: the counter never drifts from the users table, and concurrent
   sign-ups cannot overshoot the cap (DynamoDB serializes transactions on the counter item).
 - remove_user deletes the user and decrements the counter in one transaction.
+- lapse_user (a user needs_reauth for ReclaimSeatAfterDays) sets status lapsed and decrements the
+  counter in one transaction; resume_lapsed (that user signs in again) sets it active and takes a
+  seat in one transaction, if one is free.
 
 Concurrent transactions on the same item may be cancelled with TransactionConflict; those are
 retried here with jittered backoff (botocore does not retry a cancelled transaction).
@@ -29,7 +32,8 @@ from pynamodb.transactions import TransactWrite
 
 from playvault.store.base import condition_failed
 from playvault.store.state import StateModel
-from playvault.store.users import ACTIVE, UserModel
+from playvault.store.users import ACTIVE, LAPSED, NEEDS_REAUTH, UPDATE_ATTEMPTS, UserModel
+from playvault.store.users import get as get_user
 
 if TYPE_CHECKING:
     from playvault.crypto import SealedTokens
@@ -149,17 +153,15 @@ def remove_user(user_id: str, *, sleep: Callable[[float], None] = time.sleep) ->
     raise RuntimeError("the seat counter is already 0 while a user exists: counter drifted")
 
 
-def reauthorize(
-    user_id: str,
-    *,
-    tokens: SealedTokens,
-    access_token_expires_at: datetime | None,
-    display_name: str | None,
-    now: datetime,
-) -> bool:
-    """A returning user (needs_reauth, or its refresh token expired): new tokens, status active,
-    circuit breaker reset; the seat it already holds is kept. False if the user does not exist
-    (deleted meanwhile): the caller then takes the new-user path."""
+class ReauthOutcome(StrEnum):
+    REAUTHORIZED = "reauthorized"  # new tokens, status active; the seat it held is kept
+    GONE = "gone"  # no such user (deleted meanwhile): the caller takes the new-user path
+    LAPSED = "lapsed"  # the user gave its seat back: it needs a seat again (resume_lapsed)
+
+
+def _reauthorize_actions(tokens: SealedTokens, access_token_expires_at: datetime | None, display_name: str | None,
+                         now: datetime, authorization_expires_at: datetime | None, email_enc: bytes | None
+                         ) -> list:
     actions = [
         UserModel.token_key.set(tokens.token_key),
         UserModel.refresh_token_enc.set(tokens.refresh_token_enc),
@@ -169,7 +171,15 @@ def reauthorize(
         UserModel.last_failure_type.remove(),
         UserModel.cooldown_until.remove(),
         UserModel.next_poll_at.remove(),  # polled at the next dispatch run
+        # A new authorization: a new 6-month clock, its reminders not sent yet, no reclaim pending.
+        UserModel.reminders_sent.remove(),
+        UserModel.needs_reauth_since.remove(),
+        UserModel.lapsed_at.remove(),
     ]
+    if authorization_expires_at is not None:
+        actions.append(UserModel.authorization_expires_at.set(authorization_expires_at))
+    # The address is replaced or, when /me gave none this time, dropped (it may be stale).
+    actions.append(UserModel.email_enc.set(email_enc) if email_enc is not None else UserModel.email_enc.remove())
     if tokens.access_token_enc is not None:
         actions += [
             UserModel.access_token_enc.set(tokens.access_token_enc),
@@ -179,11 +189,112 @@ def reauthorize(
         actions += [UserModel.access_token_enc.remove(), UserModel.access_token_expires_at.remove()]
     if display_name is not None:
         actions.append(UserModel.display_name.set(display_name))
-    try:
-        # Last write wins, and the version moves on: a poll in flight cannot write its old tokens over these.
-        UserModel(user_id).update(actions=actions, condition=UserModel.user_id.exists(), add_version_condition=False)
-    except UpdateError as exc:
-        if condition_failed(exc):
+    return actions
+
+
+def reauthorize(
+    user_id: str,
+    *,
+    tokens: SealedTokens,
+    access_token_expires_at: datetime | None,
+    display_name: str | None,
+    now: datetime,
+    authorization_expires_at: datetime | None = None,
+    email_enc: bytes | None = None,
+) -> ReauthOutcome:
+    """A returning user (needs_reauth, or its refresh token expired): new tokens, status active,
+    circuit breaker reset; the seat it already holds is kept. A lapsed user holds no seat: it is
+    left alone here (LAPSED) and resume_lapsed gives it one if there is one.
+
+    Written through update() on the item as just read (a VersionAttribute, once the model has one,
+    is checked and bumped); a write refused because a poll wrote in between is read and tried again."""
+    actions = _reauthorize_actions(tokens, access_token_expires_at, display_name, now, authorization_expires_at,
+                                   email_enc)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None:
+            return ReauthOutcome.GONE
+        if user.status == LAPSED:
+            return ReauthOutcome.LAPSED
+        try:
+            user.update(actions=actions, condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
+            return ReauthOutcome.REAUTHORIZED
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+    raise SeatsBusy("the user item kept changing during the sign-in; try again")
+
+
+def resume_lapsed(
+    user_id: str,
+    cap: int,
+    *,
+    tokens: SealedTokens,
+    access_token_expires_at: datetime | None,
+    display_name: str | None,
+    now: datetime,
+    authorization_expires_at: datetime | None = None,
+    email_enc: bytes | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> SeatOutcome | None:
+    """A lapsed user signs in again: active with new tokens and a seat again, in one transaction, if
+    a seat is free (its cursor and plays were kept: archiving continues where it stopped).
+    CREATED: resumed; CAP_REACHED: every seat is taken, nothing written; None: the user is no longer
+    lapsed (reauthorized or deleted meanwhile)."""
+    actions = _reauthorize_actions(tokens, access_token_expires_at, display_name, now, authorization_expires_at,
+                                   email_enc)
+    counter = StateModel(SEATS)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None or user.status != LAPSED:
+            return None
+
+        def build(transaction: TransactWrite, user: UserModel = user) -> None:
+            # Both are updates, sent in this order: reasons[0] is the user, reasons[1] the counter.
+            transaction.update(user, actions=actions,
+                               condition=UserModel.user_id.exists() & (UserModel.status == LAPSED))
+            transaction.update(
+                counter,
+                actions=[StateModel.seats.set((StateModel.seats | 0) + 1)],
+                condition=StateModel.seats.does_not_exist() | (StateModel.seats < cap),
+            )
+
+        reasons = _run(build, sleep)
+        if not reasons:
+            return SeatOutcome.CREATED
+        user_reason, seat_reason = (reasons + [None, None])[:2]
+        if user_reason == "ConditionalCheckFailed":
+            continue  # the user changed since the read: look again
+        if seat_reason == "ConditionalCheckFailed":
+            return SeatOutcome.CAP_REACHED
+        raise AssertionError(f"unexpected cancellation reasons {reasons}")
+    raise SeatsBusy("the user item kept changing during the sign-in; try again")
+
+
+def lapse_user(user_id: str, needs_reauth_since: datetime, now: datetime, *,
+               sleep: Callable[[float], None] = time.sleep) -> bool:
+    """A user needs_reauth since `needs_reauth_since` gives its seat back: status lapsed and the
+    counter decremented in one transaction. Its archive (plays, cursor) stays. False when the user
+    changed meanwhile (reconnected, deleted): nothing written."""
+    counter = StateModel(SEATS)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None or user.status != NEEDS_REAUTH or user.needs_reauth_since != needs_reauth_since:
             return False
-        raise
-    return True
+
+        def build(transaction: TransactWrite, user: UserModel = user) -> None:
+            transaction.update(
+                user,
+                actions=[UserModel.status.set(LAPSED), UserModel.lapsed_at.set(now)],
+                condition=(UserModel.user_id.exists() & (UserModel.status == NEEDS_REAUTH)
+                           & (UserModel.needs_reauth_since == needs_reauth_since)),
+            )
+            transaction.update(counter, actions=[StateModel.seats.add(-1)], condition=StateModel.seats > 0)
+
+        reasons = _run(build, sleep)
+        if not reasons:
+            return True
+        user_reason, _seat_reason = (reasons + [None, None])[:2]
+        if user_reason != "ConditionalCheckFailed":
+            raise RuntimeError("the seat counter is already 0 while a user holds a seat: counter drifted")
+    return False

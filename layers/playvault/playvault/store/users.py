@@ -19,7 +19,7 @@ Stored as sorted deltas in LEB128 varints (about 3 bytes a play) to keep the ite
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -27,16 +27,19 @@ from pynamodb.attributes import (
     BinaryAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
     UTCDateTimeAttribute,
     VersionAttribute,
 )
 from pynamodb.exceptions import UpdateError
+from pynamodb.expressions.condition import Condition
 from pynamodb.models import Model
 
 from playvault.store.base import BaseMeta, condition_failed, table
 
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
+LAPSED = "lapsed"  # gave its seat back after ReclaimSeatAfterDays in needs_reauth; archive kept
 
 
 @table("users_table")
@@ -49,6 +52,13 @@ class UserModel(Model):
     status = UnicodeAttribute(default=ACTIVE)
     created_at = UTCDateTimeAttribute(null=True)
     authorized_at = UTCDateTimeAttribute(null=True)
+    # Authorization lifecycle (playvault.lifecycle): Spotify's refresh token dies this long after the
+    # sign-in (6 months), whatever the refreshes; a sign-in or reconnect sets both and clears the rest.
+    authorization_expires_at = UTCDateTimeAttribute(null=True)
+    email_enc = BinaryAttribute(null=True, legacy_encoding=False)  # /me e-mail, sealed like the tokens
+    reminders_sent = UnicodeSetAttribute(null=True)  # reminder stages e-mailed for this authorization
+    needs_reauth_since = UTCDateTimeAttribute(null=True)
+    lapsed_at = UTCDateTimeAttribute(null=True)
     # Tokens are envelope-encrypted (playvault.crypto): the KMS-encrypted data key once, each token
     # sealed with it; never stored or logged in clear. Binary, to keep the item under 1 KB (one WRU).
     token_key = BinaryAttribute(null=True, legacy_encoding=False)
@@ -199,6 +209,8 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> bool:
             UserModel.last_polled_at.set(failed_at),
             UserModel.access_token_enc.remove(),
             UserModel.access_token_expires_at.remove(),
+            # The seat-reclaim clock (playvault.lifecycle) starts at the first mark, not at a later one.
+            UserModel.needs_reauth_since.set(UserModel.needs_reauth_since | failed_at),
         ],
     )
 
@@ -211,12 +223,85 @@ class PollingState:
     status: str
     cooldown_until: datetime | None
     next_poll_at: datetime | None
+    # the authorization lifecycle (playvault.lifecycle)
+    authorized_at: datetime | None = None
+    authorization_expires_at: datetime | None = None
+    reminders_sent: frozenset[str] = frozenset()
+    needs_reauth_since: datetime | None = None
 
 
-_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "next_poll_at"]
+_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "next_poll_at", "authorized_at",
+                       "authorization_expires_at", "reminders_sent", "needs_reauth_since"]
 
 
 def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
     """Every user's polling state, paginated, projecting only what the dispatcher reads."""
     for user in UserModel.scan(attributes_to_get=_POLLING_ATTRIBUTES, page_size=page_size):
-        yield PollingState(user.user_id, user.status, user.cooldown_until, user.next_poll_at)
+        yield PollingState(user.user_id, user.status, user.cooldown_until, user.next_poll_at,
+                           user.authorized_at, user.authorization_expires_at,
+                           frozenset(user.reminders_sent or ()), user.needs_reauth_since)
+
+
+# -- authorization lifecycle (playvault.lifecycle) ----------------------------------------------------
+UPDATE_ATTEMPTS = 3
+
+
+def update_current(user_id: str, actions: list, condition: Condition, holds: Callable[[UserModel], bool]) -> bool:
+    """Apply `actions` to the user as stored now, if `condition` holds for it.
+
+    The write goes through update() on the item just read, so once the model has a
+    VersionAttribute (the worker's optimistic lock) it is checked and bumped like every other
+    writer's. `holds` is `condition` evaluated on the read item: False at once when it does not hold;
+    a write refused anyway means the item changed between the read and the write (a poll wrote
+    meanwhile): read again and retry. False when the user is gone or the condition does not hold.
+    """
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get(user_id)
+        if user is None or not holds(user):
+            return False
+        try:
+            user.update(actions=actions, condition=_EXISTS & condition)
+            return True
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+    return False
+
+
+def _same_authorization(authorized_at: datetime | None) -> Condition:
+    # A reconnect between the scan and this write changes authorized_at: the write then does nothing.
+    if authorized_at is None:
+        return UserModel.authorized_at.does_not_exist()
+    return UserModel.authorized_at == authorized_at
+
+
+def claim_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> bool:
+    """Record that `stage` is being e-mailed for this authorization; False if it already was (a retry
+    or a concurrent dispatcher run claimed it) or the user reconnected or is gone meanwhile. Claimed
+    before sending: a reminder goes out at most once."""
+    return update_current(
+        user_id,
+        [UserModel.reminders_sent.add({stage})],
+        _same_authorization(authorized_at) & ~UserModel.reminders_sent.contains(stage),
+        lambda user: user.authorized_at == authorized_at and stage not in (user.reminders_sent or ()),
+    )
+
+
+def release_reminder(user_id: str, stage: str, authorized_at: datetime | None) -> None:
+    """The e-mail could not be handed to SES: let a later run try again."""
+    update_current(
+        user_id,
+        [UserModel.reminders_sent.delete({stage})],
+        _same_authorization(authorized_at) & UserModel.reminders_sent.contains(stage),
+        lambda user: user.authorized_at == authorized_at and stage in (user.reminders_sent or ()),
+    )
+
+
+def start_reclaim_clock(user_id: str, now: datetime) -> None:
+    """A needs_reauth user marked before needs_reauth_since existed: its reclaim clock starts now."""
+    update_current(
+        user_id,
+        [UserModel.needs_reauth_since.set(now)],
+        (UserModel.status == NEEDS_REAUTH) & UserModel.needs_reauth_since.does_not_exist(),
+        lambda user: user.status == NEEDS_REAUTH and user.needs_reauth_since is None,
+    )
