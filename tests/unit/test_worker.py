@@ -485,7 +485,7 @@ def test_the_poll_records_the_run_it_belongs_to(worker, context, emulator, aws_e
 
 def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_the_dlq(
         worker, emulator, aws_env, fake_clock, monkeypatch):
-    ids = [f"u{i}" for i in range(6)]
+    ids = [f"u{i}" for i in range(12)]
     onboard(emulator, aws_env, ids, listen_hours=0)
     emulator.state.faults.update(latency_ms=600)  # every answer comes after the client stopped waiting
     monkeypatch.setattr(worker.spotify, "_timeouts", (0.2, 0.2))
@@ -497,7 +497,7 @@ def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_
         invocations += 1
         assert invocations < 20, "the work never finishes"
         sent_before = len(worker.sqs.sent)
-        response = worker.handler(sqs_event(sqs_record(bodies.pop(0))), short_context(2.5))
+        response = worker.handler(sqs_event(sqs_record(bodies.pop(0))), short_context(2.0))
         assert response == {"batchItemFailures": []}, "a healthy message must not go back for redelivery"
         bodies += [m["body"] for m in worker.sqs.sent[sent_before:]]  # users out of time come back at once
     assert invocations > 1, "the time budget ran out at least once (the case under test)"

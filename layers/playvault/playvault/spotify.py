@@ -11,7 +11,7 @@ A refresh grant is never sent twice blindly: Spotify may rotate the refresh toke
 request may have reached Spotify (read timeout, connection dropped after sending) its answer may
 hold the only valid token. Such a refresh fails as RefreshOutcomeUnknown (a NETWORK failure: a
 short cooldown, never needs_reauth) and the next poll starts again from the stored token. Only a
-refresh that certainly did nothing (connect timeout, a 5xx answer) is retried at once.
+refresh that certainly did nothing (connect timeout, a 500 or 503 answer) is retried at once.
 
 recently-played is read whole every poll: Spotify keeps the last 50 plays, so one request with
 `limit=50` and no cursor returns everything it still has, late plays included. `next` links are
@@ -239,8 +239,10 @@ class SpotifyClient:
             raise _Retry("timed out") from None
         except requests.ConnectionError:
             raise _Retry("connection failed") from None
-        if response.status_code >= 500:  # an answer: Spotify did not act on the request (no rotation)
-            raise _Retry(f"server error {response.status_code}", maybe_delivered=False)
+        if response.status_code >= 500:
+            # 500/503 come from Spotify itself: it did not act on the request. 502/504 come from a
+            # gateway that lost Spotify's answer: the request may have been acted on (a rotation).
+            raise _Retry(f"server error {response.status_code}", maybe_delivered=response.status_code in (502, 504))
         if response.status_code == 429:
             retry_after = _retry_after_s(response)
             quota = _is_quota(response)
