@@ -314,7 +314,7 @@ def test_seat_taken_between_login_and_callback(auth: Auth) -> None:
 FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
-def test_waitlist_form_stores_the_address_once(auth: Auth, capsys) -> None:
+def test_waitlist_form_stores_the_address_once(auth: Auth, capsys, detailed_metrics) -> None:
     first = auth.call("POST", "/auth/waitlist", body="email=Ada%40Example.org", headers=FORM)
     again = auth.call("POST", "/auth/waitlist", body=urlencode({"email": "  ada@example.ORG "}), headers=FORM)
 

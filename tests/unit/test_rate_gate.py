@@ -22,7 +22,7 @@ def _emf(out: str) -> list[dict]:
 
 
 def test_a_closed_gate_defers_the_whole_message_then_work_resumes(worker, context, emulator, aws_env, fake_clock,
-                                                                   capsys):
+                                                                   capsys, detailed_metrics):
     ids = ["ana", "ben"]
     onboard(emulator, aws_env, ids)
     until = fake_clock.now + timedelta(minutes=25)

@@ -245,7 +245,8 @@ def test_a_batch_where_every_message_fails_still_answers_per_item(worker, contex
     assert failed_ids(worker.handler(sqs_event(bad), context)) == [bad["messageId"]]
 
 
-def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_env, monkeypatch, capsys):
+def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_env, monkeypatch, capsys,
+                                               detailed_metrics):
     ids = ["ana", "ben", "poison", "dan"]
     onboard(emulator, aws_env, ids)
     real = worker.archiver.archive_user
@@ -305,7 +306,7 @@ def test_the_same_user_in_the_next_hour_is_polled_again(worker, context, emulato
 
 
 def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, context, emulator, aws_env, fake_clock,
-                                                                     capsys):
+                                                                     capsys, detailed_metrics):
     onboard(emulator, aws_env, ["ana"])
     due = fake_clock.now + timedelta(minutes=50)
     record = sqs_record(work_body(["ana"], due, window_id="w1"))
@@ -466,7 +467,7 @@ def test_idempotency_store_throttling_fails_the_message(worker, context, emulato
     assert emulator.state.request_counts().get("recently_played", 0) == 0
 
 
-def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_env, capsys):
+def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_env, capsys, detailed_metrics):
     onboard(emulator, aws_env, ["ana", "ben"])
     worker.handler(sqs_event(sqs_record(work_body(["ana", "ben"]))), context)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
