@@ -27,7 +27,7 @@ from playvault_local import template as tpl
 from playvault_local.events import http_api_event_for_url, http_response, scheduled_event
 from playvault_local.eventsource import SqsEventSource
 from playvault_local.population import SimUser, build_population, simulate
-from playvault_local.progress import Progress
+from playvault_local.progress import Progress, note
 from playvault_local.simclock import SimClock
 from playvault_local.system import LocalSystem, SystemConfig
 
@@ -64,7 +64,8 @@ class Simulation:
             config.chaos = chaos_mod.ChaosConfig()
         self.chaos = config.chaos if config.faults == "chaos" else None
         self.clock = SimClock(config.start - SIGNUP_LEAD)
-        parameters = {"MaxUsers": str(max(config.users + 5, 5)), **config.parameters}
+        # DetailedMetrics on: the report and the SVG dashboard read the full set of metrics.
+        parameters = {"MaxUsers": str(max(config.users + 5, 5)), "DetailedMetrics": "true", **config.parameters}
         self.system = LocalSystem(SystemConfig(
             template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
@@ -90,6 +91,8 @@ class Simulation:
         from playvault_local.report import build_report
 
         started = time.monotonic()
+        note(self.config.progress, f"starting moto_server and the Spotify emulator; provisioning "
+                                   f"{self.config.template_path.name}")
         self.system.start()
         try:
             self.timings["startup_s"] = time.monotonic() - started
@@ -131,9 +134,15 @@ class Simulation:
     # ------------------------------------------------------------------ sign-up through the real route
     def _sign_up_everyone(self) -> None:
         session = requests.Session()
-        for user in self.population:
+        progress = Progress(len(self.population), self.config.progress, label="sign-ups")
+        last_line = time.monotonic()
+        for done, user in enumerate(self.population, 1):
             outcome = self.sign_up(user.user_id, session)
             self.sign_ups[outcome] += 1
+            if done == len(self.population) or time.monotonic() - last_line >= 1.0:
+                progress.update(done, {"users signed up": self.sign_ups.get("signed_up", 0)})
+                last_line = time.monotonic()
+        progress.close()
         if self.sign_ups.get("signed_up", 0) != len(self.population):
             raise RunError(f"sign-up failed for some users: {dict(self.sign_ups)}")
 
@@ -295,11 +304,11 @@ class Simulation:
     def _progress_fields(self) -> dict[str, Any]:
         out = self.system.output
         return {
-            "plays": int(out.total("PlaysArchived")),
-            "archived": int(out.total("UsersArchived")),
-            "failed": int(out.total("UsersFailed")),
-            "deferred": int(out.total("DeferredMessages")),
-            "gaps": int(out.total("GapsDetected")),
+            "user polls archived": int(out.total("UsersArchived")),
+            "user polls failed": int(out.total("UsersFailed")),
+            "plays archived": int(out.total("PlaysArchived")),
+            "gaps detected": int(out.total("GapsDetected")),
+            "messages deferred": int(out.total("DeferredMessages")),
         }
 
 
