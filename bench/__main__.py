@@ -1,7 +1,9 @@
-"""`make bench`: worker throughput vs the seed's sequential flow, exact request counts per poll, cost per
-1,000 users per month, handler cold imports, dispatcher scale. All on local emulators: moto_server
-(a subprocess on a free loopback port, stopped by its PID) and the Spotify emulator (a subprocess,
-latency injected per request). Writes bench/results.json; BENCHMARKS.md explains the figures.
+"""`make bench`: worker throughput vs the seed's sequential flow, exact request counts per poll, what a
+personal deployment and a fleet cost a month, handler cold imports, dispatcher scale. All on local
+emulators started on free loopback ports and stopped by their PIDs: moto_server (every AWS service)
+and, for the worker's throughput, dynalite as a second DynamoDB emulator (npm; bench/.dynalite);
+the Spotify emulator with latency injected per request. Writes bench/results.json; BENCHMARKS.md
+explains the figures.
 """
 
 from __future__ import annotations
