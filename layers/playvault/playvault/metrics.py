@@ -3,8 +3,9 @@
 Every metric is core or detailed. Core metrics are always emitted; detailed ones only when the
 stack's `DetailedMetrics` parameter is "true" (env DETAILED_METRICS). CloudWatch bills each custom
 metric (name + dimension values) past the always-free 10, so the core set stays at most 10 of
-them; what a detailed metric says is in the worker's "batch archived" log line either way (the
-dashboard's Logs Insights widget reads it).
+them; what a detailed metric says is in the structured log lines either way (the worker's "batch
+archived", the dispatcher's "dispatch report", the sign-up function's), which the dashboard's Logs
+Insights widgets read.
 """
 
 from __future__ import annotations
