@@ -19,11 +19,19 @@ PYTEST_ARGS ?=
 .PHONY: help browser-deps install test unit integration e2e lint validate build deploy run serve bench clean
 
 help:
-	@echo "make run       the whole system locally on the embedded emulators (24 simulated hours)"
+	@echo "make run       the whole system locally on the embedded emulators, then a report (about 2 min)"
+	@echo "               options: make run ARGS=\"--users 20 --hours 6\"; defaults 100 users, 24 simulated hours,"
+	@echo "               no faults (--faults chaos adds them), --report FILE (JSON), --dashboard FILE (SVG),"
+	@echo "               --parameter Name=Value (a template parameter, repeatable); every option: make run ARGS=--help"
+	@echo "               the runner exits 0 (nothing lost or duplicated), 1 (plays lost or duplicated), 2 (bad usage);"
+	@echo "               make prints that code and itself exits 2 on any non-zero one (GNU make's rule)"
 	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
-	@echo "make bench     benchmarks -> BENCHMARKS.md, bench/results.json"
-	@echo "make serve     keep the local stack up with the sign-in page on 127.0.0.1"
-	@echo "make validate | build | deploy   SAM template checks, build, deploy"
+	@echo "make bench     benchmarks -> bench/results.json, discussed in BENCHMARKS.md (about 6 min on 2 cores)"
+	@echo "               options: make bench ARGS=\"--latency-ms 100,300 --dispatcher-users 10000\" (lists are"
+	@echo "               comma-separated; defaults: latency 20,100,300 ms, 50 users a message, dispatcher 10000,100000"
+	@echo "               users, 7 cold-start runs, both DynamoDB emulators); every option: make bench ARGS=--help"
+	@echo "make serve     keep the local stack up with the sign-in page on 127.0.0.1 (make serve ARGS=--help)"
+	@echo "make validate | build | deploy   SAM template checks, build, deploy (ARGS passed to sam deploy)"
 
 $(VENV)/.installed: requirements-dev.txt layers/playvault/requirements.txt
 	@test -n "$(PYTHON)" || { echo "error: python3.12 not found (PATH or pyenv); install it first" >&2; exit 1; }
@@ -75,8 +83,14 @@ e2e: $(VENV)/.installed
 test: install lint validate build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The runner's own exit code is printed; make itself exits 2 whenever a recipe fails.
 run: $(VENV)/.installed
-	$(PY) -m playvault_local run $(ARGS)
+	@$(PY) -m playvault_local run $(ARGS); rc=$$?; case $$rc in \
+	  0) ;; \
+	  1) echo "make run: the runner exited 1: plays lost or duplicated (see the report above)" >&2 ;; \
+	  2) echo "make run: the runner exited 2: bad usage or startup failure (make run ARGS=--help)" >&2 ;; \
+	  *) echo "make run: the runner exited $$rc" >&2 ;; \
+	esac; exit $$rc
 
 serve: $(VENV)/.installed
 	$(PY) -m playvault_local serve $(ARGS)

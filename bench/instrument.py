@@ -16,6 +16,7 @@ Spotify: `spotify_hook` is a requests response hook counting requests by endpoin
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import threading
@@ -47,6 +48,9 @@ class Recorder:
         self._keys: dict[str, list[str]] = {}
         self._local = threading.local()
         self.enabled = True
+        # When a list: every DynamoDB call's (operation, API parameters), as the caller passed them,
+        # for replaying the same request mix against an emulator without the worker (bare rate).
+        self.captured: list[tuple[str, dict[str, Any]]] | None = None
 
     # -- installation ---------------------------------------------------------------------------
     def install(self) -> Recorder:
@@ -77,6 +81,8 @@ class Recorder:
         service = client.meta.service_model.service_id.hyphenize()
         client.meta.events.register(f"before-call.{service}", self._before_call)
         client.meta.events.register(f"after-call.{service}", self._after_call)
+        if service == "dynamodb":
+            client.meta.events.register(f"provide-client-params.{service}", self._capture)
 
     def uncounted_client(self, service: str, **kwargs: Any) -> Any:
         """A client that is never counted (setup, probes)."""
@@ -117,6 +123,11 @@ class Recorder:
         return dict(sorted(out.items()))
 
     # -- hooks ----------------------------------------------------------------------------------
+    def _capture(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        if self.enabled and self.captured is not None:
+            with self._lock:
+                self.captured.append((model.name, copy.deepcopy(params)))
+
     def _before_call(self, model: Any, params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         if not self.enabled:
             return

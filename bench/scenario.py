@@ -241,6 +241,47 @@ def poll_counts(*, recorder: Any, spotify_counter: Any, handler: Callable[[dict,
     return results
 
 
+MESSAGE_SPLIT_USERS = 5
+
+
+def message_split(*, recorder: Any, handler: Callable[[dict, Any], Any], context_factory: Callable[[], Any],
+                  make_user: Callable[[UserSpec], None], suffix: str = "",
+                  k: int = MESSAGE_SPLIT_USERS) -> dict[str, dict[str, float]]:
+    """An idle poll's DynamoDB work split into the per-user part and the per-message part, measured:
+    a message of 1 idle user and one of k idle users (tokens expired: every poll refreshes, as with no
+    access token at rest). per_user = (k-user - 1-user) / (k - 1); per_message = 1-user - per_user.
+    Whatever the design puts per message (the rate gate, Powertools idempotency on the message) is
+    thereby amortized over a message's users, and whatever it puts per user is counted per poll."""
+    def measure(n: int, tag: str) -> dict[str, Any]:
+        specs = [UserSpec(f"split{tag}{i}{suffix}", new_plays=0, cached_token=False) for i in range(n)]
+        with recorder.paused():
+            for spec in specs:
+                make_user(spec)
+        recorder.reset()
+        invocation = invoke_captured(handler, sqs_event([s.user_id for s in specs]), context_factory())
+        if (invocation.response or {}).get("batchItemFailures"):
+            raise RuntimeError(f"split message of {n} failed: {invocation.response}")
+        snap = recorder.snapshot()
+        calls = {f"{op} {table}": c for (svc, op, table), c in snap["calls"].items() if svc == "dynamodb"}
+        return {"dynamodb_requests": float(sum(calls.values())), "dynamodb_wru": float(sum(snap["wru"].values())),
+                "dynamodb_rru": float(sum(snap["rru"].values())), "by_operation": calls}
+
+    one, many = measure(1, "a"), measure(k, "b")
+    per_user = {key: (many[key] - one[key]) / (k - 1) for key in ("dynamodb_requests", "dynamodb_wru", "dynamodb_rru")}
+    per_message = {key: one[key] - per_user[key] for key in per_user}
+    operations = sorted(set(one["by_operation"]) | set(many["by_operation"]))
+    per_user_ops = {op: (many["by_operation"].get(op, 0) - one["by_operation"].get(op, 0)) / (k - 1)
+                    for op in operations}
+    return {
+        "users_in_the_larger_message": k,
+        "per_user": {key: round(v, 4) for key, v in per_user.items()},
+        "per_message": {key: round(v, 4) for key, v in per_message.items()},
+        "per_user_by_operation": {op: round(v, 4) for op, v in per_user_ops.items() if v},
+        "per_message_by_operation": {op: round(one["by_operation"].get(op, 0) - per_user_ops[op], 4)
+                                     for op in operations if one["by_operation"].get(op, 0) - per_user_ops[op]},
+    }
+
+
 def simplify_table_names(results: dict[str, dict[str, Any]], names: dict[str, str]) -> None:
     """Physical table names -> logical ids, for a stable, readable report."""
     def rename(text: str) -> str:

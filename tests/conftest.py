@@ -74,6 +74,15 @@ def _reset_clock_and_metrics() -> Iterator[None]:
     metrics.clear_metrics()
 
 
+@pytest.fixture
+def detailed_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As with the stack's DetailedMetrics "true": every metric of the catalog is emitted, not only
+    the core set (playvault.metrics reads DETAILED_METRICS once, at import)."""
+    from playvault import metrics
+
+    monkeypatch.setattr(metrics, "detailed", True)
+
+
 # ---------------------------------------------------------------- Spotify emulator
 @pytest.fixture
 def emulator() -> Iterator[Any]:

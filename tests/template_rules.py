@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,17 +130,45 @@ class MetricRef:
         return frozenset(name for name, _ in self.dimensions)
 
 
-_SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
 
 
-def dashboard_bodies(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each dashboard's body as JSON, its ${...} variables replaced by their names."""
+class _LogicalNames(dict):
+    """Physical ids for the Resolver: every resource resolves to its logical id (Ref) or to
+    "Logical.Attribute" (GetAtt), so a resolved body stays readable and checkable offline."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, logical: str) -> dict[str, str]:
+        class Attributes(dict):
+            def __getitem__(self, attribute: str) -> str:
+                return logical if attribute == "Ref" else f"{logical}.{attribute}"
+
+        return Attributes()
+
+
+def resolver(template: dict[str, Any], parameters: dict[str, str] | None = None) -> Any:
+    from playvault_local.template import Resolver
+
+    return Resolver(template, _LogicalNames(), parameters)
+
+
+def active(template: dict[str, Any], resource: dict[str, Any], parameters: dict[str, str] | None = None) -> bool:
+    """False for a resource whose Condition is false under these parameters (the template's defaults)."""
+    condition = resource.get("Condition")
+    return condition is None or resolver(template, parameters).condition(condition)
+
+
+def dashboard_bodies(template: dict[str, Any], parameters: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Each dashboard's body as JSON, resolved under `parameters` (default: the template's defaults):
+    conditions evaluated, ${Resource} -> its logical id, ${Resource.Attribute} -> "Resource.Attribute"."""
     bodies = {}
     for logical, res in _resources(template, "AWS::CloudWatch::Dashboard").items():
+        if not active(template, res, parameters):
+            continue
         body = (res.get("Properties") or {}).get("DashboardBody")
         if isinstance(body, dict) and "Fn::Sub" in body:
-            text = body["Fn::Sub"] if isinstance(body["Fn::Sub"], str) else body["Fn::Sub"][0]
-            body = _SUB_VARIABLE.sub(lambda m: m.group(1), text)
+            body = resolver(template, parameters).value(body)
         if not isinstance(body, str):
             raise ValueError(f"{logical}: DashboardBody must be a JSON string or !Sub of one")
         bodies[logical] = json.loads(body)
@@ -164,9 +191,9 @@ def _dashboard_metric(where: str, entry: list[Any], previous: MetricRef | None) 
     return MetricRef(where, str(values[0]), str(values[1]), dims)
 
 
-def dashboard_metrics(template: dict[str, Any]) -> list[MetricRef]:
+def dashboard_metrics(template: dict[str, Any], parameters: dict[str, str] | None = None) -> list[MetricRef]:
     refs = []
-    for logical, body in dashboard_bodies(template).items():
+    for logical, body in dashboard_bodies(template, parameters).items():
         for w, widget in enumerate(body.get("widgets") or []):
             previous = None
             for r, entry in enumerate(((widget.get("properties") or {}).get("metrics")) or []):
@@ -182,9 +209,15 @@ def _alarm_metric(where: str, spec: dict[str, Any]) -> MetricRef:
     return MetricRef(where, str(spec.get("Namespace")), str(spec.get("MetricName")), dims)
 
 
-def alarm_metrics(template: dict[str, Any]) -> list[MetricRef]:
+def alarms(template: dict[str, Any], parameters: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The alarms a stack creates under `parameters` (default: the template's defaults)."""
+    return {k: v for k, v in _resources(template, "AWS::CloudWatch::Alarm").items()
+            if active(template, v, parameters)}
+
+
+def alarm_metrics(template: dict[str, Any], parameters: dict[str, str] | None = None) -> list[MetricRef]:
     refs = []
-    for logical, res in _resources(template, "AWS::CloudWatch::Alarm").items():
+    for logical, res in alarms(template, parameters).items():
         props = res.get("Properties") or {}
         if "MetricName" in props:
             refs.append(_alarm_metric(logical, props))

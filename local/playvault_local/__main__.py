@@ -136,13 +136,20 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _check_template(path: Path) -> str | None:
+def _check_template(path: Path, parameters: list[tuple[str, str]]) -> str | None:
+    """The template loads and every --parameter names one of its parameters (CloudFormation rejects
+    a stack update with an unknown parameter in the same way)."""
     from playvault_local import template as tpl
 
     try:
-        tpl.load(path)
+        template = tpl.load(path)
     except tpl.TemplateError as exc:
         return f"template: {exc}"
+    known = list(template.get("Parameters") or {})
+    unknown = sorted({name for name, _ in parameters} - set(known))
+    if unknown:
+        return (f"--parameter: Parameters: [{', '.join(unknown)}] do not exist in the template {path.name}; "
+                f"its parameters are: {', '.join(known)}")
     return None
 
 
@@ -151,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from playvault_local.runner import RunConfig, RunError, Simulation
     from playvault_local.system import StartupError
 
-    problem = _check_template(args.template)
+    problem = _check_template(args.template, args.parameter)
     if problem:
         return _fail(problem)
     log_file = open(args.log, "w", encoding="utf-8") if args.log else None  # noqa: SIM115
@@ -191,7 +198,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from playvault_local.gateway import ServeConfig, serve
     from playvault_local.system import StartupError
 
-    problem = _check_template(args.template)
+    problem = _check_template(args.template, args.parameter)
     if problem:
         return _fail(problem)
     if bool(args.spotify_api_url) != bool(args.spotify_accounts_url):

@@ -303,6 +303,24 @@ def verdict(report: dict[str, Any]) -> bool:
     return report["plays_lost"] == 0 and report["plays_duplicated"] == 0
 
 
+def words(value: Any) -> str:
+    """A count, list or (nested) dict as words: {"AUTH": 2, "NETWORK": 1} -> "AUTH 2, NETWORK 1"."""
+    if isinstance(value, dict):
+        # snake_case field names become words; names such as AUTH_REVOKED stay searchable as they are.
+        parts = [f"{key.replace('_', ' ') if str(key).islower() else key} {words(item)}"
+                 for key, item in value.items() if item not in (None, {}, [])]
+        return ", ".join(parts) if parts else "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(words(item) for item in value) if value else "none"
+    return str(value)
+
+
+def _with_words(value: Any) -> str:
+    """A dict in parentheses after its total ("5 (recently played 4, token 1)"), or nothing."""
+    text = words(value)
+    return "" if text == "none" else f" ({text})"
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     t = report.get("timings_s", {})
     lines = [
@@ -310,13 +328,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"(faults: {report['faults']}, seed {report['seed']})",
         f"  time          : one simulated clock; no scaling (SQS delays/visibility timeouts in simulated seconds); "
         f"{t.get('total_s', '?')} s real ({t.get('hours_s', '?')} s for the hours)",
-        f"  polls         : {report['polls']} (skipped {report['users_skipped']}), dispatches {report['dispatches']}",
+        f"  polls         : {report['polls']} user polls (skipped {report['users_skipped']}), "
+        f"dispatches {report['dispatches']}",
         f"  plays         : played {report['plays_played']}, exposed by Spotify {report['plays_exposed']}, "
         f"archived {report['plays_archived']}",
-        f"  lost          : {report['plays_lost']} (recoverable by the next poll: {report['plays_recoverable']})",
+        f"  lost          : {report['plays_lost']} of the plays Spotify exposed (recoverable by the next poll: "
+        f"{report['plays_recoverable']})",
         f"  duplicated    : {report['plays_duplicated']}",
-        f"  gaps          : {report['gap_plays']} plays fell out of Spotify's window "
-        f"({report['users_with_gap_plays']} users); gaps detected {report['gaps_detected']} "
+        f"  gaps          : {report['gap_plays']} plays fell out of Spotify's window before a poll "
+        f"({report['users_with_gap_plays']} users; not counted as lost); gaps detected {report['gaps_detected']} "
         f"(recorded {report['gaps_recorded']}); undetected {len(report['users_with_undetected_gaps'])}",
         f"  late plays    : {report['late_plays_exposed']} shown late by Spotify, {report['late_plays_archived']} "
         f"archived; {report['late_plays_missed']} never seen ({report['late_plays_never_in_window']} shown only "
@@ -327,16 +347,16 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{report['spotify_requests_per_user_hour']}",
         f"  pending       : {report['plays_pending']} plays after a user's last poll "
         f"(history before first poll: {report['plays_before_first_poll']})",
-        f"  failures      : {report['failures_by_type'] or 'none'}",
-        f"  deferrals     : {report['deferrals']}",
-        f"  worker        : {report['worker']}",
+        f"  failures      : {words(report['failures_by_type'])}",
+        f"  deferrals     : {words(report['deferrals'])}",
+        f"  worker        : {words(report['worker'])}",
         f"  DLQ           : {report['dlq_messages']} message(s); in flight at end {report['in_flight_at_end']}",
-        f"  users         : {report['users_by_status']}",
-        f"  requests      : Spotify {report['spotify_requests']} {report['spotify_requests_by_endpoint']}; "
+        f"  users         : {words(report['users_by_status'])}",
+        f"  requests      : Spotify {report['spotify_requests']}{_with_words(report['spotify_requests_by_endpoint'])}; "
         f"DynamoDB {report['dynamodb_requests']}",
     ]
     if report.get("chaos"):
-        lines.append(f"  chaos         : {report['chaos']}")
+        lines.append(f"  chaos         : {words(report['chaos'])}")
     lines += lifecycle_lines(report)
     lines.append("  verdict       : " + ("OK (nothing lost, nothing duplicated)" if verdict(report)
                                         else "FAILED (plays lost or duplicated)"))

@@ -316,7 +316,7 @@ FORM = {"content-type": "application/x-www-form-urlencoded"}
 
 
 @pytest.mark.parametrize("stack_overrides", [{"MaxUsers": "1"}])
-def test_waitlist_form_stores_the_address_once(auth: Auth, capsys) -> None:
+def test_waitlist_form_stores_the_address_once(auth: Auth, capsys, detailed_metrics) -> None:
     auth.sign_in("zed")  # every seat taken: the only time the waitlist takes addresses
     capsys.readouterr()
     first = auth.call("POST", "/auth/waitlist", body="email=Ada%40Example.org", headers=FORM)

@@ -249,7 +249,7 @@ def test_a_user_in_cooldown_is_dispatched_once_the_cooldown_ends(clocked, aws_en
     assert _dispatched_ids(sqs) == ["resting"]
 
 
-def test_dispatch_emits_its_metrics(clocked, aws_env, capsys):
+def test_dispatch_emits_its_metrics(clocked, aws_env, capsys, detailed_metrics):
     import boto3
 
     from playvault.metrics import metrics

@@ -30,7 +30,7 @@ def _count(blobs: list[dict], name: str) -> float:
 
 
 def test_a_closed_gate_defers_the_whole_message_and_leaves_the_users_due(worker, context, emulator, aws_env,
-                                                                          fake_clock, capsys):
+                                                                          fake_clock, capsys, detailed_metrics):
     ids = ["ana", "ben"]
     onboard(emulator, aws_env, ids)
     state.close_rate_gate(fake_clock.now + timedelta(minutes=25), fake_clock.now)

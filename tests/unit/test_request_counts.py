@@ -16,7 +16,7 @@ import pytest
 
 from bench.instrument import Recorder, SpotifyCounter
 from bench.itemsize import item_size
-from bench.scenario import UserSpec, create_user, poll_counts, simplify_table_names, table_names
+from bench.scenario import UserSpec, create_user, message_split, poll_counts, simplify_table_names, table_names
 from playvault.crypto import TokenCipher
 from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
 from spotify_emulator.client import EmulatorControl
@@ -30,6 +30,31 @@ def recorder(aws_env: Any) -> Iterator[Recorder]:
         yield recorder
     finally:
         recorder.uninstall()
+
+
+@pytest.fixture
+def worker_setup(aws_env: Any, emulator: Any, load_function: Any) -> tuple[Any, Any]:
+    handler = load_function("WorkerFunction")
+    control = EmulatorControl(emulator.url)
+    sealer = TokenCipher(boto3.client("kms"), aws_env.physical["TokenKey"]["Arn"])
+
+    def make_user(spec: UserSpec) -> None:
+        create_user(spec, accounts_url=emulator.url, control=control, cipher=sealer,
+                    client_id=DEV_CLIENT_ID, client_secret=DEV_CLIENT_SECRET)
+
+    return handler, make_user
+
+
+def test_an_idle_poll_splits_into_per_user_and_per_message_work(aws_env, recorder, worker_setup, lambda_context):
+    """The cost model prices these (bench/cost.py): an idle poll's requests per user, and what a message
+    costs once whatever number of users it carries. Today's design: Powertools idempotency per user
+    (PutItem + UpdateItem), the user's GetItem + UpdateItem; the rate gate's GetItem per message."""
+    handler, make_user = worker_setup
+    split = message_split(recorder=recorder, handler=handler, make_user=make_user,
+                          context_factory=lambda: lambda_context("WorkerFunction"), suffix=uuid.uuid4().hex[:6])
+    assert split["per_user"] == {"dynamodb_requests": 4, "dynamodb_wru": 3, "dynamodb_rru": 1}
+    assert split["per_message"] == {"dynamodb_requests": 1, "dynamodb_wru": 0, "dynamodb_rru": 0.5}
+    assert split["per_message_by_operation"] == {f"GetItem {aws_env.name('StateTable')}": 1}
 
 
 @pytest.fixture

@@ -105,25 +105,32 @@ def test_iam_checker_accepts_narrow_statements():
 
 
 # ------------------------------------------------------------------ (b) metrics
+DETAILED_ON = {"DetailedMetrics": "true"}
+DETAILED_OFF = {"DetailedMetrics": "false"}
 # EMF metrics plus the ones a log metric filter counts: everything the dashboard and alarms may read.
 ALL_METRICS = {**metrics.CATALOG, **{name: (None, ()) for name in metrics.FROM_LOGS}}
 
 
 def test_custom_metrics_of_alarms_and_dashboard_are_the_ones_the_code_emits(template, service):
-    refs = rules.dashboard_metrics(template) + rules.alarm_metrics(template)
-    custom = [r for r in refs if r.namespace == rules.CUSTOM_NAMESPACE]
-    assert len(custom) >= len(ALL_METRICS), "the dashboard and alarms read (almost) no custom metric"
+    for parameters in (DETAILED_ON, DETAILED_OFF):
+        refs = rules.dashboard_metrics(template, parameters) + rules.alarm_metrics(template, parameters)
+        custom = [r for r in refs if r.namespace == rules.CUSTOM_NAMESPACE]
+        assert len(custom) >= len(metrics.CORE), "the dashboard and alarms read (almost) no custom metric"
+        assert rules.metric_problems(refs, ALL_METRICS, service) == []
     assert rules.CUSTOM_NAMESPACE == metrics.NAMESPACE
-    assert rules.metric_problems(refs, ALL_METRICS, service) == []
 
 
-def test_every_catalog_metric_is_on_the_dashboard(template):
-    assert rules.coverage_problems(rules.dashboard_metrics(template), ALL_METRICS) == []
+def test_every_catalog_metric_is_on_the_dashboard_with_detailed_metrics(template):
+    assert rules.coverage_problems(rules.dashboard_metrics(template, DETAILED_ON), ALL_METRICS) == []
 
 
-def test_every_failure_type_is_on_the_dashboard(template):
+def test_every_core_metric_is_on_the_dashboard_without_detailed_metrics(template):
+    assert rules.coverage_problems(rules.dashboard_metrics(template, DETAILED_OFF), metrics.CORE) == []
+
+
+def test_every_failure_type_is_on_the_dashboard_with_detailed_metrics(template):
     shown = {dict(r.dimensions).get(metrics.FAILURE_TYPE_DIMENSION)
-             for r in rules.dashboard_metrics(template) if r.name == metrics.USERS_FAILED}
+             for r in rules.dashboard_metrics(template, DETAILED_ON) if r.name == metrics.USERS_FAILED}
     # RATE_LIMITED and APP never count against a user (deferred app-wide: their own metrics).
     user_failures = {t.value for t in FailureType} - {FailureType.RATE_LIMITED, FailureType.APP}
     assert user_failures <= shown
@@ -138,6 +145,59 @@ def test_metrics_from_logs_have_their_filter_and_their_log_line(template):
         assert filters[name]["MetricTransformations"][0]["MetricNamespace"] == metrics.NAMESPACE
     # The worker writes the gap line right after the gap record (playvault.archive).
     assert "logger.warning(metrics.GAP_LOG_MESSAGE" in sources
+
+
+def _custom_series(refs: list[rules.MetricRef]) -> set[tuple[str, tuple[tuple[str, str], ...]]]:
+    """(name, dimensions besides service) of the custom metrics among refs: what CloudWatch bills."""
+    return {(r.name, tuple(sorted((k, v) for k, v in r.dimensions if k != rules.SERVICE_DIMENSION)))
+            for r in refs if r.namespace == rules.CUSTOM_NAMESPACE}
+
+
+def test_without_detailed_metrics_at_most_10_custom_metrics_and_only_core_ones_are_read(template):
+    # The always-free allowance: 10 custom metrics (name + dimensions) and 10 alarm metrics.
+    core = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=False))
+    assert len(core) <= 10, sorted(core)
+    assert metrics.CORE_FAILURE_TYPES <= {t.value for t in FailureType}
+    refs = rules.dashboard_metrics(template, DETAILED_OFF) + rules.alarm_metrics(template, DETAILED_OFF)
+    assert _custom_series(refs) <= core, sorted(_custom_series(refs) - core)
+    assert len(rules.alarms(template, DETAILED_OFF)) <= 10
+
+
+def test_the_detailed_set_is_what_detailed_metrics_adds(template):
+    every = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=True))
+    core = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=False))
+    assert core < every
+    on = _custom_series(rules.dashboard_metrics(template, DETAILED_ON))
+    off = _custom_series(rules.dashboard_metrics(template, DETAILED_OFF))
+    assert on == every, sorted(every ^ on)
+    assert off < on
+
+
+def test_without_detailed_metrics_the_dashboard_stays_within_the_free_50_metrics(template):
+    # Always free: 3 dashboards of up to 50 metrics each (AWS and custom namespaces alike).
+    assert len(rules.dashboard_bodies(template, DETAILED_OFF)) <= 3
+    assert len(rules.dashboard_metrics(template, DETAILED_OFF)) <= 50
+
+
+def test_without_detailed_metrics_logs_insights_widgets_read_the_structured_log_lines(template):
+    body = rules.dashboard_bodies(template, DETAILED_OFF)["Dashboard"]
+    queries = [w["properties"]["query"] for w in body["widgets"] if w["type"] == "log"]
+    assert any("WorkerLogGroup" in q and 'message = "batch archived"' in q and "failures_by_type" in q
+               for q in queries), queries
+    assert any("DispatcherLogGroup" in q and 'message = "dispatch report"' in q for q in queries), queries
+
+
+def test_detailed_metrics_and_tracing_are_parameters_wired_to_the_functions(template):
+    params = template["Parameters"]
+    assert params["DetailedMetrics"]["Default"] == "false"
+    assert params["Tracing"]["Default"] == "false"
+    function_globals = template["Globals"]["Function"]
+    assert function_globals["Environment"]["Variables"]["DETAILED_METRICS"] == {"Ref": "DetailedMetrics"}
+    assert function_globals["Tracing"] == {"Fn::If": ["TracingOn", "Active", "PassThrough"]}
+    off = rules.resolver(template, {"Tracing": "false"})
+    on = rules.resolver(template, {"Tracing": "true"})
+    assert off.value(function_globals["Tracing"]) == "PassThrough"
+    assert on.value(function_globals["Tracing"]) == "Active"
 
 
 def test_custom_metric_alarms_watch_what_they_should(template):
@@ -296,14 +356,31 @@ def test_dead_letter_queue_alarm_watches_the_dead_letter_queue(template):
     assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
 
 
+def _sub_texts(node: Any) -> list[str]:
+    """Every !Sub text in node (the variable maps' own names excluded by the caller)."""
+    if isinstance(node, list):
+        return [t for item in node for t in _sub_texts(item)]
+    if not isinstance(node, dict):
+        return []
+    out = []
+    for key, value in node.items():
+        if key == "Fn::Sub":
+            out += [value] if isinstance(value, str) else [value[0], *_sub_texts(value[1])]
+        else:
+            out += _sub_texts(value)
+    return out
+
+
 def test_dashboard_variables_resolve_to_parameters_resources_or_pseudo_parameters(template):
     known = set(template["Resources"]) | set(template["Parameters"]) | {"AWS::Region", "AWS::AccountId",
                                                                          "AWS::Partition", "AWS::URLSuffix"}
     for res in tpl.resources_of_type(template, "AWS::CloudWatch::Dashboard").values():
-        text = res["Properties"]["DashboardBody"]["Fn::Sub"]
-        names = {m.split(".", 1)[0] for m in re.findall(r"\$\{([^}!][^}]*)\}", text)}
-        assert names <= known, names - known
-    assert rules.dashboard_bodies(template), "no dashboard"
+        sub = res["Properties"]["DashboardBody"]["Fn::Sub"]
+        local = set(sub[1]) if isinstance(sub, list) else set()
+        for text in _sub_texts(res["Properties"]["DashboardBody"]):
+            names = {m.split(".", 1)[0] for m in re.findall(r"\$\{([^}!][^}]*)\}", text)}
+            assert names <= known | local, names - known - local
+    assert rules.dashboard_bodies(template, DETAILED_ON) and rules.dashboard_bodies(template, DETAILED_OFF)
 
 
 # ------------------------------------------------------------------ custom cfn-lint rules (tools/cfn_rules)

@@ -259,7 +259,8 @@ def test_malformed_messages_go_straight_to_the_dlq_with_the_reason(worker, conte
                for b in blobs if "MalformedMessages" in b) == 5
 
 
-def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_env, monkeypatch, capsys):
+def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_env, monkeypatch, capsys,
+                                               detailed_metrics):
     ids = ["ana", "ben", "poison", "dan"]
     onboard(emulator, aws_env, ids)
     real = worker.archiver.archive_user
@@ -333,7 +334,7 @@ def test_a_second_message_of_the_same_run_polls_nobody_again(worker, context, em
 
 
 def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, context, emulator, aws_env, fake_clock,
-                                                                     capsys):
+                                                                     capsys, detailed_metrics):
     onboard(emulator, aws_env, ["ana"])
     due = fake_clock.now + timedelta(minutes=50)
     record = sqs_record(work_body(["ana"], due, window_id="w1"))
@@ -460,7 +461,7 @@ def test_idempotency_store_throttling_fails_the_message(worker, context, emulato
     assert emulator.state.request_counts().get("recently_played", 0) == 0
 
 
-def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_env, capsys):
+def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_env, capsys, detailed_metrics):
     onboard(emulator, aws_env, ["ana", "ben"])
     worker.handler(sqs_event(sqs_record(work_body(["ana", "ben"]))), context)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]

@@ -64,6 +64,12 @@ class SpotifySettings(EnvSettings):
     _urls = field_validator("spotify_api_url", "spotify_accounts_url")(_http_url)
 
 
+class MetricsSettings(EnvSettings):
+    # Off: only playvault.metrics.CORE is emitted (at most 10 custom metrics, the always-free
+    # allowance); on: the full CATALOG. template.yaml sets it from the DetailedMetrics parameter.
+    detailed_metrics: bool = False
+
+
 class TokenSettings(EnvSettings):
     token_key_id: str = Field(min_length=1)
 

@@ -1,0 +1,37 @@
+"""The local runner's command line and text report as a newcomer reads them."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from playvault_local import __main__ as cli
+from playvault_local.progress import Progress
+from playvault_local.report import words
+
+
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_an_unknown_parameter_is_rejected_with_the_templates_parameters(command, capsys):
+    code = cli.main([command, "--parameter", "MaxUser=3", "--parameter", "Stage=dev"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "Parameters: [MaxUser] do not exist in the template" in err
+    assert "MaxUsers" in err and "DetailedMetrics" in err  # the list of what exists
+    assert "Stage]" not in err  # a known name is not reported
+
+
+def test_dicts_are_printed_as_words():
+    assert words({"AUTH_REVOKED": 2, "NETWORK": 1}) == "AUTH_REVOKED 2, NETWORK 1"
+    assert words({"deferred_messages": 0, "rate_limited_users": 3}) == "deferred messages 0, rate limited users 3"
+    assert words({"invocations": 2, "function_errors": {}}) == "invocations 2"
+    assert words({}) == "none"
+    assert "{" not in words({"worker": {"function_errors": {"KeyError": 1}}})
+
+
+def test_progress_names_what_it_counts():
+    stream = io.StringIO()
+    Progress(24, stream).update(3, {"user polls archived": 300, "plays archived": 1200})
+    line = stream.getvalue()
+    assert line.startswith("hour   3/24") and "user polls archived: 300, plays archived: 1200" in line
+    assert "=" not in line
