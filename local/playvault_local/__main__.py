@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "6-month expiry, reconnects, seats reclaimed and reused); the dispatcher runs every "
                           "--tick-hours (default 24)")
     run.add_argument("--tick-hours", type=_positive_int, default=0, metavar="H",
-                     help="run the dispatcher every H simulated hours (default 1; 24 with --days)")
+                     help="run the dispatcher every H simulated hours (default: the template's schedule, "
+                          "15 minutes; 24 with --days)")
     run.add_argument("--seed", type=int, default=0, help="seed of the listening and of the faults (default 0)")
     run.add_argument("--report", type=_writable, metavar="FILE", help="write the report as JSON")
     run.add_argument("--dashboard", type=_writable, metavar="FILE",

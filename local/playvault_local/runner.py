@@ -57,7 +57,7 @@ class RunConfig:
     late_share: float = 0.10
     # --days N: months of the authorization lifecycle (see Simulation._lifecycle_setup)
     days: int = 0
-    tick_hours: int = 0  # the dispatcher runs every tick_hours simulated hours; 0: 1, or 24 with --days
+    tick_hours: int = 0  # the dispatcher every tick_hours simulated hours; 0: the template's period (24 with --days)
 
 
 class RunError(RuntimeError):
@@ -380,8 +380,8 @@ class Simulation:
         day, so a daily poll loses nothing while a 200-day run stays a few minutes); every seat
         taken by the users who sign up at the start; reminders sent from a (moto-verified) sender."""
         config = self.config
-        if not config.tick_hours:
-            config.tick_hours = 24 if config.days else 1
+        if not config.tick_hours and config.days:
+            config.tick_hours = 24
         if not config.days:
             return {}
         config.hours = config.days * 24
