@@ -515,7 +515,7 @@ class Bench:
     def cost(self, stack: Any) -> None:
         from bench import cost
         from playvault import metrics as m
-        from playvault.failures import FailureType
+        from playvault.failures import USER_FAILURE_TYPES
 
         r = self.results
         at100 = next((row for row in r["throughput"] if row["latency_ms"] == 100), r["throughput"][-1])
@@ -575,8 +575,8 @@ class Bench:
             "catalog_bytes_per_unknown_track": 700,  # assumed: a track row and its share of album/artist rows
             # Assumed: the SQS event source's 5 pollers long-poll (20 s) an idle queue.
             "sqs_idle_polls_per_month": 5 * 3 * 60 * 24 * 30,
-            "custom_metrics": len(m.custom_metrics([t.value for t in FailureType], detailed_on=False)),
-            "custom_metrics_detailed": len(m.custom_metrics([t.value for t in FailureType], detailed_on=True)),
+            "custom_metrics": len(m.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=False)),
+            "custom_metrics_detailed": len(m.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=True)),
             "alarms": len(alarms),
             "dashboards": len(boards),
             "dashboard_metrics": sum(len((w.get("properties") or {}).get("metrics") or []) for w in widgets),

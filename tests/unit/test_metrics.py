@@ -8,7 +8,7 @@ import pytest
 
 from playvault import metrics
 from playvault.config import ConfigError, MetricsSettings
-from playvault.failures import FailureType
+from playvault.failures import USER_FAILURE_TYPES
 
 
 @pytest.fixture
@@ -38,13 +38,14 @@ def _everything() -> None:
     for name, (_, dims) in metrics.CATALOG.items():
         if not dims:
             metrics.count(name) if name != metrics.BATCH_DURATION else metrics.record_duration_ms(name, 5.0)
-    for failure_type in FailureType:
+    for failure_type in USER_FAILURE_TYPES:
         metrics.count_failure(failure_type.value)
 
 
 def test_without_detailed_metrics_only_the_core_set_is_emitted(emitted):
     got = emitted(False, _everything)
-    expected = {(n, None) for n in metrics.CORE if n != metrics.USERS_FAILED} | {
+    # GapsDetected is core but counted from a log line (FROM_LOGS), not emitted as EMF.
+    expected = {(n, None) for n in metrics.CORE - set(metrics.FROM_LOGS) if n != metrics.USERS_FAILED} | {
         (metrics.USERS_FAILED, t) for t in metrics.CORE_FAILURE_TYPES}
     assert got == expected
     assert (metrics.USERS_SKIPPED, None) not in got and (metrics.USERS_FAILED, "NETWORK") not in got
@@ -53,13 +54,15 @@ def test_without_detailed_metrics_only_the_core_set_is_emitted(emitted):
 def test_with_detailed_metrics_every_catalog_metric_is_emitted(emitted):
     got = emitted(True, _everything)
     assert {n for n, _ in got} == set(metrics.CATALOG)
-    assert {t for n, t in got if n == metrics.USERS_FAILED} == {t.value for t in FailureType}
+    assert {t for n, t in got if n == metrics.USERS_FAILED} == {t.value for t in USER_FAILURE_TYPES}
 
 
 def test_custom_metric_count_matches_what_is_emitted(emitted):
-    types = [t.value for t in FailureType]
+    types = [t.value for t in USER_FAILURE_TYPES]
     for detailed in (False, True):
-        assert len(metrics.custom_metrics(types, detailed_on=detailed)) == len(emitted(detailed, _everything))
+        from_logs = len(metrics.FROM_LOGS)  # a metric filter, not EMF: billed the same
+        billed = len(metrics.custom_metrics(types, detailed_on=detailed))
+        assert billed == len(emitted(detailed, _everything)) + from_logs
     assert len(metrics.custom_metrics(types, detailed_on=False)) <= 10
 
 

@@ -49,7 +49,8 @@ def test_a_closed_gate_defers_the_whole_message_and_leaves_the_users_due(worker,
         assert int(user.consecutive_failures) == 0 and user.next_poll_at is None  # still due
 
 
-def test_a_429_mid_batch_closes_the_gate_and_charges_nobody(worker, context, emulator, aws_env, fake_clock, capsys):
+def test_a_429_mid_batch_closes_the_gate_and_charges_nobody(worker, context, emulator, aws_env, fake_clock, capsys,
+                                                            detailed_metrics):
     ids = [f"user{i}" for i in range(6)]
     onboard(emulator, aws_env, ids)
     limited_until = fake_clock.now + timedelta(hours=1)

@@ -47,14 +47,17 @@ def worker_setup(aws_env: Any, emulator: Any, load_function: Any) -> tuple[Any, 
 
 def test_an_idle_poll_splits_into_per_user_and_per_message_work(aws_env, recorder, worker_setup, lambda_context):
     """The cost model prices these (bench/cost.py): an idle poll's requests per user, and what a message
-    costs once whatever number of users it carries. Today's design: Powertools idempotency per user
-    (PutItem + UpdateItem), the user's GetItem + UpdateItem; the rate gate's GetItem per message."""
+    costs once whatever number of users it carries: per user the GetItem and the one conditional
+    UpdateItem of the user item; per message the rate gate's GetItem and the message's Powertools
+    idempotency record (PutItem + UpdateItem)."""
     handler, make_user = worker_setup
     split = message_split(recorder=recorder, handler=handler, make_user=make_user,
                           context_factory=lambda: lambda_context("WorkerFunction"), suffix=uuid.uuid4().hex[:6])
-    assert split["per_user"] == {"dynamodb_requests": 4, "dynamodb_wru": 3, "dynamodb_rru": 1}
-    assert split["per_message"] == {"dynamodb_requests": 1, "dynamodb_wru": 0, "dynamodb_rru": 0.5}
-    assert split["per_message_by_operation"] == {f"GetItem {aws_env.name('StateTable')}": 1}
+    assert split["per_user"] == {"dynamodb_requests": 2, "dynamodb_wru": 1, "dynamodb_rru": 1}
+    assert split["per_message"] == {"dynamodb_requests": 3, "dynamodb_wru": 2, "dynamodb_rru": 0.5}
+    assert split["per_message_by_operation"] == {f"GetItem {aws_env.name('StateTable')}": 1,
+                                                 f"PutItem {aws_env.name('IdempotencyTable')}": 1,
+                                                 f"UpdateItem {aws_env.name('IdempotencyTable')}": 1}
 
 
 @pytest.fixture

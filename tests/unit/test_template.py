@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from playvault import metrics
-from playvault.failures import FailureType
+from playvault.failures import USER_FAILURE_TYPES, FailureType
 from playvault_local import template as tpl
 from tests import template_rules as rules
 
@@ -155,7 +155,7 @@ def _custom_series(refs: list[rules.MetricRef]) -> set[tuple[str, tuple[tuple[st
 
 def test_without_detailed_metrics_at_most_10_custom_metrics_and_only_core_ones_are_read(template):
     # The always-free allowance: 10 custom metrics (name + dimensions) and 10 alarm metrics.
-    core = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=False))
+    core = set(metrics.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=False))
     assert len(core) <= 10, sorted(core)
     assert metrics.CORE_FAILURE_TYPES <= {t.value for t in FailureType}
     refs = rules.dashboard_metrics(template, DETAILED_OFF) + rules.alarm_metrics(template, DETAILED_OFF)
@@ -164,8 +164,9 @@ def test_without_detailed_metrics_at_most_10_custom_metrics_and_only_core_ones_a
 
 
 def test_the_detailed_set_is_what_detailed_metrics_adds(template):
-    every = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=True))
-    core = set(metrics.custom_metrics([t.value for t in FailureType], detailed_on=False))
+    user_failures = [t.value for t in USER_FAILURE_TYPES]
+    every = set(metrics.custom_metrics(user_failures, detailed_on=True))
+    core = set(metrics.custom_metrics(user_failures, detailed_on=False))
     assert core < every
     on = _custom_series(rules.dashboard_metrics(template, DETAILED_ON))
     off = _custom_series(rules.dashboard_metrics(template, DETAILED_OFF))

@@ -27,6 +27,12 @@ class FailureType(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+# The failure types a user's poll can end in (UsersFailed's FailureType values): rate limits and the
+# app's own failures are deferred app-wide and never charged to a user.
+USER_FAILURE_TYPES: tuple[FailureType, ...] = (FailureType.AUTH, FailureType.AUTH_REVOKED, FailureType.NETWORK,
+                                               FailureType.UNKNOWN)
+
+
 class SpotifyFailure(Exception):
     failure_type: FailureType = FailureType.UNKNOWN
 

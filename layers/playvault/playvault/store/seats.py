@@ -217,7 +217,8 @@ def reauthorize(
         if user.status == LAPSED:
             return ReauthOutcome.LAPSED
         try:
-            user.update(actions=actions, condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
+            # A copy each attempt: pynamodb appends the version increment to the list it is given.
+            user.update(actions=list(actions), condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
             return ReauthOutcome.REAUTHORIZED
         except UpdateError as exc:
             if not condition_failed(exc):
@@ -251,7 +252,7 @@ def resume_lapsed(
 
         def build(transaction: TransactWrite, user: UserModel = user) -> None:
             # Both are updates, sent in this order: reasons[0] is the user, reasons[1] the counter.
-            transaction.update(user, actions=actions,
+            transaction.update(user, actions=list(actions),
                                condition=UserModel.user_id.exists() & (UserModel.status == LAPSED))
             transaction.update(
                 counter,

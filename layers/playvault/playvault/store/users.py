@@ -260,7 +260,7 @@ def update_current(user_id: str, actions: list, condition: Condition, holds: Cal
         if user is None or not holds(user):
             return False
         try:
-            user.update(actions=actions, condition=_EXISTS & condition)
+            user.update(actions=list(actions), condition=_EXISTS & condition)  # a copy: pynamodb appends to it
             return True
         except UpdateError as exc:
             if not condition_failed(exc):
