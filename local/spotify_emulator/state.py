@@ -566,16 +566,17 @@ class EmulatorState:
                 "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()),
             }
             # Rotation: the new token replaces this one once it is used; until then this one still works
-            # (so an answer lost on the way is not fatal), and using it again replaces the unused one.
+            # and a refresh with it answers that same new token again (so an answer lost on the way,
+            # or two refreshes at once, are not fatal).
             if entry.parent is not None and entry.parent in self._refresh:
                 self._refresh[entry.parent].valid = False
                 entry.parent = None
             user = self._users.get(entry.user_id)
             if user is not None and user.rotate_refresh_tokens:
-                if entry.child is not None and entry.child in self._refresh:
-                    self._refresh[entry.child].valid = False
-                entry.child = self._new_refresh(entry.user_id, client.client_id, entry.scope, entry.authorized_at,
-                                                parent=refresh_token)
+                child = self._refresh.get(entry.child or "")
+                if child is None or not child.valid or child.parent is None:  # none yet, or already used
+                    entry.child = self._new_refresh(entry.user_id, client.client_id, entry.scope,
+                                                    entry.authorized_at, parent=refresh_token)
                 body["refresh_token"] = entry.child
             return body
 

@@ -802,3 +802,31 @@ def test_a_reconnect_during_a_poll_leaves_the_user_active(world, monkeypatch):
     world.archiver.access_tokens.drop("alice")
     assert make_spotify(world.emulator).refresh(stored, Budget.seconds(10)).access_token
     assert world.archive().status == archive.SUCCESS and world.user().status == users.ACTIVE
+
+
+def test_invalid_grant_after_another_poll_rotated_the_token_retries_with_the_stored_one(aws_env, emulator, now):
+    """Container A read the user (refresh token T0); meanwhile container B refreshed T0 to T1, used T1
+    (so T0 is dead) and stored it. A's refresh with T0 gets invalid_grant: A reads the user again,
+    finds T1 and retries once with it, instead of marking the user needs_reauth."""
+    world = World(aws_env, emulator, now)
+    world.sign_up(rotate=True)
+    world.play("alice", 10)
+    other = make_archiver(aws_env, emulator)
+    real_refresh = world.archiver.spotify.refresh
+    calls: list[str] = []
+
+    def refresh_after_the_other_poll(token, budget):
+        if not calls:
+            calls.append("other")
+            assert other.archive_user("alice", Budget.seconds(30)).status == archive.SUCCESS  # T0 -> T1, stored
+            fresh = users.get("alice")
+            t1 = open_token(world.cipher, fresh, REFRESH_TOKEN)
+            make_spotify(world.emulator).refresh(t1, Budget.seconds(10))  # T1 used: T0 is dead now
+        calls.append("mine")
+        return real_refresh(token, budget)
+
+    world.archiver.spotify.refresh = refresh_after_the_other_poll
+    result = world.archive()
+    assert result.status in (archive.SUCCESS, archive.SKIPPED), result  # skipped: the other poll recorded first
+    assert calls == ["other", "mine", "mine"], "one retry with the stored token"
+    assert world.user().status == users.ACTIVE

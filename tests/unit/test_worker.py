@@ -231,7 +231,7 @@ def _dead_letters(stack: Any) -> list[dict[str, Any]]:
 
 
 def test_malformed_messages_go_straight_to_the_dlq_with_the_reason(worker, context, emulator, aws_env, caplog,
-                                                                    capsys, fake_clock):
+                                                                    capsys, fake_clock, detailed_metrics):
     onboard(emulator, aws_env, ["ana", "ben"])
     good_1 = sqs_record(work_body(["ana"], window_id="w1"))
     not_json = sqs_record("Hello from SQS!")
