@@ -74,14 +74,17 @@ class Cadence:
     default_s: int = 3600
     max_s: int = 3600
     min_s: int = 900  # the dispatcher's period: "again at the next run"
-    # A gap, or this many new plays per default_s (measured over the time since the last poll), means
-    # poll again at the next run: a listener filling half of Spotify's window within the cadence.
+    # A gap, or a poll holding this many new plays, means poll again at the next run.
     busy_plays: int = 25
+    # ...and a listener who would fill this much of Spotify's window within default_s (measured over
+    # the time since the last poll) stays on the next-run cadence: at 70 plays an hour a 15-minute
+    # poll holds only ~17 new plays, but an hourly one would lose 20.
+    stay_busy_plays: int = int(0.8 * MAX_PAGE)
 
     def next_poll_at(self, user: users.UserModel, now: datetime, new_plays: int, gap: bool) -> datetime:
         elapsed = (now - user.last_polled_at).total_seconds() if user.last_polled_at else self.default_s
-        rate = new_plays * self.default_s / max(elapsed, self.min_s / 2)  # new plays per cadence
-        if gap or rate >= self.busy_plays:
+        per_cadence = new_plays * self.default_s / max(elapsed, self.min_s / 2)
+        if gap or new_plays >= self.busy_plays or per_cadence >= self.stay_busy_plays:
             interval = self.min_s
         elif new_plays == 0 and user.last_polled_at and user.next_poll_at:
             # Quiet users back off (doubling) up to max_s; with default == max nothing changes.
