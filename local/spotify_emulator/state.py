@@ -25,7 +25,10 @@ CODE_TTL = timedelta(minutes=10)
 REFRESH_TOKEN_TTL = timedelta(days=183)  # "6 months after the user authorized"
 WINDOW = 50  # recently-played only ever exposes the last 50 plays
 MIN_PLAY_GAP_S = 31  # a play is listed only once it lasted over 30 s
-ENDPOINTS = ("token", "me", "recently_played", "authorize")
+ENDPOINTS = ("token", "me", "recently_played", "authorize")  # "track" is counted once used
+
+
+APP = "\x00app"  # the owner of client-credentials tokens: no user
 
 
 def real_clock() -> datetime:
@@ -197,6 +200,7 @@ class EmulatorState:
         self._injections: list[Injection] = []
         self._rate_limited_until: datetime | None = None
         self._counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
+        self._track_index: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ setup
     def now(self) -> datetime:
@@ -455,11 +459,26 @@ class EmulatorState:
                                                           entry.authorized_at)
             return body
 
-    def check_access_token(self, token: str | None) -> str:
-        """Returns the user id for a usable access token or raises ApiError(401)."""
+    def app_token(self, client: _Client) -> dict:
+        """Client credentials: an access token for the app itself (catalog endpoints, no user)."""
+        with self._lock:
+            return {"access_token": self._new_access(APP, client.client_id, ""), "token_type": "Bearer",
+                    "expires_in": int(ACCESS_TOKEN_TTL.total_seconds())}
+
+    def track_by_id(self, track_id: str) -> dict | None:
+        """The catalog's TrackObject with this id (the catalog is derived from the seed)."""
+        with self._lock:
+            if self._track_index is None:
+                self._track_index = {catalog.track(self.seed, i)["id"]: i for i in range(catalog.CATALOG_SIZE)}
+            index = self._track_index.get(track_id)
+            return None if index is None else catalog.track(self.seed, index)
+
+    def check_access_token(self, token: str | None, app_tokens: bool = False) -> str:
+        """Returns the user id for a usable access token or raises ApiError(401). An app token
+        (client credentials) is usable only where `app_tokens` allows it (catalog endpoints)."""
         with self._lock:
             entry = self._access.get(token or "")
-            if entry is None or not entry.valid:
+            if entry is None or not entry.valid or (entry.user_id == APP and not app_tokens):
                 raise ApiError(401, "Invalid access token")
             if self.now() >= entry.expires_at:
                 raise ApiError(401, "The access token expired")
