@@ -133,6 +133,11 @@ def _track(raw: dict[str, Any]) -> Track:
     )
 
 
+def parse_track(raw: dict[str, Any]) -> Track:
+    """A TrackObject (GET /tracks/{id}) -> Track with its album and artists."""
+    return _track(raw)
+
+
 def parse_play(raw: dict[str, Any]) -> Play:
     moment = parse_played_at(raw.get("played_at"))  # type: ignore[arg-type]
     context = raw.get("context") or {}
