@@ -107,7 +107,7 @@ class Importer:
             return RunOutcome(NOTHING, reason="not an import key")
         user_id, job_id = found
         created = imports.create(user_id, job_id, key, size, clock.now())
-        logger.info("import job", extra={"user_id": user_id, "job_id": job_id, "created": created, "bytes": size})
+        logger.info("import job", extra={"user_id": user_id, "job_id": job_id, "new_job": created, "bytes": size})
         return self.run(user_id, job_id, budget)
 
     def run(self, user_id: str, job_id: str, budget: Budget) -> RunOutcome:
@@ -133,12 +133,11 @@ class Importer:
             if users.get(user_id) is None:
                 imports.set_state(job, token, clock.now(), imports.FAILED, error="unknown user", release=True)
                 return RunOutcome(FAILED, reason="unknown user")
+            finished_import = True
             if job.phase == imports.PHASE_IMPORT:
-                if not self._import(job, token, budget, outcome):
-                    return outcome
-                job = imports.get(user_id, job_id)
-                assert job is not None
-            self._resolve(job, token, budget, outcome)
+                finished_import = self._import(job, token, budget, outcome)
+            if finished_import:
+                self._resolve(job, token, budget, outcome)
         except imports.LeaseLost:
             return RunOutcome(BUSY, reason="lease lost")
         if outcome.status in (CONTINUE, PAUSED):
@@ -330,23 +329,8 @@ class Importer:
 
     @staticmethod
     def _advance(job: imports.ImportModel, token: str, progress: imports.Progress) -> None:
+        # pynamodb refreshes `job` from the answer (ALL_NEW): the next conditional write starts from there.
         imports.advance(job, token, progress, clock.now())
-        # The item now holds these: the next conditional write starts from here.
-        job.file_index, job.row_index = progress.file_index, progress.row_index
-        merged = dict(job.skipped or {})
-        for reason, count in progress.skipped.items():
-            merged[reason] = merged.get(reason, 0) + count
-        job.skipped = merged
-        if progress.first_ms is not None:
-            job.first_ms = min(progress.first_ms, job.first_ms or progress.first_ms)
-        if progress.last_ms is not None:
-            job.last_ms = max(progress.last_ms, job.last_ms or progress.last_ms)
-        if progress.new_resolve_chunk:
-            job.resolve_chunks = int(job.resolve_chunks or 0) + 1
-        if progress.error is not None and job.error is None:
-            job.error = progress.error[0]
-        if progress.state is not None and job.started_at is None:
-            job.started_at = clock.now()
 
     # ------------------------------------------------------------------ phase 2: the catalog
     def _resolve(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> None:
@@ -359,7 +343,8 @@ class Importer:
             already = pending - catalog.unknown_track_ids(pending)
             done: set[str] = set(already)
             for track_id in sorted(pending - already):
-                if budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
+                # Checked after a lookup, not before the first: every invocation makes progress.
+                if outcome.tracks_resolved and budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
                     self._save_resolved(job, token, chunk, done, imports.RUNNING, release=True)
                     outcome.status = CONTINUE
                     return
