@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parameter", type=_parameter, action="append", default=[], metavar="NAME=VALUE",
                      help="override a template parameter (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--import", dest="import_export", action="store_true",
+                     help="afterwards every user uploads a Spotify data export (years before sign-up, the polled "
+                          "period, its gaps) and the importer takes it in; the report shows plays added, "
+                          "duplicates avoided and duplicated plays")
 
     serve = commands.add_parser("serve", help="keep the local stack up behind a local API gateway",
                                 description="Keep the stack up and serve the template's HttpApi routes on "
@@ -138,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     real_stdout = sys.stdout
     config = RunConfig(users=args.users, hours=args.hours, seed=args.seed, faults=args.faults,
                        time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
-                       log_file=log_file, progress=None if args.quiet else sys.stderr)
+                       log_file=log_file, progress=None if args.quiet else sys.stderr,
+                       import_export=args.import_export)
     simulation = Simulation(config)
     try:
         report = simulation.run()

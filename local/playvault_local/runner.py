@@ -51,6 +51,7 @@ class RunConfig:
     log_file: TextIO | None = None
     progress: TextIO | None = None
     on_ready: Callable[[LocalSystem], None] | None = None  # tests: patch things once the stack is up
+    import_export: bool = False  # --import: after the hours, every user imports a data export
 
 
 class RunError(RuntimeError):
@@ -65,6 +66,9 @@ class Simulation:
         self.chaos = config.chaos if config.faults == "chaos" else None
         self.clock = SimClock(config.start - SIGNUP_LEAD)
         parameters = {"MaxUsers": str(max(config.users + 5, 5)), **config.parameters}
+        if config.import_export:
+            # Catalog lookups are throttled in real time; the emulator needs no 5-a-second pace.
+            parameters.setdefault("CatalogLookupIntervalMs", "2")
         self.system = LocalSystem(SystemConfig(
             template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
@@ -112,6 +116,8 @@ class Simulation:
             mark = time.monotonic()
             report = build_report(self, baseline, counts)
             self.timings["report_s"] = time.monotonic() - mark
+            if self.config.import_export:
+                report["import"] = self._import_exports()
             self.timings["total_s"] = time.monotonic() - started
             report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
             return report
@@ -284,6 +290,16 @@ class Simulation:
             if stalls > 1000:
                 raise RunError("the work queue holds visible messages that cannot be received")
             self._advance(datetime.fromtimestamp(target, UTC))
+
+    # ------------------------------------------------------------------ --import
+    def _import_exports(self) -> dict[str, Any]:
+        """After the polled hours (and their report): every user uploads a data export; see import_run."""
+        from playvault_local.import_run import run_imports
+
+        mark = time.monotonic()
+        section = run_imports(self)
+        self.timings["import_s"] = time.monotonic() - mark
+        return section
 
     # ------------------------------------------------------------------ helpers
     def _request_counts(self) -> dict[str, Any]:
