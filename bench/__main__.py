@@ -39,6 +39,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                              "users-per-message)")
     parser.add_argument("--dispatcher-users", type=ints, default=[10_000, 100_000])
     parser.add_argument("--cold-runs", type=int, default=7)
+    parser.add_argument("--import-rows", type=int, default=150_000, help="rows of the big export (bench/imports.py)")
+    parser.add_argument("--only-import", action="store_true", help="run the import benchmark alone")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     return parser.parse_args(argv)
 
@@ -526,6 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emulator, spotify_url = _start_emulator(DEV_CLIENT_ID, DEV_CLIENT_SECRET, "http://127.0.0.1:8765/auth/callback")
         bench = Bench(args, aws_url, spotify_url)
+        from bench import imports as import_bench
+
+        bench.results["import"] = import_bench.run(bench.recorder, aws_url, spotify_url, args.import_rows)
+        _say(import_bench.summary(bench.results["import"]))
+        if args.only_import:
+            Path(args.out).with_name("results_import.json").write_text(
+                json.dumps(bench.results["import"], indent=2) + "\n")
+            return 0
         bench.poll_counts()
         bench.throughput()
         stack = bench.provision("bench-dispatch", "dispatch")
@@ -563,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         "cold_import_dependency_floor_ms": {name: c["dependency_floor_median_ms"]
                                             for name, c in r["cold_import"].items()},
         "dispatcher_users_per_s": {str(d["users"]): d.get("users_per_s") for d in r.get("dispatcher", [])},
+        "import": {"rows_per_s": r["import"]["big"]["rows_per_s"], "peak_rss_mb": r["import"]["big"]["peak_rss_mb"],
+                   "rows": r["import"]["big"]["rows_read"], "wru_per_play": r["import"]["units"]["plays_wru_per_play"],
+                   "catalog_wru": r["import"]["units"]["catalog_wru"]},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "latency_ms": args.latency_ms,
         "users_per_message": args.users_per_message,

@@ -189,6 +189,8 @@ def test_a_chunk_retried_after_a_crash_adds_nothing_twice(world, monkeypatch):
     job = world.job(key)
     assert (job.rows_read, job.plays_added, job.duplicates) == (10, 10, 0)
     assert len(world.stored()) == 10
+    # the retried chunk's tracks are still resolved, although its rows were written before the crash
+    assert job.tracks_resolved == 10 and not catalog.unknown_track_ids({track(k)["id"] for k in range(10)})
 
 
 def test_a_second_delivery_while_the_first_runs_writes_nothing(world):

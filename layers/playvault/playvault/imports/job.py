@@ -261,7 +261,9 @@ class Importer:
         decisions = dedup.decide(rows, near, existing, tolerance_ms=tolerance_ms,
                                  ref_of=lambda r: ref_prefix + str(r.index))
         new = [d for d in decisions if d.outcome == dedup.NEW]
-        track_ids = {d.row.track_id for d in new if d.row.track_id}
+        # Rows this chunk wrote in a crashed attempt count as its own: their tracks and episodes too.
+        own = [d for d in decisions if d.outcome != dedup.DUPLICATE]
+        track_ids = {d.row.track_id for d in own if d.row.track_id}
         unknown = catalog.unknown_track_ids(track_ids)
         progress = imports.Progress(next_position[0], next_position[1], bytes_done, rows_read=read,
                                     plays_added=sum(d.outcome != dedup.DUPLICATE for d in decisions),
@@ -275,7 +277,7 @@ class Importer:
             progress.new_resolve_chunk = True
             progress.tracks_to_resolve = len(unknown)
         episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
-                    for d in new if d.row.episode_id]
+                    for d in own if d.row.episode_id]
         progress.episodes_added = catalog.upsert_episodes(episodes) if episodes else 0
         plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
         self._advance(job, token, progress)
