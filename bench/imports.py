@@ -5,7 +5,7 @@ per imported play, and the importer's memory high-water mark for a 150,000-row e
   item size, AWS's rules): WRU per imported play, split into plays, catalog rows and job bookkeeping.
 - throughput and memory: the big export is built and uploaded here; a child process (the importer
   alone, as a Lambda container would hold it) imports it and reports rows/s and its peak RSS
-  (ru_maxrss) next to its RSS before the import began (the runtime and libraries).
+  (VmHWM) next to its RSS before the import began (the runtime and libraries).
 """
 
 from __future__ import annotations
@@ -151,9 +151,17 @@ def throughput_and_memory(aws_url: str, spotify_url: str, rows: int = 150_000) -
     return result
 
 
-def _child(key: str, size: int, prefix: str) -> None:
-    import resource
+def _memory_mb(field: str) -> int:
+    """VmRSS (now) or VmHWM (high-water mark) of this process. Not ru_maxrss: that survives
+    fork+exec, so a child would report its parent's peak."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) // 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
+
+def _child(key: str, size: int, prefix: str) -> None:
     import playvault.imports.job  # noqa: F401 - registers every model the importer uses before bind()
     from playvault import store
     from playvault.config import ImporterSettings
@@ -164,10 +172,9 @@ def _child(key: str, size: int, prefix: str) -> None:
         def name(self, logical: str) -> str:
             return {"UserFilesBucket": os.environ["USER_FILES_BUCKET"]}[logical]
 
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    before = _memory_mb("VmRSS")
     result = _import_all(_Stack(), key, size)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    print(json.dumps({**result, "rss_before_mb": before, "peak_rss_mb": peak}))
+    print(json.dumps({**result, "rss_before_mb": before, "peak_rss_mb": _memory_mb("VmHWM")}))
 
 
 def run(recorder: Any, aws_url: str, spotify_url: str, rows: int = 150_000) -> dict[str, Any]:

@@ -206,7 +206,7 @@ def test_a_second_delivery_while_the_first_runs_writes_nothing(world):
 def test_out_of_time_continues_later_from_where_it_stopped(world):
     rows = history(datetime(2021, 1, 1, tzinfo=UTC), 10)
     key = world.upload(zipped({"Streaming_History_Audio_2021.json": rows}))
-    outcome = world.run(key, world.importer(min_remaining_ms=10 ** 9))  # "no time" after each chunk
+    outcome = world.run(key, world.importer(min_remaining_ms=10 ** 9))  # "no time" after each step
     assert outcome.status == job_mod.CONTINUE and world.continued
     job = world.job(key)
     assert (job.state, job.row_index, job.plays_added) == ("running", 4, 4)
@@ -216,6 +216,7 @@ def test_out_of_time_continues_later_from_where_it_stopped(world):
         runs += 1
         assert runs < 30, "no progress"
     assert runs > 3  # three chunks, then the catalog a track at a time
+    assert world.state.request_counts()["track"] == 10  # resumed where it stopped: no track fetched twice
     assert (world.job(key).plays_added, len(world.stored())) == (10, 10)
 
 
@@ -236,6 +237,7 @@ def test_a_429_lasting_hours_pauses_the_job_without_reporting_success(world):
     world.now += timedelta(hours=2, seconds=5)
     assert world.importer().run(user_id, job_id, Budget.seconds(60)).status == job_mod.DONE
     assert world.job(key).tracks_resolved == 6
+    assert world.state.request_counts()["track"] == 7  # the refused one again, then the rest: none twice
 
 
 def test_polling_comes_first_the_import_waits_for_the_gate(world):

@@ -44,6 +44,7 @@ CONTEXT_ROWS = 200
 # A cluster of rows queried as one time range: rows further apart start a new range.
 CLUSTER_GAP_MS = 3600 * 1000
 RESOLVE_SAVE_EVERY = 20
+QUEUED_IDS_CAPACITY = 100_000
 FILE_DONE, FILE_REJECTED, FILE_FAILED, FILE_SKIPPED, FILE_PENDING = "done", "rejected", "failed", "skipped", "pending"
 
 CONTINUE = "continue"  # more to do: continued by a later invocation
@@ -97,6 +98,7 @@ class Importer:
         self._app_token: tuple[str, datetime] | None = None
         self._names: dict[str, tuple[str, str | None]] = {}
         self._last_lookup = 0.0
+        self._queued: dict[str, set[str]] = {}
 
     # ------------------------------------------------------------------ entry points
     def start(self, key: str, size: int, budget: Budget) -> RunOutcome:
@@ -264,7 +266,11 @@ class Importer:
         # Rows this chunk wrote in a crashed attempt count as its own: their tracks and episodes too.
         own = [d for d in decisions if d.outcome != dedup.DUPLICATE]
         track_ids = {d.row.track_id for d in own if d.row.track_id}
-        unknown = catalog.unknown_track_ids(track_ids)
+        # Queued by an earlier chunk of this job in this container: once is enough.
+        queued = self._queued.setdefault(job.job_id, set())
+        unknown = catalog.unknown_track_ids(track_ids) - queued
+        if len(queued) < QUEUED_IDS_CAPACITY:
+            queued.update(unknown)
         progress = imports.Progress(next_position[0], next_position[1], bytes_done, rows_read=read,
                                     plays_added=sum(d.outcome != dedup.DUPLICATE for d in decisions),
                                     duplicates=sum(d.outcome == dedup.DUPLICATE for d in decisions),
@@ -339,42 +345,48 @@ class Importer:
         if job.phase != imports.PHASE_RESOLVE:
             imports.set_state(job, token, clock.now(), imports.RUNNING, phase=imports.PHASE_RESOLVE)
             job.phase = imports.PHASE_RESOLVE
-        for chunk in range(int(job.resolve_position or 0), int(job.resolve_chunks or 0)):
-            pending = imports.resolve_chunk(job.user_id, job.job_id, chunk)
-            # Another chunk or another import may have stored some meanwhile.
-            already = pending - catalog.unknown_track_ids(pending)
-            done: set[str] = set(already)
-            for track_id in sorted(pending - already):
-                # Checked after a lookup, not before the first: every invocation makes progress.
-                if outcome.tracks_resolved and budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
-                    self._save_resolved(job, token, chunk, done, imports.RUNNING, release=True)
-                    outcome.status = CONTINUE
-                    return
-                stop = self._lookup(track_id, budget)
-                if stop is not None:
-                    until, why = stop
-                    delay = max(1.0, (until - clock.now()).total_seconds())
-                    self._save_resolved(job, token, chunk, done, imports.PAUSED, paused_until=until, release=True)
-                    outcome.status, outcome.delay_s, outcome.reason = PAUSED, delay, why
-                    logger.warning("import paused", extra={"user_id": job.user_id, "job_id": job.job_id,
-                                                           "until": until.isoformat(), "why": why})
-                    return
-                done.add(track_id)
-                outcome.tracks_resolved += 1
-                if len(done) >= RESOLVE_SAVE_EVERY:
-                    self._save_resolved(job, token, chunk, done, imports.RUNNING)
-                    done = set()
-            self._save_resolved(job, token, chunk, done, imports.RUNNING, resolve_position=chunk + 1)
+        first_chunk = int(job.resolve_position or 0)
+        for chunk in range(first_chunk, int(job.resolve_chunks or 0)):
+            ids = sorted(imports.resolve_chunk(job.user_id, job.job_id, chunk))
+            index = int(job.resolve_offset or 0) if chunk == first_chunk else 0
+            # Another chunk, another import or polling may have stored some meanwhile.
+            known = set(ids[index:]) - catalog.unknown_track_ids(set(ids[index:]))
+            since_saved = 0
+            while index < len(ids):
+                track_id = ids[index]
+                if track_id not in known:
+                    # Checked after a lookup, not before the first: every invocation makes progress.
+                    if outcome.tracks_resolved and budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
+                        self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index, release=True)
+                        outcome.status = CONTINUE
+                        return
+                    stop = self._lookup(track_id, budget)
+                    if stop is not None:
+                        until, why = stop
+                        delay = max(1.0, (until - clock.now()).total_seconds())
+                        self._save_resolved(job, token, imports.PAUSED, since_saved, chunk, index,
+                                            paused_until=until, release=True)
+                        outcome.status, outcome.delay_s, outcome.reason = PAUSED, delay, why
+                        logger.warning("import paused", extra={"user_id": job.user_id, "job_id": job.job_id,
+                                                               "until": until.isoformat(), "why": why})
+                        return
+                    outcome.tracks_resolved += 1
+                index += 1
+                since_saved += 1
+                if since_saved >= RESOLVE_SAVE_EVERY:
+                    self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index)
+                    since_saved = 0
+            self._save_resolved(job, token, imports.RUNNING, since_saved, chunk + 1, 0)
         imports.set_state(job, token, clock.now(), imports.DONE, release=True)
         outcome.status = DONE
         logger.info("import done", extra={"user_id": job.user_id, "job_id": job.job_id})
 
-    def _save_resolved(self, job: imports.ImportModel, token: str, chunk: int, done: set[str], state_: str, *,
-                       paused_until: datetime | None = None, release: bool = False,
-                       resolve_position: int | None = None) -> None:
-        imports.drop_resolved(job.user_id, job.job_id, chunk, done)
+    @staticmethod
+    def _save_resolved(job: imports.ImportModel, token: str, state_: str, resolved: int, position: int,
+                       offset: int, *, paused_until: datetime | None = None, release: bool = False) -> None:
+        """Progress of the catalog phase on the job item (small): the resolve items are never rewritten."""
         imports.set_state(job, token, clock.now(), state_, paused_until=paused_until, release=release,
-                          resolved=len(done), resolve_position=resolve_position)
+                          resolved=resolved, resolve_position=position, resolve_offset=offset)
 
     def _lookup(self, track_id: str, budget: Budget) -> tuple[datetime, str] | None:
         """Fetch and store one track; (until, why) when the job must pause instead."""

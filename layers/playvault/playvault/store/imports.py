@@ -3,7 +3,8 @@
 Keys (ImportsTable, user_id + item): `job#<job id>` is the job's status (what /me shows: files,
 rows read, plays added, duplicates, skipped by reason, tracks to resolve, state, error with file and
 row, progress for the ETA) and its position (file index + row index of the next row to read);
-`resolve#<job id>#<n>` holds the ids of tracks the catalog did not know, found by chunk n.
+`resolve#<job id>#<n>` holds the ids of tracks the catalog did not know, found by chunk n (written
+once; the job item records how far the catalog phase got: resolve_position, resolve_offset).
 
 Every progress write is conditional on the caller's lease and on the position it started from, so
 two deliveries of the same job cannot both count a chunk, and a retried chunk (crash, timeout) is
@@ -73,6 +74,7 @@ class ImportModel(Model):
     tracks_resolved = NumberAttribute(null=True)
     resolve_chunks = NumberAttribute(null=True)
     resolve_position = NumberAttribute(null=True)  # resolve items fully done
+    resolve_offset = NumberAttribute(null=True)  # ids (sorted) of the next resolve item already done
     first_ms = NumberAttribute(null=True)  # the oldest and newest stream read: what the import covers
     last_ms = NumberAttribute(null=True)
     error = UnicodeAttribute(null=True)
@@ -221,7 +223,7 @@ def _update(job: ImportModel, actions: list[Any], condition: Any) -> None:
 
 def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase: str | None = None,
               paused_until: datetime | None = None, error: str | None = None, release: bool = False,
-              resolved: int = 0, resolve_position: int | None = None) -> None:
+              resolved: int = 0, resolve_position: int | None = None, resolve_offset: int | None = None) -> None:
     actions = [ImportModel.state.set(state), ImportModel.updated_at.set(now)]
     if phase is not None:
         actions.append(ImportModel.phase.set(phase))
@@ -236,6 +238,8 @@ def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase:
         actions.append(ImportModel.tracks_resolved.add(resolved))
     if resolve_position is not None:
         actions.append(ImportModel.resolve_position.set(resolve_position))
+    if resolve_offset is not None:
+        actions.append(ImportModel.resolve_offset.set(resolve_offset))
     if release:
         actions += [ImportModel.lease_token.remove(), ImportModel.lease_until.remove()]
     _update(job, actions, ImportModel.lease_token == token)
@@ -262,10 +266,3 @@ def resolve_chunk(user_id: str, job_id: str, chunk: int) -> set[str]:
     except ImportModel.DoesNotExist:
         return set()
     return set(item.track_ids or ())
-
-
-def drop_resolved(user_id: str, job_id: str, chunk: int, track_ids: set[str]) -> None:
-    """Remove resolved ids from the chunk's set (DynamoDB deletes the attribute when it empties)."""
-    if track_ids:
-        ImportModel(user_id, resolve_key(job_id, chunk)).update(actions=[ImportModel.track_ids.delete(track_ids)])
-
