@@ -43,6 +43,7 @@ logger = Logger(child=True)
 CONTEXT_ROWS = 200
 # A cluster of rows queried as one time range: rows further apart start a new range.
 CLUSTER_GAP_MS = 3600 * 1000
+MAX_QUERIES_PER_CHUNK = 4
 RESOLVE_SAVE_EVERY = 20
 QUEUED_IDS_CAPACITY = 100_000
 FILE_DONE, FILE_REJECTED, FILE_FAILED, FILE_SKIPPED, FILE_PENDING = "done", "rejected", "failed", "skipped", "pending"
@@ -307,12 +308,12 @@ class Importer:
             return []
         margin = self.settings.tolerance_s * 1000 + 60_000
         times = sorted(r.ended_ms for r in rows)
-        ranges: list[list[int]] = [[times[0], times[0]]]
-        for moment in times[1:]:
-            if moment - ranges[-1][1] > CLUSTER_GAP_MS:
-                ranges.append([moment, moment])
-            else:
-                ranges[-1][1] = moment
+        # Split at the widest silences (over an hour), at most MAX_QUERIES_PER_CHUNK ranges: sparse
+        # rows (years of light listening in one chunk) cost a few Queries, not one per row.
+        splits = sorted(sorted(range(1, len(times)), key=lambda i: times[i] - times[i - 1], reverse=True)
+                        [:MAX_QUERIES_PER_CHUNK - 1])
+        splits = [i for i in splits if times[i] - times[i - 1] > CLUSTER_GAP_MS]
+        ranges = [[times[a], times[b - 1]] for a, b in zip([0, *splits], [*splits, len(times)], strict=True)]
         found = []
         for low, high in ranges:
             start = dedup.canonical_played_at_ms(low - margin)
