@@ -392,3 +392,13 @@ def test_video_history_is_skipped(world):
 def test_a_key_outside_the_import_layout_is_ignored(world):
     world.s3.put_object(Bucket=world.bucket, Key="imports/alice/x.json", Body=b"[]")
     assert world.importer().start("imports/alice/x.json", 2, Budget.seconds(10)).status == job_mod.NOTHING
+
+
+def test_sparse_rows_cost_at_most_four_queries_per_chunk(world, monkeypatch):
+    calls = []
+    real = plays.plays_between
+    monkeypatch.setattr(plays, "plays_between", lambda *a: calls.append(a) or real(*a))
+    rows = [stream(datetime(2015, 1, 1, tzinfo=UTC) + timedelta(days=40 * k), k) for k in range(8)]
+    world.run(world.upload(zipped({"Streaming_History_Audio_2015.json": rows})), world.importer(chunk_rows=8))
+    assert len(world.stored()) == 8
+    assert len(calls) == 4
