@@ -222,7 +222,8 @@ class Importer:
                 else:
                     accepted_any = True
                     if row_index < start_row:
-                        context.append(row)
+                        if cutoff is None or row.ended_ms <= cutoff:  # as its chunk saw it: decided rows only
+                            context.append(row)
                         continue
                     read += 1
                     if cutoff is not None and row.ended_ms > cutoff:
