@@ -67,6 +67,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                         help="fleet sizes the dispatcher scans and dispatches; empty to skip (default: 10000,100000)")
     parser.add_argument("--cold-runs", type=int, default=7, metavar="N",
                         help="fresh processes per handler for the cold-import median (default: 7)")
+    parser.add_argument("--import-rows", type=int, default=150_000, metavar="N",
+                        help="rows of the big export in the import benchmark (bench/imports.py) (default: 150000)")
+    parser.add_argument("--only-import", action="store_true", help="run the import benchmark alone")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"), metavar="FILE",
                         help="where the results go (default: bench/results.json)")
     return parser.parse_args(argv)
@@ -680,6 +683,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         emulator, spotify_url = _start_emulator(DEV_CLIENT_ID, DEV_CLIENT_SECRET, "http://127.0.0.1:8765/auth/callback")
         bench = Bench(args, aws_url, spotify_url)
+        from bench import imports as import_bench
+
+        bench.results["import"] = import_bench.run(bench.recorder, aws_url, spotify_url, args.import_rows)
+        _say(import_bench.summary(bench.results["import"]))
+        if args.only_import:
+            Path(args.out).with_name("results_import.json").write_text(
+                json.dumps(bench.results["import"], indent=2) + "\n")
+            return 0
         bench.poll_counts()
         bench.throughput(MOTO)
         if DYNALITE in args.emulators:
@@ -754,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
         "cold_import_dependency_floor_ms": {name: c["dependency_floor_median_ms"]
                                             for name, c in r["cold_import"].items()},
         "dispatcher_users_per_s": {str(d["users"]): d.get("users_per_s") for d in r.get("dispatcher", [])},
+        "import": {"rows_per_s": r["import"]["big"]["rows_per_s"], "peak_rss_mb": r["import"]["big"]["peak_rss_mb"],
+                   "rows": r["import"]["big"]["rows_read"], "wru_per_play": r["import"]["units"]["plays_wru_per_play"],
+                   "catalog_wru": r["import"]["units"]["catalog_wru"]},
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "latency_ms": args.latency_ms,
         "emulators": list(by_emulator),

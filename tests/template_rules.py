@@ -21,7 +21,9 @@ EMITTERS = {"count", "record_duration_ms", "count_failure"}
 # Statements allowed to be broad, each for a documented reason: (resource, Sid).
 # A KMS key policy must let the account administer the key (else the key becomes unmanageable);
 # IAM policies of the account then decide who may use it.
-DOCUMENTED_EXCEPTIONS = {("TokenKey", "AccountAdministersTheKey")}
+# The KMS key policy's account-root statement (without it the key cannot be administered); the user
+# files bucket's TLS-only statement, a Deny of every action over plain HTTP (it grants nothing).
+DOCUMENTED_EXCEPTIONS = {("TokenKey", "AccountAdministersTheKey"), ("UserFilesBucketPolicy", "TlsOnly")}
 
 
 # ------------------------------------------------------------------ helpers

@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--late-share", type=_share, default=0.10, metavar="SHARE",
                      help="share of plays Spotify shows late, 1-90 minutes after they were played "
                           "(default 0.10; 0 for an ideal feed)")
+    run.add_argument("--import", dest="import_export", action="store_true",
+                     help="afterwards every user uploads a Spotify data export (years before sign-up, the polled "
+                          "period, its gaps) and the importer takes it in; the report shows plays added, "
+                          "duplicates avoided and duplicated plays")
 
     serve = commands.add_parser("serve", help="keep the local stack up behind a local API gateway",
                                 description="Keep the stack up and serve the template's HttpApi routes on "
@@ -168,7 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(users=users, hours=args.hours, days=args.days, tick_hours=args.tick_hours,
                        seed=args.seed, faults=args.faults,
                        time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
-                       log_file=log_file, progress=None if args.quiet else sys.stderr, late_share=args.late_share)
+                       log_file=log_file, progress=None if args.quiet else sys.stderr, late_share=args.late_share,
+                       import_export=args.import_export)
     simulation = Simulation(config)
     try:
         report = simulation.run()

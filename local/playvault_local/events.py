@@ -121,3 +121,28 @@ def http_response(answer: Any) -> tuple[int, dict[str, str], bytes, list[str]]:
     for key, values in (answer.get("multiValueHeaders") or {}).items():
         headers[str(key)] = ", ".join(str(v) for v in values)
     return int(answer["statusCode"]), headers, raw, list(answer.get("cookies") or [])
+
+
+def s3_object_created_event(bucket: str, key: str, size: int, etag: str, moment: datetime,
+                            reason: str = "PostObject") -> dict[str, Any]:
+    """What an EventBridge rule delivers for an S3 "Object Created" (bucket notifications to
+    EventBridge on): moto does not emit it, so the local runner and the tests build it."""
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Object Created",
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        "time": _iso(moment),
+        "region": REGION,
+        "resources": [f"arn:aws:s3:::{bucket}"],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": bucket},
+            "object": {"key": key, "size": size, "etag": etag.strip('"'), "sequencer": uuid.uuid4().hex[:18].upper()},
+            "request-id": uuid.uuid4().hex[:16].upper(),
+            "requester": ACCOUNT,
+            "source-ip-address": "127.0.0.1",
+            "reason": reason,
+        },
+    }

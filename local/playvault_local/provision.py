@@ -78,6 +78,21 @@ def _create_queue(sqs: Any, name: str, props: dict[str, Any]) -> dict[str, str]:
     return {"Ref": url, "Arn": arn, "QueueName": name}
 
 
+def _create_bucket(s3: Any, name: str, props: dict[str, Any]) -> dict[str, str]:
+    s3.create_bucket(Bucket=name)
+    encryption = props.get("BucketEncryption")
+    if encryption:
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault":
+                       r["ServerSideEncryptionByDefault"]} for r in encryption["ServerSideEncryptionConfiguration"]]})
+    lifecycle = (props.get("LifecycleConfiguration") or {}).get("Rules")
+    if lifecycle:
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+            {"ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": r.get("Prefix", "")},
+             "Expiration": {"Days": int(r["ExpirationInDays"])}} for r in lifecycle]})
+    return {"Ref": name, "Arn": f"arn:aws:s3:::{name}", "DomainName": f"{name}.s3.amazonaws.com"}
+
+
 def provision(
     template_path: Path | str = tpl.TEMPLATE_PATH,
     *,
@@ -100,6 +115,13 @@ def provision(
     ddb = _client("dynamodb", endpoint_url, region)
     for logical, res in tpl.resources_of_type(template, "AWS::DynamoDB::Table").items():
         physical[logical] = _create_table(ddb, f"{prefix}-{logical}", resolver.value(res["Properties"]))
+
+    s3 = _client("s3", endpoint_url, region)
+    for logical, res in tpl.resources_of_type(template, "AWS::S3::Bucket").items():
+        # Bucket names are global and lower-case; properties such as CORS name other resources' URLs.
+        props = res.get("Properties") or {}
+        physical[logical] = _create_bucket(s3, f"{prefix}-{logical}".lower(), {
+            k: resolver.value(v) for k, v in props.items() if k in ("BucketEncryption", "LifecycleConfiguration")})
 
     kms = _client("kms", endpoint_url, region)
     for logical, res in tpl.resources_of_type(template, "AWS::KMS::Key").items():

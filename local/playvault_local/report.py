@@ -300,7 +300,34 @@ def _parse_time(value: str | None) -> float | None:
 
 
 def verdict(report: dict[str, Any]) -> bool:
-    return report["plays_lost"] == 0 and report["plays_duplicated"] == 0
+    return report["plays_lost"] == 0 and report["plays_duplicated"] == 0 and import_verdict(report)
+
+
+def import_verdict(report: dict[str, Any]) -> bool:
+    """--import: nothing duplicated, every expected play added, the whole overlap recognised."""
+    section = report.get("import")
+    if section is None:
+        return True
+    return (section["plays_duplicated"] == 0 and section["plays_added"] == section["plays_added_expected"]
+            and section["duplicates_avoided"] == section["overlap_with_polling"]
+            and set(section["jobs_by_state"]) == {"done"})
+
+
+def import_summary_lines(report: dict[str, Any]) -> list[str]:
+    section = report.get("import")
+    if section is None:
+        return []
+    return [
+        f"  import        : {section['uploads']} exports, {section['rows_in_exports']} rows; plays added "
+        f"{section['plays_added']} (expected {section['plays_added_expected']}); duplicates avoided "
+        f"{section['duplicates_avoided']} (overlap with polling {section['overlap_with_polling']}); "
+        f"duplicated {section['plays_duplicated']}; polled-period plays polling lacked, filled "
+        f"{section['polled_period_plays_filled']}",
+        f"  import detail : skipped {section['skipped_by_reason']}; episodes {section['episodes_added']}; "
+        f"tracks resolved {section['tracks_resolved']} (left {section['tracks_still_to_resolve']}); "
+        f"jobs {section['jobs_by_state']}; plays in table {section['plays_in_table_before']} -> "
+        f"{section['plays_in_table_after']}",
+    ]
 
 
 def words(value: Any) -> str:
@@ -358,6 +385,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report.get("chaos"):
         lines.append(f"  chaos         : {words(report['chaos'])}")
     lines += lifecycle_lines(report)
+    lines.extend(import_summary_lines(report))
     lines.append("  verdict       : " + ("OK (nothing lost, nothing duplicated)" if verdict(report)
                                         else "FAILED (plays lost or duplicated)"))
     return lines

@@ -58,6 +58,7 @@ class RunConfig:
     # --days N: months of the authorization lifecycle (see Simulation._lifecycle_setup)
     days: int = 0
     tick_hours: int = 0  # the dispatcher every tick_hours simulated hours; 0: the template's period (24 with --days)
+    import_export: bool = False  # --import: after the hours, every user imports a data export
 
 
 class RunError(RuntimeError):
@@ -74,6 +75,9 @@ class Simulation:
         # DetailedMetrics on: the report and the SVG dashboard read the full set of metrics.
         parameters = {"MaxUsers": str(max(config.users + 5, 5)), "DetailedMetrics": "true", **self._lifecycle_setup(),
                       **config.parameters}
+        if config.import_export:
+            # Catalog lookups are throttled in real time; the emulator needs no 5-a-second pace.
+            parameters.setdefault("CatalogLookupIntervalMs", "2")
         self.system = LocalSystem(SystemConfig(
             template_path=config.template_path, parameters=parameters, seed=config.seed, clock=self.clock,
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
@@ -127,6 +131,8 @@ class Simulation:
             mark = time.monotonic()
             report = build_report(self, baseline, counts)
             self.timings["report_s"] = time.monotonic() - mark
+            if self.config.import_export:
+                report["import"] = self._import_exports()
             self.timings["total_s"] = time.monotonic() - started
             report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
             return report
@@ -401,6 +407,16 @@ class Simulation:
             outcome = self.sign_up(user.user_id, requests.Session(), reconnect=kind == "sign_in_again")
             self.lifecycle_events.append({"day": round(at / 24, 2), "user_id": user.user_id, "action": kind,
                                           "outcome": outcome})
+
+    # ------------------------------------------------------------------ --import
+    def _import_exports(self) -> dict[str, Any]:
+        """After the polled hours (and their report): every user uploads a data export; see import_run."""
+        from playvault_local.import_run import run_imports
+
+        mark = time.monotonic()
+        section = run_imports(self)
+        self.timings["import_s"] = time.monotonic() - mark
+        return section
 
     # ------------------------------------------------------------------ helpers
     def _request_counts(self) -> dict[str, Any]:

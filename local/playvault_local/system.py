@@ -90,6 +90,9 @@ class LocalSystem:
         self._schedule_node: Any = None
         self.event_source: EventSourceSpec | None = None
         self.routes: list[Route] = []
+        # The importer: started by S3 "Object Created" (EventBridge rule), continued from its own queue.
+        self.import_function: str | None = None
+        self.import_source: EventSourceSpec | None = None
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> LocalSystem:
@@ -172,9 +175,12 @@ class LocalSystem:
                 raise StartupError(f"{logical_id}: cold start failed: {type(exc).__name__}: {exc}") from exc
 
     def _read_event_sources(self, template: dict[str, Any]) -> None:
+        sqs_sources: list[EventSourceSpec] = []
         for logical_id, resource in tpl.resources_of_type(template, "AWS::Serverless::Function").items():
             for event in ((resource.get("Properties") or {}).get("Events") or {}).values():
                 kind, props = event.get("Type"), event.get("Properties") or {}
+                if kind == "EventBridgeRule" and "aws.s3" in ((props.get("Pattern") or {}).get("source") or []):
+                    self.import_function = logical_id
                 if kind in ("Schedule", "ScheduleV2"):
                     self.schedule_function = logical_id
                     self._schedule_node = props.get("Schedule") or props.get("ScheduleExpression")
@@ -185,15 +191,20 @@ class LocalSystem:
                     target = queue["Fn::GetAtt"]
                     queue_id = target[0] if isinstance(target, list) else str(target).split(".")[0]
                     scaling = props.get("ScalingConfig") or {}
-                    self.event_source = EventSourceSpec(
+                    sqs_sources.append(EventSourceSpec(
                         function=logical_id, queue_logical_id=queue_id, batch_size=int(props.get("BatchSize", 10)),
                         batching_window_s=int(props.get("MaximumBatchingWindowInSeconds", 0)),
                         max_concurrency=scaling.get("MaximumConcurrency"),
                         report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes")
-                                                                                 or []))
+                                                                                 or [])))
                 elif kind == "HttpApi":
                     self.routes.append(Route(str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/")),
                                              logical_id))
+        for source in sqs_sources:
+            if source.function == self.import_function:
+                self.import_source = source
+            else:
+                self.event_source = source
         if self.schedule_function is None or self.event_source is None:
             raise StartupError("template: no Schedule-triggered function or no SQS-triggered function")
 

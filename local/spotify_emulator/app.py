@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from werkzeug.wrappers import Request, Response
 
+from . import catalog as catalog_ids
 from .state import ApiError, EmulatorState, OAuthError
 
 AUTHORIZE_PARAMS = ("client_id", "response_type", "redirect_uri", "state", "scope",
@@ -80,6 +81,8 @@ class EmulatorApp:
             return self.control(request)
         endpoint = {"/authorize": "authorize", "/api/token": "token", "/v1/me": "me",
                     "/v1/me/player/recently-played": "recently_played"}.get(path)
+        if path.startswith("/v1/tracks/"):
+            endpoint = "track"
         if endpoint:
             self.state.count(endpoint)
         is_api = path.startswith("/v1/")
@@ -116,6 +119,8 @@ class EmulatorApp:
                 return self.with_user(request, self.me)
             if path == "/v1/me/player/recently-played":
                 return self.with_user(request, self.recently_played)
+            if path.startswith("/v1/tracks/"):
+                return self.with_token(request, lambda req: self.track(req, path[len("/v1/tracks/"):]))
             return _api_error(404, "Service not found")
         return Response("Not found", status=404, mimetype="text/plain")
 
@@ -228,6 +233,10 @@ class EmulatorApp:
                     # Rotated, then the answer is lost on the way: held past the client's timeout.
                     time.sleep(self.state.faults.timeout_s)
                     return _json({"error": "server_error", "error_description": "Gateway timeout"}, 504)
+            elif grant == "client_credentials":
+                if client_secret is None:
+                    raise OAuthError(400, "invalid_client", "client_credentials needs the client secret")
+                body = self.state.app_token(client)
             elif not grant:
                 raise OAuthError(400, "invalid_request", "grant_type must be supplied")
             else:
@@ -253,6 +262,29 @@ class EmulatorApp:
             self.state.expire_access_token(token)
             return _api_error(401, "The access token expired")
         return handler(request, user_id)
+
+    def with_token(self, request: Request, handler: Any) -> Response:
+        """Catalog endpoints: any valid access token, a user's or the app's (client credentials)."""
+        auth = request.headers.get("Authorization", "")
+        if not auth:
+            return _api_error(401, "No token provided")
+        if not auth.startswith("Bearer "):
+            return _api_error(400, "Only valid bearer authentication supported")
+        try:
+            self.state.check_access_token(auth[7:].strip(), app_tokens=True)
+        except ApiError as err:
+            return _api_error(err.status, err.message, err.headers)
+        return handler(request)
+
+    def track(self, request: Request, track_id: str) -> Response:
+        """GET /tracks/{id}: a TrackObject (OneTrack), 400 for a malformed id, 404 for an unknown one."""
+        if not track_id or "/" in track_id or not all(c in catalog_ids.BASE62 for c in track_id) \
+                or len(track_id) != 22:
+            return _api_error(400, "Invalid base62 id")
+        found = self.state.track_by_id(track_id)
+        if found is None:
+            return _api_error(404, "Resource not found")
+        return _json(found)
 
     def me(self, request: Request, user_id: str) -> Response:
         token = request.headers.get("Authorization", "")[7:].strip()

@@ -27,7 +27,10 @@ WINDOW = 50  # recently-played only ever exposes the last 50 plays
 MIN_PLAY_GAP_S = 31  # a play is listed only once it lasted over 30 s
 # Spotify's answer to an account a development-mode app has not allow-listed.
 NOT_REGISTERED = "Check settings on developer.spotify.com/dashboard, the user may not be registered."
-ENDPOINTS = ("token", "me", "recently_played", "authorize")
+ENDPOINTS = ("token", "me", "recently_played", "authorize")  # "track" is counted once used
+
+
+APP = "\x00app"  # the owner of client-credentials tokens: no user
 
 
 def real_clock() -> datetime:
@@ -259,6 +262,7 @@ class EmulatorState:
         self._rate_limited_until: datetime | None = None
         self._counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._lose_rotations = 0  # the next n rotating refreshes lose their answer
+        self._track_index: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ setup
     def now(self) -> datetime:
@@ -580,17 +584,33 @@ class EmulatorState:
                 body["refresh_token"] = entry.child
             return body
 
-    def check_access_token(self, token: str | None) -> str:
+    def app_token(self, client: _Client) -> dict:
+        """Client credentials: an access token for the app itself (catalog endpoints, no user)."""
+        with self._lock:
+            return {"access_token": self._new_access(APP, client.client_id, ""), "token_type": "Bearer",
+                    "expires_in": int(ACCESS_TOKEN_TTL.total_seconds())}
+
+    def track_by_id(self, track_id: str) -> dict | None:
+        """The catalog's TrackObject with this id (the catalog is derived from the seed)."""
+        with self._lock:
+            if self._track_index is None:
+                self._track_index = {catalog.track(self.seed, i)["id"]: i for i in range(catalog.CATALOG_SIZE)}
+            index = self._track_index.get(track_id)
+            return None if index is None else catalog.track(self.seed, index)
+
+    def check_access_token(self, token: str | None, app_tokens: bool = False) -> str:
         """Returns the user id for a usable access token or raises ApiError(401), or ApiError(403)
-        for an account not on a development-mode client's allow-list."""
+        for an account not on a development-mode client's allow-list. An app token (client
+        credentials) is usable only where `app_tokens` allows it (catalog endpoints)."""
         with self._lock:
             entry = self._access.get(token or "")
-            if entry is None or not entry.valid:
+            if entry is None or not entry.valid or (entry.user_id == APP and not app_tokens):
                 raise ApiError(401, "Invalid access token")
             if self.now() >= entry.expires_at:
                 raise ApiError(401, "The access token expired")
             client = self._clients.get(entry.client_id)
-            if client is not None and client.allow_list is not None and entry.user_id not in client.allow_list:
+            if (client is not None and client.allow_list is not None and entry.user_id != APP
+                    and entry.user_id not in client.allow_list):
                 raise ApiError(403, NOT_REGISTERED)
             return entry.user_id
 

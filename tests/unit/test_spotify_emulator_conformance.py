@@ -300,3 +300,41 @@ def test_account_not_on_the_allow_list_gets_a_valid_403(env, openapi):
     assert _get(server, token, "/me").status_code == 200
     state.set_allow_list(CLIENT_ID, None)
     assert _get(server, token, "/me").status_code == 200
+
+
+def _app_token(base: str) -> str:
+    r = requests.post(f"{base}/api/token", data={"grant_type": "client_credentials"},
+                      auth=(CLIENT_ID, CLIENT_SECRET), timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def test_get_track_validates_with_a_user_or_an_app_token(env, openapi):
+    """GET /tracks/{id} (the importer's catalog lookup) answers OneTrack with either kind of token;
+    an app token is refused where a user is needed."""
+    from spotify_emulator import catalog
+
+    state, server, token, _ = env
+    wanted = catalog.track(7, 42)
+    pointer = _response_schema_pointer(openapi, "/tracks/{id}", "200")
+    for bearer in (token, _app_token(server.url)):
+        r = _get(server, bearer, f"/tracks/{wanted['id']}")
+        assert r.status_code == 200, r.text
+        assert r.json() == wanted
+        assert_valid(openapi, pointer, r.json())
+        assert_valid(openapi, "/components/schemas/TrackObject", r.json())
+    assert _get(server, _app_token(server.url), "/me").status_code == 401
+    assert state.request_counts()["track"] == 2
+
+
+def test_get_track_errors_validate(env, openapi):
+    _, server, token, _ = env
+    r = _get(server, token, "/tracks/" + "0" * 22)
+    assert r.status_code == 404
+    assert_valid(openapi, "/components/schemas/ErrorObject", r.json()["error"])
+    r = _get(server, token, "/tracks/not-an-id")
+    assert r.status_code == 400
+    assert_valid(openapi, "/components/responses/BadRequest/content/application~1json/schema", r.json())
+    r = _get(server, "not-a-token", "/tracks/" + "0" * 22)
+    assert r.status_code == 401
+    assert_valid(openapi, _response_schema_pointer(openapi, "/tracks/{id}", "401"), r.json())

@@ -57,13 +57,41 @@ def test_every_function_has_explicit_policy_statements(template):
         assert all("Statement" in p for p in policies), logical
 
 
-def test_the_documented_exception_is_narrow(template):
-    """The key policy lets the account root administer the key (and nothing else is excepted)."""
+def test_the_documented_exceptions_are_narrow(template):
+    """The key policy lets the account root administer the key; the bucket policy denies every
+    action without TLS (a Deny, granting nothing). Nothing else is excepted."""
     key = template["Resources"]["TokenKey"]["Properties"]["KeyPolicy"]
     excepted = [s for s in key["Statement"] if ("TokenKey", s.get("Sid")) in rules.DOCUMENTED_EXCEPTIONS]
     assert len(excepted) == 1
     assert excepted[0]["Principal"] == {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
-    assert rules.DOCUMENTED_EXCEPTIONS == {("TokenKey", "AccountAdministersTheKey")}
+    bucket = template["Resources"]["UserFilesBucketPolicy"]["Properties"]["PolicyDocument"]
+    tls = [s for s in bucket["Statement"] if ("UserFilesBucketPolicy", s.get("Sid")) in rules.DOCUMENTED_EXCEPTIONS]
+    assert len(tls) == 1
+    assert tls[0]["Effect"] == "Deny"
+    assert tls[0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert rules.DOCUMENTED_EXCEPTIONS == {("TokenKey", "AccountAdministersTheKey"),
+                                           ("UserFilesBucketPolicy", "TlsOnly")}
+
+
+def test_user_files_bucket_is_private_encrypted_and_expires(template):
+    """The bucket contract shared with the account pages: SSE, no public access, TLS only,
+    exports/ expire after 1 day and imports/ after 7; object-created events reach EventBridge,
+    whose rule on imports/ starts the importer."""
+    props = template["Resources"]["UserFilesBucket"]["Properties"]
+    assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert all(props["PublicAccessBlockConfiguration"].values())
+    expiry = {r["Prefix"]: r["ExpirationInDays"] for r in props["LifecycleConfiguration"]["Rules"]}
+    assert expiry == {"exports/": 1, "imports/": 7}
+    assert props["NotificationConfiguration"]["EventBridgeConfiguration"]["EventBridgeEnabled"] is True
+    importer = template["Resources"]["ImporterFunction"]["Properties"]
+    pattern = importer["Events"]["Uploaded"]["Properties"]["Pattern"]
+    assert pattern["detail"]["object"]["key"] == [{"prefix": "imports/"}]
+    assert pattern["detail"]["bucket"]["name"] == [{"Ref": "UserFilesBucket"}]
+    s3_grants = [st for st in importer["Policies"][0]["Statement"] if any(a.startswith("s3:") for a in st["Action"])]
+    assert s3_grants == [{"Effect": "Allow", "Action": ["s3:GetObject"],
+                          "Resource": {"Fn::Sub": "${UserFilesBucket.Arn}/imports/*"}, **{
+                              k: v for k, v in s3_grants[0].items() if k not in ("Effect", "Action", "Resource")}}]
+    assert importer["Environment"]["Variables"]["USER_FILES_BUCKET"] == {"Ref": "UserFilesBucket"}
 
 
 @pytest.mark.parametrize(

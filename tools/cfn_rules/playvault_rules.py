@@ -13,7 +13,9 @@ from cfnlint.rules import CloudFormationLintRule, RuleMatch
 
 # (resource, Sid) of the statements allowed to be broad: the KMS key policy must let the account
 # administer the key (tests/template_rules.py keeps the same list).
-DOCUMENTED_EXCEPTIONS = {("TokenKey", "AccountAdministersTheKey")}
+# The KMS key policy's account-root statement (without it the key cannot be administered); the user
+# files bucket's TLS-only statement, a Deny of every action over plain HTTP (it grants nothing).
+DOCUMENTED_EXCEPTIONS = {("TokenKey", "AccountAdministersTheKey"), ("UserFilesBucketPolicy", "TlsOnly")}
 
 
 def _as_list(value: Any) -> list[Any]:

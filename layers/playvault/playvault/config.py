@@ -132,3 +132,30 @@ class AuthSettings(TableSettings, SpotifySettings, TokenSettings, LifecycleSetti
         if not parts.netloc or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
             raise ValueError("must be an https URL, or http on 127.0.0.1/[::1]")
         return value
+
+
+class UserFilesSettings(EnvSettings):
+    """The bucket of user uploads (imports/) and downloads (exports/); shared with the account pages."""
+
+    user_files_bucket: str = Field(min_length=3)
+
+
+class ImportStatusSettings(EnvSettings):
+    """What a page needs to show imports and coverage (playvault.imports.status_for_user, coverage)."""
+
+    imports_table: str = Field(min_length=3)
+    gaps_table: str = Field(min_length=3)
+
+
+class ImporterSettings(TableSettings, SpotifySettings, UserFilesSettings):
+    imports_table: str = Field(min_length=3)
+    episodes_table: str = Field(min_length=3)
+    import_queue_url: str = Field(min_length=1)
+    import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    # The listening rule and the de-duplication tolerance (README, Import).
+    min_ms_played: int = Field(default=30_000, ge=0, le=600_000)
+    skip_incognito: bool = True
+    dedup_tolerance_s: int = Field(default=90, ge=0, le=3600)
+    import_chunk_rows: int = Field(default=1000, ge=10, le=20_000)
+    resolve_interval_ms: int = Field(default=200, ge=0, le=60_000)
+    min_remaining_ms: int = Field(default=30_000, ge=1_000)

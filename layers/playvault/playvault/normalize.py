@@ -194,6 +194,11 @@ def _track(raw: dict[str, Any]) -> Track:
     )
 
 
+def parse_track(raw: dict[str, Any]) -> Track:
+    """A TrackObject (GET /tracks/{id}) -> Track with its album and artists."""
+    return _track(raw)
+
+
 def parse_play(raw: dict[str, Any]) -> Play:
     if not isinstance(raw, dict):
         raise PayloadError("item is not an object")

@@ -148,6 +148,10 @@ class SpotifyClient:
             budget,
         )
 
+    def app_token(self, budget: Budget) -> TokenGrant:
+        """An app access token (client credentials): catalog lookups need no user."""
+        return self._token({"grant_type": "client_credentials"}, budget)
+
     def _token(self, form: dict[str, str], budget: Budget, *, resend_if_maybe_delivered: bool = True) -> TokenGrant:
         creds = self._credentials()
         basic = base64.b64encode(f"{creds.client_id}:{creds.client_secret}".encode()).decode()
@@ -195,6 +199,19 @@ class SpotifyClient:
             return parse_page(self._json(response))
         except PayloadError as exc:  # the envelope itself is unreadable; single items never get here
             raise UnknownFailure(f"recently-played payload: {exc}") from None
+
+    def track(self, access_token: str, track_id: str, budget: Budget) -> dict[str, Any] | None:
+        """GET /tracks/{id}: one track's TrackObject, or None when Spotify does not know the id."""
+        response = self._send("GET", f"{self.api_url}/tracks/{track_id}", budget,
+                              headers={"Authorization": f"Bearer {access_token}"}, what="api")
+        if response.status_code in (400, 404):
+            return None
+        if response.status_code != 200:
+            raise web_api_failure(response.status_code)
+        body = self._json(response)
+        if not isinstance(body, dict) or body.get("id") != track_id:
+            raise UnknownFailure("GET /tracks answered without the track asked for")
+        return body
 
     def _api(self, method: str, url: str, access_token: str, budget: Budget, **kwargs: Any) -> requests.Response:
         response = self._send(

@@ -206,3 +206,27 @@ def upsert_episodes(episodes: Iterable[Episode]) -> int:
                                        show_id=by_id[i].show_id, show_name=by_id[i].show_name))
         for i in unknown
     )
+
+
+def unknown_track_ids(ids: Iterable[str]) -> set[str]:
+    """The ids among `ids` that the tracks table does not hold (the container's cache first)."""
+    wanted = set(ids)
+    return wanted - _existing_ids(TrackModel, wanted) if wanted else set()
+
+
+def track_names(ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+    """track id -> (track name, first artist's name), for matching export rows known only by name."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    tracks = {t.track_id: t for t in TrackModel.batch_get(wanted, attributes_to_get=["track_id", "name", "artist_ids"])}
+    artist_ids = sorted({t.artist_ids[0] for t in tracks.values() if t.artist_ids})
+    artists = {a.artist_id: a.name for a in ArtistModel.batch_get(artist_ids, attributes_to_get=["artist_id", "name"])}
+    return {tid: (t.name, artists.get(t.artist_ids[0]) if t.artist_ids else None) for tid, t in tracks.items()}
+
+
+def upsert_episodes(episodes: Iterable[EpisodeModel]) -> int:
+    """Store the episodes not yet known (conditional put); returns how many are new."""
+    by_id = {e.episode_id: e for e in episodes}
+    unknown = sorted(set(by_id) - _existing_ids(EpisodeModel, set(by_id)))
+    return sum(_put_and_remember(by_id[i]) for i in unknown)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute
+from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.models import Model
 
 from playvault.normalize import Play
 from playvault.store.base import BaseMeta, table
 
-API_SOURCE = "api"
+SOURCE_API = "api"
+SOURCE_EXPORT = "export"
+API_SOURCE = SOURCE_API
 
 
 @table("plays_table")
@@ -28,11 +30,22 @@ class PlayModel(Model):
     played_at = UnicodeAttribute(range_key=True)  # canonical ISO 8601 UTC with milliseconds
     played_at_ms = NumberAttribute()
     item_type = UnicodeAttribute(default="track")  # "track" | "episode"
-    track_id = UnicodeAttribute(null=True)  # tracks
+    track_id = UnicodeAttribute(null=True)  # null for episodes and for export rows known only by name
     episode_id = UnicodeAttribute(null=True)  # podcast episodes
     context_type = UnicodeAttribute(null=True)
     context_uri = UnicodeAttribute(null=True)
-    source = UnicodeAttribute(default=API_SOURCE)  # "api" (polled) | "export" (imported)
+    # Where the play came from: "api" (polled) or "export" (imported from Spotify's data export).
+    source = UnicodeAttribute(default=SOURCE_API)
+    # What an export row names (stored as given; the catalog is filled from GET /tracks/{id} later).
+    track_name = UnicodeAttribute(null=True)
+    artist_name = UnicodeAttribute(null=True)
+    album_name = UnicodeAttribute(null=True)
+    episode_name = UnicodeAttribute(null=True)
+    show_name = UnicodeAttribute(null=True)
+    ms_played = NumberAttribute(null=True)
+    unresolved = BooleanAttribute(null=True)  # an export row without ids, kept by name
+    # "<job id>:<file index>:<row index>": which export row wrote it, so a retried chunk knows its own rows.
+    import_ref = UnicodeAttribute(null=True)
 
 
 def write_plays(user_id: str, plays: Iterable[Play]) -> int:
@@ -63,3 +76,13 @@ def plays_between(user_id: str, start: str, end: str) -> Iterator[PlayModel]:
 
 def all_plays(user_id: str) -> Iterator[PlayModel]:
     return PlayModel.query(user_id)
+
+
+def write_rows(rows: Iterable[PlayModel]) -> int:
+    """Durably write ready-made play rows (the importer's): BatchWriteItem, 25 a request."""
+    written = 0
+    with PlayModel.batch_write() as batch:
+        for row in rows:
+            batch.save(row)
+            written += 1
+    return written

@@ -1,0 +1,245 @@
+"""Spotify's two export formats -> validated import rows, and the listening rule. Pure, no I/O.
+
+- Extended streaming history (`Streaming_History_Audio_<years>_<n>.json`, older `endsong_<n>.json`):
+  `ts` is when the stream ended (UTC, whole seconds), `ms_played`, `spotify_track_uri` or
+  `spotify_episode_uri`, names, `incognito_mode`, `username` (old files only).
+  `Streaming_History_Video_*.json` is video and is not imported.
+- Account data (`StreamingHistory<n>.json`, `StreamingHistory_music_<n>.json`,
+  `StreamingHistory_podcast_<n>.json`): `endTime` "YYYY-MM-DD HH:MM" (UTC, minute precision),
+  `artistName`/`trackName` or `podcastName`/`episodeName`, `msPlayed`; no ids.
+
+A row that cannot be read is counted under its reason and never fails the file.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from playvault.clock import to_ms
+
+EXTENDED = "extended"
+ACCOUNT_MUSIC = "account_music"
+ACCOUNT_PODCAST = "account_podcast"
+VIDEO = "video"
+
+TRACK = "track"
+EPISODE = "episode"
+
+_NAME_PATTERNS = (
+    (re.compile(r"(^|/)Streaming_History_Video_[^/]*\.json$", re.I), VIDEO),
+    (re.compile(r"(^|/)Streaming_History_Audio_[^/]*\.json$", re.I), EXTENDED),
+    (re.compile(r"(^|/)endsong(_\d+)?\.json$", re.I), EXTENDED),
+    (re.compile(r"(^|/)StreamingHistory_podcast_?\d*\.json$", re.I), ACCOUNT_PODCAST),
+    (re.compile(r"(^|/)StreamingHistory(_music_)?\d*\.json$", re.I), ACCOUNT_MUSIC),
+)
+_TRACK_URI = re.compile(r"^spotify:track:([0-9A-Za-z]{22})$")
+_EPISODE_URI = re.compile(r"^spotify:episode:([0-9A-Za-z]{22})$")
+# Spotify launched in 2008; a stream before that, or tomorrow, is not a stream.
+EARLIEST = datetime(2008, 1, 1, tzinfo=UTC)
+MAX_MS_PLAYED = 24 * 3600 * 1000
+
+
+class Skip(StrEnum):
+    """Why a row was not imported (the counts on the job are keyed by these)."""
+
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_TIME = "missing_time"
+    BAD_TIME = "bad_time"
+    IMPLAUSIBLE_TIME = "implausible_time"
+    BAD_MS_PLAYED = "bad_ms_played"
+    BAD_URI = "bad_uri"
+    MISSING_NAME = "missing_name"
+    NO_ITEM = "no_item"  # neither a track nor an episode (e.g. a stream with no metadata)
+    AUDIOBOOK = "audiobook"
+    OTHER_ACCOUNT = "other_account"  # `username` names someone else
+    INCOGNITO = "incognito"  # listening rule
+    TOO_SHORT = "too_short"  # listening rule: ms_played under the minimum
+    NEWER_THAN_POLLING = "newer_than_polling"  # polling will archive it (after the user's cursor)
+
+
+@dataclass(frozen=True)
+class ListeningRule:
+    """A stream counts as a play when it lasted `min_ms_played` or more and was not private."""
+
+    min_ms_played: int = 30_000
+    skip_incognito: bool = True
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One stream that passed validation and the listening rule."""
+
+    index: int  # position in its file
+    ended_ms: int  # stream end (Unix ms); the play's played_at
+    precision_ms: int  # 1000 (extended: whole seconds) or 60000 (account data: minutes)
+    item_type: str  # "track" | "episode"
+    ms_played: int
+    track_id: str | None = None
+    episode_id: str | None = None
+    track_name: str | None = None
+    artist_name: str | None = None
+    album_name: str | None = None
+    episode_name: str | None = None
+    show_name: str | None = None
+
+    @property
+    def resolved(self) -> bool:
+        return bool(self.track_id or self.episode_id)
+
+    @property
+    def name_key(self) -> str | None:
+        if self.item_type == EPISODE:
+            return name_key(self.episode_name, self.show_name)
+        return name_key(self.track_name, self.artist_name)
+
+
+def name_key(title: str | None, by: str | None) -> str | None:
+    """What identifies a play without ids: title and artist (or show), case- and width-folded."""
+    if not title:
+        return None
+    fold = lambda s: unicodedata.normalize("NFKC", s or "").casefold().strip()  # noqa: E731
+    return f"{fold(title)}\x1f{fold(by)}"
+
+
+def classify(name: str) -> str | None:
+    """The export format a file name belongs to, or None for other files (Userdata.json, ...)."""
+    for pattern, kind in _NAME_PATTERNS:
+        if pattern.search(name):
+            return kind
+    return None
+
+
+def sniff(first: Any) -> str | None:
+    """The format of a file by its first row (a single upload under another name)."""
+    if not isinstance(first, dict):
+        return None
+    if "ts" in first and "ms_played" in first:
+        return EXTENDED
+    if "endTime" in first and "msPlayed" in first:
+        return ACCOUNT_PODCAST if "episodeName" in first or "podcastName" in first else ACCOUNT_MUSIC
+    return None
+
+
+def shape_problem(kind: str, first: Any) -> str | None:
+    """Why the first row says this file is not of `kind` (JSON of another shape), or None."""
+    if not isinstance(first, dict):
+        return f"the first item is {type(first).__name__}, not an object"
+    required = {EXTENDED: ("ts", "ms_played"), ACCOUNT_MUSIC: ("endTime", "msPlayed"),
+                ACCOUNT_PODCAST: ("endTime", "msPlayed")}[kind]
+    missing = [k for k in required if k not in first]
+    if missing:
+        found = ", ".join(sorted(str(k) for k in first)[:6]) or "none"
+        return f"not a Spotify streaming history: the first item lacks {', '.join(missing)} (its keys: {found})"
+    return None
+
+
+class RowError(ValueError):
+    def __init__(self, reason: Skip):
+        super().__init__(reason.value)
+        self.reason = reason
+
+
+def _text(row: dict[str, Any], key: str) -> str | None:
+    value = row.get(key)
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _ms_played(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN
+        raise RowError(Skip.BAD_MS_PLAYED)
+    if value < 0 or value > MAX_MS_PLAYED:
+        raise RowError(Skip.BAD_MS_PLAYED)
+    return int(value)
+
+
+def _plausible(moment: datetime, now: datetime) -> int:
+    if moment < EARLIEST or moment > now + timedelta(days=1):
+        raise RowError(Skip.IMPLAUSIBLE_TIME)
+    return to_ms(moment)
+
+
+def parse_extended(row: Any, index: int, *, user_id: str, now: datetime, rule: ListeningRule) -> ImportRow:
+    if not isinstance(row, dict):
+        raise RowError(Skip.NOT_AN_OBJECT)
+    ts = row.get("ts")
+    if not isinstance(ts, str) or not ts:
+        raise RowError(Skip.MISSING_TIME)
+    try:
+        moment = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+    except ValueError:
+        raise RowError(Skip.BAD_TIME) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    ended_ms = _plausible(moment.astimezone(UTC), now)
+    ms_played = _ms_played(row.get("ms_played"))
+    username = row.get("username")
+    if isinstance(username, str) and username and username != user_id:
+        raise RowError(Skip.OTHER_ACCOUNT)
+    track_uri, episode_uri = row.get("spotify_track_uri"), row.get("spotify_episode_uri")
+    track_id = episode_id = None
+    if track_uri:
+        match = _TRACK_URI.match(track_uri) if isinstance(track_uri, str) else None
+        if match is None and not (isinstance(track_uri, str) and track_uri.startswith("spotify:local:")):
+            raise RowError(Skip.BAD_URI)
+        track_id = match.group(1) if match else None
+    elif episode_uri:
+        match = _EPISODE_URI.match(episode_uri) if isinstance(episode_uri, str) else None
+        if match is None:
+            raise RowError(Skip.BAD_URI)
+        episode_id = match.group(1)
+    elif row.get("audiobook_uri") or row.get("audiobook_chapter_uri"):
+        raise RowError(Skip.AUDIOBOOK)
+    if rule.skip_incognito and row.get("incognito_mode") is True:
+        raise RowError(Skip.INCOGNITO)
+    if ms_played < rule.min_ms_played:
+        raise RowError(Skip.TOO_SHORT)
+    if episode_id or (not track_uri and _text(row, "episode_name")):
+        return ImportRow(index, ended_ms, 1000, EPISODE, ms_played, episode_id=episode_id,
+                         episode_name=_text(row, "episode_name"), show_name=_text(row, "episode_show_name"))
+    track_name = _text(row, "master_metadata_track_name")
+    if not track_id and not track_name:
+        raise RowError(Skip.NO_ITEM)
+    return ImportRow(index, ended_ms, 1000, TRACK, ms_played, track_id=track_id, track_name=track_name,
+                     artist_name=_text(row, "master_metadata_album_artist_name"),
+                     album_name=_text(row, "master_metadata_album_album_name"))
+
+
+_END_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$")
+
+
+def parse_account(row: Any, index: int, *, kind: str, now: datetime, rule: ListeningRule) -> ImportRow:
+    if not isinstance(row, dict):
+        raise RowError(Skip.NOT_AN_OBJECT)
+    end_time = row.get("endTime")
+    if not isinstance(end_time, str) or not end_time:
+        raise RowError(Skip.MISSING_TIME)
+    if not _END_TIME.match(end_time):
+        raise RowError(Skip.BAD_TIME)
+    try:
+        moment = datetime.strptime(end_time, "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+    except ValueError:
+        raise RowError(Skip.BAD_TIME) from None
+    ended_ms = _plausible(moment, now)
+    ms_played = _ms_played(row.get("msPlayed"))
+    if kind == ACCOUNT_PODCAST or "episodeName" in row:
+        title, by = _text(row, "episodeName"), _text(row, "podcastName")
+    else:
+        title, by = _text(row, "trackName"), _text(row, "artistName")
+    if not title:
+        raise RowError(Skip.MISSING_NAME)
+    if ms_played < rule.min_ms_played:
+        raise RowError(Skip.TOO_SHORT)
+    if kind == ACCOUNT_PODCAST or "episodeName" in row:
+        return ImportRow(index, ended_ms, 60_000, EPISODE, ms_played, episode_name=title, show_name=by)
+    return ImportRow(index, ended_ms, 60_000, TRACK, ms_played, track_name=title, artist_name=by)
+
+
+def parse_row(kind: str, row: Any, index: int, *, user_id: str, now: datetime, rule: ListeningRule) -> ImportRow:
+    if kind == EXTENDED:
+        return parse_extended(row, index, user_id=user_id, now=now, rule=rule)
+    return parse_account(row, index, kind=kind, now=now, rule=rule)

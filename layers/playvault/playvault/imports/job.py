@@ -1,0 +1,453 @@
+"""The import job: an uploaded export -> plays, in bounded chunks, resumable, idempotent per chunk.
+
+One job per uploaded object (`imports/<user id>/<upload id>/<file name>`). Phases:
+1. import: every streaming-history file of the upload, streamed item by item; each chunk of
+   `chunk_rows` rows is validated, de-duplicated against the plays already archived
+   (playvault.imports.dedup), written (BatchWriteItem, one write per new play), and only then
+   counted on the job (one conditional UpdateItem that also moves the job's position). A crash
+   between the two re-reads the chunk: its rows are found under the keys they were written to and
+   counted once.
+2. resolve: tracks the catalog did not know are fetched one at a time with GET /tracks/{id}
+   (the batch endpoints are gone for development-mode apps), throttled, and only while the
+   app-wide rate gate is open: polling comes first. A 429 closes the gate for everyone and pauses
+   the job until it reopens (hours, if Spotify says so); a paused job is not done.
+When the invocation's time runs short, or the job pauses, it asks to be continued later (an SQS
+message to itself) and releases its lease.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from aws_lambda_powertools import Logger
+from pydantic import BaseModel, ConfigDict, Field
+
+from playvault import clock
+from playvault.failures import RateLimited, SpotifyFailure
+from playvault.imports import dedup, formats
+from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
+from playvault.imports.sources import Caps, UploadRejected, open_upload
+from playvault.normalize import PayloadError, parse_track
+from playvault.spotify import Budget, SpotifyClient
+from playvault.store import catalog, imports, plays, state, users
+
+logger = Logger(child=True)
+
+# Rows of the previous chunk that may claim plays near this chunk's first rows.
+CONTEXT_ROWS = 200
+# A cluster of rows queried as one time range: rows further apart start a new range.
+CLUSTER_GAP_MS = 3600 * 1000
+MAX_QUERIES_PER_CHUNK = 4
+RESOLVE_SAVE_EVERY = 20
+QUEUED_IDS_CAPACITY = 100_000
+FILE_DONE, FILE_REJECTED, FILE_FAILED, FILE_SKIPPED, FILE_PENDING = "done", "rejected", "failed", "skipped", "pending"
+
+CONTINUE = "continue"  # more to do: continued by a later invocation
+PAUSED = "paused"
+DONE = "done"
+FAILED = "failed"
+BUSY = "busy"  # another delivery holds the job
+NOTHING = "nothing"  # unknown or finished job
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    rule: formats.ListeningRule = field(default_factory=formats.ListeningRule)
+    tolerance_s: int = 90
+    chunk_rows: int = 1000
+    caps: Caps = field(default_factory=Caps)
+    lease: timedelta = timedelta(minutes=6)  # over the function's timeout: a crashed holder's lease lapses
+    min_remaining_ms: int = 30_000
+    resolve_interval_s: float = 0.2  # at most 5 catalog lookups a second from one import
+    retry_network_s: int = 60
+
+
+@dataclass
+class RunOutcome:
+    status: str
+    delay_s: float = 0
+    chunks: int = 0
+    plays_added: int = 0
+    duplicates: int = 0
+    tracks_resolved: int = 0
+    reason: str | None = None
+
+
+def job_for_key(key: str) -> tuple[str, str] | None:
+    """`imports/<user id>/<upload id>/<name>` -> (user id, job id), None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != "imports" or not all(parts[1:]):
+        return None
+    return parts[1], f"{parts[2]}-{hashlib.sha256(parts[3].encode()).hexdigest()[:8]}"
+
+
+class Importer:
+    def __init__(self, s3: Any, bucket: str, spotify: SpotifyClient | None, settings: ImportSettings,
+                 continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep):
+        self.s3 = s3
+        self.bucket = bucket
+        self.spotify = spotify
+        self.settings = settings
+        self.continue_later = continue_later
+        self.sleep = sleep
+        self._app_token: tuple[str, datetime] | None = None
+        self._names: dict[str, tuple[str, str | None]] = {}
+        self._last_lookup = 0.0
+        self._queued: dict[str, set[str]] = {}
+
+    # ------------------------------------------------------------------ entry points
+    def start(self, key: str, size: int, budget: Budget) -> RunOutcome:
+        """An object was created in the bucket: create its job (once) and run it."""
+        found = job_for_key(key)
+        if found is None:
+            logger.warning("object outside imports/<user>/<upload>/<name>: ignored", extra={"key": key})
+            return RunOutcome(NOTHING, reason="not an import key")
+        user_id, job_id = found
+        created = imports.create(user_id, job_id, key, size, clock.now())
+        logger.info("import job", extra={"user_id": user_id, "job_id": job_id, "new_job": created, "bytes": size})
+        return self.run(user_id, job_id, budget)
+
+    def run(self, user_id: str, job_id: str, budget: Budget) -> RunOutcome:
+        job = imports.get(user_id, job_id)
+        if job is None or job.state in imports.TERMINAL:
+            return RunOutcome(NOTHING, reason="no such job" if job is None else f"job {job.state}")
+        now = clock.now()
+        if job.state == imports.PAUSED and job.paused_until and job.paused_until > now:
+            delay = (job.paused_until - now).total_seconds()
+            self.continue_later(user_id, job_id, delay)
+            return RunOutcome(PAUSED, delay_s=delay)
+        try:
+            token = imports.claim(job, now, self.settings.lease)
+        except imports.LeaseLost:
+            # A live holder continues it; if that holder crashed, its lease lapses and this retry takes over.
+            delay = max(1.0, ((job.lease_until or now) - now).total_seconds() + 1)
+            self.continue_later(user_id, job_id, delay)
+            return RunOutcome(BUSY, delay_s=delay)
+        job = imports.get(user_id, job_id)
+        assert job is not None
+        outcome = RunOutcome(CONTINUE)
+        try:
+            if users.get(user_id) is None:
+                imports.set_state(job, token, clock.now(), imports.FAILED, error="unknown user", release=True)
+                return RunOutcome(FAILED, reason="unknown user")
+            finished_import = True
+            if job.phase == imports.PHASE_IMPORT:
+                finished_import = self._import(job, token, budget, outcome)
+            if finished_import:
+                self._resolve(job, token, budget, outcome)
+        except imports.LeaseLost:
+            return RunOutcome(BUSY, reason="lease lost")
+        if outcome.status in (CONTINUE, PAUSED):
+            self.continue_later(user_id, job_id, outcome.delay_s)
+        return outcome
+
+    # ------------------------------------------------------------------ phase 1: rows -> plays
+    def _import(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> bool:
+        """True when every file is through (go on to resolving); False when stopped (outcome says why)."""
+        try:
+            upload = open_upload(self.s3, self.bucket, job.object_key or "", self.settings.caps)
+        except UploadRejected as exc:
+            imports.set_state(job, token, clock.now(), imports.FAILED, error=str(exc), release=True)
+            outcome.status, outcome.reason = FAILED, str(exc)
+            logger.warning("import rejected", extra={"user_id": job.user_id, "job_id": job.job_id, "error": str(exc)})
+            return False
+        files = list(job.files or [])
+        if not files:
+            files = [{"name": f.name, "kind": f.kind, "size": f.size, "state": FILE_PENDING, "rows_read": 0,
+                      "error": None} for f in upload.files]
+            self._advance(job, token, imports.Progress(0, 0, 0, files=files, state=imports.RUNNING))
+        user = users.get(job.user_id)
+        cutoff = user.cursor_ms if user is not None and user.status == users.ACTIVE and user.cursor_ms else None
+        while int(job.file_index or 0) < len(files):
+            index = int(job.file_index or 0)
+            if not self._import_file(job, token, upload, files, index, cutoff, budget, outcome):
+                return False
+        return True
+
+    def _import_file(self, job: imports.ImportModel, token: str, upload: Any, files: list[dict[str, Any]],
+                     file_index: int, cutoff: int | None, budget: Budget, outcome: RunOutcome) -> bool:
+        entry = files[file_index]
+        name = entry["name"]
+        done_before = sum(int(f["size"]) for f in files[:file_index])
+        if entry["kind"] == formats.VIDEO:
+            entry.update(state=FILE_SKIPPED, error="video streaming history is not imported")
+            after = done_before + int(entry["size"])
+            self._advance(job, token, imports.Progress(file_index + 1, 0, after, files=files))
+            return True
+        start_row = int(job.row_index or 0)
+        stream = CountingReader(upload.open(name))
+        kind = entry["kind"]
+        context: deque[formats.ImportRow] = deque(maxlen=CONTEXT_ROWS)
+        chunk: list[formats.ImportRow] = []
+        skipped: Counter[str] = Counter()
+        read = 0
+        accepted_any = False
+        now = clock.now()
+        position = start_row
+
+        def finish(state_: str, error: str | None = None, row: int | None = None) -> None:
+            entry.update(state=state_, error=error, rows_read=int(entry.get("rows_read") or 0) + read)
+            self._flush(job, token, files, file_index, chunk, list(context), skipped, read,
+                        next_position=(file_index + 1, 0), bytes_done=done_before + int(entry["size"]),
+                        error=(f"{name}: {error}", name, row) if error else None, outcome=outcome)
+
+        try:
+            for row_index, raw in enumerate(iter_array(stream)):
+                if row_index == 0:
+                    kind = kind or formats.sniff(raw)
+                    problem = ("not a Spotify streaming history (unknown file name and content)" if kind is None
+                               else formats.shape_problem(kind, raw))
+                    if problem:
+                        finish(FILE_REJECTED, problem, 0)
+                        return True
+                    if entry["kind"] is None:
+                        entry["kind"] = kind
+                try:
+                    row = formats.parse_row(kind, raw, row_index, user_id=job.user_id, now=now, rule=self.settings.rule)
+                except formats.RowError as exc:
+                    if exc.reason == formats.Skip.OTHER_ACCOUNT and not accepted_any:
+                        read = 0 if row_index < start_row else read
+                        finish(FILE_REJECTED, "this file belongs to another Spotify account (its username "
+                                              "is not yours): nothing of it was imported", row_index)
+                        return True
+                    if row_index >= start_row:
+                        skipped[exc.reason.value] += 1
+                        read += 1
+                else:
+                    accepted_any = True
+                    if row_index < start_row:
+                        if cutoff is None or row.ended_ms <= cutoff:  # as its chunk saw it: decided rows only
+                            context.append(row)
+                        continue
+                    read += 1
+                    if cutoff is not None and row.ended_ms > cutoff:
+                        skipped[formats.Skip.NEWER_THAN_POLLING.value] += 1
+                    else:
+                        chunk.append(row)
+                position = row_index + 1
+                if read and read % self.settings.chunk_rows == 0 and position > start_row:
+                    entry["rows_read"] = int(entry.get("rows_read") or 0) + self.settings.chunk_rows
+                    self._flush(job, token, files, file_index, chunk, list(context), skipped, self.settings.chunk_rows,
+                                next_position=(file_index, position),
+                                bytes_done=done_before + stream.bytes_read, outcome=outcome)
+                    context.extend(chunk)
+                    chunk, skipped = [], Counter()
+                    read = 0
+                    if budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
+                        imports.release(job, token, clock.now())
+                        outcome.status = CONTINUE
+                        return False
+        except NotJsonArray as exc:
+            row = exc.item_index if exc.item_index is not None else None
+            finish(FILE_FAILED if accepted_any else FILE_REJECTED, str(exc), row)
+            return True
+        except UploadRejected as exc:
+            finish(FILE_FAILED, str(exc), None)
+            return True
+        finish(FILE_DONE)
+        return True
+
+    def _flush(self, job: imports.ImportModel, token: str, files: list[dict[str, Any]], file_index: int,
+               rows: list[formats.ImportRow], context: list[formats.ImportRow], skipped: Counter[str], read: int, *,
+               next_position: tuple[int, int], bytes_done: int, outcome: RunOutcome,
+               error: tuple[str, str | None, int | None] | None = None) -> None:
+        """De-duplicate, write, then count: the chunk's plays are durable before the job moves on."""
+        tolerance_ms = self.settings.tolerance_s * 1000
+        existing = self._existing(job.user_id, rows, needs_names=any(not r.resolved for r in rows))
+        ref_prefix = f"{job.job_id}:{file_index}:"
+        near = [r for r in context if rows and r.ended_ms >= min(x.ended_ms for x in rows) - 2 * tolerance_ms - 60_000]
+        decisions = dedup.decide(rows, near, existing, tolerance_ms=tolerance_ms,
+                                 ref_of=lambda r: ref_prefix + str(r.index))
+        new = [d for d in decisions if d.outcome == dedup.NEW]
+        # Rows this chunk wrote in a crashed attempt count as its own: their tracks and episodes too.
+        own = [d for d in decisions if d.outcome != dedup.DUPLICATE]
+        track_ids = {d.row.track_id for d in own if d.row.track_id}
+        # Queued by an earlier chunk of this job in this container: once is enough.
+        queued = self._queued.setdefault(job.job_id, set())
+        unknown = catalog.unknown_track_ids(track_ids) - queued
+        if len(queued) < QUEUED_IDS_CAPACITY:
+            queued.update(unknown)
+        progress = imports.Progress(next_position[0], next_position[1], bytes_done, rows_read=read,
+                                    plays_added=sum(d.outcome != dedup.DUPLICATE for d in decisions),
+                                    duplicates=sum(d.outcome == dedup.DUPLICATE for d in decisions),
+                                    skipped=dict(skipped), files=files, error=error)
+        if rows:
+            progress.first_ms = min(r.ended_ms for r in rows)
+            progress.last_ms = max(r.ended_ms for r in rows)
+        if unknown:
+            imports.put_resolve_chunk(job.user_id, job.job_id, int(job.resolve_chunks or 0), unknown)
+            progress.new_resolve_chunk = True
+            progress.tracks_to_resolve = len(unknown)
+        episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
+                    for d in own if d.row.episode_id]
+        progress.episodes_added = catalog.upsert_episodes(episodes) if episodes else 0
+        plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
+        self._advance(job, token, progress)
+        outcome.chunks += 1
+        outcome.plays_added += progress.plays_added
+        outcome.duplicates += progress.duplicates
+
+    @staticmethod
+    def _play_row(user_id: str, decision: dedup.Decision, ref_prefix: str) -> plays.PlayModel:
+        row = decision.row
+        return plays.PlayModel(
+            user_id, decision.played_at, played_at_ms=decision.played_at_ms, track_id=row.track_id,
+            source=plays.SOURCE_EXPORT, item_type=row.item_type, episode_id=row.episode_id,
+            track_name=row.track_name, artist_name=row.artist_name, album_name=row.album_name,
+            episode_name=row.episode_name, show_name=row.show_name, ms_played=row.ms_played,
+            unresolved=None if row.resolved else True, import_ref=ref_prefix + str(row.index))
+
+    def _existing(self, user_id: str, rows: list[formats.ImportRow], needs_names: bool) -> list[dedup.ExistingPlay]:
+        """Plays already archived near the rows: one Query per cluster of rows close in time."""
+        if not rows:
+            return []
+        margin = self.settings.tolerance_s * 1000 + 60_000
+        times = sorted(r.ended_ms for r in rows)
+        # Split at the widest silences (over an hour), at most MAX_QUERIES_PER_CHUNK ranges: sparse
+        # rows (years of light listening in one chunk) cost a few Queries, not one per row.
+        splits = sorted(sorted(range(1, len(times)), key=lambda i: times[i] - times[i - 1], reverse=True)
+                        [:MAX_QUERIES_PER_CHUNK - 1])
+        splits = [i for i in splits if times[i] - times[i - 1] > CLUSTER_GAP_MS]
+        ranges = [[times[a], times[b - 1]] for a, b in zip([0, *splits], [*splits, len(times)], strict=True)]
+        found = []
+        for low, high in ranges:
+            start = dedup.canonical_played_at_ms(low - margin)
+            end = dedup.canonical_played_at_ms(high + margin)
+            found.extend(plays.plays_between(user_id, start, end))
+        if needs_names:
+            missing = {p.track_id for p in found if p.track_id and not p.track_name and p.track_id not in self._names}
+            if missing:
+                self._names.update(catalog.track_names(missing))
+        out = []
+        for p in found:
+            if p.item_type == formats.EPISODE:
+                key = formats.name_key(p.episode_name, p.show_name)
+            elif p.track_name:
+                key = formats.name_key(p.track_name, p.artist_name)
+            else:
+                title, by = self._names.get(p.track_id or "", (None, None))
+                key = formats.name_key(title, by)
+            out.append(dedup.ExistingPlay(p.played_at, int(p.played_at_ms), p.item_type or formats.TRACK, p.track_id,
+                                          p.episode_id, key, p.import_ref))
+        return out
+
+    @staticmethod
+    def _advance(job: imports.ImportModel, token: str, progress: imports.Progress) -> None:
+        # pynamodb refreshes `job` from the answer (ALL_NEW): the next conditional write starts from there.
+        imports.advance(job, token, progress, clock.now())
+
+    # ------------------------------------------------------------------ phase 2: the catalog
+    def _resolve(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> None:
+        if job.phase != imports.PHASE_RESOLVE:
+            imports.set_state(job, token, clock.now(), imports.RUNNING, phase=imports.PHASE_RESOLVE)
+            job.phase = imports.PHASE_RESOLVE
+        first_chunk = int(job.resolve_position or 0)
+        for chunk in range(first_chunk, int(job.resolve_chunks or 0)):
+            ids = sorted(imports.resolve_chunk(job.user_id, job.job_id, chunk))
+            index = int(job.resolve_offset or 0) if chunk == first_chunk else 0
+            # Another chunk, another import or polling may have stored some meanwhile.
+            known = set(ids[index:]) - catalog.unknown_track_ids(set(ids[index:]))
+            since_saved = 0
+            while index < len(ids):
+                track_id = ids[index]
+                if track_id not in known:
+                    # Checked after a lookup, not before the first: every invocation makes progress.
+                    if outcome.tracks_resolved and budget.remaining_s() * 1000 < self.settings.min_remaining_ms:
+                        self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index, release=True)
+                        outcome.status = CONTINUE
+                        return
+                    stop = self._lookup(track_id, budget)
+                    if stop is not None:
+                        until, why = stop
+                        delay = max(1.0, (until - clock.now()).total_seconds())
+                        self._save_resolved(job, token, imports.PAUSED, since_saved, chunk, index,
+                                            paused_until=until, release=True)
+                        outcome.status, outcome.delay_s, outcome.reason = PAUSED, delay, why
+                        logger.warning("import paused", extra={"user_id": job.user_id, "job_id": job.job_id,
+                                                               "until": until.isoformat(), "why": why})
+                        return
+                    outcome.tracks_resolved += 1
+                index += 1
+                since_saved += 1
+                if since_saved >= RESOLVE_SAVE_EVERY:
+                    self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index)
+                    since_saved = 0
+            self._save_resolved(job, token, imports.RUNNING, since_saved, chunk + 1, 0)
+        imports.set_state(job, token, clock.now(), imports.DONE, release=True)
+        outcome.status = DONE
+        logger.info("import done", extra={"user_id": job.user_id, "job_id": job.job_id})
+
+    @staticmethod
+    def _save_resolved(job: imports.ImportModel, token: str, state_: str, resolved: int, position: int,
+                       offset: int, *, paused_until: datetime | None = None, release: bool = False) -> None:
+        """Progress of the catalog phase on the job item (small): the resolve items are never rewritten."""
+        imports.set_state(job, token, clock.now(), state_, paused_until=paused_until, release=release,
+                          resolved=resolved, resolve_position=position, resolve_offset=offset)
+
+    def _lookup(self, track_id: str, budget: Budget) -> tuple[datetime, str] | None:
+        """Fetch and store one track; (until, why) when the job must pause instead."""
+        now = clock.now()
+        gate = state.rate_limited_until(now)
+        if gate is not None:
+            return gate, "Spotify rate-limits the app (polling goes first)"
+        if self.spotify is None:
+            return now + timedelta(seconds=self.settings.retry_network_s), "no Spotify client"
+        wait = self._last_lookup + self.settings.resolve_interval_s - time.monotonic()
+        if wait > 0:
+            self.sleep(wait)
+        self._last_lookup = time.monotonic()
+        try:
+            raw = self.spotify.track(self._token(budget), track_id, budget)
+        except RateLimited as exc:
+            until = now + timedelta(seconds=exc.retry_after_s)
+            state.close_rate_gate(until, now)  # the workers defer too: one limit for the whole app
+            return until, f"Spotify answered 429 (Retry-After {exc.retry_after_s:.0f} s)"
+        except SpotifyFailure as exc:
+            return now + timedelta(seconds=self.settings.retry_network_s), f"catalog lookup failed: {exc}"
+        if raw is None:
+            return None  # Spotify does not know it (removed track): its plays keep the export's names
+        try:
+            catalog.upsert_tracks([parse_track(raw)])
+        except PayloadError:
+            return None
+        return None
+
+    def _token(self, budget: Budget) -> str:
+        now = clock.now()
+        if self._app_token is None or self._app_token[1] - now < timedelta(minutes=5):
+            assert self.spotify is not None
+            grant = self.spotify.app_token(budget)
+            self._app_token = (grant.access_token, grant.expires_at)
+        return self._app_token[0]
+
+
+# ---------------------------------------------------------------------- continuations (SQS)
+class ContinueMessage(BaseModel):
+    """Body of an ImportQueue message: run this job again, not before `not_before` (Unix s)."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=64)
+    job_id: str = Field(min_length=1, max_length=80)
+    not_before: int = Field(ge=0)
+
+
+SQS_MAX_DELAY_S = 900
+
+
+def continuation_sender(sqs: Any, queue_url: str) -> Callable[[str, str, float], None]:
+    """continue_later for the Importer: a delayed message to the import queue. A pause longer than
+    SQS's 15-minute delay cap is carried by not_before; an early delivery sends itself on again."""
+
+    def send(user_id: str, job_id: str, delay_s: float) -> None:
+        not_before = int(clock.now().timestamp() + max(0.0, delay_s) + 0.999)
+        body = ContinueMessage(user_id=user_id, job_id=job_id, not_before=not_before).model_dump_json()
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body,
+                         DelaySeconds=int(min(SQS_MAX_DELAY_S, max(0, not_before - clock.now().timestamp()))))
+
+    return send

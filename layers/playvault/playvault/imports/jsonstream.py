@@ -1,0 +1,119 @@
+"""A JSON array read item by item from a binary stream: memory stays at one chunk plus one item.
+
+Spotify's export files are JSON arrays of up to tens of megabytes; json.load would hold the whole
+list (and its text) at once. This reads `chunk_bytes` at a time, decodes UTF-8 incrementally (a BOM
+is accepted), and hands each array element to json.JSONDecoder.raw_decode as soon as it is complete.
+The standard library only: no streaming-JSON dependency in the layer.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_decoder = json.JSONDecoder()
+
+
+class NotJsonArray(ValueError):
+    """The file is not a JSON array (or breaks off mid-way); the message says where."""
+
+    def __init__(self, message: str, item_index: int | None = None):
+        super().__init__(message)
+        self.item_index = item_index
+
+
+class CountingReader:
+    """Wraps a binary stream and counts the bytes read (progress and ETA of an import)."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self.bytes_read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        self.bytes_read += len(data)
+        return data
+
+
+def iter_array(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars: int = 1 << 20
+               ) -> Iterator[Any]:
+    """Yield the elements of the top-level JSON array in `stream`, one by one.
+
+    Raises NotJsonArray for: not UTF-8 text, a top-level value that is not an array, invalid JSON
+    (with the index of the item where it broke), an element over `max_item_chars`, text after the
+    closing bracket.
+    """
+    text = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    buffer = ""
+    pos = 0
+    eof = False
+    index = 0
+
+    def fill() -> None:
+        nonlocal buffer, pos, eof
+        data = stream.read(chunk_bytes)
+        eof = not data
+        try:
+            decoded = text.decode(data, final=eof)
+        except UnicodeDecodeError:
+            raise NotJsonArray("not JSON: the file is not UTF-8 text", index) from None
+        buffer = buffer[pos:] + decoded
+        pos = 0
+
+    def skip_whitespace() -> None:
+        nonlocal pos
+        while True:
+            pos = _WHITESPACE.match(buffer, pos).end()  # type: ignore[union-attr]
+            if pos < len(buffer) or eof:
+                return
+            fill()
+
+    fill()
+    skip_whitespace()
+    if pos >= len(buffer):
+        raise NotJsonArray("not JSON: the file holds no JSON value (empty or whitespace only)")
+    if buffer[pos] != "[":
+        kind = "an object" if buffer[pos] == "{" else "not JSON"
+        raise NotJsonArray(f"expected a JSON array of streams, found {kind} at the start of the file")
+    pos += 1
+    skip_whitespace()
+    if pos < len(buffer) and buffer[pos] == "]":
+        pos += 1
+    else:
+        while True:
+            while True:
+                try:
+                    value, end = _decoder.raw_decode(buffer, pos)
+                except json.JSONDecodeError as exc:
+                    if eof:
+                        raise NotJsonArray(f"invalid JSON in item {index}: {exc.msg}", index) from None
+                    if len(buffer) - pos > max_item_chars:
+                        raise NotJsonArray(f"item {index} is larger than {max_item_chars} characters", index) from None
+                    fill()
+                    continue
+                # A number (or literal) that ends exactly at the buffer's end may continue in the next chunk.
+                if end == len(buffer) and not eof:
+                    fill()
+                    continue
+                break
+            pos = end
+            yield value
+            index += 1
+            skip_whitespace()
+            if pos >= len(buffer):
+                raise NotJsonArray(f"invalid JSON: the array breaks off after item {index - 1}", index)
+            if buffer[pos] == ",":
+                pos += 1
+                skip_whitespace()
+                continue
+            if buffer[pos] == "]":
+                pos += 1
+                break
+            raise NotJsonArray(f"invalid JSON after item {index - 1}: expected ',' or ']'", index)
+    skip_whitespace()
+    if pos < len(buffer):
+        raise NotJsonArray("invalid JSON: text after the end of the array", index)

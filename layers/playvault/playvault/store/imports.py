@@ -1,0 +1,268 @@
+"""Imports aggregate: one status item per import job, plus the job's list of tracks to resolve.
+
+Keys (ImportsTable, user_id + item): `job#<job id>` is the job's status (what /me shows: files,
+rows read, plays added, duplicates, skipped by reason, tracks to resolve, state, error with file and
+row, progress for the ETA) and its position (file index + row index of the next row to read);
+`resolve#<job id>#<n>` holds the ids of tracks the catalog did not know, found by chunk n (written
+once; the job item records how far the catalog phase got: resolve_position, resolve_offset).
+
+Every progress write is conditional on the caller's lease and on the position it started from, so
+two deliveries of the same job cannot both count a chunk, and a retried chunk (crash, timeout) is
+counted once: its rows are rewritten under the same keys and recognised (playvault.imports.dedup).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pynamodb.attributes import (
+    JSONAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UnicodeSetAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.exceptions import UpdateError
+from pynamodb.models import Model
+
+from playvault.store.base import BaseMeta, condition_failed, table
+
+QUEUED = "queued"
+RUNNING = "running"
+PAUSED = "paused"  # Spotify rate-limits the app: resumes by itself at paused_until
+DONE = "done"
+FAILED = "failed"
+TERMINAL = (DONE, FAILED)
+
+PHASE_IMPORT = "import"
+PHASE_RESOLVE = "resolve"
+
+JOB_PREFIX = "job#"
+RESOLVE_PREFIX = "resolve#"
+
+
+@table("imports_table")
+class ImportModel(Model):
+    class Meta(BaseMeta):
+        pass
+
+    user_id = UnicodeAttribute(hash_key=True)
+    item = UnicodeAttribute(range_key=True)
+    # job status
+    object_key = UnicodeAttribute(null=True)
+    upload_bytes = NumberAttribute(null=True)
+    state = UnicodeAttribute(null=True)
+    phase = UnicodeAttribute(null=True)
+    created_at = UTCDateTimeAttribute(null=True)
+    started_at = UTCDateTimeAttribute(null=True)
+    updated_at = UTCDateTimeAttribute(null=True)
+    finished_at = UTCDateTimeAttribute(null=True)
+    files = JSONAttribute(null=True)  # [{name, kind, size, state, rows_read, error}]
+    file_index = NumberAttribute(null=True)
+    row_index = NumberAttribute(null=True)
+    bytes_done = NumberAttribute(null=True)
+    rows_read = NumberAttribute(null=True)
+    plays_added = NumberAttribute(null=True)
+    duplicates = NumberAttribute(null=True)
+    skipped = JSONAttribute(null=True)  # reason -> count
+    episodes_added = NumberAttribute(null=True)
+    tracks_to_resolve = NumberAttribute(null=True)
+    tracks_resolved = NumberAttribute(null=True)
+    resolve_chunks = NumberAttribute(null=True)
+    resolve_position = NumberAttribute(null=True)  # resolve items fully done
+    resolve_offset = NumberAttribute(null=True)  # ids (sorted) of the next resolve item already done
+    first_ms = NumberAttribute(null=True)  # the oldest and newest stream read: what the import covers
+    last_ms = NumberAttribute(null=True)
+    error = UnicodeAttribute(null=True)
+    error_file = UnicodeAttribute(null=True)
+    error_row = NumberAttribute(null=True)
+    paused_until = UTCDateTimeAttribute(null=True)
+    lease_token = UnicodeAttribute(null=True)
+    lease_until = UTCDateTimeAttribute(null=True)
+    # resolve item
+    track_ids = UnicodeSetAttribute(null=True)
+
+    @property
+    def job_id(self) -> str:
+        return self.item[len(JOB_PREFIX):]
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def create(user_id: str, job_id: str, object_key: str, upload_bytes: int, now: datetime) -> bool:
+    """The job's status item, once: False if this object's job exists (a redelivered S3 event)."""
+    return put_if_absent_range(ImportModel(
+        user_id, job_key(job_id), object_key=object_key, upload_bytes=upload_bytes, state=QUEUED,
+        phase=PHASE_IMPORT, created_at=now, updated_at=now, files=[], file_index=0, row_index=0, bytes_done=0,
+        rows_read=0, plays_added=0, duplicates=0, skipped={}, episodes_added=0, tracks_to_resolve=0,
+        tracks_resolved=0, resolve_chunks=0, resolve_position=0))
+
+
+def put_if_absent_range(item: ImportModel) -> bool:
+    # The hash key alone does not identify an item here: condition on the range key too.
+    from pynamodb.exceptions import PutError
+
+    try:
+        item.save(condition=ImportModel.item.does_not_exist())
+    except PutError as exc:
+        if condition_failed(exc):
+            return False
+        raise
+    return True
+
+
+def get(user_id: str, job_id: str) -> ImportModel | None:
+    try:
+        return ImportModel.get(user_id, job_key(job_id), consistent_read=True)
+    except ImportModel.DoesNotExist:
+        return None
+
+
+def for_user(user_id: str) -> Iterator[ImportModel]:
+    """A user's jobs, oldest job id first (ids start with the upload time)."""
+    return ImportModel.query(user_id, ImportModel.item.startswith(JOB_PREFIX))
+
+
+class LeaseLost(RuntimeError):
+    """Another delivery holds the job, or moved it on: this one stops without writing."""
+
+
+def claim(job: ImportModel, now: datetime, lease: timedelta) -> str:
+    """Take the job for `lease` (a Lambda timeout); raises LeaseLost if another holder is live."""
+    token = secrets.token_hex(8)
+    condition = ImportModel.lease_until.does_not_exist() | (ImportModel.lease_until < now)
+    try:
+        job.update(actions=[ImportModel.lease_token.set(token), ImportModel.lease_until.set(now + lease),
+                            ImportModel.updated_at.set(now)], condition=condition)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            raise LeaseLost("the job is being processed by another delivery") from None
+        raise
+    return token
+
+
+@dataclass
+class Progress:
+    """What one chunk changed, applied in one conditional UpdateItem."""
+
+    file_index: int
+    row_index: int
+    bytes_done: int
+    rows_read: int = 0
+    plays_added: int = 0
+    duplicates: int = 0
+    episodes_added: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    new_resolve_chunk: bool = False
+    tracks_to_resolve: int = 0
+    files: list[dict[str, Any]] | None = None
+    state: str | None = None
+    phase: str | None = None
+    error: tuple[str, str | None, int | None] | None = None
+    first_ms: int | None = None
+    last_ms: int | None = None
+
+
+def advance(job: ImportModel, token: str, progress: Progress, now: datetime) -> None:
+    """Apply a chunk's progress if this caller still holds the lease at the position it read from."""
+    merged = dict(job.skipped or {})
+    for reason, count in progress.skipped.items():
+        merged[reason] = merged.get(reason, 0) + count
+    actions = [
+        ImportModel.file_index.set(progress.file_index),
+        ImportModel.row_index.set(progress.row_index),
+        ImportModel.bytes_done.set(progress.bytes_done),
+        ImportModel.rows_read.add(progress.rows_read),
+        ImportModel.plays_added.add(progress.plays_added),
+        ImportModel.duplicates.add(progress.duplicates),
+        ImportModel.episodes_added.add(progress.episodes_added),
+        ImportModel.tracks_to_resolve.add(progress.tracks_to_resolve),
+        ImportModel.skipped.set(merged),
+        ImportModel.updated_at.set(now),
+    ]
+    if progress.first_ms is not None:
+        actions.append(ImportModel.first_ms.set(min(progress.first_ms, job.first_ms or progress.first_ms)))
+    if progress.last_ms is not None:
+        actions.append(ImportModel.last_ms.set(max(progress.last_ms, job.last_ms or progress.last_ms)))
+    if progress.new_resolve_chunk:
+        actions.append(ImportModel.resolve_chunks.add(1))
+    if progress.files is not None:
+        actions.append(ImportModel.files.set(progress.files))
+    if progress.state is not None:
+        actions.append(ImportModel.state.set(progress.state))
+        if job.started_at is None:
+            actions.append(ImportModel.started_at.set(now))
+    if progress.phase is not None:
+        actions.append(ImportModel.phase.set(progress.phase))
+    if progress.error is not None and job.error is None:
+        message, file_name, row = progress.error
+        actions.append(ImportModel.error.set(message[:500]))
+        if file_name is not None:
+            actions.append(ImportModel.error_file.set(file_name))
+        if row is not None:
+            actions.append(ImportModel.error_row.set(row))
+    condition = ((ImportModel.lease_token == token) & (ImportModel.file_index == job.file_index)
+                 & (ImportModel.row_index == job.row_index))
+    _update(job, actions, condition)
+
+
+def _update(job: ImportModel, actions: list[Any], condition: Any) -> None:
+    try:
+        job.update(actions=actions, condition=condition)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            raise LeaseLost("the job moved on under another delivery") from None
+        raise
+
+
+def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase: str | None = None,
+              paused_until: datetime | None = None, error: str | None = None, release: bool = False,
+              resolved: int = 0, resolve_position: int | None = None, resolve_offset: int | None = None) -> None:
+    actions = [ImportModel.state.set(state), ImportModel.updated_at.set(now)]
+    if phase is not None:
+        actions.append(ImportModel.phase.set(phase))
+    if job.started_at is None:
+        actions.append(ImportModel.started_at.set(now))
+    actions.append(ImportModel.paused_until.set(paused_until) if paused_until else ImportModel.paused_until.remove())
+    if error is not None and job.error is None:
+        actions.append(ImportModel.error.set(error[:500]))
+    if state in TERMINAL:
+        actions.append(ImportModel.finished_at.set(now))
+    if resolved:
+        actions.append(ImportModel.tracks_resolved.add(resolved))
+    if resolve_position is not None:
+        actions.append(ImportModel.resolve_position.set(resolve_position))
+    if resolve_offset is not None:
+        actions.append(ImportModel.resolve_offset.set(resolve_offset))
+    if release:
+        actions += [ImportModel.lease_token.remove(), ImportModel.lease_until.remove()]
+    _update(job, actions, ImportModel.lease_token == token)
+
+
+def release(job: ImportModel, token: str, now: datetime) -> None:
+    _update(job, [ImportModel.lease_token.remove(), ImportModel.lease_until.remove(),
+                  ImportModel.updated_at.set(now)], ImportModel.lease_token == token)
+
+
+# -- tracks to resolve -----------------------------------------------------------------------------
+def resolve_key(job_id: str, chunk: int) -> str:
+    return f"{RESOLVE_PREFIX}{job_id}#{chunk:06d}"
+
+
+def put_resolve_chunk(user_id: str, job_id: str, chunk: int, track_ids: set[str]) -> None:
+    """The chunk's unknown track ids (written before the progress that counts them; a retry rewrites it)."""
+    ImportModel(user_id, resolve_key(job_id, chunk), track_ids=set(track_ids)).save()
+
+
+def resolve_chunk(user_id: str, job_id: str, chunk: int) -> set[str]:
+    try:
+        item = ImportModel.get(user_id, resolve_key(job_id, chunk), consistent_read=True)
+    except ImportModel.DoesNotExist:
+        return set()
+    return set(item.track_ids or ())
