@@ -74,8 +74,9 @@ class World:
                         continue_later=lambda u, j, d: self.continued.append((u, j, d)), sleep=lambda s: None)
 
     def user(self, user_id="alice", **fields) -> None:
+        # Written over whatever is there (a versioned item: no version condition for a fixture).
         users.UserModel(user_id, status=fields.pop("status", users.ACTIVE), created_at=NOW - timedelta(days=30),
-                        **fields).save()
+                        **fields).save(add_version_condition=False)
 
     def upload(self, body: bytes, name="my_spotify_data.zip", user_id="alice") -> str:
         self.uploads += 1

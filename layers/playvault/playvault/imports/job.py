@@ -286,7 +286,7 @@ class Importer:
             progress.tracks_to_resolve = len(unknown)
         episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
                     for d in own if d.row.episode_id]
-        progress.episodes_added = catalog.upsert_episodes(episodes) if episodes else 0
+        progress.episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
         plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
         self._advance(job, token, progress)
         outcome.chunks += 1

@@ -225,8 +225,8 @@ def track_names(ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
     return {tid: (t.name, artists.get(t.artist_ids[0]) if t.artist_ids else None) for tid, t in tracks.items()}
 
 
-def upsert_episodes(episodes: Iterable[EpisodeModel]) -> int:
-    """Store the episodes not yet known (conditional put); returns how many are new."""
+def put_new_episode_rows(episodes: Iterable[EpisodeModel]) -> int:
+    """Store the episode rows (from an export) not yet known (conditional put); returns how many are new."""
     by_id = {e.episode_id: e for e in episodes}
     unknown = sorted(set(by_id) - _existing_ids(EpisodeModel, set(by_id)))
     return sum(_put_and_remember(by_id[i]) for i in unknown)

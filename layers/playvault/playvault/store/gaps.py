@@ -32,7 +32,7 @@ class GapModel(Model):
     to_at = UnicodeAttribute()
     from_ms = NumberAttribute()
     to_ms = NumberAttribute()
-    detected_at = UTCDateTimeAttribute()
+    detected_at = UTCDateTimeAttribute(null=True)  # None for windows an import recorded
     plays_lost = NumberAttribute(null=True)  # known only when something else (an import) tells
 
 
