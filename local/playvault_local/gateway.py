@@ -1,8 +1,10 @@
 """`serve`: the local stack kept up behind a small API gateway on 127.0.0.1.
 
 The gateway serves the template's HttpApi routes (the functions' HttpApi events): an HTTP request
-becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Unknown
-routes answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
+becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Routes
+are chosen as HttpApi chooses them: an exact path first, then paths with {parameters}, then a
+greedy {proxy+}; a route's method must match (ANY matches every method). Requests no route takes
+answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (ScheduleExpression,
 or --dispatch-every) and the SQS event source feeds the worker, on the real clock. One function
 runs at a time (the functions share the Powertools metrics buffer of this one process).
@@ -51,12 +53,22 @@ class Gateway:
     def __init__(self, system: LocalSystem, lock: threading.Lock):
         self.system = system
         self.lock = lock
-        self.routes = {(r.method, r.path): r.function for r in system.routes}
+        self.routes = sorted((_CompiledRoute(r) for r in system.routes), key=lambda r: r.rank)
+
+    def match(self, method: str, path: str) -> tuple[Any, dict[str, str]] | None:
+        for route in self.routes:
+            if route.method not in (method, "ANY"):
+                continue
+            found = route.pattern.fullmatch(path)
+            if found:
+                return route, found.groupdict()
+        return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
-        function = self.routes.get((request.method, request.path)) or self.routes.get(("ANY", request.path))
-        if function is None:
+        matched = self.match(request.method, request.path)
+        function = matched[0].route.function if matched else None
+        if matched is None:
             response = Response('{"message":"Not Found"}', status=404, mimetype="application/json")
             return response(environ, start_response)
         headers: dict[str, str] = {}
@@ -67,9 +79,12 @@ class Gateway:
             headers[key] = f"{headers[key]},{value}" if key in headers else value
         cookies = [c.strip() for c in request.headers.get("Cookie", "").split(";") if c.strip()]
         body = request.get_data()
+        route, path_parameters = matched
         event = http_api_event(request.method, request.path, query=environ.get("QUERY_STRING", ""),
                                headers=headers, body=body or None, source_ip=request.remote_addr or "127.0.0.1",
-                               cookies=cookies or None, route_key=f"{request.method} {request.path}")
+                               cookies=cookies or None, route_key=f"{route.route.method} {route.route.path}")
+        if path_parameters:
+            event["pathParameters"] = path_parameters
         with self.lock:
             try:
                 answer = self.system.invoke(function, event)
@@ -83,6 +98,27 @@ class Gateway:
         for cookie in set_cookies:
             response.headers.add("Set-Cookie", cookie)
         return response(environ, start_response)
+
+
+class _CompiledRoute:
+    """A template route as a regex; rank: exact paths, then {parameters}, then greedy {proxy+}."""
+
+    def __init__(self, route: Any):
+        self.route = route
+        self.method = route.method
+        parts = re.split(r"(\{[^}]+\})", route.path)
+        regex = ""
+        greedy = False
+        for part in parts:
+            if part.startswith("{") and part.endswith("+}"):
+                regex += f"(?P<{part[1:-2]}>.+)"
+                greedy = True
+            elif part.startswith("{") and part.endswith("}"):
+                regex += f"(?P<{part[1:-1]}>[^/]+)"
+            else:
+                regex += re.escape(part)
+        self.pattern = re.compile(regex)
+        self.rank = (2 if greedy else 1 if "{" in route.path else 0, -len(route.path))
 
 
 class _QuietHandler(WSGIRequestHandler):

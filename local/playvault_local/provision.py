@@ -1,8 +1,9 @@
 """Create template.yaml's resources on an AWS emulator (moto in-process or moto_server).
 
-Tables (keys, indexes, TTL), queues (attributes, redrive policy), KMS keys and aliases, SSM
-parameters: all read from the template, nothing listed twice. Resources that have no local meaning
-(alarms, dashboards, log groups, topics, the HttpApi) get a placeholder id so references resolve.
+Tables (keys, indexes, TTL), buckets (encryption, lifecycle), queues (attributes, redrive policy),
+KMS keys and aliases, SSM parameters: all read from the template, nothing listed twice. Resources
+that have no local meaning (alarms, dashboards, log groups, topics, the HttpApi, bucket policies)
+get a placeholder id so references resolve.
 """
 
 from __future__ import annotations
@@ -78,6 +79,25 @@ def _create_queue(sqs: Any, name: str, props: dict[str, Any]) -> dict[str, str]:
     return {"Ref": url, "Arn": arn, "QueueName": name}
 
 
+def _create_bucket(s3: Any, name: str, props: dict[str, Any]) -> dict[str, str]:
+    s3.create_bucket(Bucket=name)
+    encryption = props.get("BucketEncryption")
+    if encryption:
+        s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+                      for rule in encryption["ServerSideEncryptionConfiguration"]]})
+    rules = (props.get("LifecycleConfiguration") or {}).get("Rules") or []
+    if rules:
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+            {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")},
+             **({"Expiration": {"Days": int(rule["ExpirationInDays"])}} if "ExpirationInDays" in rule else {}),
+             **({"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": int(
+                 rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}}
+                if "AbortIncompleteMultipartUpload" in rule else {})}
+            for rule in rules]})
+    return {"Ref": name, "Arn": f"arn:aws:s3:::{name}", "DomainName": f"{name}.s3.amazonaws.com"}
+
+
 def provision(
     template_path: Path | str = tpl.TEMPLATE_PATH,
     *,
@@ -100,6 +120,11 @@ def provision(
     ddb = _client("dynamodb", endpoint_url, region)
     for logical, res in tpl.resources_of_type(template, "AWS::DynamoDB::Table").items():
         physical[logical] = _create_table(ddb, f"{prefix}-{logical}", resolver.value(res["Properties"]))
+
+    s3 = _client("s3", endpoint_url, region)
+    for logical, res in tpl.resources_of_type(template, "AWS::S3::Bucket").items():
+        props = resolver.value(res.get("Properties") or {})
+        physical[logical] = _create_bucket(s3, f"{prefix}-{logical}".lower(), props)
 
     kms = _client("kms", endpoint_url, region)
     for logical, res in tpl.resources_of_type(template, "AWS::KMS::Key").items():

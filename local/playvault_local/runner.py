@@ -139,8 +139,10 @@ class Simulation:
 
     def sign_up(self, user_id: str, session: requests.Session) -> str:
         auth = self._auth_function()
-        status, headers, body, _ = http_response(
+        status, headers, body, set_cookies = http_response(
             self.system.invoke(auth, http_api_event_for_url("GET", "/auth/login", now=self.clock())))
+        # The browser's login cookie goes back with the callback (the sign-in is bound to it).
+        cookies = [c.split(";", 1)[0] for c in set_cookies]
         location = _header(headers, "location")
         if status != 302 or not location:
             return "waitlisted" if status == 200 and b"waitlist" in body.lower() else f"login_{status}"
@@ -148,11 +150,12 @@ class Simulation:
         back = consent.headers.get("Location", "")
         if consent.status_code != 302 or "code=" not in back:
             return f"authorize_{consent.status_code}"
-        status, _, body, _ = http_response(self.system.invoke(auth, http_api_event_for_url("GET", back,
-                                                                                           now=self.clock())))
+        status, headers, body, _ = http_response(self.system.invoke(
+            auth, http_api_event_for_url("GET", back, now=self.clock(), cookies=cookies or None)))
         if status == 200 and b"waitlist" in body.lower():  # the cap was reached between login and callback
             return "waitlisted"
-        return "signed_up" if status == 200 else f"callback_{status}"
+        signed_in = status == 303 and (_header(headers, "location") or "").startswith("/me")
+        return "signed_up" if signed_in else f"callback_{status}"
 
     def _auth_function(self) -> str:
         for route in self.system.routes:

@@ -87,7 +87,8 @@ class LocalSystem:
         self.sqs: Any = None
         self.ddb: Any = None
         self.schedule_function: str | None = None
-        self.event_source: EventSourceSpec | None = None
+        self.event_source: EventSourceSpec | None = None  # the worker's (the first SQS event source)
+        self.event_sources: list[EventSourceSpec] = []  # every SQS event source (the jobs function's too)
         self.routes: list[Route] = []
 
     # ------------------------------------------------------------------ start / stop
@@ -182,12 +183,15 @@ class LocalSystem:
                     target = queue["Fn::GetAtt"]
                     queue_id = target[0] if isinstance(target, list) else str(target).split(".")[0]
                     scaling = props.get("ScalingConfig") or {}
-                    self.event_source = EventSourceSpec(
+                    source = EventSourceSpec(
                         function=logical_id, queue_logical_id=queue_id, batch_size=int(props.get("BatchSize", 10)),
                         batching_window_s=int(props.get("MaximumBatchingWindowInSeconds", 0)),
                         max_concurrency=scaling.get("MaximumConcurrency"),
                         report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes")
                                                                                  or []))
+                    self.event_sources.append(source)
+                    if self.event_source is None:
+                        self.event_source = source
                 elif kind == "HttpApi":
                     self.routes.append(Route(str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/")),
                                              logical_id))

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pynamodb.attributes import BinaryAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
-from playvault.store.base import BaseMeta, table
+from playvault.store.base import BaseMeta, condition_failed, table
 
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
+DELETING = "deleting"  # the user asked to delete their data: never polled again, removed by the deletion job
 
 
 @table("users_table")
@@ -55,6 +57,8 @@ class UserModel(Model):
     gaps_detected = NumberAttribute(default=0)
     last_gap_from_ms = NumberAttribute(null=True)
     last_gap_to_ms = NumberAttribute(null=True)
+    # When the user asked to delete their data (status DELETING); the deletion waits from here.
+    deletion_requested_at = UTCDateTimeAttribute(null=True)
 
 
 # Updates never resurrect a user deleted meanwhile (UpdateItem would otherwise create the item).
@@ -141,6 +145,25 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> None:
         ],
         condition=_EXISTS,
     )
+
+
+def mark_deleting(user_id: str, now: datetime) -> datetime | None:
+    """status = deleting (pynamodb update: once the poll path checks status and version, a poll in
+    flight can no longer write this user). Keeps the first request time if already deleting.
+    Returns when the deletion was requested; None if there is no such user."""
+    user = get(user_id)
+    if user is None:
+        return None
+    if user.status == DELETING and user.deletion_requested_at is not None:
+        return user.deletion_requested_at
+    try:
+        user.update(actions=[UserModel.status.set(DELETING), UserModel.deletion_requested_at.set(now)],
+                    condition=_EXISTS)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            return None
+        raise
+    return now
 
 
 @dataclass(frozen=True)
