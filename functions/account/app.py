@@ -49,7 +49,7 @@ logger = Logger()
 s3 = LazyClient("s3", config=Config(signature_version="s3v4"))
 queue = JobQueue(LazyClient("sqs"), settings.jobs_queue_url)
 exporter = Exporter(s3, settings.user_files_bucket, queue)
-deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)
+deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)  # requests only
 app = APIGatewayHttpResolver(enable_validation=True)
 web.install_error_handlers(app)
 

@@ -6,12 +6,18 @@ are chosen as HttpApi chooses them: an exact path first, then paths with {parame
 greedy {proxy+}; a route's method must match (ANY matches every method). Requests no route takes
 answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (ScheduleExpression,
-or --dispatch-every) and the SQS event source feeds the worker, on the real clock. One function
-runs at a time (the functions share the Powertools metrics buffer of this one process).
+or --dispatch-every, 20 s by default here) and the SQS event sources feed the worker and the jobs
+function, on the real clock. One function runs at a time (the functions share the Powertools
+metrics buffer of this one process).
+
+Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
+the real clock (LISTEN_PER_HOUR plays an hour, seeded; the hour before the sign-up too), so /me
+fills up. Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import sys
@@ -43,8 +49,9 @@ class ServeConfig:
     client_secret: str | None = None
     seed: int = 0
     poll_seconds: float = 1.0
-    dispatch_every_s: float | None = None
+    dispatch_every_s: float | None = 20.0
     quiet: bool = False
+    listening: bool = True
 
 
 class Gateway:
@@ -66,6 +73,11 @@ class Gateway:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
+        if request.path == "/_local/dispatch" and request.method == "POST":
+            with self.lock:
+                function = self.system.schedule_function
+                answer = self.system.invoke(function, scheduled_event(self.system.now(), f"{function}-by-hand"))
+            return Response(json.dumps(answer, default=str), mimetype="application/json")(environ, start_response)
         matched = self.match(request.method, request.path)
         function = matched[0].route.function if matched else None
         if matched is None:
@@ -169,16 +181,21 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
-        source = SqsEventSource(system)
+        sources = [SqsEventSource(system, spec=spec) for spec in system.event_sources]
         every = config.dispatch_every_s or _schedule_seconds(
             system.stack.resolver.parameters.get("ScheduleExpression", "rate(1 hour)") if system.stack else "")
-        threads.append(threading.Thread(target=_poll, args=(system, source, lock, stop, config.poll_seconds),
-                                        name="sqs-event-source", daemon=True))
+        threads.append(threading.Thread(target=_poll, args=(system, sources, lock, stop, config.poll_seconds),
+                                        name="sqs-event-sources", daemon=True))
+        if config.listening and system.emulator is not None:
+            threads.append(threading.Thread(target=_listen, args=(system.emulator.state, stop), name="listening",
+                                            daemon=True))
         threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every), name="schedule",
                                         daemon=True))
         for thread in threads:
             thread.start()
         real = system._stdout.real
+        listening = (f"{LISTEN_PER_HOUR:g} plays/hour for every emulator user"
+                     if config.listening and system.emulator else "off")
         base = f"http://{config.host}:{port}"
         spotify = f"{system.emulator.url} (built-in emulator)" if system.emulator else config.spotify_accounts_url
         lines = [
@@ -189,6 +206,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             f"  AWS (moto)     : {system.aws.url if system.aws else '?'}",
             f"  redirect URI   : {redirect_uri}",
             f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
+            f"  listening      : {listening}",
+            f"  poll by hand   : curl -X POST {base}/_local/dispatch",
         ]
         print("\n".join(lines), file=real, flush=True)
         if ready is not None:
@@ -213,17 +232,37 @@ def _started(system: LocalSystem) -> LocalSystem:
     return system
 
 
-def _poll(system: LocalSystem, source: SqsEventSource, lock: threading.Lock, stop: threading.Event,
+def _poll(system: LocalSystem, sources: list[SqsEventSource], lock: threading.Lock, stop: threading.Event,
           every: float) -> None:
     while not stop.is_set():
-        try:
-            with lock:
-                got = source.poll_once()
-        except Exception as exc:  # noqa: BLE001 - keep polling; say why
-            print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
-            got = 0
+        got = 0
+        for source in sources:
+            try:
+                with lock:
+                    got += source.poll_once()
+            except Exception as exc:  # noqa: BLE001 - keep polling; say why
+                print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
         if not got:
             stop.wait(every)
+
+
+LISTEN_PER_HOUR = 15.0  # about a song every 4 minutes
+LISTEN_TICK_S = 5.0
+
+
+def _listen(state: Any, stop: threading.Event) -> None:
+    """Steady listening on the real clock for every emulator user (new ones get the last hour too)."""
+    from datetime import timedelta
+
+    heard: dict[str, Any] = {}
+    while not stop.is_set():
+        now = state.now()
+        for user_id in state.user_ids():
+            since = heard.get(user_id, now - timedelta(hours=1))
+            if now > since:
+                state.simulate_listening(user_id, since, now, LISTEN_PER_HOUR)
+                heard[user_id] = now
+        stop.wait(LISTEN_TICK_S)
 
 
 def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float) -> None:

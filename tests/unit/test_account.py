@@ -486,6 +486,14 @@ def test_delete_my_data_removes_everything_of_the_user_and_nothing_else(site, aw
     site.s3.put_object(Bucket=site.bucket, Key="imports/alice/my_spotify_data.zip", Body=b"zip")
     site.s3.put_object(Bucket=site.bucket, Key="imports/bob/my_spotify_data.zip", Body=b"zip")
     bob_before = {p.played_at for p in plays.all_plays("bob")}
+    from playvault.batch import IDEMPOTENCY_KEY_PREFIX, idempotency_key
+    from playvault.store.idempotency_records import record_id
+
+    ddb, idem = boto3.client("dynamodb"), aws_env.name("IdempotencyTable")
+    for user_id, hours_ago in (("alice", 0), ("alice", 30), ("bob", 0)):
+        key = record_id(IDEMPOTENCY_KEY_PREFIX,
+                        idempotency_key(user_id, clock.hour_key(datetime.now(UTC) - timedelta(hours=hours_ago))))
+        ddb.put_item(TableName=idem, Item={"id": {"S": key}, "data": {"S": json.dumps({"user_id": user_id})}})
 
     confirm = alice.get("/me/delete")
     assert confirm["statusCode"] == 200 and "35 days" in confirm["body"] and str(alice_plays) in confirm["body"]
@@ -509,6 +517,8 @@ def test_delete_my_data_removes_everything_of_the_user_and_nothing_else(site, aw
     keys = [o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket).get("Contents", [])]
     assert not [k for k in keys if "/alice/" in k]
     assert "imports/bob/my_spotify_data.zip" in keys and any(k.startswith("exports/bob/") for k in keys)
+    records = [i["data"]["S"] for i in ddb.scan(TableName=idem)["Items"]]
+    assert records == [json.dumps({"user_id": "bob"})]  # alice's records are gone, bob's stays
     receipt = [i for i in deletions.StateModel.scan() if i.name.startswith(deletions.PREFIX)]
     assert len(receipt) == 1 and receipt[0].user_id is None  # the receipt names nobody
     # bob is untouched
@@ -572,3 +582,33 @@ def test_a_deletion_that_crashes_half_way_resumes_and_the_user_is_never_polled_m
     assert deleter.run("alice", key, _budget()) is None
     assert users.get("alice") is None and seats.seats_taken() == 1
     assert deletions.get(key).counts["plays"] == total and deletions.get(key).status == deletions.DONE
+
+
+@pytest.mark.parametrize(("headers", "allowed"), [
+    ({"origin": f"https://{HOST}"}, True),
+    ({"origin": "null", "sec-fetch-site": "same-origin"}, True),  # what Chromium sends under no-referrer
+    ({}, True),  # not a browser: the CSRF token alone
+    ({"origin": "https://evil.example"}, False),
+    ({"origin": f"https://{HOST}.evil.example"}, False),
+    ({"origin": "null"}, False),
+    ({"origin": "null", "sec-fetch-site": "cross-site"}, False),
+    ({"sec-fetch-site": "same-site"}, False),
+])
+def test_state_changing_requests_check_where_they_come_from(site, aws_env, emulator, headers, allowed):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    token = browser.csrf()
+    answer = browser.call("POST", "/me/exports", form={"csrf": token, "format": "csv"}, headers=headers)
+    assert answer["statusCode"] == (303 if allowed else 403), answer
+    assert len(list(exports.for_user("alice"))) == (1 if allowed else 0)
+
+
+def test_idempotency_record_ids_are_the_ones_powertools_writes(aws_env):
+    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
+
+    from playvault.batch import IDEMPOTENCY_KEY_PREFIX, idempotency_key
+    from playvault.store.idempotency_records import record_id
+
+    layer = DynamoDBPersistenceLayer(table_name=aws_env.name("IdempotencyTable"))
+    layer.configure(IdempotencyConfig(event_key_jmespath="idempotency_key"), key_prefix=IDEMPOTENCY_KEY_PREFIX)
+    key = idempotency_key("alice", "2026_12_01_20")
+    assert record_id(IDEMPOTENCY_KEY_PREFIX, key) == layer._get_hashed_idempotency_key({"idempotency_key": key})

@@ -95,6 +95,7 @@ class JobSettings(TableSettings):
     sessions_table: str = Field(min_length=3)
     user_files_bucket: str = Field(min_length=3)
     jobs_queue_url: str = Field(min_length=1)
+    idempotency_table: str = Field(min_length=3)  # the worker's records name the user: deleted with it
     # A deletion waits this long after marking the user `deleting` before it deletes plays: a poll
     # that checked the user just before the mark may still write plays until the worker times out.
     deletion_grace_seconds: int = Field(default=150, ge=0, le=900)

@@ -100,14 +100,20 @@ def end(session: Session) -> Cookie:
 
 # -- CSRF -----------------------------------------------------------------------------------------
 def check_same_origin(headers: Mapping[str, str]) -> None:
-    """403 unless the request comes from a page of this host (Origin, else Sec-Fetch-Site)."""
+    """403 unless the request comes from a page of this host.
+
+    Origin names the page's origin, except that our pages say Referrer-Policy: no-referrer, under
+    which browsers send `Origin: null`; then Fetch Metadata (Sec-Fetch-Site, which no page can set)
+    must say same-origin. A client sending neither (not a browser) still needs the CSRF token."""
     origin = headers.get("origin")
+    site = headers.get("sec-fetch-site")
     host = (headers.get("host") or "").lower()
-    if origin is not None:
-        if origin == "null" or urlsplit(origin).netloc.lower() != host or not host:
+    if origin is not None and origin != "null":
+        if not host or urlsplit(origin).netloc.lower() != host:
             raise Forbidden()
-        return
-    if headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden()
+    if origin == "null" and site is None:
         raise Forbidden()
 
 
