@@ -142,8 +142,8 @@ def test_revoked_user_signs_in_again_and_archiving_resumes(stack: prov.Stack, em
 
 def test_cap_reached_waitlist_over_real_servers(stack: prov.Stack, emulator: Any) -> None:
     browser = Browser(stack)
-    assert browser.sign_in("one")["statusCode"] == 200
-    assert browser.sign_in("two")["statusCode"] == 200
+    assert browser.sign_in("one")["statusCode"] == 303
+    assert browser.sign_in("two")["statusCode"] == 303
     full = browser.get("/auth/login")
     assert full["statusCode"] == 200 and 'action="/auth/waitlist"' in full["body"]
     assert seats.seats_taken() == 2
