@@ -1,5 +1,6 @@
 """`make bench`: worker throughput vs the seed's sequential flow, exact request counts per poll, cost per
-1,000 users per month, handler cold imports, dispatcher scale. All on local emulators: moto_server
+1,000 users per month, handler cold imports, dispatcher scale, a 100,000-play export's memory and
+time (bench/export.py). All on local emulators: moto_server
 (a subprocess on a free loopback port, stopped by its PID) and the Spotify emulator (a subprocess,
 latency injected per request). Writes bench/results.json; BENCHMARKS.md explains the figures.
 """
@@ -39,6 +40,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                              "users-per-message)")
     parser.add_argument("--dispatcher-users", type=ints, default=[10_000, 100_000])
     parser.add_argument("--cold-runs", type=int, default=7)
+    parser.add_argument("--export-plays", type=int, default=100_000, help="plays of the export entry (0: skip)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"))
     return parser.parse_args(argv)
 
@@ -533,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dispatcher_users:
             bench.dispatcher(stack)
         bench.cost(stack)
+        if args.export_plays:
+            from bench import export as export_bench
+
+            _say(f"export: {args.export_plays} plays, JSON Lines and CSV")
+            bench.results["export"] = export_bench.run(aws_url, args.export_plays)
     finally:
         if emulator is not None:
             emulator.stop()
@@ -563,6 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         "cold_import_dependency_floor_ms": {name: c["dependency_floor_median_ms"]
                                             for name, c in r["cold_import"].items()},
         "dispatcher_users_per_s": {str(d["users"]): d.get("users_per_s") for d in r.get("dispatcher", [])},
+        "export": {fmt: r["export"][fmt] for fmt in ("jsonl", "csv")} if "export" in r else None,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "latency_ms": args.latency_ms,
         "users_per_message": args.users_per_message,

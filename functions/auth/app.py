@@ -286,6 +286,7 @@ def signed_out() -> Response:
 
 @app.post("/auth/waitlist")
 def join_waitlist() -> Response:
+    web_sessions.check_same_origin(web_http.headers_of(app))  # no session to hold a CSRF token: Origin
     onboarding.join_waitlist(_waitlist_email())
     if _wants_json():
         return Response(

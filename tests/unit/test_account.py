@@ -612,3 +612,41 @@ def test_idempotency_record_ids_are_the_ones_powertools_writes(aws_env):
     layer.configure(IdempotencyConfig(event_key_jmespath="idempotency_key"), key_prefix=IDEMPOTENCY_KEY_PREFIX)
     key = idempotency_key("alice", "2026_12_01_20")
     assert record_id(IDEMPOTENCY_KEY_PREFIX, key) == layer._get_hashed_idempotency_key({"idempotency_key": key})
+
+
+def test_the_waitlist_refuses_a_form_posted_from_another_site(site):
+    browser = Browser(site)
+    refused = browser.call("POST", "/auth/waitlist", form={"email": "a@example.com"},
+                           headers={"origin": "https://evil.example"})
+    assert refused["statusCode"] == 403
+    assert [i for i in deletions.StateModel.scan() if i.name.startswith("waitlist#")] == []
+    accepted = browser.call("POST", "/auth/waitlist", form={"email": "a@example.com"},
+                            headers={"origin": f"https://{HOST}"})
+    assert accepted["statusCode"] == 200
+
+
+def test_an_export_that_crashed_after_completing_its_upload_is_settled(site, aws_env, emulator):
+    from playvault.export import Exporter
+
+    signed_in(site, aws_env, emulator, "alice")
+    total = listen_and_archive(aws_env, emulator, "alice")
+    exporter = Exporter(site.s3, site.bucket, None)
+    job = exporter.start("alice", "csv")
+    real_update = exports.ExportModel.update
+    calls = []
+
+    def crash_on_the_final_update(self, actions, condition=None, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after _begin's update: the one that records DONE
+            raise RuntimeError("the function died")
+        return real_update(self, actions=actions, condition=condition, **kwargs)
+
+    exports.ExportModel.update = crash_on_the_final_update
+    try:
+        with pytest.raises(RuntimeError):
+            exporter.run("alice", job.export_id, _budget())
+    finally:
+        exports.ExportModel.update = real_update
+    assert exporter.run("alice", job.export_id, _budget()) is None  # redelivered
+    done = exports.get("alice", job.export_id)
+    assert done.status == exports.DONE and int(done.rows) == total

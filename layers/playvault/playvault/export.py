@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 from pynamodb.exceptions import UpdateError
 
 from playvault import clock, history
@@ -107,7 +108,32 @@ class Exporter:
             return None
         if job.upload_id is None and not self._begin(job):
             return None
-        return self._continue(job, budget)
+        if job.upload_id is not None and self._file_exists(job):
+            return self._settle(job)  # the upload was completed just before a crash
+        try:
+            return self._continue(job, budget)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
+            # Completed just before a crash (or aborted): the file is there, or the job is lost.
+            return self._settle(job)
+
+    def _file_exists(self, job: ExportModel) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=job.object_key)
+        except ClientError:
+            return False
+        return True
+
+    def _settle(self, job: ExportModel) -> None:
+        try:
+            size = self.s3.head_object(Bucket=self.bucket, Key=job.object_key)["ContentLength"]
+        except ClientError:
+            self._abandon(job)
+            return None
+        job.update(actions=[ExportModel.status.set(exports.DONE), ExportModel.finished_at.set(clock.now()),
+                            ExportModel.rows.set(int(job.total or job.rows)), ExportModel.size_bytes.set(size)])
+        return None
 
     def _begin(self, job: ExportModel) -> bool:
         upload = self.s3.create_multipart_upload(Bucket=self.bucket, Key=job.object_key,
