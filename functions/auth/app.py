@@ -62,7 +62,8 @@ cipher = TokenCipher(LazyClient("kms"), settings.token_key_id)  # data keys are 
 onboarding = Onboarding.from_settings(settings, spotify=spotify, cipher=cipher, credentials=credentials)
 app = APIGatewayHttpResolver()
 
-ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST", "/auth/logout": "POST"}
+ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST", "/auth/logout": "POST",
+          "/auth/signed-out": "GET"}
 SESSION_IDLE = timedelta(days=settings.session_idle_days)
 MAX_QUERY = 4096
 MAX_BODY = 4096
