@@ -173,13 +173,16 @@ class Bench:
                                                              endpoint_url=self.aws_url)
         from bench.scenario import create_user
 
-        def make_user(user_spec: Any) -> None:
-            create_user(user_spec, accounts_url=self.spotify_url, control=self.control, cipher=sealer,
-                        client_id=DEV_CLIENT_ID, client_secret=DEV_CLIENT_SECRET)
+        def make_user(user_spec: Any) -> Any:
+            return create_user(user_spec, accounts_url=self.spotify_url, control=self.control, cipher=sealer,
+                               client_id=DEV_CLIENT_ID, client_secret=DEV_CLIENT_SECRET)
 
         counts = poll_counts(recorder=self.recorder, spotify_counter=self.spotify_counter, handler=module.handler,
                              context_factory=lambda: context_for(spec), make_user=make_user,
-                             state_table=stack.name("StateTable"), suffix="-c")
+                             per_message_tables={stack.name("StateTable"), stack.name("IdempotencyTable")},
+                             remember_token=lambda user_id, grant: module.archiver.access_tokens.put(
+                                 user_id, grant.access_token, grant.expires_at),
+                             suffix="-c")
         self.recorder.probe = None
         simplify_table_names(counts, table_names(stack))
         # Item sizes for storage: a stored play and a stored user.

@@ -63,13 +63,14 @@ class UserSpec:
     user_id: str
     new_plays: int = 0
     track_indexes: list[int] = field(default_factory=list)  # cycled over the new plays
-    cached_token: bool = True  # False: the stored access token has expired, the poll refreshes
+    cached_token: bool = True  # False: the container holds no access token for the user, the poll refreshes
     new_container: bool = False  # True: the worker has not met any catalog id yet (a fresh container)
 
 
 def create_user(spec: UserSpec, *, accounts_url: str, control: Any, cipher: Any, client_id: str,
-                client_secret: str, now: datetime | None = None) -> None:
-    """Sign in, store the user (cursor 1 h ago), add `new_plays` plays after the cursor."""
+                client_secret: str, now: datetime | None = None) -> Grant:
+    """Sign in, store the user (last polled 1 h ago; only the refresh token at rest), add `new_plays`
+    plays since. Returns the grant: a warm container would hold its access token in memory."""
     from playvault.store import users
 
     now = now or datetime.now(UTC)
@@ -80,8 +81,7 @@ def create_user(spec: UserSpec, *, accounts_url: str, control: Any, cipher: Any,
         "status": users.ACTIVE, "created_at": now - timedelta(days=7), "authorized_at": now - timedelta(days=7),
         "display_name": spec.user_id, "cursor_ms": cursor_ms, "last_polled_at": cursor,
         "plays_archived": 100,
-        **asdict(cipher.seal_new(spec.user_id, grant.refresh_token, grant.access_token)),
-        "access_token_expires_at": grant.expires_at if spec.cached_token else now - timedelta(minutes=1),
+        **{k: v for k, v in asdict(cipher.seal_new(spec.user_id, grant.refresh_token, None)).items() if v is not None},
     }
     users.UserModel(spec.user_id, **fields).save()
     indexes = spec.track_indexes or [0]
@@ -89,6 +89,7 @@ def create_user(spec: UserSpec, *, accounts_url: str, control: Any, cipher: Any,
         # Newest play 2 minutes ago, 3 minutes apart: all after the cursor, all visible now.
         played_at = now - timedelta(minutes=2 + 3 * (spec.new_plays - 1 - i))
         control.add_play(spec.user_id, played_at, track_index=indexes[i % len(indexes)])
+    return grant
 
 
 def sqs_event(user_ids: list[str], *, not_before: int | None = None, window_id: str = "bench") -> dict[str, Any]:
@@ -181,16 +182,20 @@ WARMUP = UserSpec("warmup", new_plays=20, track_indexes=list(range(20)), cached_
 
 
 def poll_counts(*, recorder: Any, spotify_counter: Any, handler: Callable[[dict, Any], Any],
-                context_factory: Callable[[], Any], make_user: Callable[[UserSpec], None],
-                state_table: str, suffix: str = "") -> dict[str, dict[str, Any]]:
+                context_factory: Callable[[], Any], make_user: Callable[[UserSpec], Grant],
+                per_message_tables: set[str], remember_token: Callable[[str, Grant], None],
+                suffix: str = "") -> dict[str, dict[str, Any]]:
     """Each scenario: a fresh user, one worker invocation with a one-user message; exact counts.
 
-    The per-message work (the rate-gate GetItem on the state table) is reported apart from the
-    per-user path. Everything else the invocation did is the user's poll, idempotency included.
+    The per-message work (the rate-gate GetItem on the state table, the message's Powertools
+    idempotency record) is reported apart from the per-user path, which is everything else.
+    `remember_token` hands a user's access token to the worker's memory (a warm container).
     """
     def run(spec: UserSpec) -> tuple[Invocation, dict[str, Any]]:
         with recorder.paused():
-            make_user(spec)
+            grant = make_user(spec)
+            if spec.cached_token:
+                remember_token(spec.user_id, grant)
             if spec.new_container:
                 from playvault.store import catalog
 
@@ -215,7 +220,7 @@ def poll_counts(*, recorder: Any, spotify_counter: Any, handler: Callable[[dict,
         spec = replace(template, user_id=template.user_id + suffix)
         invocation, snap = run(spec)
         calls = snap["calls"]
-        per_message = {k: n for k, n in calls.items() if k == ("dynamodb", "GetItem", state_table)}
+        per_message = {k: n for k, n in calls.items() if k[0] == "dynamodb" and k[2] in per_message_tables}
         ddb_user = {f"{op} {table}": n for (svc, op, table), n in calls.items()
                     if svc == "dynamodb" and (svc, op, table) not in per_message}
         results[name] = {

@@ -29,8 +29,7 @@ logger = Logger()
 s3 = LazyClient("s3", config=Config(signature_version="s3v4"))
 queue = jobs.JobQueue(LazyClient("sqs"), settings.jobs_queue_url)
 exporter = Exporter(s3, settings.user_files_bucket, queue)
-deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds, ddb=LazyClient("dynamodb"),
-                  idempotency_table=settings.idempotency_table)
+deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 RESERVE_MS = 5000
 

@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--parameter", type=_parameter, action="append", default=[], metavar="NAME=VALUE",
                      help="override a template parameter (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--late-share", type=_share, default=0.10, metavar="SHARE",
+                     help="share of plays Spotify shows late, 1-90 minutes after they were played "
+                          "(default 0.10; 0 for an ideal feed)")
 
     serve = commands.add_parser("serve", help="keep the local stack up behind a local API gateway",
                                 description="Keep the stack up and serve the template's HttpApi routes on "
@@ -112,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-listening", action="store_true",
                        help="no simulated listening for the emulator's users (add plays by hand)")
     return parser
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -141,7 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     real_stdout = sys.stdout
     config = RunConfig(users=args.users, hours=args.hours, seed=args.seed, faults=args.faults,
                        time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
-                       log_file=log_file, progress=None if args.quiet else sys.stderr)
+                       log_file=log_file, progress=None if args.quiet else sys.stderr, late_share=args.late_share)
     simulation = Simulation(config)
     try:
         report = simulation.run()

@@ -36,7 +36,10 @@ class ChaosConfig:
     client_read_timeout_s: float = 0.6  # the worker's Spotify read timeout, shortened so timeouts are cheap
     expire_token_rate: float = 0.05
     app_rate_limit_hour: int | None = None  # default: a third into the run
-    app_rate_limit_minutes: int = 40
+    app_rate_limit_minutes: int = 50  # spans several 15-minute dispatch runs
+    quota_exceeded: bool = True  # the long 429 says QUOTA_EXCEEDED in its body
+    bad_item_share: float = 0.02  # damaged recently-played items (track null, artists [null], ...)
+    episode_share: float = 0.02  # podcast episodes in the feed
     crashes: tuple[str, ...] = ("raise", "kill")
     crash_after_hour: int = 2
     duplicate_rate: float = 0.15

@@ -5,7 +5,7 @@ becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP
 are chosen as HttpApi chooses them: an exact path first, then paths with {parameters}, then a
 greedy {proxy+}; a route's method must match (ANY matches every method). Requests no route takes
 answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
-gateway's /auth/callback. In the background the schedule ticks the dispatcher (ScheduleExpression,
+gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
 or --dispatch-every, 20 s by default here) and the SQS event sources feed the worker and the jobs
 function, on the real clock. One function runs at a time (the functions share the Powertools
 metrics buffer of this one process).
@@ -138,14 +138,6 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def _schedule_seconds(expression: str) -> float:
-    match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression.strip())
-    if not match:
-        return 3600.0  # cron(...) schedules: hourly is close enough for a local stack
-    unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
-    return float(int(match.group(1)) * unit)
-
-
 def reserve_port(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -182,8 +174,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
         sources = [SqsEventSource(system, spec=spec) for spec in system.event_sources]
-        every = config.dispatch_every_s or _schedule_seconds(
-            system.stack.resolver.parameters.get("ScheduleExpression", "rate(1 hour)") if system.stack else "")
+        every = config.dispatch_every_s or system.schedule_seconds()
         threads.append(threading.Thread(target=_poll, args=(system, sources, lock, stop, config.poll_seconds),
                                         name="sqs-event-sources", daemon=True))
         if config.listening and system.emulator is not None:

@@ -1,8 +1,9 @@
 """Who listens how much: a seeded population of users with varied listening.
 
-Profiles: light (a few plays an hour, idle hours), moderate, heavy (25-45 an hour), burst (a
-moderate listener with a party of ~100 plays/hour lasting 1.5 h: more than Spotify's 50-play window
-between two hourly polls, a real gap), local-files (a third of plays are local files). One user
+Profiles: light (a few plays an hour, idle hours), moderate, heavy (25-45 an hour), very heavy
+(70 an hour, all day: more than Spotify's window holds between two hourly polls), burst (a
+moderate listener with a party of ~100 plays/hour lasting 1.5 h: a real gap), local-files (a
+third of plays are local files). One user
 revokes access midway, one has Spotify rotate its refresh token on every refresh.
 """
 
@@ -29,10 +30,13 @@ def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
     rng = random.Random(f"population:{seed}")
     population: list[SimUser] = []
     burst_users = max(1, round(users * 0.05)) if users >= 3 and hours >= 5 else 0
+    very_heavy = 2 if users >= 20 else 0
     for index in range(users):
         user_id = f"user{index:04d}"
         if index < burst_users:
             profile = "burst"
+        elif index < burst_users + very_heavy:
+            profile = "very-heavy"
         else:
             draw = rng.random()
             profile = "light" if draw < 0.45 else "moderate" if draw < 0.8 else "heavy"
@@ -42,6 +46,8 @@ def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
                 rates.append(0.0 if rng.random() < 0.3 else rng.uniform(1, 6))
             elif profile in ("moderate", "burst"):
                 rates.append(0.0 if rng.random() < 0.1 else rng.uniform(8, 20))
+            elif profile == "very-heavy":
+                rates.append(70.0)
             else:
                 rates.append(rng.uniform(25, 45))
         user = SimUser(user_id, profile, rates)
@@ -53,10 +59,11 @@ def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
                 user.plays_per_hour[user.burst_hour + 1] = max(user.plays_per_hour[user.burst_hour + 1], 50.0)
         population.append(user)
     if users >= 4:
-        population[burst_users].local_share = 0.35
-        population[burst_users].tags.append("local-files")
-        population[burst_users + 1].local_share = 0.35
-        population[burst_users + 1].tags.append("local-files")
+        first = burst_users + very_heavy
+        population[first].local_share = 0.35
+        population[first].tags.append("local-files")
+        population[first + 1].local_share = 0.35
+        population[first + 1].tags.append("local-files")
     if users >= 2:
         population[-1].rotate_refresh_tokens = True
         population[-1].tags.append("rotating-refresh-token")

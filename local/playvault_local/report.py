@@ -2,8 +2,11 @@
 
 - exposed: plays Spotify returned at least once (the emulator records every play in the window it served);
 - lost: exposed plays with no row in the plays table (the archive's one unforgivable failure),
-  except those the next poll will still fetch (in Spotify's window at the end, newer than the
-  user's cursor: "recoverable", e.g. a last poll that failed after its fetch);
+  except those the next poll will still fetch (in Spotify's window at the end: "recoverable", e.g.
+  a last poll that failed after its fetch) and unreadable items (`track: null`: nothing to archive,
+  counted as bad items);
+- late plays: plays that showed up in the feed after their played_at (offline devices): exposed
+  and archived are reported apart, and count in the totals like any other play;
 - duplicated: rows beyond one per (user, played_at), plus rows for plays that never happened;
   (the plays table is read in one go from the AWS emulator's memory: reading 25,000 rows back
   through moto's Query costs minutes, the archive itself never reads them);
@@ -15,11 +18,12 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-SPOTIFY_WINDOW = 50  # recently-played keeps the last 50 plays
+from spotify_emulator.state import UNREADABLE_KINDS, WINDOW
 
 REQUIRED_KEYS = ("users", "hours", "plays_exposed", "plays_archived", "plays_lost", "plays_duplicated", "gap_plays",
                  "gaps_detected", "failures_by_type", "dlq_messages", "spotify_requests", "dynamodb_requests")
@@ -58,6 +62,9 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         for user_id in source.users_of(delivery):
             deliveries_by_user.setdefault(user_id, []).append(moment if moment is not None else delivery.at)
 
+    gap_records = sum(1 for _ in system.aws.table_items(stack.name("GapsTable"), ["user_id"]))
+    polls_by_user: Counter[str] = Counter(sim.polls_by_user)
+
     rows_by_user: dict[str, list[dict[str, Any]]] = {}
     for row in system.aws.table_items(plays_table, ["user_id", "played_at", "played_at_ms"]):
         rows_by_user.setdefault(row["user_id"], []).append(row)
@@ -69,40 +76,58 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
     revoked: dict[str, Any] = {}
     for user in sim.population:
         user_id = user.user_id
-        truth = {p["played_at_ms"] for p in state.ground_truth(user_id)}
+        truth_rows = state.ground_truth(user_id)
+        truth = {p["played_at_ms"] for p in truth_rows}
+        late_ms = {p["played_at_ms"] for p in truth_rows if p.get("late_s")}
+        shown_ms = {p["played_at_ms"]: p["played_at_ms"] + int(p.get("late_s", 0) * 1000) for p in truth_rows}
+        unreadable = {p["played_at_ms"] for p in truth_rows if p.get("bad_kind") in UNREADABLE_KINDS}
         exposed = state.exposed_play_ms(user_id)
         row_ms = [int(r["played_at_ms"]) for r in rows_by_user.get(user_id, [])]
         archived = set(row_ms)
         duplicate_rows = len(row_ms) - len(archived)
         phantom = archived - truth
         item = ddb.get_item(TableName=users_table, Key={"user_id": {"S": user_id}}, ConsistentRead=True).get("Item")
-        cursor = int(item["cursor_ms"]["N"]) if item and "cursor_ms" in item else None
-        # Not archived yet, but the next poll will fetch them: still in Spotify's window, after the cursor.
-        window = sorted(truth)[-SPOTIFY_WINDOW:]
-        recoverable = {m for m in exposed - archived if m in window and (cursor is None or m > cursor)}
-        lost = exposed - archived - recoverable
-        never = truth - exposed
+        # Not archived yet, but the next poll will fetch them: still in Spotify's window now.
+        window = state.visible_window_ms(user_id)
+        recoverable = {m for m in exposed - archived - unreadable if m in window}
+        lost = exposed - archived - recoverable - unreadable
+        last_poll = _parse_time(item.get("last_polled_at", {}).get("S")) if item else None
+        # Late plays Spotify had not shown yet at the user's last poll: pending, not a gap.
+        not_shown_yet = {m for m in truth - exposed if m in late_ms
+                         and (last_poll is None or shown_ms[m] > last_poll * 1000)}
+        # Late plays never seen: shown by Spotify only once older than its 50 newest (no client sees
+        # them), or in its window for less time than between two polls. Reported apart from gaps:
+        # no poll found a full page, so nothing could tell they existed.
+        late_missed = {m for m in truth - exposed - not_shown_yet if m in late_ms}
+        outside_window = {m for m in late_missed
+                          if sum(1 for o, v in shown_ms.items() if o > m and v <= shown_ms[m]) >= WINDOW}
+        never = truth - exposed - not_shown_yet - late_missed
         if exposed:
             low, high = min(exposed), max(exposed)
             gap = {m for m in never if low < m < high}
             before = {m for m in never if m < low}
-            pending = {m for m in never if m > high}
+            pending = {m for m in never if m > high} | not_shown_yet
         else:
-            gap, before, pending = set(), set(), set(never)
+            gap, before, pending = set(), set(), set(never) | not_shown_yet
         status = item["status"]["S"] if item and "status" in item else "missing"
         gaps_detected = int(item["gaps_detected"]["N"]) if item and "gaps_detected" in item else 0
         statuses[status] += 1
         if gap and not gaps_detected:
             undetected.append(user_id)
+        totals.update(late_exposed=len(late_ms & exposed), late_archived=len(late_ms & archived),
+                      late_never_in_window=len(outside_window), late_missed=len(late_missed),
+                      bad_exposed=len(unreadable & exposed))
         totals.update(truth=len(truth), exposed=len(exposed), archived=len(archived), rows=len(row_ms),
                       lost=len(lost), recoverable=len(recoverable), duplicated=duplicate_rows + len(phantom),
                       gap=len(gap), before=len(before),
                       pending=len(pending), gaps_detected=gaps_detected)
         per_user[user_id] = {"profile": user.profile, "tags": user.tags, "status": status, "truth": len(truth),
+                             "polls": polls_by_user.get(user_id, 0),
                              "exposed": len(exposed), "archived": len(archived), "lost": len(lost),
                              "recoverable": len(recoverable),
                              "duplicated": duplicate_rows + len(phantom), "gap_plays": len(gap),
-                             "gaps_detected": gaps_detected, "pending": len(pending)}
+                             "gaps_detected": gaps_detected, "pending": len(pending),
+                             "late_missed": len(late_missed)}
         if user.revoke_at_hour is not None:
             flipped = item.get("last_failed_at", {}).get("S") if item else None
             flipped_at = _parse_time(flipped) if status == "needs_reauth" else None
@@ -149,13 +174,26 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         "gap_plays": totals["gap"],
         "gaps_detected": totals["gaps_detected"],
         "gaps_detected_metric": int(output.total("GapsDetected")),
+        "gaps_recorded": gap_records,
+        "late_plays_exposed": totals["late_exposed"],
+        "late_plays_archived": totals["late_archived"],
+        "late_plays_never_in_window": totals["late_never_in_window"],
+        "late_plays_missed": totals["late_missed"],
+        "bad_items_skipped": int(output.total("BadItemsSkipped")),
+        "bad_items_exposed": totals["bad_exposed"],
+        "polls_per_user": _spread([polls_by_user.get(u.user_id, 0) for u in sim.population]),
+        "spotify_requests_per_user_hour": round(sum(spotify_diff.values()) / max(1, len(sim.population)
+                                                                                 * sim.config.hours), 3),
         "users_with_gap_plays": sum(1 for u in per_user.values() if u["gap_plays"]),
         "users_with_undetected_gaps": undetected,
         "plays_pending": totals["pending"],
         "plays_before_first_poll": totals["before"],
         "failures_by_type": failures,
-        "deferrals": {"deferred_messages": int(output.total("DeferredMessages")),
-                      "rate_limited_users": int(output.total("RateLimited"))},
+        "deferrals": {"rate_limited_users": int(output.total("RateLimited")),
+                      "quota_exceeded_users": int(output.total("QuotaExceeded")),
+                      "app_failure_users": int(output.total("SpotifyAppFailures")),
+                      "requeued_out_of_time": int(output.total("UsersRequeued"))},
+        "malformed_messages": int(output.total("MalformedMessages")),
         "dlq_messages": len(dlq_bodies),
         "dlq_bodies": [b[:200] for b in dlq_bodies],
         "in_flight_at_end": in_flight,
@@ -194,6 +232,13 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
     return report
 
 
+def _spread(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"min": 0, "median": 0, "max": 0}
+    ordered = sorted(values)
+    return {"min": ordered[0], "median": float(statistics.median(ordered)), "max": ordered[-1]}
+
+
 def _parse_time(value: str | None) -> float | None:
     if not value:
         return None
@@ -223,8 +268,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"  lost          : {report['plays_lost']} (recoverable by the next poll: {report['plays_recoverable']})",
         f"  duplicated    : {report['plays_duplicated']}",
         f"  gaps          : {report['gap_plays']} plays fell out of Spotify's window "
-        f"({report['users_with_gap_plays']} users); gaps detected {report['gaps_detected']}; "
-        f"undetected {len(report['users_with_undetected_gaps'])}",
+        f"({report['users_with_gap_plays']} users); gaps detected {report['gaps_detected']} "
+        f"(recorded {report['gaps_recorded']}); undetected {len(report['users_with_undetected_gaps'])}",
+        f"  late plays    : {report['late_plays_exposed']} shown late by Spotify, {report['late_plays_archived']} "
+        f"archived; {report['late_plays_missed']} never seen ({report['late_plays_never_in_window']} shown only "
+        f"once outside its 50-play window); "
+        f"bad items skipped {report['bad_items_skipped']} (unreadable shown {report['bad_items_exposed']})",
+        f"  polls per user: min {report['polls_per_user']['min']}, median {report['polls_per_user']['median']}, "
+        f"max {report['polls_per_user']['max']}; Spotify requests per user-hour "
+        f"{report['spotify_requests_per_user_hour']}",
         f"  pending       : {report['plays_pending']} plays after a user's last poll "
         f"(history before first poll: {report['plays_before_first_poll']})",
         f"  failures      : {report['failures_by_type'] or 'none'}",

@@ -4,7 +4,8 @@ One SimClock drives everything: the domain (playvault.clock), the Spotify emulat
 tokens expire), SQS on the AWS emulator (DelaySeconds, visibility timeouts, redrive), Powertools
 idempotency expiry. Nothing is scaled: a 720 s visibility timeout is 720 simulated seconds. The
 clock stands still while functions run and jumps to the next moment something is due: the next
-message to become visible (the AWS emulator reports it) or the next hourly schedule tick.
+message to become visible (the AWS emulator reports it) or the next schedule tick (the
+dispatcher's period, read from its Schedule event in the template: 15 minutes by default).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class RunConfig:
     log_file: TextIO | None = None
     progress: TextIO | None = None
     on_ready: Callable[[LocalSystem], None] | None = None  # tests: patch things once the stack is up
+    # Share of plays Spotify shows late (1-90 min after played_at, out of order), as the real feed does.
+    late_share: float = 0.10
 
 
 class RunError(RuntimeError):
@@ -78,6 +81,7 @@ class Simulation:
         self.duplicator: chaos_mod.Duplicator | None = None
         self.dispatch_reports: list[dict[str, Any]] = []
         self.dispatch_errors: Counter[str] = Counter()
+        self.polls_by_user: Counter[str] = Counter()  # successful polls
         self.sign_ups: Counter[str] = Counter()
         self.timings: dict[str, float] = {}
         self._pace_origin: tuple[float, float] | None = None
@@ -98,6 +102,7 @@ class Simulation:
             self._sign_up_everyone()
             self.timings["sign_up_s"] = time.monotonic() - mark
             self.source = SqsEventSource(self.system)
+            self._count_polls()
             self._arm_chaos()
             if self.config.on_ready is not None:
                 self.config.on_ready(self.system)
@@ -122,6 +127,9 @@ class Simulation:
 
     def _populate(self) -> None:
         state = self.system.emulator_state
+        state.listening.update(late_share=self.config.late_share)
+        if self.chaos is not None:
+            state.listening.update(bad_share=self.chaos.bad_item_share, episode_share=self.chaos.episode_share)
         self.population = build_population(self.config.users, self.config.hours, self.config.seed)
         for user in self.population:
             state.add_user(user.user_id, display_name=f"Listener {user.user_id[4:]}",
@@ -187,6 +195,21 @@ class Simulation:
         for _ in range(chaos.poison_messages):
             self.system.sqs.send_message(QueueUrl=self.source.queue_url, MessageBody=chaos_mod.POISON_BODY)
 
+    def _count_polls(self) -> None:
+        """Successful polls per user, for the report (wraps the worker's archiver)."""
+        archiver = getattr(self._worker_module(), "archiver", None)
+        if archiver is None:
+            return
+        inner = archiver.archive_user
+
+        def counted(user_id: str, *args: Any, **kwargs: Any) -> Any:
+            result = inner(user_id, *args, **kwargs)
+            if getattr(result, "status", None) == "success":
+                self.polls_by_user[user_id] += 1
+            return result
+
+        archiver.archive_user = counted
+
     def _worker_module(self) -> Any:
         import sys
 
@@ -205,8 +228,10 @@ class Simulation:
         if hour == limit_hour:
             until = self.clock() + timedelta(minutes=5 + chaos.app_rate_limit_minutes)
             # Opens 5 minutes after the tick: the first batch is archived, the later ones are deferred.
+            # It lasts several dispatch runs and is a quota 429 (its body says QUOTA_EXCEEDED).
             self._rate_limit_from = self.clock() + timedelta(minutes=5)
             self._rate_limit_until = until
+            self.system.emulator_state.quota_exceeded = chaos.quota_exceeded
         if self.crash is not None and hour >= chaos.crash_after_hour:
             self.crash.armed = True  # at most one crash an hour: two in one invocation would hide one
         self.system.hooks.enabled = hour >= 1  # DynamoDB throttling (see telemetry.AwsCallHooks)
@@ -214,16 +239,24 @@ class Simulation:
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:
         progress = Progress(self.config.hours, self.config.progress)
-        for hour in range(self.config.hours):
-            tick = self.config.start + timedelta(hours=hour)
+        period = timedelta(seconds=self.system.schedule_seconds())
+        end = self.config.start + timedelta(hours=self.config.hours)
+        tick = self.config.start
+        hour_seen = -1
+        while tick < end:
+            hour = int((tick - self.config.start).total_seconds() // 3600)
             self.system.output.hour = hour
             self._advance(tick)
-            self._chaos_for_hour(hour)
+            if hour != hour_seen:
+                if hour_seen >= 0:
+                    progress.update(hour, self._progress_fields())
+                self._chaos_for_hour(hour)
+                hour_seen = hour
             self._dispatch(tick)
-            self._drain(until=tick + timedelta(hours=1))
-            progress.update(hour + 1, self._progress_fields())
+            self._drain(until=min(tick + period, end))
+            tick += period
+        progress.update(self.config.hours, self._progress_fields())
         self.system.output.hour = self.config.hours  # the drain after the last tick
-        end = self.config.start + timedelta(hours=self.config.hours)
         self._advance(max(end, self.clock()))
         self.drained = self._drain(until=end + MAX_DRAIN)
         progress.done(self._progress_fields())
@@ -301,7 +334,7 @@ class Simulation:
             "plays": int(out.total("PlaysArchived")),
             "archived": int(out.total("UsersArchived")),
             "failed": int(out.total("UsersFailed")),
-            "deferred": int(out.total("DeferredMessages")),
+            "deferred": int(out.total("RateLimited") + out.total("QuotaExceeded") + out.total("SpotifyAppFailures")),
             "gaps": int(out.total("GapsDetected")),
         }
 

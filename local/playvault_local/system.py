@@ -28,7 +28,7 @@ from playvault_local import template as tpl
 from playvault_local.aws_server import AwsServer
 from playvault_local.lambda_runtime import LambdaContext, context_for, load_handler
 from playvault_local.simclock import RealClock, SimClock
-from playvault_local.telemetry import AwsCallHooks, FunctionOutput, Stdout
+from playvault_local.telemetry import AwsCallHooks, FunctionOutput, LogMetricFilter, Stdout
 
 
 class StartupError(RuntimeError):
@@ -87,6 +87,7 @@ class LocalSystem:
         self.sqs: Any = None
         self.ddb: Any = None
         self.schedule_function: str | None = None
+        self._schedule_node: Any = None
         self.event_source: EventSourceSpec | None = None  # the worker's (the first SQS event source)
         self.event_sources: list[EventSourceSpec] = []  # every SQS event source (the jobs function's too)
         self.routes: list[Route] = []
@@ -149,6 +150,7 @@ class LocalSystem:
         except tpl.TemplateError as exc:
             raise StartupError(f"template: {exc}") from None
         os.environ.update(self.stack.env)
+        self.output.log_metric_filters = LogMetricFilter.from_template(self.stack.template)
 
         # The runner's own clients (reports, polling): created before the hooks, so never counted.
         runner_session = boto3.session.Session()
@@ -176,6 +178,7 @@ class LocalSystem:
                 kind, props = event.get("Type"), event.get("Properties") or {}
                 if kind in ("Schedule", "ScheduleV2"):
                     self.schedule_function = logical_id
+                    self._schedule_node = props.get("Schedule") or props.get("ScheduleExpression")
                 elif kind == "SQS":
                     queue = props.get("Queue")
                     if not (isinstance(queue, dict) and "Fn::GetAtt" in queue):
@@ -197,6 +200,11 @@ class LocalSystem:
                                              logical_id))
         if self.schedule_function is None or self.event_source is None:
             raise StartupError("template: no Schedule-triggered function or no SQS-triggered function")
+
+    def schedule_seconds(self) -> float:
+        """The dispatcher's period, from its Schedule event in the template (parameters resolved)."""
+        assert self.stack is not None
+        return tpl.schedule_period_s(str(self.stack.resolver.value(self._schedule_node)))
 
     def _set_domain_clock(self) -> None:
         from playvault import clock as domain_clock

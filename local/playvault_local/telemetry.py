@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 import threading
 from collections import Counter, defaultdict
@@ -32,6 +33,31 @@ class MetricSample:
     values: list[float]
 
 
+@dataclass(frozen=True)
+class LogMetricFilter:
+    """A CloudWatch Logs metric filter of the template, `{ $.message = "..." }` patterns only."""
+
+    message: str
+    metric: str
+    value: float = 1.0
+
+    @classmethod
+    def from_template(cls, template: dict[str, Any]) -> list[LogMetricFilter]:
+        found = []
+        for resource in template.get("Resources", {}).values():
+            if resource.get("Type") != "AWS::Logs::MetricFilter":
+                continue
+            props = resource.get("Properties") or {}
+            match = re.fullmatch(r'\{\s*\$\.message\s*=\s*"([^"]+)"\s*\}', str(props.get("FilterPattern", "")))
+            if not match:
+                raise ValueError("the local runner reads only message-equality filter patterns: "
+                                 f"{props.get('FilterPattern')}")
+            for transformation in props.get("MetricTransformations", []):
+                found.append(cls(match.group(1), transformation["MetricName"],
+                                 float(transformation.get("MetricValue", 1))))
+        return found
+
+
 @dataclass
 class FunctionOutput:
     """A stdout stand-in: whole lines only (per thread), parsed as EMF or log records."""
@@ -41,6 +67,7 @@ class FunctionOutput:
     samples: list[MetricSample] = field(default_factory=list)
     log_levels: Counter[str] = field(default_factory=Counter)
     other_lines: int = 0
+    log_metric_filters: list[LogMetricFilter] = field(default_factory=list)  # set from the template
     _local: threading.local = field(default_factory=threading.local)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -78,6 +105,11 @@ class FunctionOutput:
                 self._emf(record)
             elif isinstance(record, dict) and "level" in record:
                 self.log_levels[str(record["level"])] += 1
+                for metric_filter in self.log_metric_filters:  # what CloudWatch Logs would count
+                    if record.get("message") == metric_filter.message:
+                        self.samples.append(MetricSample(self.hour, metric_filter.metric, "Count",
+                                                         {"service": str(record.get("service", ""))},
+                                                         [metric_filter.value]))
             else:
                 self.other_lines += 1
 

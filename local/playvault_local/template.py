@@ -168,3 +168,12 @@ def functions(template: dict[str, Any], resolver: Resolver, root: Path = ROOT) -
 def layer_paths(template: dict[str, Any], root: Path = ROOT) -> list[Path]:
     return [root / layer["Properties"]["ContentUri"]
             for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()]
+
+
+def schedule_period_s(expression: str) -> float:
+    """Seconds between two runs of a `rate(N unit)` schedule (cron(...): hourly, close enough locally)."""
+    match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression.strip())
+    if not match:
+        return 3600.0
+    unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
+    return float(int(match.group(1)) * unit)

@@ -94,6 +94,9 @@ class EmulatorApp:
         if is_api:
             remaining = self.state.rate_limit_remaining_s()
             if remaining is not None:
+                if self.state.quota_exceeded:  # since July 2026 a quota 429 says so in its body
+                    return _json({"error": {"status": 429, "message": "Quota exceeded"}, "reason": "QUOTA_EXCEEDED"},
+                                 429, {"Retry-After": str(remaining)})
                 return _api_error(429, "API rate limit exceeded", {"Retry-After": str(remaining)})
         if is_api or path == "/api/token":
             faulted = self._random_faults(is_api)
@@ -305,8 +308,13 @@ class EmulatorApp:
             if path == "plays" and request.method == "POST":
                 item = st.add_play(data["user_id"], _parse_dt(data["played_at"]), local=bool(data.get("local")),
                                    track_index=data.get("track_index"),
-                                   whole_second=bool(data.get("whole_second")))
+                                   whole_second=bool(data.get("whole_second")),
+                                   visible_after_s=data.get("visible_after_s"), bad_kind=data.get("bad_kind"),
+                                   episode=bool(data.get("episode")))
                 return _json(item)
+            if path == "listening" and request.method == "POST":
+                st.listening.update(**data)
+                return _json({"ok": True})
             if path.startswith("truth/") and request.method == "GET":
                 return _json(st.ground_truth(path[len("truth/"):]))
             if path.startswith("exposed/") and request.method == "GET":
@@ -323,6 +331,7 @@ class EmulatorApp:
                 return _json({"ok": True})
             if path == "rate-limit" and request.method == "POST":
                 st.rate_limit_app(_parse_dt(data["until"]))
+                st.quota_exceeded = bool(data.get("quota_exceeded", False))
                 return _json({"ok": True})
             if path == "counts" and request.method == "GET":
                 return _json(st.request_counts())

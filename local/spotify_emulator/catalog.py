@@ -186,3 +186,23 @@ def local_track(seed: int, index: int) -> dict:
         "type": "track",
         "uri": uri,
     }
+
+
+def episode(seed: int, index: int) -> dict:
+    """A podcast EpisodeObject (as `track` of a play item: seen in the wild, not in the schema)."""
+    rng = _rng(seed, "episode", index % CATALOG_SIZE)
+    eid, sid = base62_id(rng), base62_id(rng)
+    return {
+        "id": eid,
+        "type": "episode",
+        "name": f"Episode {rng.randint(1, 400)}: {rng.choice(_ADJ)} {rng.choice(_NOUN)}",
+        "uri": f"spotify:episode:{eid}",
+        "href": f"{API_BASE}/episodes/{eid}",
+        "external_urls": {"spotify": f"{OPEN_BASE}/episode/{eid}"},
+        "duration_ms": rng.randint(600_000, 5_400_000),
+        "explicit": False,
+        "release_date": f"{rng.randint(2015, 2026):04d}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+        "release_date_precision": "day",
+        "show": {"id": sid, "type": "show", "name": f"The {rng.choice(_NOUN)} Show", "uri": f"spotify:show:{sid}",
+                 "href": f"{API_BASE}/shows/{sid}", "external_urls": {"spotify": f"{OPEN_BASE}/show/{sid}"}},
+    }

@@ -109,6 +109,34 @@ class FaultConfig:
 
 
 @dataclass
+class ListeningConfig:
+    """How the simulated feed departs from an ideal one (all off by default).
+
+    - late_share: share of plays that show up in recently-played only late_min_s..late_max_s after
+      their played_at (offline devices syncing; out of order);
+    - bad_share: share of plays served damaged, one of BAD_KINDS each (as seen in the wild);
+    - episode_share: share of plays that are podcast episodes (an EpisodeObject as `track`).
+    """
+
+    late_share: float = 0.0
+    late_min_s: float = 60.0
+    late_max_s: float = 5400.0
+    bad_share: float = 0.0
+    episode_share: float = 0.0
+
+    def update(self, **kwargs: Any) -> None:
+        for key, value in kwargs.items():
+            if key not in {f.name for f in fields(self)}:
+                raise ValueError(f"unknown listening field {key!r}")
+            setattr(self, key, float(value))
+
+
+# Damaged items: the first is unreadable (no track object), the others still name a play.
+BAD_KINDS = ("track_null", "artists_null", "images_null", "duration_not_numeric")
+UNREADABLE_KINDS = frozenset({"track_null"})
+
+
+@dataclass
 class Injection:
     path_prefix: str
     status: int | None
@@ -126,13 +154,34 @@ class _Play:
     track_index: int
     track: dict
     context: dict | None
+    visible_ms: int | None = None  # when it shows up in recently-played (None: at once)
+    bad_kind: str | None = None  # served damaged (BAD_KINDS)
+
+    @property
+    def shown_ms(self) -> int:
+        return self.ms if self.visible_ms is None else max(self.ms, self.visible_ms)
 
     def history_object(self) -> dict:
-        return {
+        item = {
             "track": copy.deepcopy(self.track),
             "played_at": format_played_at(self.ms, self.whole_second),
             "context": copy.deepcopy(self.context),
         }
+        return _damage(item, self.bad_kind) if self.bad_kind else item
+
+
+def _damage(item: dict, kind: str) -> dict:
+    """An item as the real service has sent it now and then (not schema-valid, on purpose)."""
+    track = item["track"]
+    if kind == "track_null":
+        item["track"] = None
+    elif kind == "artists_null":
+        track["artists"] = [None]
+    elif kind == "images_null":
+        track["album"]["images"] = [None]
+    elif kind == "duration_not_numeric":
+        track["duration_ms"] = "unknown"
+    return item
 
 
 @dataclass
@@ -169,6 +218,8 @@ class _RefreshToken:
     scope: str
     authorized_at: datetime
     valid: bool = True
+    parent: str | None = None  # the token this one was rotated from (still valid until this is used)
+    child: str | None = None  # the latest token rotated from this one
 
 
 @dataclass
@@ -185,6 +236,8 @@ class EmulatorState:
         self.clock: Callable[[], datetime] = clock or real_clock
         self.seed = seed
         self.faults = FaultConfig()
+        self.listening = ListeningConfig()
+        self.quota_exceeded = False  # the app-wide 429 window is a quota one (its body says so)
         self.default_rotate_refresh_tokens = False  # for users created by a sign-in
         self._lock = threading.RLock()
         self._fault_rng = random.Random(f"faults:{seed}")
@@ -236,7 +289,12 @@ class EmulatorState:
 
     # ------------------------------------------------------------------ plays
     def add_play(self, user_id: str, played_at: datetime, *, local: bool = False,
-                 track_index: int | None = None, whole_second: bool = False) -> dict:
+                 track_index: int | None = None, whole_second: bool = False,
+                 visible_after_s: float | None = None, bad_kind: str | None = None,
+                 episode: bool = False) -> dict:
+        """`visible_after_s`: the play shows up that long after played_at (a late play)."""
+        if bad_kind is not None and bad_kind not in BAD_KINDS:
+            raise ValueError(f"unknown bad item kind {bad_kind!r}; one of {BAD_KINDS}")
         with self._lock:
             user = self._user(user_id)
             ms = to_ms(played_at)
@@ -244,7 +302,10 @@ class EmulatorState:
                 ms -= ms % 1000
             if track_index is None:
                 track_index = self._sim_rng.randrange(catalog.CATALOG_SIZE)
-            if local:
+            if episode:
+                track = catalog.episode(self.seed, track_index)
+                context = None
+            elif local:
                 track = catalog.local_track(self.seed, track_index)
                 context = None
             else:
@@ -258,7 +319,8 @@ class EmulatorState:
                 context = {"type": "playlist", "href": f"{catalog.API_BASE}/playlists/{pid}",
                            "external_urls": {"spotify": f"{catalog.OPEN_BASE}/playlist/{pid}"},
                            "uri": f"spotify:playlist:{pid}"}
-            play = _Play(ms, whole_second, local, track_index, track, context)
+            visible = None if visible_after_s is None else ms + int(visible_after_s * 1000)
+            play = _Play(ms, whole_second, local, track_index, track, context, visible, bad_kind)
             # keep sorted by time, stable for equal timestamps
             pos = len(user.plays)
             while pos > 0 and user.plays[pos - 1].ms > ms:
@@ -278,11 +340,17 @@ class EmulatorState:
             count = 0
             t = start + timedelta(seconds=rng.uniform(0, min(mean_gap, (end - start).total_seconds())))
             last: datetime | None = None
+            feed = self.listening
             while t < end:
                 if last is None or (t - last).total_seconds() >= MIN_PLAY_GAP_S:
+                    late = feed.late_share > 0 and rng.random() < feed.late_share
+                    bad = feed.bad_share > 0 and rng.random() < feed.bad_share
                     self.add_play(user_id, t, local=rng.random() < local_share,
                                   track_index=rng.randrange(catalog.CATALOG_SIZE),
-                                  whole_second=rng.random() < whole_second_share)
+                                  whole_second=rng.random() < whole_second_share,
+                                  visible_after_s=rng.uniform(feed.late_min_s, feed.late_max_s) if late else None,
+                                  bad_kind=rng.choice(BAD_KINDS) if bad else None,
+                                  episode=feed.episode_share > 0 and rng.random() < feed.episode_share)
                     count += 1
                     last = t
                 gap = MIN_PLAY_GAP_S + 1 + rng.expovariate(1.0 / extra) + rng.randrange(1000) / 1000.0
@@ -295,7 +363,8 @@ class EmulatorState:
             now_ms = to_ms(self.now())
             return [
                 {"played_at_ms": p.ms, "track_id": p.track["id"], "track_uri": p.track["uri"],
-                 "is_local": p.is_local}
+                 "is_local": p.is_local, "late_s": (p.shown_ms - p.ms) / 1000 if p.visible_ms else 0.0,
+                 "bad_kind": p.bad_kind, "episode": p.track.get("type") == "episode"}
                 for p in user.plays if p.ms <= now_ms
             ]
 
@@ -304,9 +373,14 @@ class EmulatorState:
             return set(self._user(user_id).exposed)
 
     def _window(self, user: _User) -> list[_Play]:
+        """The last 50 plays, by played_at, among those that have shown up by now."""
         now_ms = to_ms(self.now())
-        visible = [p for p in user.plays if p.ms <= now_ms]
+        visible = [p for p in user.plays if p.ms <= now_ms and p.shown_ms <= now_ms]
         return visible[-WINDOW:]
+
+    def visible_window_ms(self, user_id: str) -> set[int]:
+        with self._lock:
+            return {p.ms for p in self._window(self._user(user_id))}
 
     def recently_played(self, user_id: str, limit: int, after: int | None, before: int | None
                         ) -> tuple[list[dict], dict | None, str | None, int | None]:
@@ -395,9 +469,10 @@ class EmulatorState:
         self._access[token] = _AccessToken(user_id, client_id, scope, self.now() + ACCESS_TOKEN_TTL)
         return token
 
-    def _new_refresh(self, user_id: str, client_id: str, scope: str, authorized_at: datetime) -> str:
+    def _new_refresh(self, user_id: str, client_id: str, scope: str, authorized_at: datetime,
+                     parent: str | None = None) -> str:
         token = "AQ" + secrets.token_urlsafe(96)
-        self._refresh[token] = _RefreshToken(user_id, client_id, scope, authorized_at)
+        self._refresh[token] = _RefreshToken(user_id, client_id, scope, authorized_at, parent=parent)
         return token
 
     def exchange_code(self, client: _Client, code: str | None, redirect_uri: str | None,
@@ -452,11 +527,18 @@ class EmulatorState:
                 "scope": entry.scope,
                 "expires_in": int(ACCESS_TOKEN_TTL.total_seconds()),
             }
+            # Rotation: the new token replaces this one once it is used; until then this one still works
+            # (so an answer lost on the way is not fatal), and using it again replaces the unused one.
+            if entry.parent is not None and entry.parent in self._refresh:
+                self._refresh[entry.parent].valid = False
+                entry.parent = None
             user = self._users.get(entry.user_id)
             if user is not None and user.rotate_refresh_tokens:
-                entry.valid = False
-                body["refresh_token"] = self._new_refresh(entry.user_id, client.client_id, entry.scope,
-                                                          entry.authorized_at)
+                if entry.child is not None and entry.child in self._refresh:
+                    self._refresh[entry.child].valid = False
+                entry.child = self._new_refresh(entry.user_id, client.client_id, entry.scope, entry.authorized_at,
+                                                parent=refresh_token)
+                body["refresh_token"] = entry.child
             return body
 
     def check_access_token(self, token: str | None) -> str:

@@ -275,7 +275,7 @@ def test_me_shows_status_counts_chart_top_lists_and_gaps(site, aws_env, emulator
 
 def test_me_offers_reconnect_when_spotify_access_is_lost(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
-    users.UserModel("alice").update(actions=[users.UserModel.status.set(users.NEEDS_REAUTH)])
+    users.get("alice").update(actions=[users.UserModel.status.set(users.NEEDS_REAUTH)])
     body = browser.get("/me")["body"]
     assert "Needs reconnect" in body and 'action="/auth/login"' in body and 'name="reconnect"' in body
 
@@ -301,7 +301,7 @@ def test_plays_api_pages_through_every_play_once(site, aws_env, emulator):
             break
     assert seen == [p.played_at for p in plays.all_plays("alice")] and len(seen) == total
     one = json.loads(browser.get("/me/plays", {"limit": "1"})["body"])["plays"][0]
-    assert set(one) == {"played_at", "track", "album", "artists", "duration_ms", "source"}
+    assert set(one) == {"played_at", "item_type", "track", "album", "artists", "duration_ms", "source"}
     assert one["track"]["name"] and one["artists"][0]["id"] and one["source"] == "api"
 
 
@@ -384,16 +384,24 @@ def _expected_rows() -> list[dict[str, Any]]:
 
 def test_csv_and_json_lines_exports_hold_every_play(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
-    total = listen_and_archive(aws_env, emulator, "alice")
+    from playvault.store.catalog import EpisodeModel
+
+    listen_and_archive(aws_env, emulator, "alice")
+    EpisodeModel("ep1", name="Episode One", duration_ms=1_800_000, show_id="sh1", show_name="The Show").save()
+    plays.PlayModel("alice", "2020-01-01T00:00:00.000Z", played_at_ms=1577836800000, item_type="episode",
+                    episode_id="ep1", source="api").save()
+    total = plays.count("alice")
     expected = _expected_rows()
     assert len(expected) == total
+    assert expected[0]["episode"] == {"id": "ep1", "name": "Episode One", "show": "The Show"}
 
     lines = _export(browser, site, "jsonl").decode().splitlines()
     assert [json.loads(line) for line in lines] == expected
 
     rows = list(csv.DictReader(io.StringIO(_export(browser, site, "csv").decode())))
     assert [r["played_at"] for r in rows] == [e["played_at"] for e in expected]
-    for row, want in zip(rows, expected, strict=True):
+    assert rows[0]["item_type"] == "episode" and rows[0]["episode_name"] == "Episode One"
+    for row, want in zip(rows[1:], expected[1:], strict=True):
         assert row["track_id"] == want["track"]["id"] and row["track_name"] == want["track"]["name"]
         assert row["album_name"] == want["album"]["name"]
         assert row["artist_ids"].split(";") == [a["id"] for a in want["artists"]]
@@ -486,14 +494,6 @@ def test_delete_my_data_removes_everything_of_the_user_and_nothing_else(site, aw
     site.s3.put_object(Bucket=site.bucket, Key="imports/alice/my_spotify_data.zip", Body=b"zip")
     site.s3.put_object(Bucket=site.bucket, Key="imports/bob/my_spotify_data.zip", Body=b"zip")
     bob_before = {p.played_at for p in plays.all_plays("bob")}
-    from playvault.batch import IDEMPOTENCY_KEY_PREFIX, idempotency_key
-    from playvault.store.idempotency_records import record_id
-
-    ddb, idem = boto3.client("dynamodb"), aws_env.name("IdempotencyTable")
-    for user_id, hours_ago in (("alice", 0), ("alice", 30), ("bob", 0)):
-        key = record_id(IDEMPOTENCY_KEY_PREFIX,
-                        idempotency_key(user_id, clock.hour_key(datetime.now(UTC) - timedelta(hours=hours_ago))))
-        ddb.put_item(TableName=idem, Item={"id": {"S": key}, "data": {"S": json.dumps({"user_id": user_id})}})
 
     confirm = alice.get("/me/delete")
     assert confirm["statusCode"] == 200 and "35 days" in confirm["body"] and str(alice_plays) in confirm["body"]
@@ -517,8 +517,6 @@ def test_delete_my_data_removes_everything_of_the_user_and_nothing_else(site, aw
     keys = [o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket).get("Contents", [])]
     assert not [k for k in keys if "/alice/" in k]
     assert "imports/bob/my_spotify_data.zip" in keys and any(k.startswith("exports/bob/") for k in keys)
-    records = [i["data"]["S"] for i in ddb.scan(TableName=idem)["Items"]]
-    assert records == [json.dumps({"user_id": "bob"})]  # alice's records are gone, bob's stays
     receipt = [i for i in deletions.StateModel.scan() if i.name.startswith(deletions.PREFIX)]
     assert len(receipt) == 1 and receipt[0].user_id is None  # the receipt names nobody
     # bob is untouched
@@ -600,18 +598,6 @@ def test_state_changing_requests_check_where_they_come_from(site, aws_env, emula
     answer = browser.call("POST", "/me/exports", form={"csrf": token, "format": "csv"}, headers=headers)
     assert answer["statusCode"] == (303 if allowed else 403), answer
     assert len(list(exports.for_user("alice"))) == (1 if allowed else 0)
-
-
-def test_idempotency_record_ids_are_the_ones_powertools_writes(aws_env):
-    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer, IdempotencyConfig
-
-    from playvault.batch import IDEMPOTENCY_KEY_PREFIX, idempotency_key
-    from playvault.store.idempotency_records import record_id
-
-    layer = DynamoDBPersistenceLayer(table_name=aws_env.name("IdempotencyTable"))
-    layer.configure(IdempotencyConfig(event_key_jmespath="idempotency_key"), key_prefix=IDEMPOTENCY_KEY_PREFIX)
-    key = idempotency_key("alice", "2026_12_01_20")
-    assert record_id(IDEMPOTENCY_KEY_PREFIX, key) == layer._get_hashed_idempotency_key({"idempotency_key": key})
 
 
 def test_the_waitlist_refuses_a_form_posted_from_another_site(site):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -16,11 +17,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from playvault import archive, clock
-from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN
+from playvault.crypto import REFRESH_TOKEN
 from playvault.failures import AuthRevoked, FailureType
-from playvault.normalize import canonical_played_at, parse_play
+from playvault.normalize import canonical_played_at, parse_play, parse_played_at
 from playvault.spotify import Budget
-from playvault.store import catalog, plays, state, users
+from playvault.store import catalog, gaps, plays, state, users
 from spotify_emulator import catalog as emulator_catalog
 from tests.unit.helpers import make_archiver, make_cipher, make_spotify, make_user, open_token, sign_in
 
@@ -134,8 +135,9 @@ def test_first_poll_archives_all_visible_plays(world):
     assert user.cursor_ms == max(world.truth_ms())
     assert user.plays_archived == listened
     assert user.last_polled_at == world.now and user.consecutive_failures == 0
-    assert open_token(world.cipher, user, ACCESS_TOKEN)  # the fresh access token is cached
-    assert user.access_token_expires_at > world.now + timedelta(minutes=55)
+    # The fresh access token is kept in the container's memory only, never at rest.
+    assert user.access_token_enc is None and user.access_token_expires_at is None
+    assert world.archiver.access_tokens.get("alice", world.now)
 
 
 def test_catalog_rows_reference_their_album_and_artists(world):
@@ -151,7 +153,7 @@ def test_catalog_rows_reference_their_album_and_artists(world):
             assert catalog.ArtistModel.get(artist_id).name
 
 
-def test_second_poll_asks_after_the_cursor_and_archives_only_newer_plays(world):
+def test_second_poll_reads_the_whole_window_and_writes_only_unseen_plays(world):
     world.sign_up()
     first = [world.play("alice", 100 - i, track_index=i) for i in range(5)]
     assert world.archive().plays_archived == 5
@@ -161,8 +163,10 @@ def test_second_poll_asks_after_the_cursor_and_archives_only_newer_plays(world):
     newer = [world.play("alice", 30 - i, track_index=10 + i) for i in range(3)]
     recorder = RecordAfter(world.state)
     world.state.reset_counts()
+    calls = DynamoCalls()
     result = world.archive()
-    assert recorder.afters == [cursor]
+    assert recorder.afters == [None]  # no cursor: Spotify's whole window, late plays included
+    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
     assert result.plays_archived == 3
     assert world.counts()["recently_played"] == 1
     assert world.stored_ms() == sorted(first + newer)
@@ -189,8 +193,8 @@ def test_overlapping_polls_store_each_play_once(world):
     ms = [world.play("alice", 100 - i, track_index=i) for i in range(10)]
     world.archive()
     rows_before = {p.played_at: p.attribute_values for p in world.stored()}
-    # Rewind the cursor (as a redelivered, older view of the user would): the polls overlap.
-    world.user().update(actions=[users.UserModel.cursor_ms.set(ms[3])])
+    # Forget part of what was seen (as a crash before the user update would): the polls overlap.
+    world.user().update(actions=[users.UserModel.recent_played.set(users.encode_played(ms[:4]))])
     result = world.archive()
     assert result.plays_archived == 6  # rewritten, not added
     rows_after = {p.played_at: p.attribute_values for p in world.stored()}
@@ -238,7 +242,7 @@ def test_concurrent_upserts_of_the_same_new_tracks_give_one_row_each(world):
         world.play("alice", 60 - i, track_index=i, local=(i % 4 == 0))
     page = world.archiver.spotify.recently_played(
         world.archiver.spotify.refresh(sign_in(world.emulator, "alice"), Budget.seconds(30)).access_token,
-        None, Budget.seconds(30))
+        Budget.seconds(30))
     tracks = [p.track for p in page.plays]
     workers = 8
     barrier = threading.Barrier(workers)
@@ -376,10 +380,9 @@ def test_rotated_refresh_token_is_stored(world):
     new = open_token(world.cipher, user, REFRESH_TOKEN)
     assert new != old
     client = make_spotify(world.emulator)
+    assert client.refresh(new, Budget.seconds(10)).access_token  # the stored one works...
     with pytest.raises(AuthRevoked):
-        client.refresh(old, Budget.seconds(10))  # the old one is dead...
-    # (that refresh rotated nothing) ...and the stored one works
-    assert client.refresh(new, Budget.seconds(10)).access_token
+        client.refresh(old, Budget.seconds(10))  # ...and once it is used the old one is dead
 
 
 def test_rotated_refresh_token_survives_a_failed_poll(world):
@@ -390,7 +393,7 @@ def test_rotated_refresh_token_survives_a_failed_poll(world):
     assert failed.status == archive.FAILED and failed.failure_type == FailureType.NETWORK
     new = open_token(world.cipher, world.user(), REFRESH_TOKEN)
     assert new != old  # stored at once, before the API call failed
-    world.user().update(actions=[users.UserModel.access_token_enc.remove()])  # force another refresh
+    world.archiver.access_tokens.drop("alice")  # a new container: it must refresh with the stored token
     assert world.archive().status == archive.SUCCESS
 
 
@@ -433,7 +436,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     world.sign_up()
     world.play("alice", 20)
     world.archive()
-    cached = open_token(world.cipher, world.user(), ACCESS_TOKEN)
+    cached = world.archiver.access_tokens.get("alice", world.now)
     world.play("alice", 10)
     world.state.inject(RP, status=401)
     world.state.reset_counts()
@@ -441,7 +444,7 @@ def test_api_401_refreshes_once_and_retries_once(world):
     assert result.status == archive.SUCCESS and result.plays_archived == 1
     assert world.counts()["token"] == 1 and world.counts()["recently_played"] == 2
     user = world.user()
-    assert open_token(world.cipher, user, ACCESS_TOKEN) != cached  # the new token is cached
+    assert world.archiver.access_tokens.get("alice", world.now) not in (None, cached)  # the new one is kept
     assert user.consecutive_failures == 0
 
 
@@ -544,12 +547,13 @@ def test_more_than_50_plays_between_polls_is_a_detected_gap(world):
     truth = set(world.truth_ms())
     newest_fifty = sorted(truth)[-50:]
     assert user.gaps_detected == 1
-    assert user.last_gap_from_ms == cursor
-    assert user.last_gap_to_ms == newest_fifty[0]
+    (gap,) = gaps.for_user("alice")
+    assert (gap.from_ms, gap.to_ms) == (cursor, newest_fifty[0])
+    assert gap.from_at == canonical_played_at(clock.from_ms(cursor)) and gap.detected_at == world.now
     missing = truth - stored
     assert missing == truth - world.state.exposed_play_ms("alice")  # exactly Spotify's lost plays
     assert len(missing) == 10
-    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)
+    assert all(gap.from_ms < m < gap.to_ms for m in missing)
     assert user.cursor_ms == max(truth)
 
 
@@ -589,8 +593,212 @@ def test_a_gap_before_the_first_archived_play_is_detected_from_the_last_poll(wor
     clock.set_clock(lambda: world.now)
     result = world.archive()
     assert result.status == archive.SUCCESS and result.gap_detected
-    user = world.user()
-    assert user.last_gap_from_ms == clock.to_ms(first_poll)
+    (gap,) = gaps.for_user("alice")
+    assert gap.from_ms == clock.to_ms(first_poll)
     missing = set(world.truth_ms()) - set(world.stored_ms())
     assert len(missing) == 10
-    assert all(user.last_gap_from_ms < m < user.last_gap_to_ms for m in missing)
+    assert all(gap.from_ms < m < gap.to_ms for m in missing)
+
+
+# ---------------------------------------------------------------- the real feed: late, bad, episodes
+def test_a_play_that_shows_up_after_newer_ones_were_archived_is_archived(world):
+    world.sign_up()
+    early = [world.play("alice", 100 - i, track_index=i) for i in range(3)]
+    newer = world.play("alice", 20, track_index=5)
+    # Played 60 minutes ago on an offline device: it shows up in the feed only 61 minutes later.
+    late = world.play("alice", 60, track_index=9, visible_after_s=61 * 60)
+    first = world.archive()
+    assert first.plays_archived == 4 and late not in world.stored_ms()
+    assert world.user().cursor_ms == newer  # the newest archived play is past the late one's played_at
+    later = datetime.now(UTC) + timedelta(minutes=2)
+    world.state.clock = lambda: later  # the device synced: the late play is in the feed now
+    second = world.archive()
+    assert (second.plays_archived, second.late_plays) == (1, 1)
+    assert world.stored_ms() == sorted([*early, newer, late])
+
+
+@pytest.mark.parametrize("kind", ["track_null", "artists_null", "images_null", "duration_not_numeric"])
+def test_a_bad_item_never_blocks_the_rest_of_the_page_or_later_polls(world, kind, caplog):
+    world.sign_up()
+    good = [world.play("alice", 50 - i, track_index=i) for i in range(3)]
+    item = world.state.add_play("alice", world.now - timedelta(minutes=30), track_index=7, bad_kind=kind)
+    bad = clock.to_ms(parse_played_at(item["played_at"]))
+    result = world.archive()
+    assert result.status == archive.SUCCESS
+    stored = world.stored_ms()
+    assert set(good) <= set(stored)
+    if kind == "track_null":  # nothing to archive: skipped, counted, logged with the user and played_at
+        assert bad not in stored and result.bad_items == 1
+        line = next(r for r in caplog.records if r.getMessage() == "bad recently-played item skipped")
+        assert line.user_id == "alice" and line.played_at and line.reason == "track is missing"
+    else:  # still names a play: kept, with what could be read
+        assert bad in stored and result.bad_items == 0
+        row = next(p for p in world.stored() if int(p.played_at_ms) == bad)
+        assert catalog.TrackModel.get(row.track_id).name
+    newer = world.play("alice", 5, track_index=11)
+    later = world.archive()
+    assert later.status == archive.SUCCESS and newer in world.stored_ms()
+
+
+def test_an_episode_is_an_episode_play_not_a_track(world):
+    world.sign_up()
+    song = world.play("alice", 40, track_index=1)
+    episode = world.play("alice", 20, track_index=2, episode=True)
+    assert world.archive().plays_archived == 2
+    rows = {int(p.played_at_ms): p for p in world.stored()}
+    assert rows[song].item_type == "track" and rows[song].episode_id is None
+    assert rows[episode].item_type == "episode" and rows[episode].track_id is None
+    stored = catalog.EpisodeModel.get(rows[episode].episode_id)
+    assert stored.name.startswith("Episode") and stored.show_name and stored.show_id
+    assert rows[episode].source == "api"
+
+
+# ---------------------------------------------------------------- concurrency and crashes
+def test_two_concurrent_polls_of_one_user_count_once_and_never_move_the_cursor_back(world):
+    world.sign_up()
+    ms = [world.play("alice", 90 - 3 * i, track_index=i) for i in range(20)]
+    barrier = threading.Barrier(2, timeout=10)
+    real = users.record_success
+
+    one_at_a_time = threading.Lock()  # DynamoDB applies conditional writes atomically; moto in-process does not
+
+    def record_after_both_fetched(user, outcome):
+        barrier.wait()  # both polls have read the user and written their plays
+        with one_at_a_time:
+            return real(user, outcome)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(users, "record_success", record_after_both_fetched):
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda run: world.archiver.archive_user("alice", Budget.seconds(60),
+                                                                            run_id=run), ["old", "new"]))
+    statuses = sorted(r.status for r in results)
+    assert statuses == [archive.SKIPPED, archive.SUCCESS]  # one records, the other is refused
+    user = world.user()
+    assert user.plays_archived == 20  # counted once
+    assert world.stored_ms() == ms and len(world.stored()) == 20  # no duplicate row
+    assert user.cursor_ms == ms[-1]
+    # The loser read an older version: it can never write the cursor (or anything) back.
+    assert next(r for r in results if r.status == archive.SKIPPED).reason.startswith("changed meanwhile")
+
+
+def test_the_gap_record_survives_a_crash_right_after_detection(world, monkeypatch):
+    world.sign_up()
+    for i in range(10):
+        world.play("alice", 500 - i, track_index=i)
+    world.archive()
+    for i in range(60):
+        world.play("alice", 300 - 2 * i, track_index=20 + i)
+
+    def crash(user, outcome):
+        raise _throttled_error()
+
+    monkeypatch.setattr(users, "record_success", crash)
+    with pytest.raises(ClientError):
+        world.archive()
+    (gap,) = gaps.for_user("alice")  # durable although the invocation died before the user update
+    assert gap.to_ms > gap.from_ms
+    monkeypatch.undo()
+    retry = world.archive()  # the redelivery detects the same window: the same record, counted once
+    assert retry.gap_detected and len(list(gaps.for_user("alice"))) == 1
+    assert world.user().gaps_detected == 1
+
+
+def _throttled_error() -> ClientError:
+    return ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "UpdateItem")
+
+
+def test_a_user_already_polled_in_this_run_is_skipped_before_spotify_is_asked(world):
+    world.sign_up()
+    world.play("alice", 10)
+    assert world.archiver.archive_user("alice", Budget.seconds(60), run_id="r1").status == archive.SUCCESS
+    world.state.reset_counts()
+    again = world.archiver.archive_user("alice", Budget.seconds(60), run_id="r1")
+    assert (again.status, again.reason) == (archive.SKIPPED, "already archived in this run")
+    assert world.counts()["recently_played"] == 0
+
+
+# ---------------------------------------------------------------- token lifecycle races
+def test_a_lost_rotation_answer_does_not_lock_the_user_out(aws_env, emulator, now):
+    world = World(aws_env, emulator, now, read_timeout_s=0.2, max_attempts=3)
+    world.sign_up(rotate=True)
+    world.play("alice", 10)
+    # Spotify rotates the refresh token, but its answer arrives after we stopped waiting.
+    world.state.inject("/api/token", delay_s=0.5, times=1)
+    world.state.reset_counts()
+    lost = world.archive()
+    assert (lost.status, lost.failure_type) == (archive.FAILED, FailureType.NETWORK)
+    assert world.counts()["token"] == 1, "the grant was not sent again with the same refresh token"
+    assert world.user().status == users.ACTIVE
+    time.sleep(0.5)  # the lost answer's grant has been processed at Spotify by the time of the next poll
+    retry = world.archive()  # the next poll starts again from the stored token
+    assert retry.status == archive.SUCCESS and world.user().status == users.ACTIVE
+    stored = open_token(world.cipher, world.user(), REFRESH_TOKEN)
+    assert make_spotify(world.emulator).refresh(stored, Budget.seconds(10)).access_token
+
+
+def test_two_concurrent_refreshes_of_a_rotating_token_leave_a_working_token(aws_env, emulator, now):
+    world = World(aws_env, emulator, now)
+    world.sign_up(rotate=True)
+    world.play("alice", 10)
+    # Two containers (no shared memory) poll the same user at the same moment.
+    second = make_archiver(aws_env, emulator)
+    barrier = threading.Barrier(2, timeout=10)
+    real_refresh = world.archiver.spotify.refresh
+
+    def refresh_together(client_refresh):
+        def call(token, budget):
+            barrier.wait()  # both read the same stored refresh token before either refreshed
+            return client_refresh(token, budget)
+        return call
+
+    world.archiver.spotify.refresh = refresh_together(real_refresh)
+    second.spotify.refresh = refresh_together(second.spotify.refresh)
+    one_at_a_time = threading.Lock()
+    real_store = users.store_rotated_refresh_token
+
+    def store(user, sealed):
+        with one_at_a_time:  # DynamoDB applies conditional writes atomically; moto in-process does not
+            return real_store(user, sealed)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(users, "store_rotated_refresh_token", store), \
+            ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda a: a.archive_user("alice", Budget.seconds(60)), [world.archiver, second]))
+    assert all(r.status in (archive.SUCCESS, archive.SKIPPED) for r in results), results
+    user = world.user()
+    assert user.status == users.ACTIVE
+    stored = open_token(world.cipher, user, REFRESH_TOKEN)
+    assert make_spotify(world.emulator).refresh(stored, Budget.seconds(10)).access_token
+    world.archiver.spotify.refresh = real_refresh
+    world.archiver.access_tokens.drop("alice")
+    last = world.archive()
+    assert last.status == archive.SUCCESS, last
+
+
+def test_a_reconnect_during_a_poll_leaves_the_user_active(world, monkeypatch):
+    from playvault.store import seats
+
+    world.sign_up(rotate=True)
+    world.play("alice", 10)
+    real_refresh = world.archiver.spotify.refresh
+
+    def reconnect_meanwhile(token, budget):
+        grant = real_refresh(token, budget)
+        # The user signs in again while this poll is in flight: new data key, new refresh token.
+        fresh = sign_in(world.emulator, "alice")
+        seats.reauthorize("alice", tokens=world.cipher.seal_new("alice", fresh, None), access_token_expires_at=None,
+                          display_name=None, now=world.now)
+        return grant
+
+    monkeypatch.setattr(world.archiver.spotify, "refresh", reconnect_meanwhile)
+    world.archive()
+    user = world.user()
+    assert user.status == users.ACTIVE
+    stored = open_token(world.cipher, user, REFRESH_TOKEN)  # opens with the new key: the reconnect was not undone
+    monkeypatch.undo()
+    world.archiver.access_tokens.drop("alice")
+    assert make_spotify(world.emulator).refresh(stored, Budget.seconds(10)).access_token
+    assert world.archive().status == archive.SUCCESS and world.user().status == users.ACTIVE

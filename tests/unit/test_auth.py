@@ -189,8 +189,8 @@ def test_new_user_signs_up(auth: Auth, capsys) -> None:
     assert user.user_id == "alice"
     assert user.status == users.ACTIVE
     assert user.consecutive_failures == 0
-    assert user.token_key and user.refresh_token_enc and user.access_token_enc  # sealed (see the next test)
-    assert user.access_token_expires_at > datetime.now(UTC)
+    assert user.token_key and user.refresh_token_enc  # sealed (see the next test)
+    assert user.access_token_enc is None and user.access_token_expires_at is None  # never at rest
     assert seats.seats_taken() == 1
     assert [i.name for i in state_items()] == [seats.SEATS]  # the one-time state is gone
     assert '"SignUps"' in capsys.readouterr().out  # EMF metric flushed by log_metrics
@@ -199,16 +199,16 @@ def test_new_user_signs_up(auth: Auth, capsys) -> None:
 def test_tokens_are_sealed_for_the_user(auth: Auth, aws_env) -> None:
     import boto3
 
-    from playvault.crypto import ACCESS_TOKEN, REFRESH_TOKEN, TokenCipher
+    from playvault.crypto import REFRESH_TOKEN, TokenCipher
 
     auth.sign_in("alice")
     user = users.get("alice")
     cipher = TokenCipher(boto3.client("kms"), aws_env.env["TOKEN_KEY_ID"])
     refresh = open_token(cipher, user, REFRESH_TOKEN)
-    access = open_token(cipher, user, ACCESS_TOKEN)
-    # The emulator accepts both: they are the grant Spotify issued.
-    api = requests.get(f"{auth.emulator.api_url}/me", headers={"Authorization": f"Bearer {access}"}, timeout=5)
-    assert api.status_code == 200 and api.json()["id"] == "alice"
+    # The emulator accepts it: it is the refresh token Spotify issued.
+    grant = requests.post(f"{auth.emulator.url}/api/token", data={"grant_type": "refresh_token",
+                          "refresh_token": refresh}, auth=(prov.DEV_CLIENT_ID, prov.DEV_CLIENT_SECRET), timeout=5)
+    assert grant.status_code == 200 and grant.json()["access_token"]
     assert refresh not in json.dumps(auth.responses)
 
 
@@ -221,8 +221,8 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
         users.UserModel.consecutive_failures.set(4),
         users.UserModel.last_failure_type.set("AUTH_REVOKED"),
         users.UserModel.cooldown_until.set(datetime.now(UTC) + timedelta(hours=6)),
-        users.UserModel.access_token_enc.remove(),
         users.UserModel.cursor_ms.set(1_700_000_000_000),
+        users.UserModel.next_poll_at.set(datetime.now(UTC) + timedelta(hours=6)),
     ])
 
     response = auth.sign_in("alice", reconnect=True)
@@ -233,7 +233,8 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
     assert after.consecutive_failures == 0
     assert after.last_failure_type is None and after.cooldown_until is None
     assert after.refresh_token_enc != before.refresh_token_enc
-    assert after.access_token_enc is not None
+    assert after.access_token_enc is None
+    assert after.next_poll_at is None  # polled at the next dispatch run
     assert after.cursor_ms == 1_700_000_000_000  # the archive continues where it stopped
     assert after.created_at == before.created_at
     assert len(all_users()) == 1
@@ -457,7 +458,6 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     from tests.unit.test_worker import sqs_event, sqs_record, work_body
 
     emulator.state.simulate_listening("alice", datetime.now(UTC) - timedelta(hours=2), datetime.now(UTC), 8)
-    users.UserModel.get("alice").update(actions=[users.UserModel.access_token_enc.remove()])
     worker = load_function("WorkerFunction")
     answer = worker(sqs_event(sqs_record(work_body(["alice"]))), lambda_context("WorkerFunction"))
     assert answer == {"batchItemFailures": []}

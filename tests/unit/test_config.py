@@ -27,10 +27,11 @@ TABLES = {
     "PLAYS_TABLE": "t-plays",
     "STATE_TABLE": "t-state",
     "GAPS_TABLE": "t-gaps",
+    "EPISODES_TABLE": "t-episodes",
 }
 SPOTIFY = {"SPOTIFY_CLIENT_ID_PARAM": "/playvault/client-id", "SPOTIFY_CLIENT_SECRET_PARAM": "/playvault/secret"}
 WORKER = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "arn:aws:kms:us-east-1:1:key/k", "WORK_QUEUE_URL": "http://q",
-          "IDEMPOTENCY_TABLE": "t-idem"}
+          "DEAD_LETTER_QUEUE_URL": "http://dlq", "IDEMPOTENCY_TABLE": "t-idem"}
 AUTH = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "k", "MAX_USERS": "5", "REDIRECT_URI": "https://pv.example/cb",
         "SESSIONS_TABLE": "t-sessions"}
 

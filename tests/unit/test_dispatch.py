@@ -18,7 +18,7 @@ from playvault.archive import SUCCESS, ArchiveResult
 from playvault.config import DispatcherSettings
 from playvault.failures import InfrastructureError
 from playvault.queue import MAX_DELAY_S, WorkMessage, send_batches
-from playvault.store import users
+from playvault.store import plays, users
 from tests.unit.test_worker import (
     RecordingSQS,
     create_user,
@@ -34,8 +34,9 @@ NOW = datetime(2025, 3, 14, 10, 0, 7, tzinfo=UTC)
 
 def settings(**overrides: Any) -> DispatcherSettings:
     values = {name: f"tbl-{name}" for name in ("users_table", "artists_table", "albums_table", "tracks_table",
-                                               "plays_table", "state_table")}
-    values.update(work_queue_url="https://sqs.local/q", batch_size=10, spread_window_seconds=3600)
+                                               "plays_table", "state_table", "gaps_table",
+                                               "episodes_table")}
+    values.update(work_queue_url="https://sqs.local/q", batch_size=10, dispatch_period_minutes=60)
     values.update(overrides)
     return DispatcherSettings(**values)
 
@@ -69,17 +70,23 @@ def polling_states(count: int, **fields: Any):
     def scan(page_size: int = 1000):
         for index in range(count):
             yield users.PollingState(f"user{index:06d}", fields.get("status", users.ACTIVE),
-                                     fields.get("cooldown_until"), fields.get("last_window"))
+                                     fields.get("cooldown_until"), fields.get("next_poll_at"))
     return scan
+
+
+def _fake_users(monkeypatch: Any, scan: Any, gate_until: datetime | None = None) -> None:
+    """Users from `scan` instead of DynamoDB, and the app's rate gate open (or closed until gate_until)."""
+    monkeypatch.setattr(users, "scan_polling_state", scan)
+    monkeypatch.setattr(dispatch.state, "rate_limited_until", lambda now: gate_until)
 
 
 # ---------------------------------------------------------------- spread and delays
 @pytest.mark.parametrize(("due", "batch_size", "window"), [(95, 10, 3600), (1, 50, 3600), (500, 50, 600),
-                                                            (1000, 7, 86400), (3, 1, 60)])
+                                                            (1000, 7, 86400), (3, 1, 120)])
 def test_batches_spread_evenly_over_the_window_and_no_delay_exceeds_900(monkeypatch, due, batch_size, window):
-    monkeypatch.setattr(users, "scan_polling_state", polling_states(due))
+    _fake_users(monkeypatch, polling_states(due))
     sqs = FakeSQS()
-    report = dispatch.dispatch(NOW, settings(batch_size=batch_size, spread_window_seconds=window), sqs)
+    report = dispatch.dispatch(NOW, settings(batch_size=batch_size, dispatch_period_minutes=window // 60), sqs)
     messages = [WorkMessage.model_validate_json(e["MessageBody"]) for e in sqs.sent]
     batches = -(-due // batch_size)
     assert report.messages_sent == len(messages) == batches
@@ -87,10 +94,16 @@ def test_batches_spread_evenly_over_the_window_and_no_delay_exceeds_900(monkeypa
     assert all(len(m.users) <= batch_size for m in messages)
     start = int(NOW.timestamp())
     offsets = sorted(m.not_before - start for m in messages)
-    assert offsets[0] == 0 and offsets[-1] < window
-    step = window / batches
-    for index, offset in enumerate(offsets):  # evenly: batch i at i * window / n (floored)
-        assert index * step - 1 < offset <= index * step
+    assert offsets[-1] < window
+    # Overdue users are spread evenly, user k at k * window / due (floored), and a batch is due at its
+    # last member's slot: nobody is polled before their slot, and batches are evenly apart.
+    slot = {f"user{k:06d}": k * window // due for k in range(due)}
+    for message in messages:
+        assert message.not_before - start == max(slot[u] for u in message.users)
+    step = window / due * batch_size
+    for index, offset in enumerate(offsets):
+        assert abs(offset - min(due - 1, (index + 1) * batch_size - 1) * window / due) <= 1
+        assert index == 0 or offset - offsets[index - 1] <= step + 1
     for entry, message in zip(sqs.sent, messages, strict=True):
         assert 0 <= entry["DelaySeconds"] <= MAX_DELAY_S
         assert entry["DelaySeconds"] == min(message.not_before - start, MAX_DELAY_S)
@@ -98,14 +111,14 @@ def test_batches_spread_evenly_over_the_window_and_no_delay_exceeds_900(monkeypa
 
 
 def test_nobody_due_sends_nothing(monkeypatch):
-    monkeypatch.setattr(users, "scan_polling_state", polling_states(0))
+    _fake_users(monkeypatch, polling_states(0))
     sqs = FakeSQS()
     report = dispatch.dispatch(NOW, settings(), sqs)
     assert (report.considered, report.dispatched, report.messages_sent, sqs.calls) == (0, 0, 0, [])
 
 
 def test_a_hundred_thousand_users_in_one_invocation(monkeypatch):
-    monkeypatch.setattr(users, "scan_polling_state", polling_states(100_000))
+    _fake_users(monkeypatch, polling_states(100_000))
 
     class CountingSQS(FakeSQS):
         def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:  # noqa: N803
@@ -171,24 +184,44 @@ def _dispatched_ids(sqs: RecordingSQS) -> list[str]:
     return sorted(u for s in sqs.sent for u in json.loads(s["body"])["users"])
 
 
-def test_only_active_users_out_of_cooldown_and_not_archived_this_hour_are_dispatched(clocked, aws_env):
+def test_only_active_users_out_of_cooldown_whose_poll_has_come_are_dispatched(clocked, aws_env):
     import boto3
 
     cipher = make_cipher()
-    create_user("active", "rt", cipher)
+    create_user("active", "rt", cipher)  # never polled: due now
     create_user("reauth", None, cipher, status=users.NEEDS_REAUTH)
     create_user("resting", "rt", cipher, cooldown_until=NOW + timedelta(minutes=10))
     create_user("rested", "rt", cipher, cooldown_until=NOW - timedelta(seconds=1))
-    create_user("done", "rt", cipher, last_polled_at=NOW.replace(minute=0, second=0), last_window=clock.hour_key(NOW))
-    create_user("last_hour", "rt", cipher, last_polled_at=NOW.replace(minute=0, second=0) - timedelta(seconds=1),
-                last_window=clock.hour_key(NOW - timedelta(hours=1)))
+    create_user("done", "rt", cipher, next_poll_at=NOW + timedelta(minutes=40))  # after the next run
+    create_user("overdue", "rt", cipher, next_poll_at=NOW - timedelta(minutes=3))
+    create_user("soon", "rt", cipher, next_poll_at=NOW + timedelta(minutes=7))  # before the next run
     create_user("paused", "rt", cipher, status="paused")
     sqs = RecordingSQS(boto3.client("sqs"))
-    report = dispatch.dispatch(NOW, _dispatch_settings(), sqs)
-    assert _dispatched_ids(sqs) == ["active", "last_hour", "rested"]
-    assert (report.considered, report.dispatched, report.needs_reauth, report.in_cooldown,
-            report.already_archived, report.other_status) == (7, 3, 1, 1, 1, 1)
+    report = dispatch.dispatch(NOW, _dispatch_settings(batch_size=1), sqs)
+    assert _dispatched_ids(sqs) == ["active", "overdue", "rested", "soon"]
+    assert (report.considered, report.dispatched, report.overdue, report.needs_reauth, report.in_cooldown,
+            report.not_due, report.other_status) == (8, 4, 3, 1, 1, 1, 1)
     assert report.statuses == {"paused": 1}
+    # The user due in 7 minutes is sent for that moment: its polls keep their rhythm.
+    soon = next(WorkMessage.model_validate_json(m["body"]) for m in sqs.sent if "soon" in m["body"])
+    assert soon.not_before == int((NOW + timedelta(minutes=7)).timestamp())
+
+
+def test_while_the_gate_is_closed_nobody_is_dispatched(clocked, aws_env):
+    import boto3
+
+    from playvault.store import state
+
+    cipher = make_cipher()
+    for index in range(3):
+        create_user(f"u{index}", "rt", cipher)
+    state.close_rate_gate(NOW + timedelta(hours=2), NOW)
+    sqs = RecordingSQS(boto3.client("sqs"))
+    report = dispatch.dispatch(NOW, _dispatch_settings(), sqs)
+    assert (report.dispatched, report.waiting_for_gate, sqs.sent) == (0, 3, [])
+    assert report.gate_closed_until == (NOW + timedelta(hours=2)).isoformat()
+    after = dispatch.dispatch(NOW + timedelta(hours=2, seconds=1), _dispatch_settings(), sqs)
+    assert after.dispatched == 3 and _dispatched_ids(sqs) == ["u0", "u1", "u2"]
 
 
 def test_needs_reauth_users_are_never_dispatched(clocked, aws_env):
@@ -271,7 +304,7 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     polled: list[tuple[str, datetime]] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Any, window: str | None = None) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Any, **kwargs: Any) -> ArchiveResult:
             polled.append((user_id, clock.now()))
             return ArchiveResult(user_id, SUCCESS)
 
@@ -300,7 +333,7 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
 
     sqs = SimulatedSQS()
     monkeypatch.setattr(worker, "sqs", sqs)
-    report = dispatch.dispatch(NOW, _dispatch_settings(batch_size=2, spread_window_seconds=3600), sqs)
+    report = dispatch.dispatch(NOW, _dispatch_settings(batch_size=2, dispatch_period_minutes=60), sqs)
     assert report.messages_sent == 20
     not_before = {u: m.not_before for b in [e[2] for e in sqs.visible]
                   for m in [WorkMessage.model_validate_json(b)] for u in m.users}
@@ -324,26 +357,37 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     assert queue.MAX_DELAY_S == 900
 
 
-def test_a_user_polled_late_in_the_previous_window_is_dispatched_again(clocked, aws_env):
-    """rate(1 hour) fires at any minute: a user whose slot was 50 min into the 09:17 window was archived
-    at 10:07, in the clock hour of the 10:17 dispatch. It belongs to the 09:17 window and must be
-    dispatched at 10:17, or it would be polled only every other hour."""
+def test_a_15_minute_schedule_polls_a_heavy_listener_every_run_and_a_light_one_hourly(
+        load_function, lambda_context, clocked, emulator, aws_env):
+    """Three hours of a 15-minute dispatcher: the heavy listener (70 plays an hour) fills 25+ new
+    plays a run and is polled every run; the light one (6 an hour) once an hour."""
+    from tests.unit.test_worker import onboard
+
+    onboard(emulator, aws_env, ["heavy", "light"], listen_hours=0)
+    start = clocked.now
+    emulator.state.simulate_listening("heavy", start - timedelta(hours=1), start + timedelta(hours=3), 70)
+    emulator.state.simulate_listening("light", start, start + timedelta(hours=3), 6)
+    handler = load_function("WorkerFunction")
+    worker = sys.modules[handler.__module__]
+    worker.spotify._sleep = lambda _s: None
     import boto3
 
-    dispatch_at = NOW.replace(minute=17)
-    cipher = make_cipher()
-    create_user("late_slot", "rt", cipher, last_polled_at=NOW.replace(minute=7),
-                last_window=clock.hour_key(dispatch_at - timedelta(hours=1)))
-    create_user("this_window", "rt", cipher, last_polled_at=NOW.replace(minute=16),
-                last_window=clock.hour_key(dispatch_at))
     sqs = RecordingSQS(boto3.client("sqs"))
-    report = dispatch.dispatch(dispatch_at, _dispatch_settings(), sqs)
-    assert _dispatched_ids(sqs) == ["late_slot"]
-    assert report.already_archived == 1
-
-
-def test_a_message_belongs_to_the_hour_of_its_dispatch_not_of_its_processing():
-    dispatched = datetime(2025, 3, 14, 9, 17, 3, tzinfo=UTC)
-    processed = dispatched + timedelta(minutes=50)  # 10:07: the next clock hour
-    assert queue.window_hour(queue.window_id_of(dispatched), processed) == "2025_03_14_09"
-    assert queue.window_hour("not-a-window", processed) == "2025_03_14_10"
+    settings = _dispatch_settings(dispatch_period_minutes=15)
+    for run in range(12):
+        run_at = start + timedelta(minutes=15 * run)
+        clocked.set(run_at)
+        sent = len(sqs.sent)
+        dispatch.dispatch(run_at, settings, sqs)
+        for message in sorted((WorkMessage.model_validate_json(m["body"]) for m in sqs.sent[sent:]),
+                              key=lambda m: m.not_before):
+            clocked.set(max(clocked.now, datetime.fromtimestamp(message.not_before, UTC)))
+            assert handler(sqs_event(sqs_record(message.body())), lambda_context("WorkerFunction")) == {
+                "batchItemFailures": []}
+    stored = sorted(int(p.played_at_ms) for p in plays.all_plays("heavy"))
+    truth = [p["played_at_ms"] for p in emulator.state.ground_truth("heavy")]
+    assert stored == [t for t in truth if t >= stored[0]], "after the first poll nothing of the heavy listener lost"
+    assert users.get("heavy").gaps_detected == 0
+    runs_polled = Counter(u for m in sqs.sent for u in WorkMessage.model_validate_json(m["body"]).users)
+    assert runs_polled["heavy"] == 12  # every 15 minutes
+    assert runs_polled["light"] == 3  # every 60 minutes (runs 0, 4, 8)

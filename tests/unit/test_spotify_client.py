@@ -108,10 +108,12 @@ def test_unknown_refresh_token_is_auth_revoked(emulator, client):
         client.refresh("AQ-not-a-token", budget())
 
 
-def test_wrong_client_secret_is_auth_failed_and_never_shows_the_secret(emulator, sleep):
+def test_wrong_client_secret_is_the_apps_failure_and_never_shows_the_secret(emulator, sleep):
+    from playvault.failures import AppCredentialsRejected
+
     refresh_token = signed_in(emulator)
     bad = make_spotify(emulator, sleep=sleep, credentials=lambda: Credentials("playvault-local-client", "s3cr3t-x"))
-    with pytest.raises(AuthFailed) as caught:
+    with pytest.raises(AppCredentialsRejected) as caught:  # invalid_client: not the user's failure
         bad.refresh(refresh_token, budget())
     assert "s3cr3t-x" not in str(caught.value)
     assert "s3cr3t-x" not in repr(Credentials("id", "s3cr3t-x"))
@@ -121,19 +123,17 @@ def test_wrong_client_secret_is_auth_failed_and_never_shows_the_secret(emulator,
 def test_recently_played_returns_the_visible_plays(emulator, client):
     refresh_token = signed_in(emulator, plays=5)
     access = client.refresh(refresh_token, budget()).access_token
-    page = client.recently_played(access, None, budget())
+    page = client.recently_played(access, budget())
     truth = emulator.state.ground_truth("alice")
     assert [p.played_at_ms for p in page.plays] == [t["played_at_ms"] for t in truth]
-    after = client.recently_played(access, truth[2]["played_at_ms"], budget())
-    assert [p.played_at_ms for p in after.plays] == [t["played_at_ms"] for t in truth[3:]]
 
 
-def test_idle_poll_is_exactly_one_request(emulator, client):
-    refresh_token = signed_in(emulator)
+def test_a_poll_is_exactly_one_request_for_the_whole_window(emulator, client):
+    refresh_token = signed_in(emulator, plays=5)
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.reset_counts()
-    page = client.recently_played(access, clock.now_ms(), budget())
-    assert page.plays == []
+    page = client.recently_played(access, budget())
+    assert len(page.plays) == 5
     assert counts(emulator) == {"token": 0, "me": 0, "recently_played": 1, "authorize": 0}
 
 
@@ -141,7 +141,7 @@ def test_api_401_is_auth_failed(emulator, client):
     signed_in(emulator)
     emulator.state.reset_counts()
     with pytest.raises(AuthFailed):
-        client.recently_played("BQ-not-a-token", None, budget())
+        client.recently_played("BQ-not-a-token", budget())
     assert counts(emulator)["recently_played"] == 1  # a 401 is not retried by the client
 
 
@@ -159,7 +159,7 @@ def test_short_429_is_waited_in_process_then_succeeds(emulator, client, sleep):
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=429, retry_after=1)
-    page = client.recently_played(access, None, budget())
+    page = client.recently_played(access, budget())
     assert len(page.plays) == 3
     assert sleep.calls == [1.0]
     assert counts(emulator)["recently_played"] == 2
@@ -171,7 +171,7 @@ def test_long_429_is_rate_limited_with_retry_after(emulator, client, sleep):
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=429, retry_after=3600)
     with pytest.raises(RateLimited) as caught:
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert caught.value.retry_after_s == 3600
     assert sleep.calls == []
     assert counts(emulator)["recently_played"] == 1
@@ -182,7 +182,7 @@ def test_short_429_that_does_not_fit_the_budget_is_rate_limited(emulator, client
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.inject(RP, status=429, retry_after=3)
     with pytest.raises(RateLimited) as caught:
-        client.recently_played(access, None, Budget(lambda: 2_000))
+        client.recently_played(access, Budget(lambda: 2_000))
     assert caught.value.retry_after_s == 3
     assert sleep.calls == []
 
@@ -195,7 +195,7 @@ def test_a_429_that_outlasts_every_attempt_is_rate_limited_not_network(emulator,
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=429, retry_after=1, times=10)
     with pytest.raises(RateLimited) as caught:
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert caught.value.retry_after_s == 1
     assert counts(emulator)["recently_played"] == 3
     assert sleep.calls == [1.0, 1.0]
@@ -209,7 +209,7 @@ def test_5xx_is_retried_then_network_failure(emulator, client, sleep, status):
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=status, times=10)
     with pytest.raises(NetworkFailure):
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert counts(emulator)["recently_played"] == 3  # max_attempts
     assert len(sleep.calls) == 2
     # full jitter: each backoff within its exponential cap
@@ -221,7 +221,7 @@ def test_5xx_then_success(emulator, client, sleep):
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=503, times=2)
-    assert len(client.recently_played(access, None, budget()).plays) == 3
+    assert len(client.recently_played(access, budget()).plays) == 3
     assert counts(emulator)["recently_played"] == 3
 
 
@@ -232,7 +232,7 @@ def test_max_attempts_is_honoured(emulator, sleep):
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=500, times=10)
     with pytest.raises(NetworkFailure):
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert counts(emulator)["recently_played"] == 5
 
 
@@ -252,7 +252,7 @@ def test_timeout_is_network_failure(emulator, sleep):
     emulator.state.reset_counts()
     emulator.state.inject(RP, delay_s=0.4, times=2)
     with pytest.raises(NetworkFailure, match="timed out"):
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert counts(emulator)["recently_played"] == 2
 
 
@@ -262,7 +262,7 @@ def test_malformed_json_is_retried_then_network(emulator, client):
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=200, body="not json", times=10)
     with pytest.raises(NetworkFailure, match="malformed JSON"):
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
     assert counts(emulator)["recently_played"] == 3
 
 
@@ -271,7 +271,7 @@ def test_malformed_json_once_then_success(emulator, client):
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.reset_counts()
     emulator.state.inject(RP, status=200, body="not json")
-    assert len(client.recently_played(access, None, budget()).plays) == 3
+    assert len(client.recently_played(access, budget()).plays) == 3
     assert counts(emulator)["recently_played"] == 2
 
 
@@ -280,7 +280,7 @@ def test_json_without_items_is_unknown(emulator, client):
     access = client.refresh(refresh_token, budget()).access_token
     emulator.state.inject(RP, status=200, body={"nope": []})
     with pytest.raises(UnknownFailure):
-        client.recently_played(access, None, budget())
+        client.recently_played(access, budget())
 
 
 def test_no_budget_left_makes_no_request_and_is_not_the_users_fault(emulator, client):
@@ -290,3 +290,38 @@ def test_no_budget_left_makes_no_request_and_is_not_the_users_fault(emulator, cl
     with pytest.raises(OutOfTime):
         client.refresh(refresh_token, Budget(lambda: 0))
     assert counts(emulator)["token"] == 0
+
+
+# ---------------------------------------------------------------- refresh safety and quota
+def test_a_refresh_whose_answer_may_be_lost_is_never_resent(emulator, sleep):
+    from playvault.failures import RefreshOutcomeUnknown
+
+    client = make_spotify(emulator, sleep=sleep, read_timeout_s=0.1, max_attempts=3)
+    refresh_token = signed_in(emulator, rotate=True)
+    emulator.state.reset_counts()
+    emulator.state.inject("/api/token", delay_s=0.4, times=1)  # Spotify answers, we stop listening
+    with pytest.raises(RefreshOutcomeUnknown):
+        client.refresh(refresh_token, budget())
+    assert counts(emulator)["token"] == 1  # one grant sent, not three
+
+
+def test_api_read_timeouts_are_still_retried(emulator, sleep):
+    client = make_spotify(emulator, sleep=sleep, read_timeout_s=0.1, max_attempts=2)
+    access = client.refresh(signed_in(emulator), budget()).access_token
+    emulator.state.reset_counts()
+    emulator.state.inject(RP, delay_s=0.4, times=1)
+    assert len(client.recently_played(access, budget()).plays) == 3  # a GET is safe to send again
+    assert counts(emulator)["recently_played"] == 2
+
+
+def test_a_quota_429_is_told_apart_from_a_rate_limit(emulator, client):
+    access = client.refresh(signed_in(emulator), budget()).access_token
+    emulator.state.rate_limit_app(emulator.state.now() + timedelta(hours=20))
+    with pytest.raises(RateLimited) as plain:
+        client.recently_played(access, budget())
+    assert not plain.value.quota
+    emulator.state.quota_exceeded = True
+    with pytest.raises(RateLimited) as quota:
+        client.recently_played(access, budget())
+    assert quota.value.quota and quota.value.retry_after_s == 20 * 3600
+    assert "quota exceeded" in str(quota.value)

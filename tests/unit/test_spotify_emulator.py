@@ -211,7 +211,8 @@ def test_local_file_play(state):
     assert track["is_local"] is True and track["id"] is None and track["href"] is None
     assert re.match(r"^spotify:local:[^:]+:[^:]+:[^:]+:\d+$", track["uri"])
     truth = state.ground_truth("alice")[0]
-    assert truth == {"played_at_ms": ms(T0), "track_id": None, "track_uri": track["uri"], "is_local": True}
+    assert truth == {"played_at_ms": ms(T0), "track_id": None, "track_uri": track["uri"], "is_local": True,
+                     "late_s": 0.0, "bad_kind": None, "episode": False}
 
 
 def test_catalog_ids_are_base62_and_deterministic(clock):
@@ -341,11 +342,19 @@ def test_refresh_with_rotation(state, server):
     rt = sign_in(server, "rot")["refresh_token"]
     r = token_call(server, grant_type="refresh_token", refresh_token=rt)
     assert r.status_code == 200
-    new_rt = r.json()["refresh_token"]
-    assert new_rt != rt
+    lost_rt = r.json()["refresh_token"]
+    assert lost_rt != rt
+    # Until the new token is used, the old one still works (an answer lost on the way is not fatal),
+    # and using it again replaces the unused new one.
     r = token_call(server, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 200
+    new_rt = r.json()["refresh_token"]
+    r = token_call(server, grant_type="refresh_token", refresh_token=lost_rt)
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     assert token_call(server, grant_type="refresh_token", refresh_token=new_rt).status_code == 200
+    # Once the new one is used, the old one is dead.
+    r = token_call(server, grant_type="refresh_token", refresh_token=rt)
+    assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
 def test_revoke_invalidates_refresh_and_access_tokens(state, server):

@@ -105,22 +105,39 @@ def test_iam_checker_accepts_narrow_statements():
 
 
 # ------------------------------------------------------------------ (b) metrics
+# EMF metrics plus the ones a log metric filter counts: everything the dashboard and alarms may read.
+ALL_METRICS = {**metrics.CATALOG, **{name: (None, ()) for name in metrics.FROM_LOGS}}
+
+
 def test_custom_metrics_of_alarms_and_dashboard_are_the_ones_the_code_emits(template, service):
     refs = rules.dashboard_metrics(template) + rules.alarm_metrics(template)
     custom = [r for r in refs if r.namespace == rules.CUSTOM_NAMESPACE]
-    assert len(custom) >= len(metrics.CATALOG), "the dashboard and alarms read (almost) no custom metric"
+    assert len(custom) >= len(ALL_METRICS), "the dashboard and alarms read (almost) no custom metric"
     assert rules.CUSTOM_NAMESPACE == metrics.NAMESPACE
-    assert rules.metric_problems(refs, metrics.CATALOG, service) == []
+    assert rules.metric_problems(refs, ALL_METRICS, service) == []
 
 
 def test_every_catalog_metric_is_on_the_dashboard(template):
-    assert rules.coverage_problems(rules.dashboard_metrics(template), metrics.CATALOG) == []
+    assert rules.coverage_problems(rules.dashboard_metrics(template), ALL_METRICS) == []
 
 
 def test_every_failure_type_is_on_the_dashboard(template):
     shown = {dict(r.dimensions).get(metrics.FAILURE_TYPE_DIMENSION)
              for r in rules.dashboard_metrics(template) if r.name == metrics.USERS_FAILED}
-    assert {t.value for t in FailureType} <= shown
+    # RATE_LIMITED and APP never count against a user (deferred app-wide: their own metrics).
+    user_failures = {t.value for t in FailureType} - {FailureType.RATE_LIMITED, FailureType.APP}
+    assert user_failures <= shown
+
+
+def test_metrics_from_logs_have_their_filter_and_their_log_line(template):
+    filters = {props["MetricTransformations"][0]["MetricName"]: props for props in (
+        r["Properties"] for r in template["Resources"].values() if r["Type"] == "AWS::Logs::MetricFilter")}
+    sources = "\n".join(p.read_text() for p in _sources())
+    for name, message in metrics.FROM_LOGS.items():
+        assert f'$.message = "{message}"' in filters[name]["FilterPattern"], name
+        assert filters[name]["MetricTransformations"][0]["MetricNamespace"] == metrics.NAMESPACE
+    # The worker writes the gap line right after the gap record (playvault.archive).
+    assert "logger.warning(metrics.GAP_LOG_MESSAGE" in sources
 
 
 def test_custom_metric_alarms_watch_what_they_should(template):
@@ -191,7 +208,7 @@ def test_emission_checker_reads_calls_not_mentions(tmp_path):
     emitted = rules.emitted_metrics([source], CONSTANTS, metrics.USERS_FAILED)
     assert set(emitted) == {"UsersArchived", "PlaysArchived", "BatchDuration", "UsersFailed"}
     problems = rules.emission_problems(metrics.CATALOG, emitted)
-    assert "GapsDetected is in CATALOG but no code emits it" in problems
+    assert "LatePlays is in CATALOG but no code emits it" in problems
     assert "NewTracks is in CATALOG but no code emits it" in problems
 
 

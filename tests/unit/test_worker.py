@@ -24,8 +24,8 @@ import requests
 from botocore.exceptions import ClientError
 
 from playvault import clock
-from playvault.archive import FAILED, SKIPPED, SUCCESS, ArchiveResult
-from playvault.batch import IN_PROGRESS, archive_batch
+from playvault.archive import SUCCESS, ArchiveResult
+from playvault.batch import archive_batch
 from playvault.crypto import TokenCipher
 from playvault.queue import WorkMessage
 from playvault.spotify import Budget
@@ -223,26 +223,40 @@ def test_every_user_of_a_message_is_archived(worker, context, emulator, aws_env,
         assert int(user.consecutive_failures) == 0
 
 
-def test_partial_batch_failure_reports_exactly_the_failed_message_ids(worker, context, emulator, aws_env, caplog):
+def _dead_letters(stack: Any) -> list[dict[str, Any]]:
+    sqs = boto3.client("sqs")
+    answer = sqs.receive_message(QueueUrl=stack.env["DEAD_LETTER_QUEUE_URL"], MaxNumberOfMessages=10,
+                                 MessageAttributeNames=["All"], WaitTimeSeconds=0)
+    return answer.get("Messages", [])
+
+
+def test_malformed_messages_go_straight_to_the_dlq_with_the_reason(worker, context, emulator, aws_env, caplog,
+                                                                    capsys, fake_clock):
     onboard(emulator, aws_env, ["ana", "ben"])
-    good_1 = sqs_record(work_body(["ana"]))
+    good_1 = sqs_record(work_body(["ana"], window_id="w1"))
     not_json = sqs_record("Hello from SQS!")
     no_deadline = sqs_record(json.dumps({"users": ["ben"], "window_id": "w"}))
     empty_users = sqs_record(json.dumps({"users": [], "not_before": 0, "window_id": "w"}))
-    good_2 = sqs_record(work_body(["ben"]))
-    response = worker.handler(sqs_event(good_1, not_json, no_deadline, empty_users, good_2), context)
-    assert failed_ids(response) == sorted(r["messageId"] for r in (not_json, no_deadline, empty_users))
+    empty_id = sqs_record(json.dumps({"users": ["ben", ""], "not_before": 0, "window_id": "w"}))
+    far_ahead = sqs_record(work_body(["ben"], fake_clock.now + timedelta(hours=25), window_id="w"))
+    good_2 = sqs_record(work_body(["ben"], window_id="w2"))
+    bad = (not_json, no_deadline, empty_users, empty_id, far_ahead)
+    response = worker.handler(sqs_event(good_1, *bad, good_2), context)
+    # Not failed (a retry cannot fix them): each was moved to the DLQ once, with the reason.
+    assert response == {"batchItemFailures": []}
+    letters = _dead_letters(aws_env)
+    assert sorted(m["Body"] for m in letters) == sorted(r["body"] for r in bad)
+    reasons = " | ".join(m["MessageAttributes"]["rejected_because"]["StringValue"] for m in letters)
+    assert "not_before: Field required" in reasons  # the error names what is wrong
+    assert "users: List should have at least 1 item" in reasons
+    assert "users.1: String should have at least 1 character" in reasons
+    assert "more than 86400 s ahead" in reasons
     assert stored_play_ms("ana") == truth_ms(emulator, "ana")
     assert stored_play_ms("ben") == truth_ms(emulator, "ben")
-    logs = caplog.text
-    assert "malformed work message" in logs
-    assert "not_before: Field required" in logs  # the error names what is wrong
-    assert "users: List should have at least 1 item" in logs
-
-
-def test_a_batch_where_every_message_fails_still_answers_per_item(worker, context):
-    bad = sqs_record("{not json")
-    assert failed_ids(worker.handler(sqs_event(bad), context)) == [bad["messageId"]]
+    assert "moved to the dead-letter queue" in caplog.text
+    blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert sum(sum(b["MalformedMessages"]) if isinstance(b["MalformedMessages"], list) else b["MalformedMessages"]
+               for b in blobs if "MalformedMessages" in b) == 5
 
 
 def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_env, monkeypatch, capsys):
@@ -250,10 +264,10 @@ def test_a_poison_user_does_not_fail_the_batch(worker, context, emulator, aws_en
     onboard(emulator, aws_env, ids)
     real = worker.archiver.archive_user
 
-    def archive_user(user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
+    def archive_user(user_id: str, budget: Budget, **kwargs: Any) -> ArchiveResult:
         if user_id == "poison":
             raise KeyError("a bug only this user triggers")
-        return real(user_id, budget)
+        return real(user_id, budget, **kwargs)
 
     monkeypatch.setattr(worker.archiver, "archive_user", archive_user)
     response = worker.handler(sqs_event(sqs_record(work_body(ids))), context)
@@ -295,13 +309,27 @@ def test_duplicate_delivery_archives_once(worker, context, emulator, aws_env):
         assert int(users.get(user_id).plays_archived) == len(truth_ms(emulator, user_id))
 
 
-def test_the_same_user_in_the_next_hour_is_polled_again(worker, context, emulator, aws_env, fake_clock):
+def test_the_same_user_in_the_next_run_is_polled_again(worker, context, emulator, aws_env, fake_clock):
     onboard(emulator, aws_env, ["ana"])
-    assert worker.handler(sqs_event(sqs_record(work_body(["ana"]))), context) == {"batchItemFailures": []}
+    assert worker.handler(sqs_event(sqs_record(work_body(["ana"], window_id="r1"))), context) == {
+        "batchItemFailures": []}
     fake_clock.advance(hours=1)
     emulator.state.simulate_listening("ana", fake_clock.now - timedelta(hours=1), fake_clock.now, 10)
-    assert worker.handler(sqs_event(sqs_record(work_body(["ana"]))), context) == {"batchItemFailures": []}
+    assert worker.handler(sqs_event(sqs_record(work_body(["ana"], window_id="r2"))), context) == {
+        "batchItemFailures": []}
     assert stored_play_ms("ana") == truth_ms(emulator, "ana")
+    assert users.get("ana").last_run == "r2"
+
+
+def test_a_second_message_of_the_same_run_polls_nobody_again(worker, context, emulator, aws_env, fake_clock):
+    onboard(emulator, aws_env, ["ana"])
+    assert worker.handler(sqs_event(sqs_record(work_body(["ana"], window_id="r1"))), context) == {
+        "batchItemFailures": []}
+    calls = emulator.state.request_counts()
+    fake_clock.advance(minutes=5)  # another message of run r1 (a different body): the run stamp stops it
+    assert worker.handler(sqs_event(sqs_record(work_body(["ana"], window_id="r1"))), context) == {
+        "batchItemFailures": []}
+    assert emulator.state.request_counts() == calls
 
 
 def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, context, emulator, aws_env, fake_clock,
@@ -330,97 +358,63 @@ def test_a_message_not_yet_due_is_requeued_with_the_remaining_delay(worker, cont
     assert stored_play_ms("ana") == truth_ms(emulator, "ana")
 
 
-def test_out_of_time_starts_no_user_and_fails_the_message(worker, emulator, aws_env):
+def test_out_of_time_requeues_the_users_and_the_message_succeeds(worker, emulator, aws_env):
     ids = ["ana", "ben"]
     onboard(emulator, aws_env, ids)
-    record = sqs_record(work_body(ids))
-    # 10 s left is under min_remaining_ms (20 s): no user may start.
+    record = sqs_record(work_body(ids, window_id="r1"))
+    # 10 s left is under min_remaining_ms (20 s): no user may start; they come back as a new message.
     response = worker.handler(sqs_event(record), short_context(10))
-    assert failed_ids(response) == [record["messageId"]]
+    assert response == {"batchItemFailures": []}, "a healthy message never fails into a redelivery"
     assert emulator.state.request_counts().get("recently_played", 0) == 0
-    # The redelivery, with time, archives everyone.
-    assert worker.handler(sqs_event(record), short_context(120)) == {"batchItemFailures": []}
+    (requeued,) = worker.sqs.sent
+    assert json.loads(requeued["body"])["users"] == ids and json.loads(requeued["body"])["window_id"] == "r1"
+    assert worker.handler(sqs_event(sqs_record(requeued["body"])), short_context(120)) == {"batchItemFailures": []}
     for user_id in ids:
         assert stored_play_ms(user_id) == truth_ms(emulator, user_id)
 
 
-def test_out_of_time_midway_reports_the_rest_unstarted_and_redelivery_skips_the_done(aws_env, fake_clock):
+def test_out_of_time_midway_reports_the_rest_unstarted(aws_env, fake_clock):
     done: list[str] = []
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, **kwargs: Any) -> ArchiveResult:
             done.append(user_id)
             return ArchiveResult(user_id, SUCCESS, plays_archived=1)
 
     remaining = iter([60_000, 60_000, 5_000, 5_000, 5_000])
     budget = Budget(lambda: next(remaining, 5_000))
-    kwargs = {"archiver": Archiver(), "hour_key": clock.hour_key(fake_clock.now), "concurrency": 1,
-              "persistence": _persistence(aws_env), "min_remaining_ms": 20_000}
-    outcome = archive_batch(["a", "b", "c", "d"], budget=budget, **kwargs)
+    outcome = archive_batch(["a", "b", "c", "d"], budget=budget, archiver=Archiver(), run_id="r", concurrency=1,
+                            min_remaining_ms=20_000)
     assert outcome.successful == len(done) >= 1
     assert outcome.unstarted == ["a", "b", "c", "d"][len(done):]
-    again = archive_batch(["a", "b", "c", "d"], budget=Budget.seconds(120), **kwargs)
-    assert [r.status for r in again.results] == [SKIPPED] * len(outcome.results) + [SUCCESS] * len(outcome.unstarted)
-    assert sorted(done) == ["a", "b", "c", "d"]
 
 
-def _persistence(stack: Any) -> Any:
-    from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
-
-    return DynamoDBPersistenceLayer(table_name=stack.env["IDEMPOTENCY_TABLE"])
-
-
-def test_a_failed_user_is_retried_by_the_next_delivery(aws_env, fake_clock):
-    """A failed (or deferred) attempt leaves no idempotency record behind."""
-    attempts: list[str] = []
+def test_a_user_whose_spotify_calls_run_out_of_time_is_unstarted_not_failed(aws_env, fake_clock):
+    from playvault.failures import OutOfTime
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
-            attempts.append(user_id)
-            if len(attempts) == 1:
-                return ArchiveResult(user_id, FAILED, failure_type="NETWORK")
+        def archive_user(self, user_id: str, budget: Budget, **kwargs: Any) -> ArchiveResult:
+            if user_id == "slow":
+                raise OutOfTime("no time left for a Spotify call")
             return ArchiveResult(user_id, SUCCESS)
 
-    kwargs = {"archiver": Archiver(), "budget": Budget.seconds(60), "hour_key": clock.hour_key(fake_clock.now),
-              "persistence": _persistence(aws_env), "concurrency": 2}
-    first = archive_batch(["ana"], **kwargs)
-    assert (first.failed, first.failures_by_type) == (1, {"NETWORK": 1})
-    second = archive_batch(["ana"], **kwargs)
-    assert second.successful == 1
-    third = archive_batch(["ana"], **kwargs)
-    assert (third.skipped, third.results[0].reason) == (1, "already archived this hour")
-    assert attempts == ["ana", "ana"]
-
-
-def test_a_user_being_archived_elsewhere_is_skipped(aws_env, fake_clock):
-    persistence = _persistence(aws_env)
-    inner: list[Any] = []
-
-    class Archiver:
-        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
-            if not inner:  # while "ana" is in progress, a second worker gets the same user
-                inner.append(archive_batch(["ana"], archiver=self, budget=budget, hour_key="2025_03_14_09",
-                                           persistence=persistence, concurrency=1))
-            return ArchiveResult(user_id, SUCCESS)
-
-    outcome = archive_batch(["ana"], archiver=Archiver(), budget=Budget.seconds(60), hour_key="2025_03_14_09",
-                            persistence=persistence, concurrency=1)
-    assert outcome.successful == 1
-    assert [(r.status, r.reason) for r in inner[0].results] == [(SKIPPED, IN_PROGRESS)]
+    outcome = archive_batch(["fast", "slow"], budget=Budget.seconds(60), archiver=Archiver(), run_id="r",
+                            concurrency=2)
+    assert (outcome.successful, outcome.failed, outcome.unstarted) == (1, 0, ["slow"])
 
 
 def test_users_run_concurrently_and_in_isolation(aws_env, fake_clock):
     barrier = threading.Barrier(4, timeout=5)
 
     class Archiver:
-        def archive_user(self, user_id: str, budget: Budget, window: str | None = None) -> ArchiveResult:
+        def archive_user(self, user_id: str, budget: Budget, **kwargs: Any) -> ArchiveResult:
             barrier.wait()  # only returns if 4 users are in flight at once
             if user_id == "u2":
                 raise ValueError("boom")
             return ArchiveResult(user_id, SUCCESS, plays_archived=2, new_tracks=1)
 
     outcome = archive_batch([f"u{i}" for i in range(4)], archiver=Archiver(), budget=Budget.seconds(60),
-                            hour_key="h", persistence=_persistence(aws_env), concurrency=4)
+                            run_id="r", concurrency=4)
     assert (outcome.successful, outcome.failed, outcome.plays_archived, outcome.new_tracks) == (3, 1, 6, 3)
     assert outcome.failures_by_type == {"UNKNOWN": 1}
 
@@ -471,17 +465,43 @@ def test_metrics_are_emitted_once_per_invocation(worker, context, emulator, aws_
     worker.handler(sqs_event(sqs_record(work_body(["ana", "ben"]))), context)
     blobs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     names = {m["Name"] for blob in blobs for d in blob["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
-    assert {"UsersArchived", "UsersSkipped", "PlaysArchived", "NewTracks", "GapsDetected", "BatchDuration"} <= names
+    assert {"UsersArchived", "UsersSkipped", "PlaysArchived", "NewTracks", "BatchDuration"} <= names
     archived = [blob["UsersArchived"] for blob in blobs if "UsersArchived" in blob]
     assert archived in ([2], [[2]])  # one flush per invocation
     assert all(blob["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "PlayVault" for blob in blobs)
 
 
-def test_the_poll_records_the_window_it_belongs_to(worker, context, emulator, aws_env, fake_clock):
+def test_the_poll_records_the_run_it_belongs_to(worker, context, emulator, aws_env, fake_clock):
     from playvault.queue import window_id_of
 
     onboard(emulator, aws_env, ["ana"])
-    dispatched = fake_clock.now - timedelta(minutes=50)  # its slot was late in the window
+    dispatched = fake_clock.now - timedelta(minutes=50)  # its slot was late in the period
     record = sqs_record(work_body(["ana"], fake_clock.now, window_id=window_id_of(dispatched)))
     assert worker.handler(sqs_event(record), context) == {"batchItemFailures": []}
-    assert users.UserModel.get("ana").last_window == clock.hour_key(dispatched)
+    user = users.UserModel.get("ana")
+    assert user.last_run == window_id_of(dispatched)
+    assert user.next_poll_at == fake_clock.now + timedelta(minutes=59)  # the default cadence, a minute early
+
+
+def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_the_dlq(
+        worker, emulator, aws_env, fake_clock, monkeypatch):
+    ids = [f"u{i}" for i in range(6)]
+    onboard(emulator, aws_env, ids, listen_hours=0)
+    emulator.state.faults.update(latency_ms=600)  # every answer comes after the client stopped waiting
+    monkeypatch.setattr(worker.spotify, "_timeouts", (0.2, 0.2))
+    monkeypatch.setattr(worker, "settings", worker.settings.model_copy(update={"user_concurrency": 1,
+                                                                              "min_remaining_ms": 1_000}))
+    bodies = [work_body(ids, window_id="slow")]
+    invocations = 0
+    while bodies:
+        invocations += 1
+        assert invocations < 20, "the work never finishes"
+        sent_before = len(worker.sqs.sent)
+        response = worker.handler(sqs_event(sqs_record(bodies.pop(0))), short_context(2.5))
+        assert response == {"batchItemFailures": []}, "a healthy message must not go back for redelivery"
+        bodies += [m["body"] for m in worker.sqs.sent[sent_before:]]  # users out of time come back at once
+    assert invocations > 1, "the time budget ran out at least once (the case under test)"
+    for user_id in ids:
+        user = users.get(user_id)
+        assert user.last_failure_type == "NETWORK" and int(user.consecutive_failures) == 1, user_id
+    assert _dead_letters(aws_env) == []

@@ -51,6 +51,7 @@ class TableSettings(EnvSettings):
     plays_table: str = Field(min_length=3)
     state_table: str = Field(min_length=3)
     gaps_table: str = Field(min_length=3)
+    episodes_table: str = Field(min_length=3)
 
 
 class SpotifySettings(EnvSettings):
@@ -67,15 +68,25 @@ class TokenSettings(EnvSettings):
     token_key_id: str = Field(min_length=1)
 
 
-class DispatcherSettings(TableSettings):
+class DispatchSettings(EnvSettings):
+    # The dispatcher runs every this many minutes and spreads what it sends over that period.
+    dispatch_period_minutes: int = Field(default=15, ge=2, le=1440)
+
+
+class DispatcherSettings(TableSettings, DispatchSettings):
     work_queue_url: str = Field(min_length=1)
     batch_size: int = Field(default=50, ge=1, le=500)
-    spread_window_seconds: int = Field(default=3600, ge=60, le=86400)
 
 
-class WorkerSettings(TableSettings, SpotifySettings, TokenSettings):
+class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSettings):
     work_queue_url: str = Field(min_length=1)
+    dead_letter_queue_url: str = Field(min_length=1)
     idempotency_table: str = Field(min_length=3)
+    # A user's next poll: after poll_cadence_minutes normally; at the next run after a gap or
+    # busy_plays new plays; quiet users back off, never beyond max_poll_cadence_minutes.
+    poll_cadence_minutes: int = Field(default=60, ge=2, le=1440)
+    max_poll_cadence_minutes: int = Field(default=60, ge=2, le=1440)
+    busy_plays: int = Field(default=25, ge=1, le=50)
     user_concurrency: int = Field(default=50, ge=1, le=64)
     # Stop starting users when less than this remains: a started user must finish its writes.
     min_remaining_ms: int = Field(default=20_000, ge=1_000)
@@ -95,7 +106,6 @@ class JobSettings(TableSettings):
     sessions_table: str = Field(min_length=3)
     user_files_bucket: str = Field(min_length=3)
     jobs_queue_url: str = Field(min_length=1)
-    idempotency_table: str = Field(min_length=3)  # the worker's records name the user: deleted with it
     # A deletion waits this long after marking the user `deleting` before it deletes plays: a poll
     # that checked the user just before the mark may still write plays until the worker times out.
     deletion_grace_seconds: int = Field(default=150, ge=0, le=900)

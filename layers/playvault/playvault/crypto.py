@@ -25,6 +25,8 @@ from botocore.exceptions import ClientError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from playvault import clock
+
 PURPOSE = "spotify-token"
 # What a sealed token is for (part of its associated data); names, not secrets.
 REFRESH_TOKEN = "refresh_token"  # noqa: S105
@@ -68,7 +70,9 @@ class TokenCipher:
         self._max_uses = data_key_max_uses
         self._cache_size = cache_size
         self._lock = threading.Lock()
-        self._cache: OrderedDict[bytes, bytes] = OrderedDict()  # encrypted data key -> plaintext key
+        # encrypted data key -> (plaintext key, when it was opened): entries expire after max age, so
+        # disabling the KMS key stops warm containers within the hour too.
+        self._cache: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._current: tuple[bytes, bytes, float, int] | None = None  # (enc, key, created, uses)
 
     @staticmethod
@@ -119,10 +123,12 @@ class TokenCipher:
     # -- internals ------------------------------------------------------------------------------
     def _data_key(self, encrypted_key: bytes) -> bytes:
         with self._lock:
-            key = self._cache.get(encrypted_key)
-            if key is not None:
+            entry = self._cache.get(encrypted_key)
+            if entry is not None and clock.now().timestamp() - entry[1] <= self._max_age_s:
                 self._cache.move_to_end(encrypted_key)
-                return key
+                return entry[0]
+            if entry is not None:
+                del self._cache[encrypted_key]
         try:
             answer = self._kms.decrypt(
                 CiphertextBlob=encrypted_key, KeyId=self._key_id, EncryptionContext=self._context()
@@ -136,7 +142,7 @@ class TokenCipher:
         return answer["Plaintext"]
 
     def _remember(self, encrypted_key: bytes, key: bytes) -> None:
-        self._cache[encrypted_key] = key
+        self._cache[encrypted_key] = (key, clock.now().timestamp())
         self._cache.move_to_end(encrypted_key)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

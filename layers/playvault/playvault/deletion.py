@@ -1,6 +1,7 @@
-"""Delete my data: plays, gaps, sessions, exports (rows and files), imported files, the worker's
-idempotency records of the user, and the user item with its sealed tokens, the seat freed in the
-same transaction (store/seats.remove_user).
+"""Delete my data: plays, gaps, sessions, exports (rows and files), imported files, and the user
+item with its sealed tokens, the seat freed in the same transaction (store/seats.remove_user).
+(The worker's idempotency records are per message: their keys are hashes and their data names no
+user; they expire after a day.)
 
 Safe against a poll in flight:
 1. the request marks the user `deleting` (a pynamodb update): the dispatcher never sends a
@@ -25,7 +26,7 @@ from aws_lambda_powertools import Logger
 
 from playvault import clock
 from playvault.jobs import Continue, JobMessage, JobQueue
-from playvault.store import deletions, exports, gaps, idempotency_records, plays, seats, sessions, users
+from playvault.store import deletions, exports, gaps, plays, seats, sessions, users
 
 logger = Logger(child=True)
 
@@ -36,10 +37,8 @@ PREFIXES = ("exports", "imports")  # the user-files bucket's per-user prefixes
 
 class Deleter:
     def __init__(self, s3: Any, bucket: str, queue: JobQueue | None, grace_s: int, *,
-                 ddb: Any = None, idempotency_table: str | None = None, min_remaining_s: float = MIN_REMAINING_S):
+                 min_remaining_s: float = MIN_REMAINING_S):
         self.s3 = s3
-        self.ddb = ddb
-        self.idempotency_table = idempotency_table
         self.bucket = bucket
         self.queue = queue
         self.grace_s = grace_s
@@ -86,8 +85,6 @@ class Deleter:
         deletions.add_counts(key, exports=exports.delete_for_user(user_id))
         for prefix in PREFIXES:
             deletions.add_counts(key, files=self._delete_files(f"{prefix}/{user_id}/"))
-        if self.ddb is not None and self.idempotency_table:
-            idempotency_records.delete_for_user(self.ddb, self.idempotency_table, user_id, clock.now())
         # The final sweep: nothing may have arrived after the grace time, but deleting is cheap.
         if self._plays(user_id, key, low):
             return Continue(0)

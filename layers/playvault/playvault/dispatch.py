@@ -1,31 +1,31 @@
-"""Dispatch: pick the users due for a poll, batch them, spread the batches over the window, send.
+"""Dispatch: pick the users due for a poll, batch them, spread them over the period, send.
 
-Who is due: status active, not resting in the circuit breaker (cooldown_until > now), and not
-already archived in this dispatch window (the UTC hour of the dispatch; a user polled late in the
-previous window, i.e. in this clock hour, is due again). Everyone else is counted by the reason they were left
-out (needs_reauth, cooldown, already archived, other status), so the dispatcher's metrics explain
-every user.
+The dispatcher runs every `dispatch_period_minutes` (15 by default). Each user carries
+`next_poll_at`, set by the worker from what the last poll saw (store/users.py, archive.Cadence):
+an hour later normally, at the next run after a gap or a busy poll. A run sends every active user,
+not resting in the circuit breaker, whose next poll falls before the next run; everyone else is
+counted by the reason they were left out (needs_reauth, cooldown, not due, other status), so the
+dispatcher's metrics explain every user.
 
-Spreading past SQS's 15-minute DelaySeconds cap
------------------------------------------------
-The n batches of one dispatch are spread evenly over `spread_window_seconds` (W): batch i gets the
-offset floor(i * W / n), so the work (and the Spotify request rate) is flat across the window.
-SQS caps DelaySeconds at 900 s, and clamping silently would pile every batch with an offset over
-15 minutes onto minute 15. Instead each message carries `not_before` = dispatch time + its offset
-(Unix seconds) and is sent with DelaySeconds = min(offset, 900). A worker receiving a message whose
-`not_before` is still in the future does not process it: it sends it back with DelaySeconds =
-min(remaining, 900) and deletes the original. So a batch due 50 minutes into a 60-minute window
-travels 900 + 900 + 900 + 300 s and is processed once, on time; no user is dropped or duplicated,
-whatever the window (up to a day). Each hop costs one SendMessage and one short worker invocation.
+When: a user due later in the period is sent for that moment (its offset from now), so a user's
+polls keep their rhythm; users already overdue (new, deferred, late) are spread evenly over the
+period. Users are then grouped in batches of `batch_size` in order of their moment, and a batch is
+due at its last member's moment.
 
-Scale: the users table is scanned with a 4-attribute projection, page by page, and only the ids of
-due users are kept (they are needed to know n before the first offset can be computed: about
-100 bytes per user, ~10 MB at 100,000 users). Messages are built and sent 10 at a time, never all
-at once.
+While Spotify limits the app (the rate gate is closed), nobody is sent: deferred users keep their
+one pending poll (next_poll_at is not moved) and the first run after the gate opens spreads them
+over its period. Backlogs therefore collapse instead of piling up a copy per run.
 
-Redelivery safety: if sending fails half-way the invocation fails and EventBridge retries it; users
-already sent are sent again, and the worker's per-user-per-hour idempotency makes the second poll
-a no-op.
+Spreading past SQS's 15-minute DelaySeconds cap: each message carries `not_before` = dispatch time
++ its offset and is sent with DelaySeconds = min(offset, 900); a worker receiving it early sends it
+back with the rest of the delay. Periods over 15 minutes therefore still poll everyone on time.
+
+Scale: the users table is scanned with a 4-attribute projection, page by page; only the due users'
+ids and offsets are kept (about 100 bytes a user). Messages are built and sent 10 at a time.
+
+Redelivery safety: if sending fails half-way the invocation fails and EventBridge retries it;
+users already sent are sent again, and the worker's run stamp on each user makes the second poll a
+no-op.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from datetime import UTC, datetime
 
 from aws_lambda_powertools import Logger
 
-from playvault import clock, metrics
+from playvault import metrics
 from playvault.config import DispatcherSettings
 from playvault.queue import MAX_DELAY_S, WorkMessage, delay_for, send_batches, window_id_of
-from playvault.store import users
+from playvault.store import state, users
 
 logger = Logger(child=True)
 
@@ -48,14 +48,17 @@ logger = Logger(child=True)
 class DispatchReport:
     dispatched_at: str
     window_id: str
-    spread_window_seconds: int
+    period_seconds: int
     batch_size: int
     considered: int = 0
     dispatched: int = 0
+    overdue: int = 0  # of dispatched: their poll was already due (spread over the period)
     in_cooldown: int = 0
     needs_reauth: int = 0
-    already_archived: int = 0
+    not_due: int = 0
     other_status: int = 0
+    gate_closed_until: str | None = None  # Spotify limits the app: nobody was sent
+    waiting_for_gate: int = 0
     messages_sent: int = 0
     max_delay_seconds: int = 0
     last_offset_seconds: int = 0
@@ -66,14 +69,16 @@ class DispatchReport:
 
 
 def offsets(batches: int, window_s: int) -> Iterator[int]:
-    """Evenly spread offsets (seconds after dispatch) of `batches` batches over [0, window_s)."""
+    """Evenly spread offsets (seconds after dispatch) of `batches` slots over [0, window_s)."""
     for index in range(batches):
         yield index * window_s // batches
 
 
-def _due_user_ids(now: datetime, report: DispatchReport) -> list[str]:
-    this_window = clock.hour_key(now)
-    due: list[str] = []
+def _due_users(now: datetime, period_s: int, report: DispatchReport) -> list[tuple[int, str]]:
+    """(offset, user id) of every user to send, in order of offset."""
+    horizon = now.timestamp() + period_s
+    timed: list[tuple[int, str]] = []
+    overdue: list[str] = []
     for user in users.scan_polling_state():
         report.considered += 1
         if user.status != users.ACTIVE:
@@ -84,38 +89,50 @@ def _due_user_ids(now: datetime, report: DispatchReport) -> list[str]:
                 report.statuses[user.status] = report.statuses.get(user.status, 0) + 1
         elif user.cooldown_until is not None and user.cooldown_until > now:
             report.in_cooldown += 1
-        elif user.last_window == this_window:
-            report.already_archived += 1
+        elif user.next_poll_at is None or user.next_poll_at <= now:
+            overdue.append(user.user_id)
+        elif user.next_poll_at.timestamp() < horizon:
+            timed.append((int(user.next_poll_at.timestamp() - now.timestamp()), user.user_id))
         else:
-            due.append(user.user_id)
-    return due
+            report.not_due += 1
+    report.overdue = len(overdue)
+    spread = list(zip(offsets(len(overdue), period_s), overdue, strict=True))
+    return sorted(timed + spread)
 
 
 def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> DispatchReport:
-    """Send every due user to the work queue, batched and spread over the window."""
-    window_s = settings.spread_window_seconds
+    """Send every due user to the work queue, batched and spread over the period."""
+    period_s = settings.dispatch_period_minutes * 60
     report = DispatchReport(
         dispatched_at=now.astimezone(UTC).isoformat(),
         window_id=window_id_of(now),
-        spread_window_seconds=window_s,
+        period_seconds=period_s,
         batch_size=settings.batch_size,
     )
-    due = _due_user_ids(now, report)
+    due = _due_users(now, period_s, report)
+    gate = state.rate_limited_until(now)
+    if gate is not None:
+        report.gate_closed_until = gate.isoformat()
+        report.waiting_for_gate = len(due)
+        due = []
+        logger.warning("Spotify limits the app: nobody dispatched this run",
+                       extra={"gate_closed_until": report.gate_closed_until, "users_waiting": report.waiting_for_gate})
     report.dispatched = len(due)
     size = settings.batch_size
-    batches = -(-len(due) // size)
+    batches = [due[i : i + size] for i in range(0, len(due), size)]
     start_s = int(now.timestamp())
-    plan = list(offsets(batches, window_s)) if batches else []
+    # A batch is due at its last member's moment: nobody in it is polled before their time.
+    plan = [batch[-1][0] for batch in batches]
 
     def messages() -> Iterator[WorkMessage]:
-        for index, offset in enumerate(plan):
-            yield WorkMessage(users=due[index * size : (index + 1) * size], not_before=start_s + offset,
+        for batch, offset in zip(batches, plan, strict=True):
+            yield WorkMessage(users=[user_id for _, user_id in batch], not_before=start_s + offset,
                               window_id=report.window_id)
 
     report.messages_sent = send_batches(sqs_client, settings.work_queue_url, messages(),
                                         (delay_for(offset) for offset in plan))
     report.last_offset_seconds = plan[-1] if plan else 0
-    report.max_delay_seconds = min(report.last_offset_seconds, MAX_DELAY_S)
+    report.max_delay_seconds = min(max(plan, default=0), MAX_DELAY_S)
 
     metrics.count(metrics.USERS_CONSIDERED, report.considered)
     metrics.count(metrics.USERS_DISPATCHED, report.dispatched)

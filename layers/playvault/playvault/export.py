@@ -33,8 +33,8 @@ logger = Logger(child=True)
 PART_BYTES = 6 * 1024 * 1024  # S3 parts are at least 5 MiB, except the last
 MIN_REMAINING_S = 20.0  # stop after a part when less than this remains
 URL_SECONDS = 300
-CSV_COLUMNS = ["played_at", "track_id", "track_name", "album_id", "album_name", "artist_ids", "artist_names",
-               "duration_ms", "source"]
+CSV_COLUMNS = ["played_at", "item_type", "track_id", "track_name", "album_id", "album_name", "artist_ids",
+               "artist_names", "duration_ms", "source", "episode_id", "episode_name", "show_name"]
 
 
 def csv_header() -> bytes:
@@ -46,9 +46,10 @@ def csv_header() -> bytes:
 def csv_line(row: history.PlayRow) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([
-        row.played_at, row.track_id or "", row.track_name or "", row.album_id or "", row.album_name or "",
-        ";".join(row.artist_ids), ";".join(row.artist_names),
-        "" if row.duration_ms is None else row.duration_ms, row.source,
+        row.played_at, row.item_type, row.track_id or "", row.track_name or "", row.album_id or "",
+        row.album_name or "", ";".join(row.artist_ids), ";".join(row.artist_names),
+        "" if row.duration_ms is None else row.duration_ms, row.source, row.episode_id or "",
+        row.episode_name or "", row.show_name or "",
     ])
     return out.getvalue().encode()
 

@@ -23,6 +23,7 @@ class FailureType(StrEnum):
     AUTH_REVOKED = "AUTH_REVOKED"
     NETWORK = "NETWORK"
     RATE_LIMITED = "RATE_LIMITED"
+    APP = "APP"  # the app's own failure (credentials, outage): never a user's
     UNKNOWN = "UNKNOWN"
 
 
@@ -43,19 +44,49 @@ class AuthRevoked(SpotifyFailure):
 class NetworkFailure(SpotifyFailure):
     failure_type = FailureType.NETWORK
 
+    def __init__(self, message: str, server_error: bool = False):
+        super().__init__(message)
+        self.server_error = server_error  # Spotify answered 5xx (rather than a timeout or a reset)
+
 
 class UnknownFailure(SpotifyFailure):
     failure_type = FailureType.UNKNOWN
 
 
+class RefreshOutcomeUnknown(NetworkFailure):
+    """A refresh request may have reached Spotify but its answer was lost: it is not resent (a
+    rotated refresh token may have been in it); the next poll starts from the stored token."""
+
+
 class RateLimited(SpotifyFailure):
-    """429 whose Retry-After is too long to wait in-process: defer the work app-wide."""
+    """429 whose Retry-After is too long to wait in-process: defer the work app-wide.
+    `quota`: the 429's body said QUOTA_EXCEEDED (the app's quota, not the rolling rate limit)."""
 
     failure_type = FailureType.RATE_LIMITED
 
-    def __init__(self, retry_after_s: float):
-        super().__init__(f"rate limited by Spotify for {retry_after_s:.0f} s")
+    def __init__(self, retry_after_s: float, quota: bool = False):
+        kind = "quota exceeded" if quota else "rate limited"
+        super().__init__(f"{kind} by Spotify for {retry_after_s:.0f} s")
         self.retry_after_s = retry_after_s
+        self.quota = quota
+
+
+class AppFailure(SpotifyFailure):
+    """The app, not the user, is failing (wrong or rotated client secret, unusable client id,
+    Spotify failing every user): never counted against a user; the work is deferred app-wide."""
+
+    failure_type = FailureType.APP
+    defer_s: float = 900.0
+
+
+class AppCredentialsRejected(AppFailure):
+    """invalid_client: the client id or secret in SSM is wrong (rotated?)."""
+
+
+class SpotifyUnavailable(AppFailure):
+    """Spotify answered several users in a row with server errors: an outage, not a user's problem."""
+
+    defer_s = 300.0
 
 
 class InfrastructureError(Exception):
@@ -95,6 +126,9 @@ def token_endpoint_failure(status: int, oauth_error: str) -> SpotifyFailure:
     """What a final non-200 answer of the accounts service's /api/token means (after retries)."""
     if status == 400 and oauth_error == "invalid_grant":
         return AuthRevoked("Spotify refused the grant (invalid_grant): the user must sign in again")
+    if oauth_error in ("invalid_client", "unauthorized_client"):
+        return AppCredentialsRejected(f"Spotify rejected the app's credentials ({oauth_error}): check the "
+                                      "client id and secret in SSM")
     if status in (400, 401):
         return AuthFailed(f"token endpoint answered {status} {oauth_error}".rstrip())
     return UnknownFailure(f"token endpoint answered {status}")

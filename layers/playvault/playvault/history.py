@@ -15,7 +15,7 @@ from itertools import islice
 from typing import Any
 
 from playvault.store import gaps, plays, users
-from playvault.store.catalog import AlbumModel, ArtistModel, TrackModel
+from playvault.store.catalog import AlbumModel, ArtistModel, EpisodeModel, TrackModel
 from playvault.store.plays import PlayModel
 
 CACHE_LIMIT = 20_000  # catalog rows kept while streaming (~100 bytes each)
@@ -30,6 +30,7 @@ class PlayRow:
     """One exported play: everything a user needs to read it without PlayVault."""
 
     played_at: str
+    item_type: str  # "track" | "episode"
     track_id: str | None
     track_name: str | None
     album_id: str | None
@@ -38,16 +39,23 @@ class PlayRow:
     artist_names: tuple[str, ...]
     duration_ms: int | None
     source: str
+    episode_id: str | None = None
+    episode_name: str | None = None
+    show_name: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "played_at": self.played_at,
+            "item_type": self.item_type,
             "track": {"id": self.track_id, "name": self.track_name},
             "album": {"id": self.album_id, "name": self.album_name},
             "artists": [{"id": i, "name": n} for i, n in zip(self.artist_ids, self.artist_names, strict=True)],
             "duration_ms": self.duration_ms,
             "source": self.source,
         }
+        if self.item_type == "episode":
+            out["episode"] = {"id": self.episode_id, "name": self.episode_name, "show": self.show_name}
+        return out
 
 
 class _Lru(OrderedDict):
@@ -66,7 +74,7 @@ class Catalog:
     """Batched, cached catalog lookups for one read (an export, a page)."""
 
     def __init__(self, limit: int = CACHE_LIMIT):
-        self._rows: dict[type, _Lru] = {m: _Lru(limit) for m in (TrackModel, AlbumModel, ArtistModel)}
+        self._rows: dict[type, _Lru] = {m: _Lru(limit) for m in (TrackModel, AlbumModel, ArtistModel, EpisodeModel)}
 
     def _load(self, model: type, ids: Iterable[str]) -> dict[str, Any]:
         cache = self._rows[model]
@@ -83,21 +91,27 @@ class Catalog:
         tracks = self._load(TrackModel, (p.track_id for p in chunk))
         albums = self._load(AlbumModel, (t.album_id for t in tracks.values() if t))
         artists = self._load(ArtistModel, (a for t in tracks.values() if t for a in t.artist_ids))
+        episodes = self._load(EpisodeModel, (p.episode_id for p in chunk if p.episode_id))
         out = []
         for play in chunk:
             track = tracks.get(play.track_id) if play.track_id else None
+            episode = episodes.get(play.episode_id) if play.episode_id else None
             album = albums.get(track.album_id) if track else None
             artist_ids = tuple(track.artist_ids) if track else ()
             out.append(PlayRow(
                 played_at=play.played_at,
+                item_type=play.item_type or "track",
                 track_id=play.track_id,
                 track_name=track.name if track else None,
                 album_id=track.album_id if track else None,
                 album_name=album.name if album else None,
                 artist_ids=artist_ids,
                 artist_names=tuple((artists.get(a).name if artists.get(a) else "") for a in artist_ids),
-                duration_ms=int(track.duration_ms) if track else None,
+                duration_ms=int(track.duration_ms) if track else int(episode.duration_ms) if episode else None,
                 source=play.source or "api",
+                episode_id=play.episode_id,
+                episode_name=episode.name if episode else None,
+                show_name=episode.show_name if episode else None,
             ))
         return out
 

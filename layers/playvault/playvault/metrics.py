@@ -20,9 +20,14 @@ USERS_SKIPPED = "UsersSkipped"
 USERS_FAILED = "UsersFailed"  # with dimension FailureType
 PLAYS_ARCHIVED = "PlaysArchived"
 NEW_TRACKS = "NewTracks"
-GAPS_DETECTED = "GapsDetected"
+GAPS_DETECTED = "GapsDetected"  # from a log metric filter (FROM_LOGS), not EMF
 RATE_LIMITED = "RateLimited"
-DEFERRED_MESSAGES = "DeferredMessages"  # requeued because Spotify rate-limits the app
+QUOTA_EXCEEDED = "QuotaExceeded"  # users deferred by a quota 429 (told apart from RateLimited)
+SPOTIFY_APP_FAILURES = "SpotifyAppFailures"  # invalid_client, outage: the app's failure, not a user's
+LATE_PLAYS = "LatePlays"  # plays archived that appeared after newer ones
+BAD_ITEMS = "BadItemsSkipped"  # recently-played items that could not be read
+USERS_REQUEUED = "UsersRequeued"  # out of time: requeued as a new message
+MALFORMED_MESSAGES = "MalformedMessages"  # moved straight to the DLQ
 MESSAGES_NOT_YET_DUE = "MessagesNotYetDue"  # requeued: its slot in the spread window is ahead
 BATCH_DURATION = "BatchDuration"
 # auth
@@ -42,15 +47,25 @@ CATALOG: dict[str, tuple[MetricUnit, tuple[str, ...]]] = {
     USERS_FAILED: (MetricUnit.Count, (FAILURE_TYPE_DIMENSION,)),
     PLAYS_ARCHIVED: (MetricUnit.Count, ()),
     NEW_TRACKS: (MetricUnit.Count, ()),
-    GAPS_DETECTED: (MetricUnit.Count, ()),
     RATE_LIMITED: (MetricUnit.Count, ()),
-    DEFERRED_MESSAGES: (MetricUnit.Count, ()),
+    QUOTA_EXCEEDED: (MetricUnit.Count, ()),
+    SPOTIFY_APP_FAILURES: (MetricUnit.Count, ()),
+    LATE_PLAYS: (MetricUnit.Count, ()),
+    BAD_ITEMS: (MetricUnit.Count, ()),
+    USERS_REQUEUED: (MetricUnit.Count, ()),
+    MALFORMED_MESSAGES: (MetricUnit.Count, ()),
     MESSAGES_NOT_YET_DUE: (MetricUnit.Count, ()),
     BATCH_DURATION: (MetricUnit.Milliseconds, ()),
     SIGN_UPS: (MetricUnit.Count, ()),
     RE_AUTHORIZATIONS: (MetricUnit.Count, ()),
     WAITLISTED: (MetricUnit.Count, ()),
 }
+
+# Metrics counted by a CloudWatch Logs metric filter (template.yaml) on a log line: name -> the
+# line's message. The line is written the moment the fact is durable, so no crash before an EMF flush
+# can lose the datapoint.
+GAP_LOG_MESSAGE = "play-history gap"
+FROM_LOGS: dict[str, str] = {GAPS_DETECTED: GAP_LOG_MESSAGE}
 
 # Powertools Metrics share their buffer per namespace: every module records into this one and the
 # handler's @metrics.log_metrics flushes it once per invocation as EMF.

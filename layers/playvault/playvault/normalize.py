@@ -1,8 +1,15 @@
 """Spotify play-history payloads -> normalized records. Pure functions, no I/O.
 
-A track references one album and many artists; a play references a user and a track. Local files
-(`is_local: true`) may lack ids on the track, the album and the artists: they get stable synthetic
-ids derived from what identifies them (URI, names), so they are archived like any other play.
+A track references one album and many artists; a play references a user and a track (or, for a
+podcast episode, an episode). Local files (`is_local: true`) may lack ids on the track, the album
+and the artists: they get stable synthetic ids derived from what identifies them (URI, names), so
+they are archived like any other play.
+
+Items are read one by one. The real service sends damaged items now and then (`track: null`,
+`artists: [null]`, `images: [null]`, a non-numeric `duration_ms`, an episode object where a track
+is expected). What can be read is kept: null artists and images are dropped, an unreadable
+duration becomes 0, an episode becomes an episode play. What cannot (no track object, no
+`played_at`) is a BadItem: skipped and reported, never a reason to drop the rest of the page.
 """
 
 from __future__ import annotations
@@ -57,18 +64,42 @@ class Track:
 
 
 @dataclass(frozen=True)
+class Episode:
+    episode_id: str
+    name: str
+    uri: str | None
+    duration_ms: int
+    show_id: str | None
+    show_name: str | None
+
+
+@dataclass(frozen=True)
 class Play:
     played_at: str  # canonical: YYYY-MM-DDTHH:MM:SS.mmmZ
     played_at_ms: int
-    track: Track
+    track: Track | None  # None for an episode play
     context_type: str | None = None
     context_uri: str | None = None
+    episode: Episode | None = None
+
+    @property
+    def item_type(self) -> str:
+        return "episode" if self.episode is not None else "track"
+
+
+@dataclass(frozen=True)
+class BadItem:
+    """An item that cannot be archived: why, and its played_at when it has one."""
+
+    reason: str
+    played_at: str | None = None
 
 
 @dataclass
 class Page:
     plays: list[Play] = field(default_factory=list)
     next_url: str | None = None
+    bad_items: list[BadItem] = field(default_factory=list)
 
 
 def parse_played_at(value: str) -> datetime:
@@ -100,14 +131,44 @@ def _artist(raw: dict[str, Any]) -> Artist:
     return Artist(artist_id=raw.get("id") or synthetic_id("artist", name), name=name, uri=raw.get("uri"))
 
 
+def _artists(raw: Any) -> tuple[Artist, ...]:
+    """Artists of a track or album; null or malformed entries (seen: `artists: [null]`) are dropped."""
+    return tuple(_artist(a) for a in (raw if isinstance(raw, list) else []) if isinstance(a, dict))
+
+
+def _duration_ms(raw: Any) -> int:
+    """duration_ms as an int; the real service has sent strings and nulls: those read as 0."""
+    if isinstance(raw, bool):
+        return 0
+    if isinstance(raw, int | float):
+        return max(0, int(raw))
+    if isinstance(raw, str) and raw.strip().isdigit():
+        return int(raw.strip())
+    return 0
+
+
+def _episode(raw: dict[str, Any]) -> Episode:
+    show = raw.get("show") if isinstance(raw.get("show"), dict) else {}
+    name = raw.get("name") or ""
+    uri = raw.get("uri")
+    return Episode(
+        episode_id=raw.get("id") or synthetic_id("episode", uri or "", name, show.get("name")),
+        name=name,
+        uri=uri,
+        duration_ms=_duration_ms(raw.get("duration_ms")),
+        show_id=show.get("id"),
+        show_name=show.get("name"),
+    )
+
+
 def _track(raw: dict[str, Any]) -> Track:
     if not isinstance(raw, dict):
         raise PayloadError("track is missing")
-    artists = tuple(_artist(a) for a in raw.get("artists") or [])
-    album_raw = raw.get("album") or {}
-    album_artists = tuple(_artist(a) for a in album_raw.get("artists") or []) or artists
+    artists = _artists(raw.get("artists"))
+    album_raw = raw.get("album") if isinstance(raw.get("album"), dict) else {}
+    album_artists = _artists(album_raw.get("artists")) or artists
     album_name = album_raw.get("name") or ""
-    images = album_raw.get("images") or []
+    images = [i for i in (album_raw.get("images") or []) if isinstance(i, dict) and i.get("url")]
     album = Album(
         album_id=album_raw.get("id") or synthetic_id("album", album_name, *(a.name for a in album_artists)),
         name=album_name,
@@ -124,7 +185,7 @@ def _track(raw: dict[str, Any]) -> Track:
         track_id=track_id,
         name=name,
         uri=uri,
-        duration_ms=int(raw.get("duration_ms") or 0),
+        duration_ms=_duration_ms(raw.get("duration_ms")),
         explicit=bool(raw.get("explicit")),
         is_local=bool(raw.get("is_local")),
         album=album,
@@ -134,23 +195,38 @@ def _track(raw: dict[str, Any]) -> Track:
 
 
 def parse_play(raw: dict[str, Any]) -> Play:
+    if not isinstance(raw, dict):
+        raise PayloadError("item is not an object")
     moment = parse_played_at(raw.get("played_at"))  # type: ignore[arg-type]
-    context = raw.get("context") or {}
+    context = raw.get("context") if isinstance(raw.get("context"), dict) else {}
+    item = raw.get("track")
+    if isinstance(item, dict) and item.get("type") == "episode":
+        return Play(played_at=canonical_played_at(moment), played_at_ms=to_ms(moment), track=None,
+                    context_type=context.get("type"), context_uri=context.get("uri"), episode=_episode(item))
     return Play(
         played_at=canonical_played_at(moment),
         played_at_ms=to_ms(moment),
-        track=_track(raw.get("track")),  # type: ignore[arg-type]
+        track=_track(item),  # type: ignore[arg-type]
         context_type=context.get("type"),
         context_uri=context.get("uri"),
     )
 
 
 def parse_page(body: Any) -> Page:
-    """A CursorPagingPlayHistoryObject -> plays (deduplicated by played_at) and the next URL."""
+    """A CursorPagingPlayHistoryObject -> plays (deduplicated by played_at), bad items, next URL.
+
+    Only the envelope can fail the page; each item is read on its own."""
     if not isinstance(body, dict) or not isinstance(body.get("items"), list):
         raise PayloadError("recently-played response has no items list")
-    plays = {}
+    plays: dict[str, Play] = {}
+    bad: list[BadItem] = []
     for raw in body["items"]:
-        play = parse_play(raw)
+        try:
+            play = parse_play(raw)
+        except PayloadError as exc:
+            played_at = raw.get("played_at") if isinstance(raw, dict) else None
+            bad.append(BadItem(str(exc), played_at if isinstance(played_at, str) else None))
+            continue
         plays[play.played_at] = play
-    return Page(plays=sorted(plays.values(), key=lambda p: p.played_at_ms), next_url=body.get("next"))
+    return Page(plays=sorted(plays.values(), key=lambda p: p.played_at_ms), next_url=body.get("next"),
+                bad_items=bad)

@@ -271,7 +271,8 @@ class Onboarding:
     def _store(self, user_id: str, display_name: str | None, grant: TokenGrant) -> Connected | WaitlistRequired:
         now = clock.now()
         assert grant.refresh_token is not None
-        tokens = self.cipher.seal_new(user_id, grant.refresh_token, grant.access_token)
+        # Only the refresh token is kept at rest: the access token lives an hour, the next poll mints its own.
+        tokens = self.cipher.seal_new(user_id, grant.refresh_token, None)
         if users.get(user_id) is not None and self._reauthorize(user_id, display_name, grant, tokens):
             return Connected(user_id, display_name, returning=True)
         user = users.UserModel(
@@ -282,8 +283,6 @@ class Onboarding:
             authorized_at=now,
             token_key=tokens.token_key,
             refresh_token_enc=tokens.refresh_token_enc,
-            access_token_enc=tokens.access_token_enc,
-            access_token_expires_at=grant.expires_at,
             consecutive_failures=0,
             plays_archived=0,
             gaps_detected=0,
@@ -306,7 +305,7 @@ class Onboarding:
         done = seats.reauthorize(
             user_id,
             tokens=tokens,
-            access_token_expires_at=grant.expires_at,
+            access_token_expires_at=None,
             display_name=display_name,
             now=clock.now(),
         )

@@ -6,8 +6,11 @@ A work message names a few users and the earliest moment they may be polled:
 
 `not_before` (Unix seconds) carries the dispatcher's spread across the window past SQS's 900 s
 DelaySeconds cap: a worker receiving a message early puts it back (`requeue`) with the remaining
-delay instead of processing it. `window_id` names the dispatch that created the message (for logs
-and for following one window's messages through requeues).
+delay instead of processing it. `window_id` names the dispatch run that created the message: the
+run stamp each user's poll records (a user is archived at most once per run), kept through requeues.
+
+A body that is not JSON, names an empty user id, or is due more than a day ahead is malformed:
+redelivery cannot fix it, so the worker moves it to the dead-letter queue at once.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from playvault import clock
 from playvault.failures import InfrastructureError
 
 MAX_DELAY_S = 900  # SQS caps DelaySeconds at 15 minutes
@@ -38,26 +41,33 @@ def window_id_of(dispatched_at: datetime) -> str:
     return dispatched_at.astimezone(UTC).strftime(WINDOW_ID_FORMAT)
 
 
-def window_hour(window_id: str, now: datetime) -> str:
-    """The hour key (YYYY_MM_DD_HH) of the window a message belongs to: the per-user idempotency key
-    and the user's last_window. A message without a parseable window falls back to `now`'s hour."""
+def dispatched_at_of(window_id: str) -> datetime | None:
+    """When the dispatch run named `window_id` ran (None for an unparseable id)."""
     try:
-        dispatched_at = datetime.strptime(window_id, WINDOW_ID_FORMAT).replace(tzinfo=UTC)
+        return datetime.strptime(window_id, WINDOW_ID_FORMAT).replace(tzinfo=UTC)
     except ValueError:
-        dispatched_at = now
-    return clock.hour_key(dispatched_at)
+        return None
+
+
+MAX_AHEAD_S = 86_400  # a message due more than a day ahead is a bug, not a plan
+
+UserId = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"\S")]
+
 
 class WorkMessage(BaseModel):
     """The body of one work-queue message (also the worker's Powertools parser model)."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    users: list[StrictStr] = Field(min_length=1, max_length=500)
+    users: list[UserId] = Field(min_length=1, max_length=500)
     not_before: StrictInt = Field(ge=0)
     window_id: StrictStr = Field(min_length=1, max_length=64)
+    # Bumped when users run out of time and come back as a new message: a new body, so message-level
+    # idempotency does not take it for a duplicate of the one that sent it.
+    attempt: StrictInt = Field(default=0, ge=0, le=100)
 
     def body(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_defaults=True)
 
     def remaining_delay_s(self, now: datetime) -> int:
         """Whole seconds until not_before (0 when due)."""
@@ -167,13 +177,14 @@ def requeue(
     not_before: int,
     window_id: str,
     now: datetime,
+    attempt: int = 0,
 ) -> int:
     """Put users back on the queue, due at not_before; returns the DelaySeconds used (<= 900).
 
     When not_before is more than 15 minutes away the message comes back early and the worker puts
     it back again with what remains, so any deadline is honoured.
     """
-    message = WorkMessage(users=list(users), not_before=int(not_before), window_id=window_id)
+    message = WorkMessage(users=list(users), not_before=int(not_before), window_id=window_id, attempt=attempt)
     delay = delay_for(message.not_before - now.timestamp())
     try:
         sqs_client.send_message(QueueUrl=queue_url, MessageBody=message.body(), DelaySeconds=delay)
@@ -182,17 +193,20 @@ def requeue(
     return delay
 
 
-def parse_body(body: str) -> WorkMessage:
+def parse_body(body: str, now: datetime) -> WorkMessage:
     """Validate a message body; a malformed one raises MalformedMessage naming what is wrong."""
     from aws_lambda_powertools.utilities.parser import ValidationError, parse
 
     try:
-        return parse(event=body, model=WorkMessage)
+        message = parse(event=body, model=WorkMessage)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors()[:5]
         )
         raise MalformedMessage(f"malformed work message: {problems}") from None
+    if message.not_before - now.timestamp() > MAX_AHEAD_S:
+        raise MalformedMessage(f"malformed work message: not_before is more than {MAX_AHEAD_S} s ahead")
+    return message
 
 
 class MalformedMessage(ValueError):

@@ -3,8 +3,19 @@
 Retries live here and nowhere else: 5xx, timeouts, connection errors and malformed JSON are retried
 with exponential backoff and full jitter inside the caller's time budget, then become NETWORK; a 429
 is waited out in-process only when Retry-After is short and fits the budget, otherwise it surfaces
-as RateLimited so the caller defers the work app-wide. Token and secret values never appear in a
-log line or an exception message.
+as RateLimited so the caller defers the work app-wide (a quota 429, whose JSON body says
+`QUOTA_EXCEEDED`, is told apart). Token and secret values never appear in a log line or an
+exception message.
+
+A refresh grant is never sent twice blindly: Spotify may rotate the refresh token, so once a refresh
+request may have reached Spotify (read timeout, connection dropped after sending) its answer may
+hold the only valid token. Such a refresh fails as RefreshOutcomeUnknown (a NETWORK failure: a
+short cooldown, never needs_reauth) and the next poll starts again from the stored token. Only a
+refresh that certainly did nothing (connect timeout, a 5xx answer) is retried at once.
+
+recently-played is read whole every poll: Spotify keeps the last 50 plays, so one request with
+`limit=50` and no cursor returns everything it still has, late plays included. `next` links are
+therefore never followed (there is nothing beyond the 50).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ from playvault.failures import (
     NetworkFailure,
     OutOfTime,
     RateLimited,
+    RefreshOutcomeUnknown,
     UnknownFailure,
     token_endpoint_failure,
     web_api_failure,
@@ -73,9 +85,12 @@ class Budget:
 class _Retry(Exception):
     """Internal: this attempt failed in a retryable way."""
 
-    def __init__(self, reason: str, wait_s: float | None = None):
+    def __init__(self, reason: str, wait_s: float | None = None, *, maybe_delivered: bool = True,
+                 quota: bool = False):
         super().__init__(reason)
         self.wait_s = wait_s
+        self.maybe_delivered = maybe_delivered  # the request may have reached Spotify
+        self.quota = quota
 
 
 class SpotifyClient:
@@ -113,7 +128,8 @@ class SpotifyClient:
 
     # -- accounts -------------------------------------------------------------------------------
     def refresh(self, refresh_token: str, budget: Budget) -> TokenGrant:
-        return self._token({"grant_type": "refresh_token", "refresh_token": refresh_token}, budget)
+        return self._token({"grant_type": "refresh_token", "refresh_token": refresh_token}, budget,
+                           resend_if_maybe_delivered=False)
 
     def exchange_code(self, code: str, code_verifier: str, redirect_uri: str, budget: Budget) -> TokenGrant:
         return self._token(
@@ -126,7 +142,7 @@ class SpotifyClient:
             budget,
         )
 
-    def _token(self, form: dict[str, str], budget: Budget) -> TokenGrant:
+    def _token(self, form: dict[str, str], budget: Budget, *, resend_if_maybe_delivered: bool = True) -> TokenGrant:
         creds = self._credentials()
         basic = base64.b64encode(f"{creds.client_id}:{creds.client_secret}".encode()).decode()
         response = self._send(
@@ -136,6 +152,7 @@ class SpotifyClient:
             data=form,
             headers={"Authorization": f"Basic {basic}"},
             what="token",
+            resend_if_maybe_delivered=resend_if_maybe_delivered,
         )
         if response.status_code != 200:
             raise token_endpoint_failure(response.status_code, _oauth_error(response))
@@ -158,28 +175,14 @@ class SpotifyClient:
             raise UnknownFailure("/me answered without a user id")
         return body
 
-    def recently_played(self, access_token: str, after_ms: int | None, budget: Budget) -> Page:
-        """Every play after the cursor that Spotify still has (its window is the last 50 plays)."""
-        params: dict[str, int] = {"limit": MAX_PAGE}
-        if after_ms is not None:
-            params["after"] = after_ms
+    def recently_played(self, access_token: str, budget: Budget) -> Page:
+        """Every play Spotify still has for the user (its window is the last 50 plays), one request."""
         url = f"{self.api_url}/me/player/recently-played"
-        response = self._api("GET", url, access_token, budget, params=params)
+        response = self._api("GET", url, access_token, budget, params={"limit": MAX_PAGE})
         try:
-            page = parse_page(self._json(response))
-        except PayloadError as exc:
+            return parse_page(self._json(response))
+        except PayloadError as exc:  # the envelope itself is unreadable; single items never get here
             raise UnknownFailure(f"recently-played payload: {exc}") from None
-        pages = 1
-        # With `after`, a page holds the oldest plays after the cursor; `next` goes forward in time.
-        while page.next_url and after_ms is not None and pages < 4:
-            try:
-                following = parse_page(self._json(self._api("GET", page.next_url, access_token, budget)))
-            except PayloadError as exc:
-                raise UnknownFailure(f"recently-played payload: {exc}") from None
-            merged = {p.played_at: p for p in (*page.plays, *following.plays)}
-            page = Page(plays=sorted(merged.values(), key=lambda p: p.played_at_ms), next_url=following.next_url)
-            pages += 1
-        return page
 
     def _api(self, method: str, url: str, access_token: str, budget: Budget, **kwargs: Any) -> requests.Response:
         response = self._send(
@@ -190,18 +193,23 @@ class SpotifyClient:
         return response
 
     # -- transport --------------------------------------------------------------------------------
-    def _send(self, method: str, url: str, budget: Budget, *, what: str, **kwargs: Any) -> requests.Response:
+    def _send(self, method: str, url: str, budget: Budget, *, what: str, resend_if_maybe_delivered: bool = True,
+              **kwargs: Any) -> requests.Response:
         for attempt in range(1, self._max_attempts + 1):
             try:
                 return self._attempt(method, url, budget, **kwargs)
             except _Retry as retry:
+                if retry.maybe_delivered and retry.wait_s is None and not resend_if_maybe_delivered:
+                    raise RefreshOutcomeUnknown(f"{what}: {retry}; not resent (Spotify may have rotated the token)"
+                                                ) from None
                 wait = retry.wait_s
                 if wait is None:
                     wait = self._random.uniform(0, self._backoff_base_s * 2 ** (attempt - 1))
                 if attempt == self._max_attempts or wait >= budget.remaining_s():
                     if retry.wait_s is not None:  # still rate limited: the app's problem, not the user's
-                        raise RateLimited(retry.wait_s) from None
-                    raise NetworkFailure(f"{what}: {retry} (after {attempt} attempts)") from None
+                        raise RateLimited(retry.wait_s, quota=retry.quota) from None
+                    raise NetworkFailure(f"{what}: {retry} (after {attempt} attempts)",
+                                         server_error=str(retry).startswith("server error")) from None
                 self._sleep(wait)
         raise AssertionError("unreachable")
 
@@ -213,17 +221,20 @@ class SpotifyClient:
         timeout = (min(self._timeouts[0], remaining), min(self._timeouts[1], remaining))
         try:
             response = self.session.request(method, url, timeout=timeout, **kwargs)
+        except requests.ConnectTimeout:  # never connected: nothing was sent
+            raise _Retry("timed out connecting", maybe_delivered=False) from None
         except requests.Timeout:
             raise _Retry("timed out") from None
         except requests.ConnectionError:
             raise _Retry("connection failed") from None
-        if response.status_code >= 500:
-            raise _Retry(f"server error {response.status_code}")
+        if response.status_code >= 500:  # an answer: Spotify did not act on the request (no rotation)
+            raise _Retry(f"server error {response.status_code}", maybe_delivered=False)
         if response.status_code == 429:
             retry_after = _retry_after_s(response)
-            if retry_after <= self._max_inline_wait_s and retry_after < budget.remaining_s():
+            quota = _is_quota(response)
+            if not quota and retry_after <= self._max_inline_wait_s and retry_after < budget.remaining_s():
                 raise _Retry("rate limited briefly", wait_s=retry_after)
-            raise RateLimited(retry_after)
+            raise RateLimited(retry_after, quota=quota)
         if response.status_code == 200:
             try:
                 response.parsed = response.json()  # type: ignore[attr-defined]
@@ -241,6 +252,18 @@ def _retry_after_s(response: requests.Response) -> float:
         return max(0.0, float(response.headers.get("Retry-After", "1")))
     except ValueError:
         return 1.0
+
+
+def _is_quota(response: requests.Response) -> bool:
+    """A quota 429 (since July 2026) says so in its JSON body: {"reason": "QUOTA_EXCEEDED", ...}."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    return "QUOTA_EXCEEDED" in (str(body.get("reason", "")), str(error.get("reason", "")))
 
 
 def _oauth_error(response: requests.Response) -> str:

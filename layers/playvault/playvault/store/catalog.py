@@ -1,4 +1,4 @@
-"""Catalog aggregate: artists, albums, tracks — normalized metadata written once.
+"""Catalog aggregate: artists, albums, tracks and podcast episodes — normalized metadata written once.
 
 Access patterns: get many tracks by Spotify id (BatchGetItem, to learn which are new); put a new
 track/album/artist only if absent (conditional put), so concurrent workers race safely to one row
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pynamodb.attributes import BooleanAttribute, ListAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.models import Model
 
-from playvault.normalize import Album, Artist, Track
+from playvault.normalize import Album, Artist, Episode, Track
 from playvault.store.base import BaseMeta, binding, put_if_absent, table
 
 # Ids remembered per model: ~100 bytes each, so ~5 MB per model at most in a 512 MB container.
@@ -61,6 +61,21 @@ class TrackModel(Model):
     explicit = BooleanAttribute(default=False)
     is_local = BooleanAttribute(default=False)
     isrc = UnicodeAttribute(null=True)
+
+
+@table("episodes_table")
+class EpisodeModel(Model):
+    """A podcast episode: kept apart from tracks (no album, no artists; a show instead)."""
+
+    class Meta(BaseMeta):
+        pass
+
+    episode_id = UnicodeAttribute(hash_key=True)
+    name = UnicodeAttribute()
+    uri = UnicodeAttribute(null=True)
+    duration_ms = NumberAttribute(default=0)
+    show_id = UnicodeAttribute(null=True)
+    show_name = UnicodeAttribute(null=True)
 
 
 class _KnownIds:
@@ -180,3 +195,14 @@ def upsert_tracks(tracks: Iterable[Track]) -> int:
     for album_id in sorted(set(albums) - _existing_ids(AlbumModel, set(albums))):
         _put_and_remember(_album_row(albums[album_id]))
     return sum(_put_and_remember(_track_row(track)) for track in unknown)
+
+
+def upsert_episodes(episodes: Iterable[Episode]) -> int:
+    """Store the episodes not yet known; returns how many are new."""
+    by_id = {e.episode_id: e for e in episodes}
+    unknown = sorted(set(by_id) - _existing_ids(EpisodeModel, set(by_id)))
+    return sum(
+        _put_and_remember(EpisodeModel(i, name=by_id[i].name, uri=by_id[i].uri, duration_ms=by_id[i].duration_ms,
+                                       show_id=by_id[i].show_id, show_name=by_id[i].show_name))
+        for i in unknown
+    )

@@ -16,6 +16,8 @@ from pynamodb.models import Model
 from playvault.normalize import Play
 from playvault.store.base import BaseMeta, table
 
+API_SOURCE = "api"
+
 
 @table("plays_table")
 class PlayModel(Model):
@@ -25,10 +27,12 @@ class PlayModel(Model):
     user_id = UnicodeAttribute(hash_key=True)
     played_at = UnicodeAttribute(range_key=True)  # canonical ISO 8601 UTC with milliseconds
     played_at_ms = NumberAttribute()
-    track_id = UnicodeAttribute()
+    item_type = UnicodeAttribute(default="track")  # "track" | "episode"
+    track_id = UnicodeAttribute(null=True)  # tracks
+    episode_id = UnicodeAttribute(null=True)  # podcast episodes
     context_type = UnicodeAttribute(null=True)
     context_uri = UnicodeAttribute(null=True)
-    source = UnicodeAttribute(null=True)  # "api" (polled; also when absent) or "export" (imported)
+    source = UnicodeAttribute(default=API_SOURCE)  # "api" (polled) | "export" (imported)
 
 
 def write_plays(user_id: str, plays: Iterable[Play]) -> int:
@@ -41,7 +45,9 @@ def write_plays(user_id: str, plays: Iterable[Play]) -> int:
                     user_id,
                     play.played_at,
                     played_at_ms=play.played_at_ms,
-                    track_id=play.track.track_id,
+                    item_type=play.item_type,
+                    track_id=play.track.track_id if play.track else None,
+                    episode_id=play.episode.episode_id if play.episode else None,
                     context_type=play.context_type,
                     context_uri=play.context_uri,
                 )

@@ -132,7 +132,8 @@ def remove_user(user_id: str, *, sleep: Callable[[float], None] = time.sleep) ->
     counter = StateModel(SEATS)
 
     def build(transaction: TransactWrite) -> None:
-        transaction.delete(UserModel(user_id), condition=UserModel.user_id.exists())
+        # No version condition: deletion wins over any poll in flight (whose own writes are versioned).
+        transaction.delete(UserModel(user_id), condition=UserModel.user_id.exists(), add_version_condition=False)
         transaction.update(
             counter,
             actions=[StateModel.seats.add(-1)],
@@ -167,6 +168,7 @@ def reauthorize(
         UserModel.consecutive_failures.set(0),
         UserModel.last_failure_type.remove(),
         UserModel.cooldown_until.remove(),
+        UserModel.next_poll_at.remove(),  # polled at the next dispatch run
     ]
     if tokens.access_token_enc is not None:
         actions += [
@@ -178,7 +180,8 @@ def reauthorize(
     if display_name is not None:
         actions.append(UserModel.display_name.set(display_name))
     try:
-        UserModel(user_id).update(actions=actions, condition=UserModel.user_id.exists())
+        # Last write wins, and the version moves on: a poll in flight cannot write its old tokens over these.
+        UserModel(user_id).update(actions=actions, condition=UserModel.user_id.exists(), add_version_condition=False)
     except UpdateError as exc:
         if condition_failed(exc):
             return False

@@ -25,6 +25,7 @@ class StateModel(Model):
     name = UnicodeAttribute(hash_key=True)
     expires_at = TTLAttribute(null=True)  # DynamoDB deletes the item some time after this
     limited_until = UTCDateTimeAttribute(null=True)  # rate gate
+    reason = UnicodeAttribute(null=True)  # rate gate: RATE_LIMITED, QUOTA_EXCEEDED, an app failure
     updated_at = UTCDateTimeAttribute(null=True)
     # onboarding (store/seats.py, store/oauth_states.py, store/waitlist.py)
     seats = NumberAttribute(null=True)  # item "seats": users holding a seat
@@ -55,7 +56,7 @@ def rate_limited_until(now: datetime) -> datetime | None:
     return gate.limited_until
 
 
-def close_rate_gate(until: datetime, now: datetime) -> bool:
+def close_rate_gate(until: datetime, now: datetime, reason: str = "RATE_LIMITED") -> bool:
     """Record that Spotify rate-limits the app until `until`; the latest deadline wins.
 
     Returns False if an equal or later deadline was already stored (a concurrent worker won).
@@ -63,7 +64,8 @@ def close_rate_gate(until: datetime, now: datetime) -> bool:
     gate = StateModel(RATE_GATE)
     try:
         gate.update(
-            actions=[StateModel.limited_until.set(until), StateModel.updated_at.set(now)],
+            actions=[StateModel.limited_until.set(until), StateModel.updated_at.set(now),
+                     StateModel.reason.set(reason)],
             condition=StateModel.limited_until.does_not_exist() | (StateModel.limited_until < until),
         )
     except UpdateError as exc:

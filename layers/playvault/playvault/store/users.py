@@ -1,19 +1,35 @@
-"""Users aggregate: tokens (encrypted), polling cursor, status and circuit-breaker state.
+"""Users aggregate: sealed tokens, polling state, status and circuit-breaker state.
 
 Access patterns:
 - get one user by id (worker, auth callback);
-- scan all users with a small projection (dispatcher; filters status / cooldown / done-this-hour
-  client-side so it can count why a user was filtered);
-- one UpdateItem per poll outcome (success: cursor + tokens + last_polled_at; failure: breaker).
+- scan all users with a small projection (dispatcher; filters status / cooldown / next poll
+  client-side so it can count why a user was left out);
+- one conditional UpdateItem per poll outcome.
+
+Every worker write is conditional: on the user still existing and active, and on `version` (a
+pynamodb VersionAttribute, bumped by every write) still being the one the poll read. So a poll never
+writes over a reconnect, a deletion, or a concurrent poll of the same user: the loser's write is
+refused and it reports the user skipped (its plays, written by key, are identical rows).
+
+`recent_played`: the played_at (Unix ms) of every play on the last page a poll saw, all of them
+archived. The next poll writes only the plays of its page that are not in this set: a known play
+costs no write unit, a late play (one that appears after newer ones) is written when it shows up.
+Stored as sorted deltas in LEB128 varints (about 3 bytes a play) to keep the item under 1 KB.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from pynamodb.attributes import BinaryAttribute, NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.attributes import (
+    BinaryAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+    VersionAttribute,
+)
 from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
 
@@ -40,29 +56,32 @@ class UserModel(Model):
     refresh_token_enc = BinaryAttribute(null=True, legacy_encoding=False)
     access_token_enc = BinaryAttribute(null=True, legacy_encoding=False)
     access_token_expires_at = UTCDateTimeAttribute(null=True)
-    # Cursor: played_at (Unix ms) of the newest archived play; the next poll asks `after` it.
+    version = VersionAttribute(null=True)  # optimistic lock: every write checks and bumps it
+    # Cursor: played_at (Unix ms) of the newest archived play (only ever moves forward).
     cursor_ms = NumberAttribute(null=True)
+    recent_played = BinaryAttribute(null=True, legacy_encoding=False)  # see module docstring
     last_polled_at = UTCDateTimeAttribute(null=True)
-    # The dispatch window (UTC hour of the dispatch, YYYY_MM_DD_HH) of the last successful poll. A
-    # poll may land in the next clock hour (slots spread over the window), so "done this hour" is
-    # judged by window, not by clock.
-    last_window = UnicodeAttribute(null=True)
+    # When the dispatcher should send the user next (absent: at the next run). Set by each poll.
+    next_poll_at = UTCDateTimeAttribute(null=True)
+    # The dispatch run (window id) of the last successful poll: a user is archived once per run.
+    last_run = UnicodeAttribute(null=True)
     plays_archived = NumberAttribute(default=0)
     # Circuit breaker (seed fields) plus the computed end of the cooldown the dispatcher filters on.
     consecutive_failures = NumberAttribute(default=0)
     last_failure_type = UnicodeAttribute(null=True)
     last_failed_at = UTCDateTimeAttribute(null=True)
     cooldown_until = UTCDateTimeAttribute(null=True)
-    # Plays that fell out of Spotify's 50-play window between two polls: detected, not recoverable.
+    # Windows where plays may have fallen out of Spotify's 50-play window (store/gaps.py has each).
     gaps_detected = NumberAttribute(default=0)
-    last_gap_from_ms = NumberAttribute(null=True)
-    last_gap_to_ms = NumberAttribute(null=True)
     # When the user asked to delete their data (status DELETING); the deletion waits from here.
     deletion_requested_at = UTCDateTimeAttribute(null=True)
 
 
-# Updates never resurrect a user deleted meanwhile (UpdateItem would otherwise create the item).
+# Worker writes: never resurrect a deleted user (UpdateItem would create it), never touch a user
+# who is no longer active (reconnect in progress, deleting, lapsed); the version check is added by
+# pynamodb itself.
 _EXISTS = UserModel.user_id.exists()
+_ACTIVE = _EXISTS & (UserModel.status == ACTIVE)
 
 
 def get(user_id: str) -> UserModel | None:
@@ -72,70 +91,111 @@ def get(user_id: str) -> UserModel | None:
         return None
 
 
+def encode_played(values: Iterable[int]) -> bytes:
+    """Sorted, de-duplicated Unix-ms values as LEB128 varints of their successive differences."""
+    out = bytearray()
+    previous = 0
+    for value in sorted(set(int(v) for v in values)):
+        delta = value - previous
+        previous = value
+        while True:
+            byte = delta & 0x7F
+            delta >>= 7
+            if delta:
+                out.append(byte | 0x80)
+            else:
+                out.append(byte)
+                break
+    return bytes(out)
+
+
+def decode_played(data: bytes | None) -> frozenset[int]:
+    values: list[int] = []
+    current = shift = total = 0
+    for byte in data or b"":
+        current |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            continue
+        total += current
+        values.append(total)
+        current = shift = 0
+    return frozenset(values)
+
+
+def _conditional(user: UserModel, actions: list, condition=_ACTIVE) -> bool:
+    """Apply the update if the user is still as this poll read it; False if another writer won."""
+    try:
+        user.update(actions=actions, condition=condition)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            return False
+        raise
+    return True
+
+
 @dataclass(frozen=True)
 class PollSuccess:
     polled_at: datetime
-    cursor_ms: int | None
+    run_id: str | None  # the dispatch run this poll belongs to
+    next_poll_at: datetime
     plays_archived: int
-    access_token_enc: bytes | None
-    access_token_expires_at: datetime | None
-    refresh_token_enc: bytes | None = None  # only when Spotify rotated it
-    gap_window_ms: tuple[int, int] | None = None
-    window: str | None = None  # the dispatch window this poll belongs to
+    recent_played: frozenset[int]  # the page's played_at values, all archived now
+    cursor_ms: int | None = None  # newest played_at seen on the page
+    gap_detected: bool = False
 
 
-def record_success(user: UserModel, outcome: PollSuccess) -> None:
-    """One UpdateItem: cursor, cached token, counters; resets the circuit breaker."""
+def record_success(user: UserModel, outcome: PollSuccess) -> bool:
+    """One conditional UpdateItem: polling state and counters; resets the circuit breaker.
+    False when the user changed since it was read (concurrent poll, reconnect, deletion)."""
     actions = [
         UserModel.last_polled_at.set(outcome.polled_at),
+        UserModel.next_poll_at.set(outcome.next_poll_at),
         UserModel.consecutive_failures.set(0),
-        UserModel.plays_archived.add(outcome.plays_archived),
     ]
+    if outcome.plays_archived:
+        actions.append(UserModel.plays_archived.add(outcome.plays_archived))
     if user.last_failure_type is not None or user.cooldown_until is not None:
         actions += [UserModel.last_failure_type.remove(), UserModel.cooldown_until.remove()]
-    if outcome.window is not None:
-        actions.append(UserModel.last_window.set(outcome.window))
+    if outcome.run_id is not None:
+        actions.append(UserModel.last_run.set(outcome.run_id))
+    if outcome.recent_played != decode_played(user.recent_played):
+        actions.append(UserModel.recent_played.set(encode_played(outcome.recent_played)))
     if outcome.cursor_ms is not None and (user.cursor_ms is None or outcome.cursor_ms > user.cursor_ms):
         actions.append(UserModel.cursor_ms.set(outcome.cursor_ms))
-    if outcome.access_token_enc is not None:
-        actions += [
-            UserModel.access_token_enc.set(outcome.access_token_enc),
-            UserModel.access_token_expires_at.set(outcome.access_token_expires_at),
-        ]
-    if outcome.refresh_token_enc is not None:
-        actions.append(UserModel.refresh_token_enc.set(outcome.refresh_token_enc))
-    if outcome.gap_window_ms is not None:
-        actions += [
-            UserModel.gaps_detected.add(1),
-            UserModel.last_gap_from_ms.set(outcome.gap_window_ms[0]),
-            UserModel.last_gap_to_ms.set(outcome.gap_window_ms[1]),
-        ]
-    user.update(actions=actions, condition=_EXISTS)
+    if outcome.gap_detected:
+        actions.append(UserModel.gaps_detected.add(1))
+    condition = _ACTIVE
+    if outcome.run_id is not None:  # the run stamp: archived at most once per dispatch run
+        condition = condition & (UserModel.last_run.does_not_exist() | (UserModel.last_run != outcome.run_id))
+    return _conditional(user, actions, condition)
 
 
-def store_rotated_refresh_token(user: UserModel, refresh_token_enc: bytes) -> None:
-    """Saved at once: if Spotify rotated the token, the old one may already be dead."""
-    user.update(actions=[UserModel.refresh_token_enc.set(refresh_token_enc)], condition=_EXISTS)
+def store_rotated_refresh_token(user: UserModel, refresh_token_enc: bytes) -> bool:
+    """Saved at once: if Spotify rotated the token, the old one may already be dead. Conditional on
+    the version read, so a reconnect's new token (and data key) is never overwritten."""
+    return _conditional(user, [UserModel.refresh_token_enc.set(refresh_token_enc)])
 
 
 def record_failure(
     user: UserModel, failure_type: str, failed_at: datetime, cooldown_until: datetime | None
-) -> None:
-    user.update(
-        actions=[
+) -> bool:
+    return _conditional(
+        user,
+        [
             UserModel.consecutive_failures.add(1),
             UserModel.last_failure_type.set(failure_type),
             UserModel.last_failed_at.set(failed_at),
             UserModel.last_polled_at.set(failed_at),
             UserModel.cooldown_until.set(cooldown_until) if cooldown_until else UserModel.cooldown_until.remove(),
         ],
-        condition=_EXISTS,
     )
 
 
-def mark_needs_reauth(user: UserModel, failed_at: datetime) -> None:
-    user.update(
-        actions=[
+def mark_needs_reauth(user: UserModel, failed_at: datetime) -> bool:
+    return _conditional(
+        user,
+        [
             UserModel.status.set(NEEDS_REAUTH),
             UserModel.last_failure_type.set("AUTH_REVOKED"),
             UserModel.last_failed_at.set(failed_at),
@@ -143,7 +203,6 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> None:
             UserModel.access_token_enc.remove(),
             UserModel.access_token_expires_at.remove(),
         ],
-        condition=_EXISTS,
     )
 
 
@@ -173,13 +232,13 @@ class PollingState:
     user_id: str
     status: str
     cooldown_until: datetime | None
-    last_window: str | None
+    next_poll_at: datetime | None
 
 
-_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "last_window"]
+_POLLING_ATTRIBUTES = ["user_id", "status", "cooldown_until", "next_poll_at"]
 
 
 def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
     """Every user's polling state, paginated, projecting only what the dispatcher reads."""
     for user in UserModel.scan(attributes_to_get=_POLLING_ATTRIBUTES, page_size=page_size):
-        yield PollingState(user.user_id, user.status, user.cooldown_until, user.last_window)
+        yield PollingState(user.user_id, user.status, user.cooldown_until, user.next_poll_at)
