@@ -109,9 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=0)
     serve.add_argument("--poll-seconds", type=_non_negative_float, default=1.0,
                        help="how often the SQS event source polls the work queue (default 1)")
-    serve.add_argument("--dispatch-every", type=_non_negative_float, default=20.0, metavar="SECONDS",
-                       help="run the scheduled dispatcher this often (default 20; 0: the template's "
-                            "ScheduleExpression)")
+    serve.add_argument("--dispatch-every", type=_non_negative_float, default=None, metavar="SECONDS",
+                       help="run the scheduled dispatcher this often (default: its schedule, every "
+                            "DispatchPeriodMinutes = 2 here)")
     serve.add_argument("--no-listening", action="store_true",
                        help="no simulated listening for the emulator's users (add plays by hand)")
     return parser

@@ -6,8 +6,9 @@ are chosen as HttpApi chooses them: an exact path first, then paths with {parame
 greedy {proxy+}; a route's method must match (ANY matches every method). Requests no route takes
 answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
-or --dispatch-every, 20 s by default here) and the SQS event sources feed the worker and the jobs
-function, on the real clock. One function runs at a time (the functions share the Powertools
+or --dispatch-every; serve sets DispatchPeriodMinutes and the poll cadence to 2 minutes, and a
+sign-in dispatches at once) and the SQS event sources feed the worker and the jobs function, on
+the real clock. One function runs at a time (the functions share the Powertools
 metrics buffer of this one process).
 
 Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
@@ -36,6 +37,10 @@ from playvault_local.eventsource import SqsEventSource
 from playvault_local.simclock import RealClock
 from playvault_local.system import LocalSystem, StartupError, SystemConfig
 
+# serve polls often, so what a browser user listens to shows on /me within minutes (override with
+# --parameter): the dispatcher every 2 minutes, every user's next poll 2 minutes after the last.
+SERVE_PARAMETERS = {"DispatchPeriodMinutes": "2", "PollCadenceMinutes": "2", "MaxPollCadenceMinutes": "2"}
+
 
 @dataclass
 class ServeConfig:
@@ -49,7 +54,7 @@ class ServeConfig:
     client_secret: str | None = None
     seed: int = 0
     poll_seconds: float = 1.0
-    dispatch_every_s: float | None = 20.0
+    dispatch_every_s: float | None = None
     quiet: bool = False
     listening: bool = True
 
@@ -57,9 +62,10 @@ class ServeConfig:
 class Gateway:
     """WSGI app: HTTP <-> HttpApi payload 2.0 for the template's routes."""
 
-    def __init__(self, system: LocalSystem, lock: threading.Lock):
+    def __init__(self, system: LocalSystem, lock: threading.Lock, kick: threading.Event | None = None):
         self.system = system
         self.lock = lock
+        self.kick = kick or threading.Event()  # set: the schedule thread dispatches now
         self.routes = sorted((_CompiledRoute(r) for r in system.routes), key=lambda r: r.rank)
 
     def match(self, method: str, path: str) -> tuple[Any, dict[str, str]] | None:
@@ -100,6 +106,8 @@ class Gateway:
         with self.lock:
             try:
                 answer = self.system.invoke(function, event)
+                if request.path == "/auth/callback" and isinstance(answer, dict) and answer.get("statusCode") == 303:
+                    self.kick.set()  # a new sign-in is polled at once, not at the next scheduled run
             except Exception:  # noqa: BLE001 - what API Gateway answers when the integration fails
                 answer = {"statusCode": 500, "headers": {"content-type": "application/json"},
                           "body": '{"message":"Internal Server Error"}'}
@@ -155,7 +163,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
     probe.close()
     redirect_uri = f"http://{config.host}:{port}/auth/callback"
     system = LocalSystem(SystemConfig(
-        template_path=config.template_path, parameters=dict(config.parameters), redirect_uri=redirect_uri,
+        template_path=config.template_path, parameters={**SERVE_PARAMETERS, **config.parameters},
+        redirect_uri=redirect_uri,
         seed=config.seed, clock=RealClock(), spotify_api_url=config.spotify_api_url,
         spotify_accounts_url=config.spotify_accounts_url,
         client_id=config.client_id or prov.DEV_CLIENT_ID, client_secret=config.client_secret or prov.DEV_CLIENT_SECRET,
@@ -163,11 +172,12 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
     ))
     stop = stop or threading.Event()
     lock = threading.Lock()
+    kick = threading.Event()
     server = None
     threads: list[threading.Thread] = []
     try:
         try:
-            server = make_server(config.host, port, Gateway(_started(system), lock), threaded=True,
+            server = make_server(config.host, port, Gateway(_started(system), lock, kick), threaded=True,
                                  request_handler=_QuietHandler)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
@@ -180,7 +190,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
         if config.listening and system.emulator is not None:
             threads.append(threading.Thread(target=_listen, args=(system.emulator.state, stop), name="listening",
                                             daemon=True))
-        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every), name="schedule",
+        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every, kick), name="schedule",
                                         daemon=True))
         for thread in threads:
             thread.start()
@@ -256,7 +266,8 @@ def _listen(state: Any, stop: threading.Event) -> None:
         stop.wait(LISTEN_TICK_S)
 
 
-def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float) -> None:
+def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float,
+              kick: threading.Event) -> None:
     function = system.schedule_function
     while not stop.is_set():
         try:
@@ -264,4 +275,5 @@ def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, 
                 system.invoke(function, scheduled_event(system.now(), f"{function}-schedule"))
         except Exception as exc:  # noqa: BLE001
             print(f"playvault_local: scheduled dispatch failed: {exc}", file=sys.stderr)
-        stop.wait(every)
+        kick.wait(every)
+        kick.clear()
