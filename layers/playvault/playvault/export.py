@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import secrets
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -157,6 +158,7 @@ class Exporter:
         rows, size, cursor = int(job.rows), int(job.size_bytes), job.cursor
         buffer = bytearray(header() if not parts else b"")
         pending = 0
+        part_started = time.monotonic()
         for row in history.enriched(plays.plays_after(job.user_id, cursor)):
             buffer += encode(row)
             pending += 1
@@ -167,7 +169,10 @@ class Exporter:
                     return None
                 rows, size = rows + pending, size + len(buffer)
                 buffer, pending = bytearray(), 0
-                if budget.remaining_s() < self.min_remaining_s:
+                # Another part fits only if the time left exceeds what the last one took, with margin:
+                # a part cut by the timeout is redone from the checkpoint (safe, but wasted).
+                part_s, part_started = time.monotonic() - part_started, time.monotonic()
+                if budget.remaining_s() < max(self.min_remaining_s, 1.5 * part_s):
                     return Continue(0)
         if buffer or not parts:
             parts.append(self._upload(job, len(parts) + 1, bytes(buffer)))
