@@ -3,7 +3,8 @@ personal deployment and a fleet cost a month, handler cold imports, dispatcher s
 emulators started on free loopback ports and stopped by their PIDs: moto_server (every AWS service)
 and, for the worker's throughput, dynalite as a second DynamoDB emulator (npm; bench/.dynalite);
 the Spotify emulator with latency injected per request. Writes bench/results.json; BENCHMARKS.md
-explains the figures.
+explains the figures. Also: a 100,000-play export's memory and time (bench/export.py) and the
+importer's throughput and memory (bench/imports.py).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--import-rows", type=int, default=150_000, metavar="N",
                         help="rows of the big export in the import benchmark (bench/imports.py) (default: 150000)")
     parser.add_argument("--only-import", action="store_true", help="run the import benchmark alone")
+    parser.add_argument("--export-plays", type=int, default=100_000, metavar="N",
+                        help="plays of the full-export benchmark (bench/export.py); 0 skips it (default: 100000)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"), metavar="FILE",
                         help="where the results go (default: bench/results.json)")
     return parser.parse_args(argv)
@@ -709,6 +712,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.dispatcher_users:
             bench.dispatcher(stack)
         bench.cost(stack)
+        if args.export_plays:
+            from bench import export as export_bench
+
+            _say(f"export: {args.export_plays} plays, JSON Lines and CSV")
+            bench.results["export"] = export_bench.run(aws_url, args.export_plays)
     finally:
         if dynalite is not None:
             dynalite.stop()
@@ -768,6 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         "import": {"rows_per_s": r["import"]["big"]["rows_per_s"], "peak_rss_mb": r["import"]["big"]["peak_rss_mb"],
                    "rows": r["import"]["big"]["rows_read"], "wru_per_play": r["import"]["units"]["plays_wru_per_play"],
                    "catalog_wru": r["import"]["units"]["catalog_wru"]},
+        "export": {fmt: r["export"][fmt] for fmt in ("jsonl", "csv")} if "export" in r else None,
         "machine": {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "latency_ms": args.latency_ms,
         "emulators": list(by_emulator),

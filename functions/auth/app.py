@@ -1,14 +1,18 @@
 """HttpApi (payload 2.0) routes -> playvault.onboarding. Thin: parse, call, render; errors map here.
 
-GET  /auth/login      302 to Spotify's consent page (or the waitlist page when every seat is taken)
-GET  /auth/callback   consume the one-time state, exchange the code, create or re-authorize the user
+GET  /auth/login      302 to Spotify's consent page (or the waitlist page when every seat is taken);
+                      sets the login cookie that binds the sign-in to this browser
+GET  /auth/callback   consume the one-time state (same browser only), exchange the code, create or
+                      re-authorize the user, start a session and 303 to /me (the code leaves the address bar)
 POST /auth/waitlist   form or JSON {"email": ...}
+POST /auth/logout     end the session (CSRF-checked)
 """
 
 from __future__ import annotations
 
 import html
 import json
+from datetime import timedelta
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -19,7 +23,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 from aws_lambda_powertools.logging import correlation_paths
 
-from playvault import store
+from playvault import clock, store
 from playvault.aws import LazyClient
 from playvault.config import AuthSettings
 from playvault.crypto import TokenCipher
@@ -41,6 +45,9 @@ from playvault.onboarding import (
 )
 from playvault.spotify import Budget, SpotifyClient, ssm_credentials
 from playvault.store.seats import SeatsBusy
+from playvault.web import http as web_http
+from playvault.web import pages as web_pages
+from playvault.web import sessions as web_sessions
 
 settings = AuthSettings.from_env()
 store.bind(settings)
@@ -57,13 +64,15 @@ cipher = TokenCipher(LazyClient("kms"), settings.token_key_id)  # data keys are 
 onboarding = Onboarding.from_settings(settings, spotify=spotify, cipher=cipher, credentials=credentials)
 app = APIGatewayHttpResolver()
 
-ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST"}
+ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST", "/auth/logout": "POST",
+          "/auth/signed-out": "GET"}
+SESSION_IDLE = timedelta(days=settings.session_idle_days)
 MAX_QUERY = 4096
 MAX_BODY = 4096
 RESERVE_MS = 1500  # leave time to answer after the Spotify calls
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_PAGE = Template((_TEMPLATES / "page.html").read_text())
+_PAGE = Template(web_pages.PAGE_TEMPLATE)
 _WAITLIST_FORM = (_TEMPLATES / "waitlist_form.html").read_text()
 
 NO_STORE = {"Cache-Control": "no-store"}
@@ -90,7 +99,8 @@ class RequestRejected(Exception):
 
 # -- rendering ----------------------------------------------------------------------------------
 def page(status: int, title: str, heading: str, content_html: str, headers: dict[str, str] | None = None) -> Response:
-    body = _PAGE.substitute(title=html.escape(title), heading=html.escape(heading), content=content_html)
+    body = _PAGE.substitute(title=html.escape(title), heading=html.escape(heading), content=content_html,
+                            main_class="")
     return Response(
         status_code=status,
         content_type="text/html; charset=utf-8",
@@ -179,6 +189,11 @@ def request_rejected(exc: RequestRejected) -> Response:
     return error_response(exc.status, exc.message, exc.headers)
 
 
+@app.exception_handler(web_http.RequestRejected)
+def web_request_rejected(exc: web_http.RequestRejected) -> Response:
+    return error_response(exc.status, exc.message, exc.headers)
+
+
 @app.exception_handler(SeatsBusy)
 def seats_busy(exc: SeatsBusy) -> Response:
     logger.warning("seat counter contended")
@@ -251,35 +266,51 @@ def _waitlist_email() -> object:
 @app.get("/auth/login")
 def login() -> Response:
     returning = _query().get("reconnect") in ("1", "true", "yes")
-    result = onboarding.begin_login(returning=returning)
+    binding, login_cookie = web_sessions.new_login_binding()
+    result = onboarding.begin_login(returning=returning, browser_hash=web_sessions.hash_value(binding))
     if isinstance(result, WaitlistRequired):
         return waitlist_page()
     assert isinstance(result, LoginRedirect)
-    return Response(status_code=302, headers={**NO_STORE, "Location": result.url, "Referrer-Policy": "no-referrer"})
+    return Response(status_code=302, headers={**NO_STORE, "Location": result.url, "Referrer-Policy": "no-referrer"},
+                    cookies=[login_cookie])
 
 
 @app.get("/auth/callback")
 def callback() -> Response:
     query = _query()
+    binding = web_sessions.read_cookie(app.current_event.cookies, web_sessions.LOGIN_COOKIE)
     result = onboarding.complete_login(
-        state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget()
+        state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget(),
+        browser_hash=web_sessions.hash_value(binding) if binding else None,
     )
     if isinstance(result, WaitlistRequired):
         return waitlist_page()
     assert isinstance(result, Connected)
-    who = f", {html.escape(result.display_name)}" if result.display_name else ""
-    if result.returning:
-        text = f"<p>Welcome back{who}! Your Spotify account is reconnected; archiving resumes shortly.</p>"
-        return page(200, "Reconnected", "Reconnected", text)
-    text = (
-        f"<p>Welcome{who}! PlayVault now archives every song you play on Spotify.</p>"
-        '<p class="muted">You can close this page.</p>'
-    )
-    return page(200, "You're in", "You're in", text)
+    # A session, and 303 to /me: the code leaves the address bar, so a reload cannot replay it.
+    session_cookie = web_sessions.start(result.user_id, clock.now(), SESSION_IDLE)
+    welcome = "?welcome=back" if result.returning else "?welcome=new"
+    return web_pages.redirect(f"/me{welcome}", cookies=[session_cookie,
+                                                        web_sessions.cleared(web_sessions.LOGIN_COOKIE)])
+
+
+@app.post("/auth/logout")
+def logout() -> Response:
+    fields = web_http.form(app, ("csrf",))
+    session = web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE)
+    if session is None:  # already signed out: nothing to end, same destination
+        return web_pages.redirect("/auth/signed-out", cookies=[web_sessions.cleared(web_sessions.SESSION_COOKIE)])
+    web_sessions.check_csrf(session, web_http.headers_of(app), fields.get("csrf"))
+    return web_pages.redirect("/auth/signed-out", cookies=[web_sessions.end(session)])
+
+
+@app.get("/auth/signed-out")
+def signed_out() -> Response:
+    return message_page(200, "Signed out", "You are signed out of PlayVault. Archiving goes on.", start_again=True)
 
 
 @app.post("/auth/waitlist")
 def join_waitlist() -> Response:
+    web_sessions.check_same_origin(web_http.headers_of(app))  # no session to hold a CSRF token: Origin
     onboarding.join_waitlist(_waitlist_email())
     if _wants_json():
         return Response(

@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--poll-seconds", type=_non_negative_float, default=1.0,
                        help="how often the SQS event source polls the work queue (default 1)")
     serve.add_argument("--dispatch-every", type=_non_negative_float, default=None, metavar="SECONDS",
-                       help="run the scheduled dispatcher this often (default: the template's schedule)")
+                       help="run the scheduled dispatcher this often (default: its schedule, every "
+                            "DispatchPeriodMinutes = 2 here)")
+    serve.add_argument("--no-listening", action="store_true",
+                       help="no simulated listening for the emulator's users (add plays by hand)")
     return parser
 
 
@@ -214,7 +217,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(port=args.port, template_path=args.template, parameters=dict(args.parameter),
                          spotify_api_url=args.spotify_api_url, spotify_accounts_url=args.spotify_accounts_url,
                          client_id=args.client_id, client_secret=args.client_secret, seed=args.seed,
-                         poll_seconds=args.poll_seconds, dispatch_every_s=args.dispatch_every)
+                         poll_seconds=args.poll_seconds, dispatch_every_s=args.dispatch_every or None,
+                         listening=not args.no_listening)
     try:
         return serve(config)
     except StartupError as exc:

@@ -38,8 +38,9 @@ class EventSourceStats:
 
 
 class SqsEventSource:
-    def __init__(self, system: LocalSystem, *, on_receive: Callable[[list[dict[str, Any]]], None] | None = None):
-        spec = system.event_source
+    def __init__(self, system: LocalSystem, *, on_receive: Callable[[list[dict[str, Any]]], None] | None = None,
+                 spec: Any = None):
+        spec = spec or system.event_source
         assert spec is not None
         self.system = system
         self.spec = spec

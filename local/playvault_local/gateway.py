@@ -1,15 +1,25 @@
 """`serve`: the local stack kept up behind a small API gateway on 127.0.0.1.
 
 The gateway serves the template's HttpApi routes (the functions' HttpApi events): an HTTP request
-becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Unknown
-routes answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
+becomes an API Gateway payload 2.0 event, the function's answer becomes the HTTP response. Routes
+are chosen as HttpApi chooses them: an exact path first, then paths with {parameters}, then a
+greedy {proxy+}; a route's method must match (ANY matches every method). Requests no route takes
+answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
-or --dispatch-every) and the SQS event source feeds the worker, on the real clock. One function
-runs at a time (the functions share the Powertools metrics buffer of this one process).
+or --dispatch-every; serve sets DispatchPeriodMinutes and the poll cadence to 2 minutes, and a
+sign-in dispatches at once) and the SQS event sources feed the worker and the jobs function, on
+the real clock. One function runs at a time (the functions share the Powertools
+metrics buffer of this one process).
+
+Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
+the real clock (LISTEN_PER_HOUR plays an hour, seeded; the hour before the sign-up too), so /me
+fills up. Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 import sys
 import threading
@@ -27,6 +37,10 @@ from playvault_local.eventsource import SqsEventSource
 from playvault_local.simclock import RealClock
 from playvault_local.system import LocalSystem, StartupError, SystemConfig
 
+# serve polls often, so what a browser user listens to shows on /me within minutes (override with
+# --parameter): the dispatcher every 2 minutes, every user's next poll 2 minutes after the last.
+SERVE_PARAMETERS = {"DispatchPeriodMinutes": "2", "PollCadenceMinutes": "2", "MaxPollCadenceMinutes": "2"}
+
 
 @dataclass
 class ServeConfig:
@@ -42,20 +56,37 @@ class ServeConfig:
     poll_seconds: float = 1.0
     dispatch_every_s: float | None = None
     quiet: bool = False
+    listening: bool = True
 
 
 class Gateway:
     """WSGI app: HTTP <-> HttpApi payload 2.0 for the template's routes."""
 
-    def __init__(self, system: LocalSystem, lock: threading.Lock):
+    def __init__(self, system: LocalSystem, lock: threading.Lock, kick: threading.Event | None = None):
         self.system = system
         self.lock = lock
-        self.routes = {(r.method, r.path): r.function for r in system.routes}
+        self.kick = kick or threading.Event()  # set: the schedule thread dispatches now
+        self.routes = sorted((_CompiledRoute(r) for r in system.routes), key=lambda r: r.rank)
+
+    def match(self, method: str, path: str) -> tuple[Any, dict[str, str]] | None:
+        for route in self.routes:
+            if route.method not in (method, "ANY"):
+                continue
+            found = route.pattern.fullmatch(path)
+            if found:
+                return route, found.groupdict()
+        return None
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
-        function = self.routes.get((request.method, request.path)) or self.routes.get(("ANY", request.path))
-        if function is None:
+        if request.path == "/_local/dispatch" and request.method == "POST":
+            with self.lock:
+                function = self.system.schedule_function
+                answer = self.system.invoke(function, scheduled_event(self.system.now(), f"{function}-by-hand"))
+            return Response(json.dumps(answer, default=str), mimetype="application/json")(environ, start_response)
+        matched = self.match(request.method, request.path)
+        function = matched[0].route.function if matched else None
+        if matched is None:
             response = Response('{"message":"Not Found"}', status=404, mimetype="application/json")
             return response(environ, start_response)
         headers: dict[str, str] = {}
@@ -66,12 +97,17 @@ class Gateway:
             headers[key] = f"{headers[key]},{value}" if key in headers else value
         cookies = [c.strip() for c in request.headers.get("Cookie", "").split(";") if c.strip()]
         body = request.get_data()
+        route, path_parameters = matched
         event = http_api_event(request.method, request.path, query=environ.get("QUERY_STRING", ""),
                                headers=headers, body=body or None, source_ip=request.remote_addr or "127.0.0.1",
-                               cookies=cookies or None, route_key=f"{request.method} {request.path}")
+                               cookies=cookies or None, route_key=f"{route.route.method} {route.route.path}")
+        if path_parameters:
+            event["pathParameters"] = path_parameters
         with self.lock:
             try:
                 answer = self.system.invoke(function, event)
+                if request.path == "/auth/callback" and isinstance(answer, dict) and answer.get("statusCode") == 303:
+                    self.kick.set()  # a new sign-in is polled at once, not at the next scheduled run
             except Exception:  # noqa: BLE001 - what API Gateway answers when the integration fails
                 answer = {"statusCode": 500, "headers": {"content-type": "application/json"},
                           "body": '{"message":"Internal Server Error"}'}
@@ -82,6 +118,27 @@ class Gateway:
         for cookie in set_cookies:
             response.headers.add("Set-Cookie", cookie)
         return response(environ, start_response)
+
+
+class _CompiledRoute:
+    """A template route as a regex; rank: exact paths, then {parameters}, then greedy {proxy+}."""
+
+    def __init__(self, route: Any):
+        self.route = route
+        self.method = route.method
+        parts = re.split(r"(\{[^}]+\})", route.path)
+        regex = ""
+        greedy = False
+        for part in parts:
+            if part.startswith("{") and part.endswith("+}"):
+                regex += f"(?P<{part[1:-2]}>.+)"
+                greedy = True
+            elif part.startswith("{") and part.endswith("}"):
+                regex += f"(?P<{part[1:-1]}>[^/]+)"
+            else:
+                regex += re.escape(part)
+        self.pattern = re.compile(regex)
+        self.rank = (2 if greedy else 1 if "{" in route.path else 0, -len(route.path))
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -106,7 +163,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
     probe.close()
     redirect_uri = f"http://{config.host}:{port}/auth/callback"
     system = LocalSystem(SystemConfig(
-        template_path=config.template_path, parameters=dict(config.parameters), redirect_uri=redirect_uri,
+        template_path=config.template_path, parameters={**SERVE_PARAMETERS, **config.parameters},
+        redirect_uri=redirect_uri,
         seed=config.seed, clock=RealClock(), spotify_api_url=config.spotify_api_url,
         spotify_accounts_url=config.spotify_accounts_url,
         client_id=config.client_id or prov.DEV_CLIENT_ID, client_secret=config.client_secret or prov.DEV_CLIENT_SECRET,
@@ -114,25 +172,31 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
     ))
     stop = stop or threading.Event()
     lock = threading.Lock()
+    kick = threading.Event()
     server = None
     threads: list[threading.Thread] = []
     try:
         try:
-            server = make_server(config.host, port, Gateway(_started(system), lock), threaded=True,
+            server = make_server(config.host, port, Gateway(_started(system), lock, kick), threaded=True,
                                  request_handler=_QuietHandler)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
-        source = SqsEventSource(system)
+        sources = [SqsEventSource(system, spec=spec) for spec in system.event_sources]
         every = config.dispatch_every_s or system.schedule_seconds()
-        threads.append(threading.Thread(target=_poll, args=(system, source, lock, stop, config.poll_seconds),
-                                        name="sqs-event-source", daemon=True))
-        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every), name="schedule",
+        threads.append(threading.Thread(target=_poll, args=(system, sources, lock, stop, config.poll_seconds),
+                                        name="sqs-event-sources", daemon=True))
+        if config.listening and system.emulator is not None:
+            threads.append(threading.Thread(target=_listen, args=(system.emulator.state, stop), name="listening",
+                                            daemon=True))
+        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every, kick), name="schedule",
                                         daemon=True))
         for thread in threads:
             thread.start()
         real = system._stdout.real
+        listening = (f"{LISTEN_PER_HOUR:g} plays/hour for every emulator user"
+                     if config.listening and system.emulator else "off")
         base = f"http://{config.host}:{port}"
         spotify = f"{system.emulator.url} (built-in emulator)" if system.emulator else config.spotify_accounts_url
         lines = [
@@ -143,6 +207,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             f"  AWS (moto)     : {system.aws.url if system.aws else '?'}",
             f"  redirect URI   : {redirect_uri}",
             f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
+            f"  listening      : {listening}",
+            f"  poll by hand   : curl -X POST {base}/_local/dispatch",
         ]
         print("\n".join(lines), file=real, flush=True)
         if ready is not None:
@@ -167,20 +233,41 @@ def _started(system: LocalSystem) -> LocalSystem:
     return system
 
 
-def _poll(system: LocalSystem, source: SqsEventSource, lock: threading.Lock, stop: threading.Event,
+def _poll(system: LocalSystem, sources: list[SqsEventSource], lock: threading.Lock, stop: threading.Event,
           every: float) -> None:
     while not stop.is_set():
-        try:
-            with lock:
-                got = source.poll_once()
-        except Exception as exc:  # noqa: BLE001 - keep polling; say why
-            print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
-            got = 0
+        got = 0
+        for source in sources:
+            try:
+                with lock:
+                    got += source.poll_once()
+            except Exception as exc:  # noqa: BLE001 - keep polling; say why
+                print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
         if not got:
             stop.wait(every)
 
 
-def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float) -> None:
+LISTEN_PER_HOUR = 15.0  # about a song every 4 minutes
+LISTEN_TICK_S = 5.0
+
+
+def _listen(state: Any, stop: threading.Event) -> None:
+    """Steady listening on the real clock for every emulator user (new ones get the last hour too)."""
+    from datetime import timedelta
+
+    heard: dict[str, Any] = {}
+    while not stop.is_set():
+        now = state.now()
+        for user_id in state.user_ids():
+            since = heard.get(user_id, now - timedelta(hours=1))
+            if now > since:
+                state.simulate_listening(user_id, since, now, LISTEN_PER_HOUR)
+                heard[user_id] = now
+        stop.wait(LISTEN_TICK_S)
+
+
+def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float,
+              kick: threading.Event) -> None:
     function = system.schedule_function
     while not stop.is_set():
         try:
@@ -188,4 +275,5 @@ def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, 
                 system.invoke(function, scheduled_event(system.now(), f"{function}-schedule"))
         except Exception as exc:  # noqa: BLE001
             print(f"playvault_local: scheduled dispatch failed: {exc}", file=sys.stderr)
-        stop.wait(every)
+        kick.wait(every)
+        kick.clear()

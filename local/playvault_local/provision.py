@@ -1,8 +1,9 @@
 """Create template.yaml's resources on an AWS emulator (moto in-process or moto_server).
 
-Tables (keys, indexes, TTL), queues (attributes, redrive policy), KMS keys and aliases, SSM
-parameters: all read from the template, nothing listed twice. Resources that have no local meaning
-(alarms, dashboards, log groups, topics, the HttpApi) get a placeholder id so references resolve.
+Tables (keys, indexes, TTL), buckets (encryption, lifecycle), queues (attributes, redrive policy),
+KMS keys and aliases, SSM parameters: all read from the template, nothing listed twice. Resources
+that have no local meaning (alarms, dashboards, log groups, topics, the HttpApi, bucket policies)
+get a placeholder id so references resolve.
 """
 
 from __future__ import annotations
@@ -83,13 +84,17 @@ def _create_bucket(s3: Any, name: str, props: dict[str, Any]) -> dict[str, str]:
     encryption = props.get("BucketEncryption")
     if encryption:
         s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={
-            "Rules": [{"ApplyServerSideEncryptionByDefault":
-                       r["ServerSideEncryptionByDefault"]} for r in encryption["ServerSideEncryptionConfiguration"]]})
-    lifecycle = (props.get("LifecycleConfiguration") or {}).get("Rules")
-    if lifecycle:
+            "Rules": [{"ApplyServerSideEncryptionByDefault": rule["ServerSideEncryptionByDefault"]}
+                      for rule in encryption["ServerSideEncryptionConfiguration"]]})
+    rules = (props.get("LifecycleConfiguration") or {}).get("Rules") or []
+    if rules:
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
-            {"ID": r["Id"], "Status": r["Status"], "Filter": {"Prefix": r.get("Prefix", "")},
-             "Expiration": {"Days": int(r["ExpirationInDays"])}} for r in lifecycle]})
+            {"ID": rule["Id"], "Status": rule["Status"], "Filter": {"Prefix": rule.get("Prefix", "")},
+             **({"Expiration": {"Days": int(rule["ExpirationInDays"])}} if "ExpirationInDays" in rule else {}),
+             **({"AbortIncompleteMultipartUpload": {"DaysAfterInitiation": int(
+                 rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}}
+                if "AbortIncompleteMultipartUpload" in rule else {})}
+            for rule in rules]})
     return {"Ref": name, "Arn": f"arn:aws:s3:::{name}", "DomainName": f"{name}.s3.amazonaws.com"}
 
 

@@ -174,8 +174,10 @@ class Simulation:
     def sign_up(self, user_id: str, session: requests.Session, *, reconnect: bool = False) -> str:
         auth = self._auth_function()
         login = "/auth/login?reconnect=1" if reconnect else "/auth/login"
-        status, headers, body, _ = http_response(
+        status, headers, body, set_cookies = http_response(
             self.system.invoke(auth, http_api_event_for_url("GET", login, now=self.clock())))
+        # The browser's login cookie goes back with the callback (the sign-in is bound to it).
+        cookies = [c.split(";", 1)[0] for c in set_cookies]
         location = _header(headers, "location")
         if status != 302 or not location:
             return "waitlisted" if status == 200 and b"waitlist" in body.lower() else f"login_{status}"
@@ -183,13 +185,14 @@ class Simulation:
         back = consent.headers.get("Location", "")
         if consent.status_code != 302 or "code=" not in back:
             return f"authorize_{consent.status_code}"
-        status, _, body, _ = http_response(self.system.invoke(auth, http_api_event_for_url("GET", back,
-                                                                                           now=self.clock())))
+        status, headers, body, _ = http_response(self.system.invoke(
+            auth, http_api_event_for_url("GET", back, now=self.clock(), cookies=cookies or None)))
         if status == 200 and b"waitlist" in body.lower():  # the cap was reached between login and callback
             return "waitlisted"
-        if status == 200 and b"welcome back" in body.lower():
+        signed_in = status == 303 and (_header(headers, "location") or "").startswith("/me")
+        if signed_in and reconnect:
             return "reconnected"
-        return "signed_up" if status == 200 else f"callback_{status}"
+        return "signed_up" if signed_in else f"callback_{status}"
 
     def _auth_function(self) -> str:
         for route in self.system.routes:

@@ -88,7 +88,8 @@ class LocalSystem:
         self.ddb: Any = None
         self.schedule_function: str | None = None
         self._schedule_node: Any = None
-        self.event_source: EventSourceSpec | None = None
+        self.event_source: EventSourceSpec | None = None  # the worker's (the first SQS event source)
+        self.event_sources: list[EventSourceSpec] = []  # every SQS event source (the jobs function's too)
         self.routes: list[Route] = []
         # The importer: started by S3 "Object Created" (EventBridge rule), continued from its own queue.
         self.import_function: str | None = None
@@ -191,19 +192,21 @@ class LocalSystem:
                     target = queue["Fn::GetAtt"]
                     queue_id = target[0] if isinstance(target, list) else str(target).split(".")[0]
                     scaling = props.get("ScalingConfig") or {}
-                    sqs_sources.append(EventSourceSpec(
+                    source = EventSourceSpec(
                         function=logical_id, queue_logical_id=queue_id, batch_size=int(props.get("BatchSize", 10)),
                         batching_window_s=int(props.get("MaximumBatchingWindowInSeconds", 0)),
                         max_concurrency=scaling.get("MaximumConcurrency"),
                         report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes")
-                                                                                 or [])))
+                                                                                 or []))
+                    sqs_sources.append(source)
                 elif kind == "HttpApi":
                     self.routes.append(Route(str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/")),
                                              logical_id))
+        self.event_sources = list(sqs_sources)  # every SQS event source (the jobs function's too)
         for source in sqs_sources:
             if source.function == self.import_function:
                 self.import_source = source
-            else:
+            elif self.event_source is None:  # the worker's: the first in the template
                 self.event_source = source
         if self.schedule_function is None or self.event_source is None:
             raise StartupError("template: no Schedule-triggered function or no SQS-triggered function")

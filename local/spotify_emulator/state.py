@@ -315,6 +315,10 @@ class EmulatorState:
                     user.display_name = display_name
                 user.rotate_refresh_tokens = rotate_refresh_tokens
 
+    def user_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._users)
+
     def has_user(self, user_id: str) -> bool:
         with self._lock:
             return user_id in self._users

@@ -45,9 +45,11 @@ def stack(moto_reset: str, emulator: Any, monkeypatch: pytest.MonkeyPatch) -> pr
 
 class Browser:
     def __init__(self, stack: prov.Stack):
-        spec = stack.functions["AuthFunction"]
-        self.handler = load_handler(spec, stack.layer_paths)
-        self.context = context_for(spec)
+        self.functions = {}
+        for logical_id in ("AuthFunction", "AccountFunction"):
+            spec = stack.functions[logical_id]
+            self.functions[logical_id] = (load_handler(spec, stack.layer_paths), context_for(spec))
+        self.jar: dict[str, str] = {}
 
     def get(self, path: str, query: dict[str, str] | None = None) -> dict[str, Any]:
         event = copy.deepcopy(EVENT)
@@ -56,7 +58,18 @@ class Browser:
         event["rawQueryString"] = urlencode(query or {})
         if query:
             event["queryStringParameters"] = dict(query)
-        return self.handler(event, self.context)
+        if self.jar:
+            event["cookies"] = [f"{k}={v}" for k, v in self.jar.items()]
+        handler, context = self.functions["AuthFunction" if path.startswith("/auth/") else "AccountFunction"]
+        response = handler(event, context)
+        for cookie in response.get("cookies") or []:
+            name, _, rest = cookie.partition("=")
+            value = rest.split(";", 1)[0]
+            if value:
+                self.jar[name] = value
+            else:
+                self.jar.pop(name, None)
+        return response
 
     def sign_in(self, user_id: str, *, reconnect: bool = False) -> dict[str, Any]:
         start = self.get("/auth/login", {"reconnect": "1"} if reconnect else None)
@@ -90,10 +103,13 @@ def test_sign_in_then_archive(stack: prov.Stack, emulator: Any) -> None:
     truth = sorted(p["played_at_ms"] for p in emulator.state.ground_truth("dana"))
     assert 10 <= len(truth) <= 50
 
-    welcome = Browser(stack).sign_in("dana")
+    browser = Browser(stack)
+    welcome = browser.sign_in("dana")
 
-    assert welcome["statusCode"] == 200
-    assert "Dana &lt;3" in welcome["body"]  # Spotify's display name, escaped
+    assert welcome["statusCode"] == 303 and welcome["headers"]["Location"] == "/me?welcome=new"
+    page = browser.get("/me")
+    assert page["statusCode"] == 200
+    assert "Dana &lt;3" in page["body"]  # Spotify's display name, escaped
     assert seats.seats_taken() == 1
     assert [i.name for i in StateModel.scan()] == [seats.SEATS]
     result = archiver(stack).archive_user("dana", Budget.seconds(30))
@@ -116,7 +132,7 @@ def test_revoked_user_signs_in_again_and_archiving_resumes(stack: prov.Stack, em
 
     again = browser.sign_in("eve", reconnect=True)
 
-    assert again["statusCode"] == 200 and "Welcome back" in again["body"]
+    assert again["statusCode"] == 303 and again["headers"]["Location"] == "/me?welcome=back"
     user = users.get("eve")
     assert user.status == users.ACTIVE and user.consecutive_failures == 0
     assert seats.seats_taken() == 1
@@ -126,8 +142,8 @@ def test_revoked_user_signs_in_again_and_archiving_resumes(stack: prov.Stack, em
 
 def test_cap_reached_waitlist_over_real_servers(stack: prov.Stack, emulator: Any) -> None:
     browser = Browser(stack)
-    assert browser.sign_in("one")["statusCode"] == 200
-    assert browser.sign_in("two")["statusCode"] == 200
+    assert browser.sign_in("one")["statusCode"] == 303
+    assert browser.sign_in("two")["statusCode"] == 303
     full = browser.get("/auth/login")
     assert full["statusCode"] == 200 and 'action="/auth/waitlist"' in full["body"]
     assert seats.seats_taken() == 2

@@ -39,6 +39,7 @@ def http_event(
     headers: dict[str, str] | None = None,
     base64_body: bool = False,
     raw_query: str | None = None,
+    cookies: list[str] | None = None,
 ) -> dict[str, Any]:
     """An HttpApi payload-2.0 event as API Gateway builds it (from the captured fixture)."""
     event = copy.deepcopy(EVENT)
@@ -56,6 +57,8 @@ def http_event(
             joined[key] = f"{joined[key]},{value}" if key in joined else value
         event["queryStringParameters"] = joined
     event["headers"].update({k.lower(): v for k, v in (headers or {}).items()})
+    if cookies:
+        event["cookies"] = list(cookies)
     if body is not None:
         raw = body.encode() if isinstance(body, str) else body
         event["body"] = base64.b64encode(raw).decode() if base64_body else raw.decode()
@@ -72,10 +75,19 @@ class Auth:
         self.context = context
         self.emulator = emulator
         self.responses: list[dict[str, Any]] = []
+        self.jar: dict[str, str] = {}  # the browser's cookies
 
     def call(self, method: str, path: str, query: Any = None, **kwargs: Any) -> dict[str, Any]:
+        kwargs.setdefault("cookies", [f"{k}={v}" for k, v in self.jar.items()])
         response = self.handler(http_event(method, path, query, **kwargs), self.context)
         self.responses.append(response)
+        for cookie in response.get("cookies") or []:
+            name, _, rest = cookie.partition("=")
+            value = rest.split(";", 1)[0]
+            if "Max-Age=0" in cookie or not value:
+                self.jar.pop(name, None)
+            else:
+                self.jar[name] = value
         return response
 
     def login(self, **query: str) -> dict[str, Any]:
@@ -107,6 +119,19 @@ def state_items() -> list[StateModel]:
 
 def all_users() -> list[users.UserModel]:
     return list(users.UserModel.scan())
+
+
+def assert_signed_in(response: dict[str, Any], welcome: str) -> str:
+    """The callback's success: a session cookie and 303 to /me (the code leaves the address bar)."""
+    assert response["statusCode"] == 303, response
+    assert response["headers"]["Location"] == f"/me?welcome={welcome}"
+    session = [c for c in response["cookies"] if c.startswith("__Host-playvault_session=")]
+    assert len(session) == 1
+    for attribute in ("Secure", "HttpOnly", "SameSite=Lax", "Path=/"):
+        assert attribute in session[0], session
+    assert "Domain" not in session[0]
+    assert "code=" not in json.dumps(response)
+    return session[0].split(";", 1)[0].split("=", 1)[1]
 
 
 def assert_html(response: dict[str, Any], status: int, *needles: str) -> str:
@@ -159,7 +184,7 @@ def test_each_login_gets_its_own_state(auth: Auth) -> None:
 def test_new_user_signs_up(auth: Auth, capsys) -> None:
     response = auth.sign_in("alice")
 
-    assert_html(response, 200, "Welcome")
+    assert_signed_in(response, "new")
     (user,) = all_users()
     assert user.user_id == "alice"
     assert user.status == users.ACTIVE
@@ -202,7 +227,7 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
 
     response = auth.sign_in("alice", reconnect=True)
 
-    assert_html(response, 200, "Welcome back")
+    assert_signed_in(response, "back")
     after = users.get("alice")
     assert after.status == users.ACTIVE
     assert after.consecutive_failures == 0
@@ -218,14 +243,14 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
 
 def test_returning_user_without_reconnect_flag_also_keeps_its_seat(auth: Auth) -> None:
     auth.sign_in("alice")
-    assert_html(auth.sign_in("alice"), 200, "Welcome back")
+    assert_signed_in(auth.sign_in("alice"), "back")
     assert seats.seats_taken() == 1
 
 
 def test_replayed_state_is_refused_and_writes_nothing(auth: Auth) -> None:
     start = auth.login()
     query = auth.consent(start["headers"]["Location"], "alice")
-    assert auth.call("GET", "/auth/callback", query)["statusCode"] == 200
+    assert auth.call("GET", "/auth/callback", query)["statusCode"] == 303
     snapshot = users.get("alice").attribute_values
 
     replay = auth.call("GET", "/auth/callback", query)
@@ -299,13 +324,15 @@ def test_cap_reached_offers_the_waitlist(auth: Auth) -> None:
     assert seats.seats_taken() == 1
 
     # A member re-authorizing at the cap gets in.
-    assert_html(auth.sign_in("alice", reconnect=True), 200, "Welcome back")
+    assert_signed_in(auth.sign_in("alice", reconnect=True), "back")
 
 
 @pytest.mark.parametrize("stack_overrides", [{"MaxUsers": "1"}])
 def test_seat_taken_between_login_and_callback(auth: Auth) -> None:
     start = auth.login()  # a seat was free here
-    auth.sign_in("alice")  # ... and alice took it meanwhile
+    bobs_browser = dict(auth.jar)
+    auth.sign_in("alice")  # ... and alice took it meanwhile (in her browser)
+    auth.jar = bobs_browser
     query = auth.consent(start["headers"]["Location"], "bob")
     assert_html(auth.call("GET", "/auth/callback", query), 200, "PlayVault is full")
     assert users.get("bob") is None
@@ -427,7 +454,7 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     state = parse_qs(urlsplit(start["headers"]["Location"]).query)["state"][0]
     verifier = StateModel.get(oauth_states.state_key(state)).code_verifier
     query = auth.consent(start["headers"]["Location"], "alice")
-    assert_html(auth.call("GET", "/auth/callback", query), 200)
+    assert auth.call("GET", "/auth/callback", query)["statusCode"] == 303
     auth.sign_in("alice")  # a re-authorization as well
     emulator.state.inject("/api/token", status=500, times=10)
     auth.sign_in("alice")  # and a failed exchange

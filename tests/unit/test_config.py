@@ -32,7 +32,8 @@ TABLES = {
 SPOTIFY = {"SPOTIFY_CLIENT_ID_PARAM": "/playvault/client-id", "SPOTIFY_CLIENT_SECRET_PARAM": "/playvault/secret"}
 WORKER = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "arn:aws:kms:us-east-1:1:key/k", "WORK_QUEUE_URL": "http://q",
           "DEAD_LETTER_QUEUE_URL": "http://dlq", "IDEMPOTENCY_TABLE": "t-idem"}
-AUTH = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "k", "MAX_USERS": "5", "REDIRECT_URI": "https://pv.example/cb"}
+AUTH = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "k", "MAX_USERS": "5", "REDIRECT_URI": "https://pv.example/cb",
+        "SESSIONS_TABLE": "t-sessions"}
 
 
 def test_complete_environment_is_read():

@@ -437,3 +437,39 @@ def test_custom_cfn_lint_rules_catch_a_bad_template():
     assert ("E9102", "DispatcherFunction: wildcard action 'dynamodb:*'") in found, found
     assert ("E9101", "WorkerFunction does not log to an AWS::Logs::LogGroup of this template") in found, found
     assert ("E9101", "DispatcherLogGroup has no RetentionInDays") in found, found
+
+
+# ------------------------------------------------------------------ the user-files bucket and account plane
+def test_user_files_bucket_is_private_encrypted_tls_only_and_expires_files(template):
+    bucket = template["Resources"]["UserFilesBucket"]["Properties"]
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert all(bucket["PublicAccessBlockConfiguration"][k] is True for k in
+               ("BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"))
+    expiry = {r["Prefix"]: r["ExpirationInDays"] for r in bucket["LifecycleConfiguration"]["Rules"]
+              if r["Status"] == "Enabled"}
+    assert expiry == {"exports/": 1, "imports/": 7}
+    policy = template["Resources"]["UserFilesBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "UserFilesBucket"}
+    (tls,) = policy["PolicyDocument"]["Statement"]
+    assert tls["Effect"] == "Deny" and tls["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert {"s3:GetObject", "s3:PutObject"} <= set(tls["Action"])
+
+
+def test_deletion_waits_at_least_the_workers_timeout(template):
+    """A poll that passed its user check just before the mark may write plays until it times out."""
+    worker_timeout = int(template["Resources"]["WorkerFunction"]["Properties"]["Timeout"])
+    assert int(template["Parameters"]["DeletionGraceSeconds"]["Default"]) >= worker_timeout
+
+
+def test_account_functions_reach_user_files_only_under_their_prefixes(template):
+    for logical in ("AccountFunction", "JobsFunction"):
+        for statement in template["Resources"][logical]["Properties"]["Policies"][0]["Statement"]:
+            if not any(a.startswith("s3:") for a in statement["Action"]):
+                continue
+            for target in statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]:
+                text = json.dumps(target)
+                object_action = any(a in ("s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                                          "s3:AbortMultipartUpload") for a in statement["Action"])
+                assert "UserFilesBucket" in text, (logical, target)
+                if object_action:
+                    assert "/exports/*" in text or "/imports/*" in text, (logical, target)

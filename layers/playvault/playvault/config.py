@@ -117,7 +117,30 @@ class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSett
     min_remaining_ms: int = Field(default=20_000, ge=1_000)
 
 
-class AuthSettings(TableSettings, SpotifySettings, TokenSettings, LifecycleSettings):
+class WebSettings(TableSettings):
+    """What every HTTP function needs for sessions (playvault.web)."""
+
+    sessions_table: str = Field(min_length=3)
+    session_idle_days: int = Field(default=30, ge=1, le=365)
+
+
+class JobSettings(TableSettings):
+    """The account jobs (export, delete): where they keep status and files, and their queue."""
+
+    exports_table: str = Field(min_length=3)
+    sessions_table: str = Field(min_length=3)
+    user_files_bucket: str = Field(min_length=3)
+    jobs_queue_url: str = Field(min_length=1)
+    # A deletion waits this long after marking the user `deleting` before it deletes plays: a poll
+    # that checked the user just before the mark may still write plays until the worker times out.
+    deletion_grace_seconds: int = Field(default=150, ge=0, le=900)
+
+
+class AccountSettings(WebSettings, JobSettings):
+    pass
+
+
+class AuthSettings(WebSettings, SpotifySettings, TokenSettings, LifecycleSettings):
     max_users: int = Field(ge=1)
     redirect_uri: str
     # user-read-email: the address the 6-month expiry reminders go to (stored sealed).

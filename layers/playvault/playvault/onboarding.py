@@ -70,6 +70,12 @@ class InvalidState(OnboardingError):
     public_message = "This sign-in link is unknown, expired or already used. Please start again."
 
 
+class OtherBrowser(InvalidState):
+    public_message = (
+        "This sign-in was started in another browser, or took longer than 10 minutes. Please start again here."
+    )
+
+
 class AuthorizationDenied(OnboardingError):
     public_message = "You chose not to connect Spotify. Nothing was stored."
 
@@ -217,7 +223,8 @@ class Onboarding:
         )
 
     # GET /auth/login ----------------------------------------------------------------------------
-    def begin_login(self, *, returning: bool = False) -> LoginRedirect | WaitlistRequired:
+    def begin_login(self, *, returning: bool = False, browser_hash: str | None = None
+                    ) -> LoginRedirect | WaitlistRequired:
         """A one-time state (stored hashed, 10 min) + PKCE verifier (server side), and the authorize URL.
 
         At the cap a newcomer is offered the waitlist. A returning user (`returning=True`, the
@@ -231,7 +238,7 @@ class Onboarding:
         for attempt in (1, 2):
             state = secrets.token_urlsafe(32)
             try:
-                oauth_states.put_state(state, verifier, clock.now())
+                oauth_states.put_state(state, verifier, clock.now(), browser_hash)
                 break
             except oauth_states.StateCollision:
                 if attempt == 2:
@@ -252,7 +259,8 @@ class Onboarding:
 
     # GET /auth/callback -------------------------------------------------------------------------
     def complete_login(
-        self, *, state: str | None, code: str | None, error: str | None, budget: Budget
+        self, *, state: str | None, code: str | None, error: str | None, budget: Budget,
+        browser_hash: str | None = None,
     ) -> Connected | WaitlistRequired:
         validate_callback(state, code, error)
         assert state is not None
@@ -260,6 +268,10 @@ class Onboarding:
         if pending is None:
             logger.info("callback with an unknown, replayed or expired state")
             raise InvalidState()
+        if pending.browser_hash != browser_hash:
+            # Consumed all the same: a link carried to another browser is dead in both.
+            logger.info("callback from another browser than the one that started the sign-in")
+            raise OtherBrowser()
         if error is not None:
             logger.info("authorization not granted", extra={"oauth_error": error})
             if error == "access_denied":

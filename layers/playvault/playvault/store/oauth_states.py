@@ -34,15 +34,17 @@ def state_key(state: str) -> str:
 class PendingLogin:
     code_verifier: str
     created_at: datetime | None
+    browser_hash: str | None = None  # sha256 of the login cookie of the browser that started the sign-in
 
     def __repr__(self) -> str:  # the verifier never reaches a log line or a traceback
         return f"PendingLogin(created_at={self.created_at})"
 
 
-def put_state(state: str, code_verifier: str, now: datetime) -> datetime:
+def put_state(state: str, code_verifier: str, now: datetime, browser_hash: str | None = None) -> datetime:
     """Store a new one-time state (conditional put); returns when it expires."""
     expires = now + TTL
-    item = StateModel(state_key(state), code_verifier=code_verifier, created_at=now, expires_at=expires)
+    item = StateModel(state_key(state), code_verifier=code_verifier, created_at=now, expires_at=expires,
+                      browser_hash=browser_hash)
     if not put_if_absent(item):
         raise StateCollision("a one-time state collided with an existing one")
     return expires
@@ -63,4 +65,4 @@ def consume_state(state: str, now: datetime) -> PendingLogin | None:
     item = StateModel.from_raw_data(answer.get("Attributes") or {})
     if not item.code_verifier:
         return None
-    return PendingLogin(code_verifier=item.code_verifier, created_at=item.created_at)
+    return PendingLogin(code_verifier=item.code_verifier, created_at=item.created_at, browser_hash=item.browser_hash)

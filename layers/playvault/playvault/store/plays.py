@@ -86,3 +86,46 @@ def write_rows(rows: Iterable[PlayModel]) -> int:
             batch.save(row)
             written += 1
     return written
+
+
+def page(user_id: str, start: str, end: str, limit: int, after: str | None = None) -> list[PlayModel]:
+    """Up to `limit` plays with start <= played_at <= end, oldest first, strictly after `after`."""
+    lower = start if after is None or after < start else after
+    condition = PlayModel.played_at.between(lower, end)
+    rows = []
+    for play in PlayModel.query(user_id, condition, page_size=limit + 1):
+        if after is not None and play.played_at <= after:
+            continue
+        rows.append(play)
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def plays_after(user_id: str, after: str | None) -> Iterator[PlayModel]:
+    """Every play newer than `after` (all when None), oldest first, read page by page."""
+    if after is None:
+        return PlayModel.query(user_id, page_size=1000)
+    return PlayModel.query(user_id, PlayModel.played_at > after, page_size=1000)
+
+
+def first_and_last(user_id: str) -> tuple[PlayModel | None, PlayModel | None]:
+    first = next(iter(PlayModel.query(user_id, limit=1)), None)
+    last = next(iter(PlayModel.query(user_id, limit=1, scan_index_forward=False)), None)
+    return first, last
+
+
+def count(user_id: str) -> int:
+    """Exact number of the user's plays (Query with Select COUNT: no item leaves DynamoDB)."""
+    return PlayModel.count(user_id)
+
+
+def delete_some(user_id: str, limit: int) -> int:
+    """Delete up to `limit` of the user's plays (keys-only Query + BatchWriteItem); returns how many."""
+    deleted = 0
+    with PlayModel.batch_write() as batch:
+        for play in PlayModel.query(user_id, attributes_to_get=["user_id", "played_at"], limit=limit,
+                                    page_size=min(limit, 1000)):
+            batch.delete(play)
+            deleted += 1
+    return deleted

@@ -30,8 +30,19 @@ class StateModel(Model):
     # onboarding (store/seats.py, store/oauth_states.py, store/waitlist.py)
     seats = NumberAttribute(null=True)  # item "seats": users holding a seat
     code_verifier = UnicodeAttribute(null=True)  # item "oauth_state#<sha256>": PKCE verifier, server side only
+    browser_hash = UnicodeAttribute(null=True)  # and the sha256 of the login cookie of the browser that started it
     email = UnicodeAttribute(null=True)  # item "waitlist#<sha256>": the address to contact
     created_at = UTCDateTimeAttribute(null=True)
+    # item "deletion#<sha256 of the receipt>" (store/deletions.py): an account deletion's progress.
+    # user_id is removed when the deletion is done; the counts stay until the TTL.
+    user_id = UnicodeAttribute(null=True)
+    job_status = UnicodeAttribute(null=True)
+    finished_at = UTCDateTimeAttribute(null=True)
+    deleted_plays = NumberAttribute(null=True)
+    deleted_gaps = NumberAttribute(null=True)
+    deleted_sessions = NumberAttribute(null=True)
+    deleted_exports = NumberAttribute(null=True)
+    deleted_files = NumberAttribute(null=True)
 
 
 def rate_limited_until(now: datetime) -> datetime | None:

@@ -40,6 +40,7 @@ from playvault.store.base import BaseMeta, condition_failed, table
 ACTIVE = "active"
 NEEDS_REAUTH = "needs_reauth"
 LAPSED = "lapsed"  # gave its seat back after ReclaimSeatAfterDays in needs_reauth; archive kept
+DELETING = "deleting"  # the user asked to delete their data: never polled again, removed by the deletion job
 
 
 @table("users_table")
@@ -82,6 +83,8 @@ class UserModel(Model):
     cooldown_until = UTCDateTimeAttribute(null=True)
     # Windows where plays may have fallen out of Spotify's 50-play window (store/gaps.py has each).
     gaps_detected = NumberAttribute(default=0)
+    # When the user asked to delete their data (status DELETING); the deletion waits from here.
+    deletion_requested_at = UTCDateTimeAttribute(null=True)
 
 
 # Worker writes: never resurrect a deleted user (UpdateItem would create it), never touch a user
@@ -213,6 +216,25 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> bool:
             UserModel.needs_reauth_since.set(UserModel.needs_reauth_since | failed_at),
         ],
     )
+
+
+def mark_deleting(user_id: str, now: datetime) -> datetime | None:
+    """status = deleting (pynamodb update: once the poll path checks status and version, a poll in
+    flight can no longer write this user). Keeps the first request time if already deleting.
+    Returns when the deletion was requested; None if there is no such user."""
+    user = get(user_id)
+    if user is None:
+        return None
+    if user.status == DELETING and user.deletion_requested_at is not None:
+        return user.deletion_requested_at
+    try:
+        user.update(actions=[UserModel.status.set(DELETING), UserModel.deletion_requested_at.set(now)],
+                    condition=_EXISTS)
+    except UpdateError as exc:
+        if condition_failed(exc):
+            return None
+        raise
+    return now
 
 
 @dataclass(frozen=True)

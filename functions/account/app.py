@@ -1,0 +1,229 @@
+"""HttpApi (payload 2.0) routes of a signed-in user's account -> playvault.history / export / deletion.
+
+GET  /                              303 to /me when signed in, else to sign-in
+GET  /me                            the user's page (status, polls, counts, chart, top lists, gaps)
+GET  /me/plays                      JSON, paginated: ?from=&to=&cursor=&limit= (validated by Powertools)
+POST /me/exports                    start a full export (format=csv|jsonl): a job; 303 to its status page
+GET  /me/exports/{export_id}        the export's progress; a download link when done
+GET  /me/exports/{export_id}/file   303 to a short-lived presigned URL of the file
+GET  /me/delete                     confirmation page;  POST: start the deletion job, 303 to its receipt
+GET  /deletions/{receipt}           what was deleted (counts), and whether it is done
+ANY  /{proxy+}                      every other request: 404 (405 for a known path with a wrong method)
+
+The user id comes from the session cookie and nowhere else; state-changing routes check CSRF.
+Routes that answer a Response carry no return annotation: with validation on, Powertools would try
+to build a response model from it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.openapi.params import Query
+from aws_lambda_powertools.logging import correlation_paths
+from botocore.config import Config
+
+from playvault import clock, history, store
+from playvault.aws import LazyClient
+from playvault.config import AccountSettings
+from playvault.deletion import Deleter
+from playvault.export import Exporter
+from playvault.jobs import JobQueue
+from playvault.metrics import metrics
+from playvault.store import deletions, exports, plays, users
+from playvault.web import account_pages
+from playvault.web import http as web
+from playvault.web import sessions as web_sessions
+from playvault.web.pages import NO_STORE, page, redirect
+
+settings = AccountSettings.from_env()
+store.bind(settings)
+logger = Logger()
+s3 = LazyClient("s3", config=Config(signature_version="s3v4"))
+queue = JobQueue(LazyClient("sqs"), settings.jobs_queue_url)
+exporter = Exporter(s3, settings.user_files_bucket, queue)
+deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)  # requests only
+app = APIGatewayHttpResolver(enable_validation=True)
+web.install_error_handlers(app)
+
+IDLE = timedelta(days=settings.session_idle_days)
+MAX_LIMIT = 500
+_PLAYED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+_EXPORT_ID = re.compile(r"[0-9TZ]{16}-[0-9a-f]{8}")
+_RECEIPT = re.compile(r"[A-Za-z0-9_-]{32}")
+EPOCH = "0000-01-01T00:00:00.000Z"
+END = "9999-12-31T23:59:59.999Z"
+
+
+class SignedOut(Exception):
+    """No live session: pages go to sign-in, the JSON API answers 401."""
+
+
+@app.exception_handler(SignedOut)
+def signed_out(exc: SignedOut) -> Response:
+    if web.wants_json(app) or app.current_event.path == "/me/plays":
+        return Response(status_code=401, content_type="application/json", headers=NO_STORE,
+                        body=json.dumps({"error": "Sign in first: no valid session."}),
+                        cookies=[web_sessions.cleared(web_sessions.SESSION_COOKIE)])
+    return redirect("/auth/login", cookies=[web_sessions.cleared(web_sessions.SESSION_COOKIE)])
+
+
+def _session() -> web_sessions.Session:
+    session = web_sessions.current(app.current_event.cookies, clock.now(), IDLE)
+    if session is None:
+        raise SignedOut()
+    return session
+
+
+def _user(session: web_sessions.Session) -> users.UserModel:
+    user = users.get(session.user_id)
+    if user is None:  # deleted: the session is worth nothing
+        raise SignedOut()
+    return user
+
+
+def _csrf(session: web_sessions.Session, submitted: str | None) -> None:
+    web_sessions.check_csrf(session, web.headers_of(app), submitted)
+
+
+# -- routes -----------------------------------------------------------------------------------------
+@app.get("/")
+def root():
+    session = web_sessions.current(app.current_event.cookies, clock.now(), IDLE)
+    return redirect("/me" if session is not None else "/auth/login")
+
+
+@app.get("/me")
+def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
+       welcome: Annotated[str | None, Query(pattern="^(new|back)$")] = None):
+    session = _session()
+    user = _user(session)
+    if user.status == users.DELETING:
+        return page(200, "Being deleted", "Your data is being deleted",
+                    "<p id=\"deletion-status\">Your data is being deleted. Nothing more is archived for you.</p>")
+    view = history.overview(user, clock.now(), period)
+    content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome)
+    return page(200, "My archive", f"My archive{', ' + user.display_name if user.display_name else ''}", content,
+                wide=True)
+
+
+def _decode_cursor(cursor: str | None) -> str | None:
+    if cursor is None:
+        return None
+    try:
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        decoded = ""
+    if not _PLAYED_AT.fullmatch(decoded):
+        raise web.RequestRejected(400, "Bad query parameter 'cursor': use the next_cursor of the previous page.")
+    return decoded
+
+
+def _encode_cursor(played_at: str) -> str:
+    return base64.urlsafe_b64encode(played_at.encode()).decode().rstrip("=")
+
+
+@app.get("/me/plays")
+def my_plays(
+    from_: Annotated[datetime | None, Query(alias="from", description="ISO 8601; plays at or after")] = None,
+    to: Annotated[datetime | None, Query(description="ISO 8601; plays at or before")] = None,
+    cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 100,
+) -> dict[str, Any]:
+    for name, value in (("from", from_), ("to", to)):
+        if value is not None and value.tzinfo is None:
+            raise web.RequestRejected(400, f"Bad query parameter '{name}': give a time zone (e.g. Z).")
+    start = history.iso_ms(from_) if from_ else EPOCH
+    end = history.iso_ms(to) if to else END
+    if start > end:
+        raise web.RequestRejected(400, "Bad query parameters 'from' and 'to': 'from' is after 'to'.")
+    after = _decode_cursor(cursor)
+    session = _session()
+    _user(session)
+    rows = plays.page(session.user_id, start, end, limit, after)
+    out = [r.as_dict() for r in history.Catalog().rows(rows)]
+    next_cursor = _encode_cursor(rows[-1].played_at) if len(rows) == limit else None
+    return {"plays": out, "next_cursor": next_cursor}
+
+
+@app.post("/me/exports")
+def start_export():
+    fields = web.form(app, ("csrf", "format"))
+    session = _session()
+    _csrf(session, fields.get("csrf"))
+    fmt = fields.get("format")
+    if fmt not in exports.FORMATS:
+        raise web.RequestRejected(400, "Bad form field 'format': choose csv or jsonl.")
+    user = _user(session)
+    if user.status == users.DELETING:
+        raise web.RequestRejected(400, "Your data is being deleted: there is nothing left to export.")
+    job = exporter.start(user.user_id, fmt)
+    return redirect(f"/me/exports/{job.export_id}")
+
+
+def _export(session: web_sessions.Session, export_id: str) -> exports.ExportModel:
+    job = exports.get(session.user_id, export_id) if _EXPORT_ID.fullmatch(export_id) else None
+    if job is None:  # another user's export id looks exactly like a missing one
+        raise web.RequestRejected(404, "There is no such export.")
+    return job
+
+
+@app.get("/me/exports/<export_id>")
+def export_status(export_id: str):
+    job = _export(_session(), export_id)
+    content, running = account_pages.export_status(job)
+    refresh = '<meta http-equiv="refresh" content="2">' if running else ""
+    return page(200, "Export", "Your export", refresh + content)
+
+
+@app.get("/me/exports/<export_id>/file")
+def export_file(export_id: str):
+    job = _export(_session(), export_id)
+    if job.status != exports.DONE:
+        raise web.RequestRejected(409, "This export is not ready yet.")
+    return redirect(exporter.download_url(job))
+
+
+@app.get("/me/delete")
+def confirm_delete():
+    session = _session()
+    user = _user(session)
+    return page(200, "Delete my data", "Delete my data",
+                account_pages.delete_confirm(session.csrf_token, plays.count(user.user_id)))
+
+
+@app.post("/me/delete")
+def delete_my_data():
+    fields = web.form(app, ("csrf",))
+    session = _session()
+    _csrf(session, fields.get("csrf"))
+    receipt = deleter.request(session.user_id)
+    if receipt is None:
+        raise SignedOut()
+    # This browser is signed out at once; the job ends every other session of the user.
+    return redirect(f"/deletions/{receipt}", cookies=[web_sessions.end(session)])
+
+
+@app.get("/deletions/<receipt>")
+def deletion_status(receipt: str):
+    found = deletions.get(deletions.receipt_key(receipt)) if _RECEIPT.fullmatch(receipt) else None
+    if found is None:
+        raise web.RequestRejected(404, "There is no such deletion (receipts are kept for 7 days).")
+    content, running = account_pages.deletion_status(found)
+    refresh = '<meta http-equiv="refresh" content="3">' if running else ""
+    return page(200, "Deleting your data", "Delete my data", refresh + content)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)
+
+

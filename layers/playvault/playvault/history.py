@@ -1,0 +1,187 @@
+"""The read side of a user's archive: plays with their track, album and artists; the figures of the
+account page. Reads are per user by key (the user id always comes from the caller's session).
+
+Catalog rows are looked up in batches (BatchGetItem, 100 keys) with a bounded per-call cache, so
+a stream of plays of any length holds at most CACHE_LIMIT catalog rows in memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import islice
+from typing import Any
+
+from playvault.store import gaps, plays, users
+from playvault.store.catalog import AlbumModel, ArtistModel, EpisodeModel, TrackModel
+from playvault.store.plays import PlayModel
+
+CACHE_LIMIT = 20_000  # catalog rows kept while streaming (~100 bytes each)
+CHUNK = 500  # plays enriched at a time
+CHART_DAYS = 90
+PERIODS = {"7d": 7, "30d": 30, "90d": 90}
+TOP = 10
+
+
+@dataclass(frozen=True)
+class PlayRow:
+    """One exported play: everything a user needs to read it without PlayVault."""
+
+    played_at: str
+    item_type: str  # "track" | "episode"
+    track_id: str | None
+    track_name: str | None
+    album_id: str | None
+    album_name: str | None
+    artist_ids: tuple[str, ...]
+    artist_names: tuple[str, ...]
+    duration_ms: int | None
+    source: str
+    episode_id: str | None = None
+    episode_name: str | None = None
+    show_name: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "played_at": self.played_at,
+            "item_type": self.item_type,
+            "track": {"id": self.track_id, "name": self.track_name},
+            "album": {"id": self.album_id, "name": self.album_name},
+            "artists": [{"id": i, "name": n} for i, n in zip(self.artist_ids, self.artist_names, strict=True)],
+            "duration_ms": self.duration_ms,
+            "source": self.source,
+        }
+        if self.item_type == "episode":
+            out["episode"] = {"id": self.episode_id, "name": self.episode_name, "show": self.show_name}
+        return out
+
+
+class _Lru(OrderedDict):
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: str, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+class Catalog:
+    """Batched, cached catalog lookups for one read (an export, a page)."""
+
+    def __init__(self, limit: int = CACHE_LIMIT):
+        self._rows: dict[type, _Lru] = {m: _Lru(limit) for m in (TrackModel, AlbumModel, ArtistModel, EpisodeModel)}
+
+    def _load(self, model: type, ids: Iterable[str]) -> dict[str, Any]:
+        cache = self._rows[model]
+        wanted = {i for i in ids if i}
+        missing = [i for i in wanted if i not in cache]
+        for start in range(0, len(missing), 100):
+            found = {getattr(row, model._hash_key_attribute().attr_name): row
+                     for row in model.batch_get(missing[start:start + 100])}
+            for key in missing[start:start + 100]:
+                cache.put(key, found.get(key))  # None: not in the catalog (should not happen)
+        return {i: cache.get(i) for i in wanted}
+
+    def rows(self, chunk: list[PlayModel]) -> list[PlayRow]:
+        tracks = self._load(TrackModel, (p.track_id for p in chunk))
+        albums = self._load(AlbumModel, (t.album_id for t in tracks.values() if t))
+        artists = self._load(ArtistModel, (a for t in tracks.values() if t for a in t.artist_ids))
+        episodes = self._load(EpisodeModel, (p.episode_id for p in chunk if p.episode_id))
+        out = []
+        for play in chunk:
+            track = tracks.get(play.track_id) if play.track_id else None
+            episode = episodes.get(play.episode_id) if play.episode_id else None
+            album = albums.get(track.album_id) if track else None
+            artist_ids = tuple(track.artist_ids) if track else ()
+            out.append(PlayRow(
+                played_at=play.played_at,
+                item_type=play.item_type or "track",
+                track_id=play.track_id,
+                track_name=track.name if track else None,
+                album_id=track.album_id if track else None,
+                album_name=album.name if album else None,
+                artist_ids=artist_ids,
+                artist_names=tuple((artists.get(a).name if artists.get(a) else "") for a in artist_ids),
+                duration_ms=int(track.duration_ms) if track else int(episode.duration_ms) if episode else None,
+                source=play.source or "api",
+                episode_id=play.episode_id,
+                episode_name=episode.name if episode else None,
+                show_name=episode.show_name if episode else None,
+            ))
+        return out
+
+    def track_names(self, track_ids: Iterable[str]) -> dict[str, str]:
+        return {i: t.name for i, t in self._load(TrackModel, track_ids).items() if t}
+
+    def tracks(self, track_ids: Iterable[str]) -> dict[str, TrackModel]:
+        return {i: t for i, t in self._load(TrackModel, track_ids).items() if t}
+
+    def artist_names(self, artist_ids: Iterable[str]) -> dict[str, str]:
+        return {i: a.name for i, a in self._load(ArtistModel, artist_ids).items() if a}
+
+
+def enriched(source: Iterable[PlayModel], catalog: Catalog | None = None) -> Iterator[PlayRow]:
+    """PlayRows for a stream of plays, CHUNK at a time: memory does not grow with the stream."""
+    catalog = catalog or Catalog()
+    iterator = iter(source)
+    while chunk := list(islice(iterator, CHUNK)):
+        yield from catalog.rows(chunk)
+
+
+# -- the account page --------------------------------------------------------------------------
+def iso_ms(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Overview:
+    user: users.UserModel
+    plays_total: int
+    first_play: str | None
+    last_play: str | None
+    per_day: list[tuple[str, int]]  # (YYYY-MM-DD, plays), oldest first, CHART_DAYS days ending today
+    period: str
+    top_tracks: list[tuple[str, int]] = field(default_factory=list)  # (name, plays)
+    top_artists: list[tuple[str, int]] = field(default_factory=list)
+    gaps: list[gaps.GapModel] = field(default_factory=list)
+
+
+def overview(user: users.UserModel, now: datetime, period: str = "30d") -> Overview:
+    days = PERIODS[period]
+    today = now.astimezone(UTC).date()
+    chart_start = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=CHART_DAYS - 1)
+    period_start = iso_ms(datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=days - 1))
+    per_day: Counter[str] = Counter()
+    track_plays: Counter[str] = Counter()
+    for play in PlayModel.query(user.user_id, PlayModel.played_at >= iso_ms(chart_start),
+                                attributes_to_get=["played_at", "track_id"], page_size=1000):
+        per_day[play.played_at[:10]] += 1
+        if play.played_at >= period_start and play.track_id:
+            track_plays[play.track_id] += 1
+    first, last = plays.first_and_last(user.user_id)
+    catalog = Catalog()
+    tracks = catalog.tracks(track_plays)
+    artist_plays: Counter[str] = Counter()
+    for track_id, n in track_plays.items():
+        for artist_id in dict.fromkeys(tracks[track_id].artist_ids if track_id in tracks else ()):
+            artist_plays[artist_id] += n
+    top_track_ids = [t for t, _ in sorted(track_plays.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]]
+    top_artist_ids = [a for a, _ in sorted(artist_plays.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]]
+    artist_names = catalog.artist_names(top_artist_ids)
+    chart = [((chart_start + timedelta(days=i)).date().isoformat(), 0) for i in range(CHART_DAYS)]
+    return Overview(
+        user=user,
+        plays_total=plays.count(user.user_id),
+        first_play=first.played_at if first else None,
+        last_play=last.played_at if last else None,
+        per_day=[(day, per_day.get(day, 0)) for day, _ in chart],
+        period=period,
+        top_tracks=[(tracks[t].name if t in tracks else t, track_plays[t]) for t in top_track_ids],
+        top_artists=[(artist_names.get(a, a), artist_plays[a]) for a in top_artist_ids],
+        gaps=list(islice(gaps.for_user(user.user_id), 100)),
+    )

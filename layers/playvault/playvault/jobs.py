@@ -1,0 +1,56 @@
+"""Account jobs (export, delete): the message schema, the queue they travel on, and the one entry
+point that runs a message's next chunk. functions/jobs drives it from SQS; tests and the local
+runner call the same `run`.
+
+A job is a status item (store/exports.py, store/deletions.py) plus a message naming it. Each run
+does a bounded chunk and checkpoints; when it is not finished it answers `Continue` and the
+message is sent again (with a delay when the job must wait), so no invocation runs long, and a
+crash re-runs only the last chunk (SQS redelivers the message).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_DELAY_S = 900  # SQS's DelaySeconds cap; a job that must wait longer checks again
+
+
+class JobMessage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["export", "delete"]
+    user_id: str = Field(min_length=1, max_length=256)
+    export_id: str | None = Field(default=None, pattern=r"^[0-9TZ]{16}-[0-9a-f]{8}$")
+    receipt_key: str | None = Field(default=None, pattern=r"^deletion#[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class Continue:
+    """Not finished: run the job again after `delay_s` seconds."""
+
+    delay_s: int = 0
+
+
+class JobQueue:
+    def __init__(self, sqs: Any, queue_url: str):
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def send(self, message: JobMessage, delay_s: int = 0) -> None:
+        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=json.dumps(message.model_dump(exclude_none=True)),
+                              DelaySeconds=max(0, min(MAX_DELAY_S, int(delay_s))))
+
+
+def run(message: JobMessage, *, exporter: Any, deleter: Any, budget: Any) -> Continue | None:
+    """The next chunk of the job; None when it is finished (or there is nothing left to do)."""
+    if message.kind == "export":
+        if message.export_id is None:
+            raise ValueError("an export message needs export_id")
+        return exporter.run(message.user_id, message.export_id, budget)
+    if message.receipt_key is None:
+        raise ValueError("a delete message needs receipt_key")
+    return deleter.run(message.user_id, message.receipt_key, budget)

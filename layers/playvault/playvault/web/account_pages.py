@@ -1,0 +1,122 @@
+"""The account pages (HTML): /me, export status, delete confirmation, deletion status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from playvault import history
+from playvault.store import deletions, exports, users
+from playvault.store.exports import ExportModel
+from playvault.web.charts import plays_per_day, top_bars
+from playvault.web.pages import esc
+
+STATUS_TEXT = {
+    users.ACTIVE: ("Archiving", "PlayVault archives every play you make on Spotify."),
+    users.NEEDS_REAUTH: ("Needs reconnect", "Spotify no longer lets PlayVault read your plays. Reconnect to resume."),
+    "lapsed": ("Waiting for a seat", "Your seat lapsed; PlayVault resumes archiving when a seat is free."),
+    users.DELETING: ("Being deleted", "Your data is being deleted."),
+}
+
+
+def _when(moment: datetime | str | None) -> str:
+    if moment is None:
+        return '<span class="muted">never</span>'
+    text = moment if isinstance(moment, str) else moment.strftime("%Y-%m-%d %H:%M UTC")
+    if isinstance(moment, str):
+        text = text.replace("T", " ")[:16] + " UTC"
+    return esc(text)
+
+
+def csrf_field(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{esc(token)}">'
+
+
+def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None) -> str:
+    user = view.user
+    label, explanation = STATUS_TEXT.get(user.status, (user.status, ""))
+    reconnect = ('<form class="inline" method="get" action="/auth/login"><input type="hidden" name="reconnect" '
+                 'value="1"><button type="submit" id="reconnect">Reconnect Spotify</button></form>'
+                 if user.status == users.NEEDS_REAUTH else "")
+    next_poll = getattr(user, "next_poll_at", None)
+    greeting = ""
+    if welcome == "new":
+        greeting = "<p id=\"welcome\">You're in! PlayVault now archives every song you play on Spotify.</p>"
+    elif welcome == "back":
+        greeting = '<p id="welcome">Welcome back! Your Spotify account is reconnected.</p>'
+    periods = " ".join(
+        f'<a href="/me?period={p}"{" aria-current=page" if p == view.period else ""}>{p}</a>' for p in history.PERIODS)
+    gap_rows = "".join(
+        f"<tr><td>{_when(g.from_at)}</td><td>{_when(g.to_at)}</td>"
+        f"<td>{'unknown' if g.plays_lost is None else int(g.plays_lost)}</td></tr>" for g in view.gaps)
+    gaps_html = (f'<table id="gaps"><tr><th>from</th><th>to</th><th>plays lost</th></tr>{gap_rows}</table>'
+                 if view.gaps else '<p id="gaps" class="muted">No gaps: every play was archived.</p>')
+    export_rows = "".join(
+        f'<li><a href="/me/exports/{esc(e.export_id)}">{esc(e.format.upper())} export of '
+        f"{_when(e.created_at)}</a> ({esc(e.status)})</li>" for e in recent_exports)
+    return f"""{greeting}
+<nav><a href="/me">My archive</a><a href="/me/plays">JSON</a>
+<form class="inline" method="post" action="/auth/logout">{csrf_field(csrf)}
+<button type="submit" id="sign-out">Sign out</button></form></nav>
+<table id="summary">
+<tr><th>Status</th><td><span class="status" id="status">{esc(label)}</span> {esc(explanation)} {reconnect}</td></tr>
+<tr><th>Last poll</th><td id="last-poll">{_when(user.last_polled_at)}</td></tr>
+<tr><th>Next poll</th><td id="next-poll">{_when(next_poll) if next_poll else "at the next hourly run"}</td></tr>
+<tr><th>Plays archived</th><td id="plays-total">{view.plays_total}</td></tr>
+<tr><th>First play</th><td id="first-play">{_when(view.first_play)}</td></tr>
+<tr><th>Last play</th><td id="last-play">{_when(view.last_play)}</td></tr>
+</table>
+<h2>Plays per day, last {history.CHART_DAYS} days</h2>
+{plays_per_day(view.per_day)}
+<h2>Top of the last {esc(view.period)}</h2>
+<p>Period: {periods}</p>
+<h3>Artists</h3>
+{top_bars("top-artists", "Top 10 artists", view.top_artists)}
+<h3>Tracks</h3>
+{top_bars("top-tracks", "Top 10 tracks", view.top_tracks)}
+<h2>Gaps</h2>
+<p class="muted">Spotify remembers only your last 50 plays: when more happen between two polls, the oldest are lost.</p>
+{gaps_html}
+<h2>Your data</h2>
+<form method="post" action="/me/exports">{csrf_field(csrf)}
+<button type="submit" name="format" value="csv" id="export-csv">Export everything as CSV</button>
+<button type="submit" name="format" value="jsonl" id="export-jsonl">Export everything as JSON Lines</button></form>
+{f'<ul id="exports">{export_rows}</ul>' if export_rows else ""}
+<p><a href="/me/delete" id="delete-link" class="danger">Delete my data</a></p>"""
+
+
+def export_status(job: ExportModel) -> tuple[str, bool]:
+    """(content, still running)."""
+    if job.status == exports.DONE:
+        return (f'<p id="export-status">Ready: {int(job.rows)} plays, {int(job.size_bytes):,} bytes.</p>'
+                f'<p><a id="download" href="/me/exports/{esc(job.export_id)}/file">Download '
+                f"{esc(job.format.upper())}</a></p>"
+                '<p class="muted">The file is kept for one day. <a href="/me">Back</a></p>', False)
+    if job.status == exports.FAILED:
+        return '<p id="export-status">This export stopped. <a href="/me">Back</a></p>', False
+    done, total = int(job.rows), job.total
+    progress = f"{done} of {int(total)} plays" if total is not None else "starting"
+    return (f'<p id="export-status">Exporting: {esc(progress)}. This page refreshes by itself.</p>'
+            f'<progress max="{int(total or 1)}" value="{done}"></progress>', True)
+
+
+def delete_confirm(csrf: str, plays_total: int) -> str:
+    return f"""<p>This deletes everything PlayVault keeps for you: your {plays_total} archived plays, the
+detected gaps, your exports and imported files, your sessions and the Spotify authorization
+(tokens). Your seat is freed. It cannot be undone.</p>
+<p class="muted">Point-in-time backups of the tables keep deleted data for up to 35 days, then it is gone.</p>
+<form method="post" action="/me/delete">{csrf_field(csrf)}
+<button type="submit" id="confirm-delete" class="danger">Delete my data</button> <a href="/me">Cancel</a></form>"""
+
+
+def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
+    counts = deletion.counts
+    listing = (f'<ul id="deleted"><li><span id="deleted-plays">{counts["plays"]}</span> plays</li>'
+               f'<li>{counts["gaps"]} gaps</li><li>{counts["sessions"]} sessions</li>'
+               f'<li>{counts["exports"]} exports and {counts["files"]} files</li></ul>')
+    backups = ('<p class="muted">Point-in-time backups of the tables keep deleted data for up to 35 days, '
+               "then it is gone for good.</p>")
+    if deletion.status == deletions.DONE:
+        return (f'<p id="deletion-status">Done: your data is deleted, your Spotify authorization is removed and '
+                f"your seat is free.</p>{listing}{backups}", False)
+    return (f'<p id="deletion-status">Deleting your data. Nothing more is archived for you. This page '
+            f"refreshes by itself.</p>{listing}{backups}", True)

@@ -1,0 +1,638 @@
+"""The account plane as a browser uses it: sessions, /me, the plays API, exports, delete-my-data,
+CSRF, 404/405, and isolation between users. Every function is called as Lambda calls it (HttpApi
+2.0 events, SQS events for the jobs function) on moto with template.yaml's resources.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+import requests
+
+from playvault import clock
+from playvault.history import Catalog
+from playvault.store import deletions, exports, gaps, plays, seats, sessions, users
+from playvault.web import http as web_http
+from playvault_local import template as tpl
+from playvault_local.events import sqs_event
+from tests.unit.helpers import make_archiver
+from tests.unit.test_auth import http_event
+
+SESSION = "__Host-playvault_session"
+HOST = "playvault.example"
+
+
+class Browser:
+    """One browser: a cookie jar, and the functions behind the API's routes."""
+
+    def __init__(self, site: Site):
+        self.site = site
+        self.jar: dict[str, str] = {}
+
+    def call(self, method: str, path: str, query: Any = None, *, form: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None, cookies: list[str] | None = None) -> dict[str, Any]:
+        body = "&".join(f"{k}={requests.utils.quote(v)}" for k, v in form.items()) if form is not None else None
+        sent_headers = {"host": HOST, **({"content-type": "application/x-www-form-urlencoded"} if form else {}),
+                        **(headers or {})}
+        if cookies is None:
+            cookies = [f"{k}={v}" for k, v in self.jar.items()]
+        event = http_event(method, path, query, body=body, headers=sent_headers, cookies=cookies)
+        response = self.site.invoke(method, path, event)
+        for cookie in response.get("cookies") or []:
+            name, _, rest = cookie.partition("=")
+            value = rest.split(";", 1)[0]
+            if value and "Max-Age=0" not in cookie:
+                self.jar[name] = value
+            else:
+                self.jar.pop(name, None)
+        return response
+
+    def get(self, path: str, query: Any = None, **kwargs: Any) -> dict[str, Any]:
+        return self.call("GET", path, query, **kwargs)
+
+    def post(self, path: str, form: dict[str, str], **kwargs: Any) -> dict[str, Any]:
+        return self.call("POST", path, form=form, headers={"origin": f"https://{HOST}", **kwargs.pop("headers", {})},
+                         **kwargs)
+
+    def sign_in(self, user_id: str) -> dict[str, Any]:
+        start = self.get("/auth/login")
+        assert start["statusCode"] == 302, start
+        answer = requests.get(f"{start['headers']['Location']}&login_as={user_id}", allow_redirects=False, timeout=10)
+        back = urlsplit(answer.headers["Location"])
+        return self.get(back.path, dict(p.split("=", 1) for p in back.query.split("&")))
+
+    def csrf(self) -> str:
+        page = self.get("/me")
+        return re.search(r'name="csrf" value="([0-9a-f]+)"', page["body"]).group(1)
+
+
+class Site:
+    def __init__(self, load_function: Callable, lambda_context: Callable, aws_env: Any):
+        self.env = aws_env
+        self.handlers = {name: (load_function(name), lambda_context(name))
+                         for name in ("AuthFunction", "AccountFunction", "JobsFunction")}
+        self.sqs = boto3.client("sqs")
+        self.s3 = boto3.client("s3")
+        self.bucket = aws_env.name("UserFilesBucket")
+        self.jobs_queue = aws_env.queue_url("JobsQueue")
+
+    def invoke(self, method: str, path: str, event: dict[str, Any]) -> dict[str, Any]:
+        exact = path in web_http.API_ROUTES and method in web_http.API_ROUTES[path]
+        function = "AuthFunction" if exact and path.startswith("/auth/") else "AccountFunction"
+        handler, context = self.handlers[function]
+        return handler(event, context)
+
+    def run_jobs(self, max_rounds: int = 50) -> int:
+        """The jobs queue's event source: deliver until the queue is empty; returns messages handled."""
+        handler, context = self.handlers["JobsFunction"]
+        handled = 0
+        for _ in range(max_rounds):
+            answer = self.sqs.receive_message(QueueUrl=self.jobs_queue, MaxNumberOfMessages=1,
+                                              AttributeNames=["All"])
+            messages = answer.get("Messages") or []
+            if not messages:
+                return handled
+            result = handler(sqs_event(messages, self.env.physical["JobsQueue"]["Arn"]), context)
+            assert result == {"batchItemFailures": []}, result
+            self.sqs.delete_message(QueueUrl=self.jobs_queue, ReceiptHandle=messages[0]["ReceiptHandle"])
+            handled += 1
+        raise AssertionError("the jobs queue did not drain")
+
+    def file(self, url: str) -> bytes:
+        parts = urlsplit(url)
+        key = parts.path.split(f"/{self.bucket}/", 1)[-1] if f"/{self.bucket}/" in parts.path else parts.path[1:]
+        return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+
+@pytest.fixture
+def stack_overrides() -> dict[str, str]:
+    return {"DeletionGraceSeconds": "0"}
+
+
+@pytest.fixture
+def bound(aws_env: Any) -> Any:
+    """Every model bound (the account tables too), as the jobs function binds them."""
+    from playvault import store
+    from playvault.config import AccountSettings
+
+    store.bind(AccountSettings.from_env())
+    return aws_env
+
+
+@pytest.fixture
+def site(load_function, lambda_context, aws_env) -> Site:
+    return Site(load_function, lambda_context, aws_env)
+
+
+def listen_and_archive(aws_env: Any, emulator: Any, user_id: str, hours: float = 3, per_hour: float = 12) -> int:
+    now = datetime.now(UTC)
+    emulator.state.add_user(user_id)
+    emulator.state.simulate_listening(user_id, now - timedelta(hours=hours), now - timedelta(minutes=1), per_hour)
+    result = make_archiver(aws_env, emulator).archive_user(user_id, _budget())
+    assert result.status == "success", result
+    return plays.count(user_id)
+
+
+def _budget() -> Any:
+    from playvault.spotify import Budget
+
+    return Budget.seconds(30)
+
+
+def signed_in(site: Site, aws_env: Any, emulator: Any, user_id: str) -> Browser:
+    emulator.state.add_user(user_id)
+    browser = Browser(site)
+    assert browser.sign_in(user_id)["statusCode"] == 303
+    return browser
+
+
+def seated_user(aws_env: Any, emulator: Any, user_id: str) -> None:
+    """A signed-up user holding a seat, as the callback leaves it (without a browser)."""
+    from tests.unit.helpers import make_cipher, sealed_fields, sign_in
+
+    emulator.state.add_user(user_id)
+    refresh = sign_in(emulator, user_id)
+    now = datetime.now(UTC)
+    user = users.UserModel(user_id, status=users.ACTIVE, created_at=now, authorized_at=now,
+                           **sealed_fields(make_cipher(aws_env), user_id, refresh))
+    assert seats.create_user_with_seat(user, 5) is seats.SeatOutcome.CREATED
+
+
+def add_gap(user_id: str) -> None:
+    gaps.GapModel(user_id, "2026-01-02T03:04:05.000Z", to_at="2026-01-02T05:00:00.000Z", from_ms=1, to_ms=2,
+                  detected_at=datetime.now(UTC)).save()
+
+
+# ------------------------------------------------------------------ sessions and sign-in
+def test_callback_ends_in_a_session_and_a_reload_is_harmless(site, emulator):
+    emulator.state.add_user("alice")
+    browser = Browser(site)
+    start = browser.get("/auth/login")
+    login_cookie = [c for c in start["cookies"] if c.startswith("__Host-playvault_login=")]
+    assert len(login_cookie) == 1 and "HttpOnly" in login_cookie[0] and "Secure" in login_cookie[0]
+    answer = requests.get(f"{start['headers']['Location']}&login_as=alice", allow_redirects=False, timeout=10)
+    back = urlsplit(answer.headers["Location"])
+    query = dict(p.split("=", 1) for p in back.query.split("&"))
+
+    done = browser.get("/auth/callback", query)
+    assert done["statusCode"] == 303 and done["headers"]["Location"].startswith("/me")
+    stored = list(sessions.SessionModel.scan())
+    assert [s.user_id for s in stored] == ["alice"]
+    assert browser.jar[SESSION] not in json.dumps([s.attribute_values for s in stored], default=str)  # only its hash
+
+    reload = browser.get("/auth/callback", query)
+    assert reload["statusCode"] == 400
+    assert not any(c.startswith(SESSION + "=") and "Max-Age=0" not in c for c in reload.get("cookies") or [])
+    assert len(list(sessions.SessionModel.scan())) == 1
+    assert browser.get("/me")["statusCode"] == 200
+
+
+def test_a_sign_in_link_cannot_be_completed_in_another_browser(site, emulator):
+    emulator.state.add_user("mallory-victim")
+    attacker = Browser(site)
+    start = attacker.get("/auth/login")
+    answer = requests.get(f"{start['headers']['Location']}&login_as=mallory-victim", allow_redirects=False,
+                          timeout=10)
+    back = urlsplit(answer.headers["Location"])
+    query = dict(p.split("=", 1) for p in back.query.split("&"))
+
+    victim = Browser(site)  # no login cookie, or another one
+    refused = victim.get("/auth/callback", query)
+    assert refused["statusCode"] == 400 and "another browser" in refused["body"]
+    assert users.get("mallory-victim") is None and list(sessions.SessionModel.scan()) == []
+
+
+def test_root_redirects_to_me_or_to_sign_in(site, aws_env, emulator):
+    anonymous = Browser(site).get("/")
+    assert anonymous["statusCode"] == 303 and anonymous["headers"]["Location"] == "/auth/login"
+    browser = signed_in(site, aws_env, emulator, "alice")
+    assert browser.get("/")["headers"]["Location"] == "/me"
+    assert Browser(site).get("/me")["headers"]["Location"] == "/auth/login"
+
+
+def test_sign_out_ends_the_session_and_needs_csrf(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    token = browser.csrf()
+    assert browser.post("/auth/logout", {"csrf": "0" * 64})["statusCode"] == 403
+    assert browser.post("/auth/logout", {"csrf": token}, headers={"origin": "https://evil.example"}
+                        )["statusCode"] == 403
+    assert len(list(sessions.SessionModel.scan())) == 1
+
+    out = browser.post("/auth/logout", {"csrf": token})
+    assert out["statusCode"] == 303
+    assert list(sessions.SessionModel.scan()) == []
+    assert browser.get("/me")["headers"]["Location"] == "/auth/login"
+
+
+def test_sessions_expire_after_the_idle_time(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    start = datetime.now(UTC)
+    clock.set_clock(lambda: start + timedelta(days=29))
+    assert browser.get("/me")["statusCode"] == 200  # used: the idle expiry moves on
+    clock.set_clock(lambda: start + timedelta(days=29 + 29))
+    assert browser.get("/me")["statusCode"] == 200
+    clock.set_clock(lambda: start + timedelta(days=29 + 29 + 31))
+    assert browser.get("/me")["headers"]["Location"] == "/auth/login"
+
+
+# ------------------------------------------------------------------ /me
+def test_me_shows_status_counts_chart_top_lists_and_gaps(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    total = listen_and_archive(aws_env, emulator, "alice")
+    add_gap("alice")
+    first, last = plays.first_and_last("alice")
+
+    page = browser.get("/me", {"period": "7d"})
+    body = page["body"]
+    assert page["statusCode"] == 200
+    assert 'id="status">Archiving<' in body
+    assert f'id="plays-total">{total}<' in body and total > 10
+    assert first.played_at[:16].replace("T", " ") in body and last.played_at[:16].replace("T", " ") in body
+    days = re.findall(r'data-day="([0-9-]{10})" data-plays="(\d+)"', body)
+    assert len(days) == 90 and sum(int(n) for _, n in days) == total
+    track_counts: dict[str, int] = {}
+    for play in plays.all_plays("alice"):
+        track_counts[play.track_id] = track_counts.get(play.track_id, 0) + 1
+    best = min(track_counts, key=lambda t: (-track_counts[t], t))  # the ties rule of the page
+    name = Catalog().track_names([best])[best]
+    top_tracks = body.split('id="top-tracks"', 1)[1].split("</svg>", 1)[0]
+    assert re.sub("&#x27;", "'", top_tracks).count("<g class=\"item\">") == min(10, len(track_counts))
+    assert name.replace("&", "&amp;").replace("'", "&#x27;")[:60] in top_tracks
+    assert 'id="top-artists"' in body
+    assert "2026-01-02 03:04 UTC" in body  # the gap
+    assert 'href="/me/delete"' in body and 'value="csv"' in body and 'value="jsonl"' in body
+    assert "<script" not in body
+
+
+def test_me_offers_reconnect_when_spotify_access_is_lost(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    users.get("alice").update(actions=[users.UserModel.status.set(users.NEEDS_REAUTH)])
+    body = browser.get("/me")["body"]
+    assert "Needs reconnect" in body and 'action="/auth/login"' in body and 'name="reconnect"' in body
+
+
+def test_a_bad_period_is_a_400_naming_it(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    answer = browser.get("/me", {"period": "forever"})
+    assert answer["statusCode"] == 400 and "period" in answer["body"]
+
+
+# ------------------------------------------------------------------ the plays API
+def test_plays_api_pages_through_every_play_once(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    total = listen_and_archive(aws_env, emulator, "alice")
+    seen, cursor = [], None
+    while True:
+        answer = browser.get("/me/plays", {"limit": "7", **({"cursor": cursor} if cursor else {})})
+        assert answer["statusCode"] == 200, answer
+        page = json.loads(answer["body"])
+        seen += [p["played_at"] for p in page["plays"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [p.played_at for p in plays.all_plays("alice")] and len(seen) == total
+    one = json.loads(browser.get("/me/plays", {"limit": "1"})["body"])["plays"][0]
+    assert set(one) == {"played_at", "item_type", "track", "album", "artists", "duration_ms", "source"}
+    assert one["track"]["name"] and one["artists"][0]["id"] and one["source"] == "api"
+
+
+def test_plays_api_time_range(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "alice")
+    every = [p.played_at for p in plays.all_plays("alice")]
+    start, end = every[2], every[-3]
+    answer = json.loads(browser.get("/me/plays", {"from": start, "to": end, "limit": "500"})["body"])
+    assert [p["played_at"] for p in answer["plays"]] == every[2:-2]
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"from": "yesterday"}, "from"), ({"to": "2026-13-45"}, "to"), ({"from": "2026-01-01T00:00:00"}, "from"),
+    ({"cursor": "not-a-cursor"}, "cursor"), ({"cursor": "x" * 100}, "cursor"),
+    ({"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),
+])
+def test_plays_api_rejects_malformed_parameters_naming_them(site, aws_env, emulator, query, named):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    answer = browser.get("/me/plays", query, headers={"accept": "application/json"})
+    assert answer["statusCode"] == 400, answer
+    assert f"'{named}'" in json.loads(answer["body"])["error"]
+
+
+def test_plays_api_without_a_session_is_401(site):
+    answer = Browser(site).get("/me/plays")
+    assert answer["statusCode"] == 401 and "error" in json.loads(answer["body"])
+
+
+# ------------------------------------------------------------------ 404 / 405
+def test_unknown_routes_are_an_html_404_or_json_when_asked(site):
+    browser = Browser(site)
+    page = browser.get("/nothing/here")
+    assert page["statusCode"] == 404 and page["headers"]["Content-Type"].startswith("text/html")
+    assert "There is nothing here" in page["body"]
+    data = browser.get("/nothing/here", headers={"accept": "application/json"})
+    assert data["statusCode"] == 404 and json.loads(data["body"]) == {"error": "There is nothing here."}
+
+
+@pytest.mark.parametrize(("method", "path", "allow"), [
+    ("GET", "/auth/logout", "POST"), ("DELETE", "/me", "GET"), ("PUT", "/me/delete", "GET, POST"),
+    ("POST", "/me/exports/20260101T000000Z-0123abcd", "GET"), ("GET", "/auth/waitlist", "POST"),
+])
+def test_a_wrong_method_is_a_405_with_allow(site, method, path, allow):
+    answer = Browser(site).call(method, path)
+    assert answer["statusCode"] == 405 and answer["headers"]["Allow"] == allow
+
+
+def test_the_route_table_is_the_templates():
+    template = tpl.load()
+    routes: dict[str, set[str]] = {}
+    for resource in tpl.resources_of_type(template, "AWS::Serverless::Function").values():
+        for event in (resource["Properties"].get("Events") or {}).values():
+            if event["Type"] == "HttpApi" and event["Properties"]["Path"] != web_http.CATCH_ALL:
+                routes.setdefault(event["Properties"]["Path"], set()).add(event["Properties"]["Method"])
+    assert routes == {path: set(methods) for path, methods in web_http.API_ROUTES.items()}
+
+
+# ------------------------------------------------------------------ exports
+def _export(browser: Browser, site: Site, fmt: str) -> bytes:
+    started = browser.post("/me/exports", {"csrf": browser.csrf(), "format": fmt})
+    assert started["statusCode"] == 303, started
+    status_path = started["headers"]["Location"]
+    running = browser.get(status_path)
+    assert 'http-equiv="refresh"' in running["body"]  # the page shows progress until done
+    site.run_jobs()
+    done = browser.get(status_path)
+    assert 'id="download"' in done["body"], done["body"]
+    link = browser.get(status_path + "/file")
+    assert link["statusCode"] == 303
+    url = link["headers"]["Location"]
+    assert "X-Amz-Expires=300" in url and "X-Amz-Signature=" in url
+    return site.file(url)
+
+
+def _expected_rows() -> list[dict[str, Any]]:
+    return [r.as_dict() for r in Catalog().rows(list(plays.all_plays("alice")))]
+
+
+def test_csv_and_json_lines_exports_hold_every_play(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    from playvault.store.catalog import EpisodeModel
+
+    listen_and_archive(aws_env, emulator, "alice")
+    EpisodeModel("ep1", name="Episode One", duration_ms=1_800_000, show_id="sh1", show_name="The Show").save()
+    plays.PlayModel("alice", "2020-01-01T00:00:00.000Z", played_at_ms=1577836800000, item_type="episode",
+                    episode_id="ep1", source="api").save()
+    total = plays.count("alice")
+    expected = _expected_rows()
+    assert len(expected) == total
+    assert expected[0]["episode"] == {"id": "ep1", "name": "Episode One", "show": "The Show"}
+
+    lines = _export(browser, site, "jsonl").decode().splitlines()
+    assert [json.loads(line) for line in lines] == expected
+
+    rows = list(csv.DictReader(io.StringIO(_export(browser, site, "csv").decode())))
+    assert [r["played_at"] for r in rows] == [e["played_at"] for e in expected]
+    assert rows[0]["item_type"] == "episode" and rows[0]["episode_name"] == "Episode One"
+    for row, want in zip(rows[1:], expected[1:], strict=True):
+        assert row["track_id"] == want["track"]["id"] and row["track_name"] == want["track"]["name"]
+        assert row["album_name"] == want["album"]["name"]
+        assert row["artist_ids"].split(";") == [a["id"] for a in want["artists"]]
+        assert int(row["duration_ms"]) == want["duration_ms"] and row["source"] == "api"
+    objects = site.s3.list_objects_v2(Bucket=site.bucket)["Contents"]
+    assert all(o["Key"].startswith("exports/alice/") for o in objects) and len(objects) == 2
+
+
+def test_an_export_resumes_after_each_part_without_losing_or_repeating_a_play(site, aws_env, emulator,
+                                                                                monkeypatch):
+    import moto.s3.models
+
+    from playvault.export import Exporter
+
+    monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 256)
+    signed_in(site, aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "alice")
+    exporter = Exporter(site.s3, site.bucket, None, part_bytes=1024, min_remaining_s=30)
+    job = exporter.start("alice", "jsonl")
+
+    class NoTime:
+        def remaining_s(self) -> float:
+            return 0.0  # stop after every part
+
+    rounds = 0
+    while exporter.run("alice", job.export_id, NoTime()) is not None:
+        rounds += 1
+        assert rounds < 100
+    finished = exports.get("alice", job.export_id)
+    assert rounds >= 3 and finished.status == exports.DONE
+    body = site.s3.get_object(Bucket=site.bucket, Key=finished.object_key)["Body"].read().decode()
+    assert [json.loads(line) for line in body.splitlines()] == _expected_rows()
+    assert int(finished.rows) == len(body.splitlines())
+
+
+# ------------------------------------------------------------------ isolation
+def test_no_route_reaches_another_users_data(site, aws_env, emulator):
+    alice = signed_in(site, aws_env, emulator, "alice")
+    bob = signed_in(site, aws_env, emulator, "bob")
+    listen_and_archive(aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "bob")
+    bob_export = bob.post("/me/exports", {"csrf": bob.csrf(), "format": "csv"})["headers"]["Location"]
+    site.run_jobs()
+    bob_export_id = bob_export.rsplit("/", 1)[1]
+    bobs = {p.played_at for p in plays.all_plays("bob")}
+
+    # bob's id in every parameter alice can send
+    for query in ({"user_id": "bob"}, {"user": "bob"}, {"user_id": "bob", "limit": "500"}):
+        got = json.loads(alice.get("/me/plays", query)["body"])["plays"]
+        assert got and not ({p["played_at"] for p in got} & bobs - {p.played_at for p in plays.all_plays("alice")})
+        assert len(got) <= plays.count("alice")
+    assert "bob" not in alice.get("/me", {"user_id": "bob"})["body"].split("<h1>", 1)[1].split("</h1>")[0]
+    for path in (bob_export, bob_export + "/file"):
+        refused = alice.get(path)
+        assert refused["statusCode"] == 404, path
+    assert alice.post("/me/exports", {"csrf": alice.csrf(), "format": "csv", "user_id": "bob"}
+                      )["statusCode"] == 303
+    assert exports.get("bob", bob_export_id) is not None and len(list(exports.for_user("bob"))) == 1
+
+    # a forged cookie, another browser's cookie shape, an expired session
+    for forged in ([f"{SESSION}={'A' * 43}"], [f"{SESSION}=bob"], [f"{SESSION}={alice.jar[SESSION]}x"]):
+        assert alice.get("/me", cookies=forged)["headers"]["Location"] == "/auth/login"
+        assert alice.get("/me/plays", cookies=forged)["statusCode"] == 401
+    session = sessions.SessionModel.get(sessions.session_hash(bob.jar[SESSION]))
+    session.update(actions=[sessions.SessionModel.expires_at.set(datetime.now(UTC) - timedelta(seconds=1))])
+    assert bob.get("/me")["headers"]["Location"] == "/auth/login"
+    assert bob.post("/me/delete", {"csrf": "x"})["headers"]["Location"] == "/auth/login"
+    assert users.get("bob").status == users.ACTIVE
+
+
+def test_a_session_of_a_deleted_user_is_worth_nothing(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    seats.remove_user("alice")  # removed without its sessions (an operator's removal)
+    assert browser.get("/me")["headers"]["Location"] == "/auth/login"
+    assert browser.get("/me/plays")["statusCode"] == 401
+
+
+# ------------------------------------------------------------------ delete my data
+def test_delete_my_data_removes_everything_of_the_user_and_nothing_else(site, aws_env, emulator):
+    alice = signed_in(site, aws_env, emulator, "alice")
+    other_browser = signed_in(site, aws_env, emulator, "alice")  # a second session of alice
+    bob = signed_in(site, aws_env, emulator, "bob")
+    alice_plays = listen_and_archive(aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "bob")
+    add_gap("alice")
+    add_gap("bob")
+    alice.post("/me/exports", {"csrf": alice.csrf(), "format": "csv"})
+    bob.post("/me/exports", {"csrf": bob.csrf(), "format": "jsonl"})
+    site.run_jobs()
+    site.s3.put_object(Bucket=site.bucket, Key="imports/alice/my_spotify_data.zip", Body=b"zip")
+    site.s3.put_object(Bucket=site.bucket, Key="imports/bob/my_spotify_data.zip", Body=b"zip")
+    bob_before = {p.played_at for p in plays.all_plays("bob")}
+
+    confirm = alice.get("/me/delete")
+    assert confirm["statusCode"] == 200 and "35 days" in confirm["body"] and str(alice_plays) in confirm["body"]
+    assert alice.post("/me/delete", {"csrf": "wrong"})["statusCode"] == 403
+    assert users.get("alice").status == users.ACTIVE  # a rejected request changes nothing
+
+    done = alice.post("/me/delete", {"csrf": alice.csrf()})
+    assert done["statusCode"] == 303 and done["headers"]["Location"].startswith("/deletions/")
+    assert SESSION not in alice.jar  # this browser is signed out at once
+    assert users.get("alice").status == users.DELETING
+    receipt_page = done["headers"]["Location"]
+    assert "Deleting your data" in alice.get(receipt_page)["body"]
+    site.run_jobs()
+
+    final = alice.get(receipt_page)["body"]
+    assert "Done" in final and f'id="deleted-plays">{alice_plays}<' in final and "35 days" in final
+    assert users.get("alice") is None and seats.seats_taken() == 1
+    assert plays.count("alice") == 0 and list(gaps.for_user("alice")) == []
+    assert list(exports.for_user("alice")) == [] and other_browser.get("/me")["headers"]["Location"] == "/auth/login"
+    assert all("alice" not in json.dumps(s.attribute_values, default=str) for s in sessions.SessionModel.scan())
+    keys = [o["Key"] for o in site.s3.list_objects_v2(Bucket=site.bucket).get("Contents", [])]
+    assert not [k for k in keys if "/alice/" in k]
+    assert "imports/bob/my_spotify_data.zip" in keys and any(k.startswith("exports/bob/") for k in keys)
+    receipt = [i for i in deletions.StateModel.scan() if i.name.startswith(deletions.PREFIX)]
+    assert len(receipt) == 1 and receipt[0].user_id is None  # the receipt names nobody
+    # bob is untouched
+    assert {p.played_at for p in plays.all_plays("bob")} == bob_before
+    assert users.get("bob").status == users.ACTIVE and len(list(gaps.for_user("bob"))) == 1
+    assert bob.get("/me")["statusCode"] == 200
+
+
+def test_deletion_waits_for_polls_in_flight_and_sweeps_their_plays(bound, aws_env, emulator):
+    from playvault.deletion import Deleter
+
+    seated_user(aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "alice")
+    user = users.get("alice")
+    s3 = boto3.client("s3")
+    deleter = Deleter(s3, aws_env.name("UserFilesBucket"), None, grace_s=150)
+    start = datetime.now(UTC)
+    clock.set_clock(lambda: start)
+    receipt = deleter.request("alice")
+    key = deletions.receipt_key(receipt)
+    assert users.get("alice").status == users.DELETING
+
+    # A poll that read the user before the mark still writes plays during the grace time.
+    late = plays.PlayModel("alice", "2030-01-01T00:00:00.000Z", played_at_ms=1, track_id="t")
+    late.save()
+    waiting = deleter.run("alice", key, _budget())
+    assert waiting is not None and 140 <= waiting.delay_s <= 151
+    assert plays.count("alice") > 0 and users.get("alice") is not None  # nothing deleted yet
+
+    clock.set_clock(lambda: start + timedelta(seconds=151))
+    assert deleter.run("alice", key, _budget()) is None
+    assert plays.count("alice") == 0 and users.get("alice") is None
+    assert user.user_id not in json.dumps([u.attribute_values for u in users.UserModel.scan()], default=str)
+
+
+def test_a_deletion_that_crashes_half_way_resumes_and_the_user_is_never_polled_meanwhile(
+        bound, aws_env, emulator, monkeypatch):
+    from playvault import deletion
+    from playvault.config import DispatcherSettings
+    from playvault.dispatch import dispatch
+
+    seated_user(aws_env, emulator, "alice")
+    seated_user(aws_env, emulator, "bob")
+    total = listen_and_archive(aws_env, emulator, "alice")
+    deleter = deletion.Deleter(boto3.client("s3"), aws_env.name("UserFilesBucket"), None, grace_s=0)
+    key = deletions.receipt_key(deleter.request("alice"))
+    monkeypatch.setattr(deletion, "CHUNK", 5)
+    real = gaps.delete_for_user
+
+    def crash(user_id: str) -> int:
+        raise RuntimeError("the function died here")
+
+    monkeypatch.setattr(deletion.gaps, "delete_for_user", crash)
+    with pytest.raises(RuntimeError):
+        deleter.run("alice", key, _budget())
+    assert 0 == plays.count("alice") and users.get("alice").status == users.DELETING
+    report = dispatch(datetime.now(UTC), DispatcherSettings.from_env(), boto3.client("sqs"))
+    assert report.dispatched == 1  # bob only: alice is not polled
+    monkeypatch.setattr(deletion.gaps, "delete_for_user", real)
+
+    assert deleter.run("alice", key, _budget()) is None
+    assert users.get("alice") is None and seats.seats_taken() == 1
+    assert deletions.get(key).counts["plays"] == total and deletions.get(key).status == deletions.DONE
+
+
+@pytest.mark.parametrize(("headers", "allowed"), [
+    ({"origin": f"https://{HOST}"}, True),
+    ({"origin": "null", "sec-fetch-site": "same-origin"}, True),  # what Chromium sends under no-referrer
+    ({}, True),  # not a browser: the CSRF token alone
+    ({"origin": "https://evil.example"}, False),
+    ({"origin": f"https://{HOST}.evil.example"}, False),
+    ({"origin": "null"}, False),
+    ({"origin": "null", "sec-fetch-site": "cross-site"}, False),
+    ({"sec-fetch-site": "same-site"}, False),
+])
+def test_state_changing_requests_check_where_they_come_from(site, aws_env, emulator, headers, allowed):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    token = browser.csrf()
+    answer = browser.call("POST", "/me/exports", form={"csrf": token, "format": "csv"}, headers=headers)
+    assert answer["statusCode"] == (303 if allowed else 403), answer
+    assert len(list(exports.for_user("alice"))) == (1 if allowed else 0)
+
+
+def test_the_waitlist_refuses_a_form_posted_from_another_site(site):
+    browser = Browser(site)
+    refused = browser.call("POST", "/auth/waitlist", form={"email": "a@example.com"},
+                           headers={"origin": "https://evil.example"})
+    assert refused["statusCode"] == 403
+    assert [i for i in deletions.StateModel.scan() if i.name.startswith("waitlist#")] == []
+    accepted = browser.call("POST", "/auth/waitlist", form={"email": "a@example.com"},
+                            headers={"origin": f"https://{HOST}"})
+    assert accepted["statusCode"] == 200
+
+
+def test_an_export_that_crashed_after_completing_its_upload_is_settled(site, aws_env, emulator):
+    from playvault.export import Exporter
+
+    signed_in(site, aws_env, emulator, "alice")
+    total = listen_and_archive(aws_env, emulator, "alice")
+    exporter = Exporter(site.s3, site.bucket, None)
+    job = exporter.start("alice", "csv")
+    real_update = exports.ExportModel.update
+    calls = []
+
+    def crash_on_the_final_update(self, actions, condition=None, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # after _begin's update: the one that records DONE
+            raise RuntimeError("the function died")
+        return real_update(self, actions=actions, condition=condition, **kwargs)
+
+    exports.ExportModel.update = crash_on_the_final_update
+    try:
+        with pytest.raises(RuntimeError):
+            exporter.run("alice", job.export_id, _budget())
+    finally:
+        exports.ExportModel.update = real_update
+    assert exporter.run("alice", job.export_id, _budget()) is None  # redelivered
+    done = exports.get("alice", job.export_id)
+    assert done.status == exports.DONE and int(done.rows) == total
