@@ -21,7 +21,7 @@ from playvault.crypto import TokenCipher
 from playvault.lifecycle import EMAIL, ENDED, REMIND_2_DAYS, REMIND_14_DAYS, Lifecycle, SesMailer, reminder_stage
 from playvault.store import seats, users
 from playvault_local import provision as prov
-from tests.unit.test_auth import Auth, assert_html
+from tests.unit.test_auth import Auth, assert_html, assert_signed_in
 
 T0 = datetime.fromisoformat("2026-07-01T09:00:00+00:00")
 SENDER = "reminders@playvault.example"
@@ -156,7 +156,7 @@ def test_reconnecting_resets_the_clock_and_the_reminders(auth: Auth, aws_env) ->
     assert len(sent()) == 1
     stale = list(users.scan_polling_state())
     clock.set_clock(lambda: at(171))
-    assert_html(auth.sign_in("alice", reconnect=True), 200, "Welcome back")
+    assert_signed_in(auth.sign_in("alice", reconnect=True), "back")
     user = users.get("alice")
     assert user.authorized_at == at(171) and user.authorization_expires_at == at(171 + 182)
     assert user.reminders_sent is None
@@ -217,7 +217,7 @@ def test_a_lapsed_users_seat_goes_to_the_next_sign_up_and_the_lapsed_user_then_m
     assert seats.seats_taken() == 0
     assert run(life, at(32)).lapsed == 0  # once
 
-    assert_html(auth.sign_in("bob"), 200, "Welcome")  # the freed seat
+    assert_signed_in(auth.sign_in("bob"), "new")  # the freed seat
     assert seats.seats_taken() == 1
     assert_html(auth.sign_in("alice", reconnect=True), 200, "PlayVault is full", 'action="/auth/waitlist"')
     assert users.get("alice").status == users.LAPSED
@@ -233,7 +233,7 @@ def test_a_lapsed_user_with_a_seat_free_continues_where_it_stopped(auth: Auth, a
     run(lifecycle(aws_env, mailer=None), at(40))
     assert users.get("alice").status == users.LAPSED and seats.seats_taken() == 0
     clock.set_clock(lambda: at(41))
-    assert_html(auth.sign_in("alice"), 200, "Welcome back")
+    assert_signed_in(auth.sign_in("alice"), "back")
     alice = users.get("alice")
     assert alice.status == users.ACTIVE and seats.seats_taken() == 1
     assert (alice.cursor_ms, alice.plays_archived) == (1_780_000_000_000, 321)
@@ -245,7 +245,7 @@ def test_a_reconnect_before_the_reclaim_keeps_the_seat(auth: Auth, aws_env) -> N
     auth.sign_in("alice")
     users.mark_needs_reauth(users.get("alice"), at(1))
     stale = list(users.scan_polling_state())
-    assert_html(auth.sign_in("alice", reconnect=True), 200, "Welcome back")
+    assert_signed_in(auth.sign_in("alice", reconnect=True), "back")
     assert lifecycle(aws_env, mailer=None).run(at(40), stale).lapsed == 0  # the transaction's condition
     assert users.get("alice").status == users.ACTIVE and seats.seats_taken() == 1
 

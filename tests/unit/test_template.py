@@ -377,11 +377,16 @@ def test_every_alarm_notifies_the_alarm_topic(template):
     assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
 
 
-def test_dead_letter_queue_alarm_watches_the_dead_letter_queue(template):
+def test_dead_letter_queue_alarm_watches_every_dead_letter_queue(template):
     props = template["Resources"]["DeadLetterQueueAlarm"]["Properties"]
-    assert props["Namespace"] == "AWS/SQS"
-    assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
-    assert props["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["WorkDeadLetterQueue", "QueueName"]}}]
+    watched = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
+               for m in props["Metrics"] if "MetricStat" in m}
+    dead_letter_queues = {name for name, res in template["Resources"].items() if res["Type"] == "AWS::SQS::Queue"
+                          and any(other.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn")
+                                  == {"Fn::GetAtt": [name, "Arn"]} for other in template["Resources"].values())}
+    assert watched == dead_letter_queues == {"WorkDeadLetterQueue", "JobsDeadLetterQueue", "ImportDeadLetterQueue"}
+    assert all(m["MetricStat"]["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+               for m in props["Metrics"] if "MetricStat" in m)
     assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
 
 
