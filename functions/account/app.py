@@ -30,7 +30,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.config import Config
 
-from playvault import clock, history, store
+from playvault import clock, coverage, history, imports, store
 from playvault.aws import LazyClient
 from playvault.config import AccountSettings
 from playvault.deletion import Deleter
@@ -41,7 +41,7 @@ from playvault.store import deletions, exports, plays, users
 from playvault.web import account_pages
 from playvault.web import http as web
 from playvault.web import sessions as web_sessions
-from playvault.web.pages import NO_STORE, page, redirect
+from playvault.web.pages import NO_STORE, csp, page, redirect
 
 settings = AccountSettings.from_env()
 store.bind(settings)
@@ -108,10 +108,24 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     if user.status == users.DELETING:
         return page(200, "Being deleted", "Your data is being deleted",
                     "<p id=\"deletion-status\">Your data is being deleted. Nothing more is archived for you.</p>")
-    view = history.overview(user, clock.now(), period)
-    content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome)
+    now = clock.now()
+    view = history.overview(user, now, period)
+    upload = imports.presigned_upload(s3, settings.user_files_bucket, user.user_id, now,
+                                      redirect_to=_page_url("/me?uploaded=1"))
+    imports_html = account_pages.imports_section(upload, imports.status_for_user(user.user_id, now),
+                                                 coverage.render_svg(coverage.timeline(user.user_id, now)))
+    content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
+                               imports_html)
+    bucket_origin = "/".join(upload["url"].split("/")[:3])  # the form posts the file straight to S3
     return page(200, "My archive", f"My archive{', ' + user.display_name if user.display_name else ''}", content,
-                wide=True)
+                {"Content-Security-Policy": csp(f"'self' {bucket_origin}")}, wide=True)
+
+
+def _page_url(path: str) -> str:
+    """This API's own URL for `path` (where S3 sends the browser back after an upload)."""
+    headers = web.headers_of(app)
+    scheme = headers.get("x-forwarded-proto", "https")
+    return f"{scheme}://{headers.get('host', 'localhost')}{path}"
 
 
 def _decode_cursor(cursor: str | None) -> str | None:

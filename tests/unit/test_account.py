@@ -637,3 +637,53 @@ def test_an_export_that_crashed_after_completing_its_upload_is_settled(site, aws
     assert exporter.run("alice", job.export_id, _budget()) is None  # redelivered
     done = exports.get("alice", job.export_id)
     assert done.status == exports.DONE and int(done.rows) == total
+
+
+# ---------------------------------------------------------------- import from /me (issue 14's page)
+def test_me_offers_the_import_upload_and_shows_its_progress_and_the_coverage(site, aws_env, emulator):
+    import html as html_mod
+    import zipfile
+
+    from playvault.config import ImporterSettings
+    from playvault.imports.job import Importer, ImportSettings
+    from playvault.spotify import Budget
+    from tests.unit.helpers import make_spotify
+
+    browser = signed_in(site, aws_env, emulator, "alice")
+    page = browser.call("GET", "/me")
+    body = page["body"]
+    bucket = aws_env.name("UserFilesBucket")
+    form = re.search(r'<form id="import-form" method="post" action="([^"]+)" '
+                     r'enctype="multipart/form-data">(.*?)</form>', body, re.S)
+    assert form, "the upload form"
+    assert bucket in html_mod.unescape(form.group(1))  # posted straight to S3, never through the API
+    fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(2)))
+    key = html_mod.unescape(fields["key"])
+    assert key.startswith("imports/alice/") and key.endswith("${filename}")
+    assert html_mod.unescape(fields["success_action_redirect"]) == f"https://{HOST}/me?uploaded=1"
+    origin = "/".join(html_mod.unescape(form.group(1)).split("/")[:3])
+    assert f"form-action 'self' {origin}" in page["headers"]["Content-Security-Policy"]
+    assert 'id="imports" class="muted">No import yet.' in body and '<svg' in body.split('id="coverage"')[1]
+
+    # The file arrives in the bucket (as the browser's POST puts it) and the importer takes it in.
+    export = io.BytesIO()
+    with zipfile.ZipFile(export, "w") as archive:
+        archive.writestr("Streaming_History_Audio_2024.json", json.dumps([{
+            "ts": "2024-05-01T10:00:00Z", "ms_played": 200000, "master_metadata_track_name": "Song",
+            "master_metadata_album_artist_name": "Band", "master_metadata_album_album_name": "Album",
+            "spotify_track_uri": "spotify:track:4uLU6hMCjMI75M1A2tKUQC", "spotify_episode_uri": None,
+            "incognito_mode": False, "platform": "ios", "reason_start": "trackdone", "reason_end": "trackdone",
+            "skipped": False, "shuffle": False, "offline": False}]))
+    upload_key = key.replace("${filename}", "my_spotify_data.zip")
+    boto3.client("s3").put_object(Bucket=bucket, Key=upload_key, Body=export.getvalue())
+    from playvault import store
+
+    store.bind(ImporterSettings.from_env())
+    importer = Importer(boto3.client("s3"), bucket, make_spotify(emulator, sleep=lambda s: None),
+                        ImportSettings(resolve_interval_s=0, min_remaining_ms=1000),
+                        continue_later=lambda *_: None, sleep=lambda s: None)
+    importer.start(upload_key, len(export.getvalue()), Budget.seconds(60))
+    after = browser.call("GET", "/me")["body"]
+    row = re.search(r'<tr class="import" data-state="([a-z]+)">(.*?)</tr>', after, re.S)
+    assert row and "my_spotify_data.zip" in row.group(2)
+    assert re.search(r'class="import-added">1<', row.group(2)), row.group(2)  # the one play, added

@@ -137,7 +137,7 @@ class JobSettings(TableSettings):
 
 
 class AccountSettings(WebSettings, JobSettings):
-    pass
+    imports_table: str = Field(min_length=3)  # the user's import jobs, shown on /me
 
 
 class AuthSettings(WebSettings, SpotifySettings, TokenSettings, LifecycleSettings):

@@ -26,7 +26,7 @@ class BadUserId(ValueError):
 
 
 def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_bytes: int = MAX_UPLOAD_BYTES,
-                     expires: timedelta = UPLOAD_URL_TTL) -> dict[str, Any]:
+                     expires: timedelta = UPLOAD_URL_TTL, redirect_to: str | None = None) -> dict[str, Any]:
     """A presigned POST for one upload (a ZIP, or several JSON files: each file is its own object).
 
     Returns {"url", "fields", "key_prefix", "max_bytes", "expires_at", "upload_id"}: the page posts
@@ -43,6 +43,9 @@ def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_b
         ["content-length-range", 1, max_bytes],
         {"x-amz-server-side-encryption": "AES256"},
     ]
+    if redirect_to is not None:  # the browser comes back to the page after the upload (S3 answers 303)
+        fields["success_action_redirect"] = redirect_to
+        conditions.append({"success_action_redirect": redirect_to})
     post = s3.generate_presigned_post(bucket, prefix + "${filename}", Fields=fields, Conditions=conditions,
                                       ExpiresIn=int(expires.total_seconds()))
     return {"url": post["url"], "fields": post["fields"], "key_prefix": prefix, "max_bytes": max_bytes,

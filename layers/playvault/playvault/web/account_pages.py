@@ -31,7 +31,44 @@ def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
 
 
-def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None) -> str:
+def imports_section(upload: dict, jobs: list[dict], coverage_svg: str) -> str:
+    """Import Spotify's data export: the upload form (a presigned POST straight to S3: no file passes
+    through the API), the import jobs with their progress, and the coverage timeline."""
+    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
+                     for k, v in upload["fields"].items())
+    rows = []
+    for job in jobs[:5]:
+        skipped = ", ".join(f"{esc(k)} {n}" for k, n in sorted((job.get("skipped") or {}).items())) or "none"
+        error = job.get("error") or {}
+        problem = (f' <span class="danger">{esc(str(error.get("message", "")))}'
+                   f'{" (" + esc(str(error.get("file"))) + ")" if error.get("file") else ""}</span>' if error else "")
+        eta = f", about {int(job['eta_s'] // 60) + 1} min left" if job.get("eta_s") else ""
+        rows.append(
+            f'<tr class="import" data-state="{esc(job["state"])}"><td>{esc(job.get("file_name") or "")}</td>'
+            f'<td class="import-state">{esc(job["state"])} {int(100 * (job.get("progress") or 0))} %'
+            f'{esc(eta)}{problem}</td>'
+            f'<td>{int(job.get("rows_read") or 0)}</td><td class="import-added">{int(job.get("plays_added") or 0)}</td>'
+            f'<td>{int(job.get("duplicates") or 0)}</td><td>{skipped}</td>'
+            f'<td>{int(job.get("tracks_to_resolve") or 0)}</td></tr>')
+    table = ('<table id="imports"><tr><th>file</th><th>state</th><th>rows read</th><th>plays added</th>'
+             '<th>already archived</th><th>skipped</th><th>tracks to look up</th></tr>' + "".join(rows) + "</table>"
+             if rows else '<p id="imports" class="muted">No import yet.</p>')
+    return f"""<h2>Import your Spotify data export</h2>
+<p class="muted">Spotify's privacy page sends every stream since the account was created ("Extended
+streaming history", a ZIP). Upload it as it came (or its JSON files one by one, up to
+{upload["max_bytes"] // (1024 * 1024)} MB each): plays already archived are not added twice. Reload this
+page to follow the import.</p>
+<form id="import-form" method="post" action="{esc(upload["url"])}" enctype="multipart/form-data">{hidden}
+<input type="file" name="file" id="import-file" accept=".zip,.json,application/zip,application/json" required>
+<button type="submit" id="import-upload">Upload</button></form>
+{table}
+<h3>Coverage</h3>
+<p class="muted">Which periods your archive covers: by polling, by import, or by neither (gaps).</p>
+<div id="coverage">{coverage_svg}</div>"""
+
+
+def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None,
+       imports_html: str = "") -> str:
     user = view.user
     label, explanation = STATUS_TEXT.get(user.status, (user.status, ""))
     reconnect = ('<form class="inline" method="get" action="/auth/login"><input type="hidden" name="reconnect" '
@@ -81,6 +118,7 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
 <button type="submit" name="format" value="csv" id="export-csv">Export everything as CSV</button>
 <button type="submit" name="format" value="jsonl" id="export-jsonl">Export everything as JSON Lines</button></form>
 {f'<ul id="exports">{export_rows}</ul>' if export_rows else ""}
+{imports_html}
 <p><a href="/me/delete" id="delete-link" class="danger">Delete my data</a></p>"""
 
 

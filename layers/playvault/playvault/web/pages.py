@@ -15,11 +15,17 @@ PAGE_TEMPLATE = (Path(__file__).parent / "templates" / "page.html").read_text()
 _PAGE = Template(PAGE_TEMPLATE)
 
 NO_STORE = {"Cache-Control": "no-store"}
+
+
+def csp(form_action: str = "'self'") -> str:
+    """No script, no external asset; forms post only to us (and, on /me, to the upload bucket)."""
+    return (f"default-src 'none'; style-src 'unsafe-inline'; form-action {form_action}; base-uri 'none'; "
+            "frame-ancestors 'none'")
+
+
 HTML_HEADERS = {
     **NO_STORE,
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
+    "Content-Security-Policy": csp(),
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
