@@ -480,7 +480,7 @@ class Bench:
                          KeySchema=[{"AttributeName": "user_id", "KeyType": "HASH"}])
         queue = sqs.create_queue(QueueName=f"bench-work-{users}-{uuid.uuid4().hex[:4]}")["QueueUrl"]
         template = dict(self.user_item)
-        # no next_poll_at: every user is due
+        template.pop("next_poll_at", None)  # no next poll set: every user is due at this run
 
         def put(start: int) -> None:
             items = []
