@@ -67,8 +67,6 @@ app = APIGatewayHttpResolver()
 ROUTES = {"/auth/login": "GET", "/auth/callback": "GET", "/auth/waitlist": "POST", "/auth/logout": "POST",
           "/auth/signed-out": "GET"}
 SESSION_IDLE = timedelta(days=settings.session_idle_days)
-MAX_QUERY = 4096
-MAX_BODY = 4096
 RESERVE_MS = 1500  # leave time to answer after the Spotify calls
 
 _TEMPLATES = Path(__file__).parent / "templates"
@@ -85,16 +83,6 @@ HTML_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
 }
-
-
-class RequestRejected(Exception):
-    """The HTTP request itself is unacceptable (size, method, media type)."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -184,11 +172,6 @@ def onboarding_error(exc: OnboardingError) -> Response:
     return error_response(status, exc.public_message)
 
 
-@app.exception_handler(RequestRejected)
-def request_rejected(exc: RequestRejected) -> Response:
-    return error_response(exc.status, exc.message, exc.headers)
-
-
 @app.exception_handler(web_http.RequestRejected)
 def web_request_rejected(exc: web_http.RequestRejected) -> Response:
     return error_response(exc.status, exc.message, exc.headers)
@@ -216,13 +199,6 @@ def not_found(exc: NotFoundError) -> Response:
 
 
 # -- input helpers ----------------------------------------------------------------------------------
-def _query() -> dict[str, str]:
-    event = app.current_event
-    if len(event.raw_event.get("rawQueryString") or "") > MAX_QUERY:
-        raise RequestRejected(400, "The query string is too long.")
-    return dict(event.query_string_parameters or {})
-
-
 def _budget() -> Budget:
     context = app.lambda_context
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
@@ -231,22 +207,12 @@ def _budget() -> Budget:
 
 
 def _waitlist_email() -> object:
-    event = app.current_event
-    raw = event.body or ""
-    if len(raw) > MAX_BODY * 2:
-        raise RequestRejected(413, "The request body is too large.")
-    try:
-        body = event.decoded_body or ""
-    except (ValueError, UnicodeDecodeError):
-        raise RequestRejected(400, "The request body could not be decoded.") from None
-    if len(body) > MAX_BODY:
-        raise RequestRejected(413, "The request body is too large.")
-    content_type = ((event.headers or {}).get("content-type") or "").split(";")[0].strip().lower()
+    body, content_type = web_http.small_body(app)
     if content_type == "application/json":
         try:
             data = json.loads(body) if body else None
         except ValueError:
-            raise RequestRejected(400, "The request body is not valid JSON.") from None
+            raise web_http.RequestRejected(400, "The request body is not valid JSON.") from None
         if not isinstance(data, dict) or "email" not in data:
             raise InvalidRequest("Send a JSON object with an email field.")
         return data["email"]
@@ -254,18 +220,18 @@ def _waitlist_email() -> object:
         try:
             fields = parse_qs(body, keep_blank_values=True, max_num_fields=10, strict_parsing=False)
         except ValueError:
-            raise RequestRejected(400, "The form has too many fields.") from None
+            raise web_http.RequestRejected(400, "The form has too many fields.") from None
         values = fields.get("email") or []
         if len(values) != 1:
             raise InvalidRequest("The form needs exactly one email field.")
         return values[0]
-    raise RequestRejected(415, "Send the form (application/x-www-form-urlencoded) or JSON.")
+    raise web_http.RequestRejected(415, "Send the form (application/x-www-form-urlencoded) or JSON.")
 
 
 # -- routes -----------------------------------------------------------------------------------------
 @app.get("/auth/login")
 def login() -> Response:
-    returning = _query().get("reconnect") in ("1", "true", "yes")
+    returning = web_http.query(app).get("reconnect") in ("1", "true", "yes")
     binding, login_cookie = web_sessions.new_login_binding()
     result = onboarding.begin_login(returning=returning, browser_hash=web_sessions.hash_value(binding))
     if isinstance(result, WaitlistRequired):
@@ -277,7 +243,7 @@ def login() -> Response:
 
 @app.get("/auth/callback")
 def callback() -> Response:
-    query = _query()
+    query = web_http.query(app)
     binding = web_sessions.read_cookie(app.current_event.cookies, web_sessions.LOGIN_COOKIE)
     result = onboarding.complete_login(
         state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget(),

@@ -135,8 +135,8 @@ def query(app: APIGatewayHttpResolver) -> dict[str, str]:
     return dict(event.query_string_parameters or {})
 
 
-def form(app: APIGatewayHttpResolver, fields: tuple[str, ...]) -> dict[str, str]:
-    """A small urlencoded form: each named field at most once; anything else is a 400/413/415."""
+def small_body(app: APIGatewayHttpResolver) -> tuple[str, str]:
+    """The request's body (decoded, at most MAX_BODY) and its media type (lower case, no parameters)."""
     event = app.current_event
     raw = event.body or ""
     if len(raw) > MAX_BODY * 2:
@@ -148,6 +148,12 @@ def form(app: APIGatewayHttpResolver, fields: tuple[str, ...]) -> dict[str, str]
     if len(body) > MAX_BODY:
         raise RequestRejected(413, "The request body is too large.")
     content_type = ((event.headers or {}).get("content-type") or "").split(";")[0].strip().lower()
+    return body, content_type
+
+
+def form(app: APIGatewayHttpResolver, fields: tuple[str, ...]) -> dict[str, str]:
+    """A small urlencoded form: each named field at most once; anything else is a 400/413/415."""
+    body, content_type = small_body(app)
     if content_type not in ("application/x-www-form-urlencoded", ""):
         raise RequestRejected(415, "Send the form (application/x-www-form-urlencoded).")
     try:
