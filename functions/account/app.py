@@ -102,7 +102,9 @@ def root():
 
 @app.get("/me")
 def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
-       welcome: Annotated[str | None, Query(pattern="^(new|back)$")] = None):
+       welcome: Annotated[str | None, Query(pattern="^(new|back)$")] = None,
+       uploaded: Annotated[str | None, Query(pattern="^1$")] = None,
+       key: Annotated[str | None, Query(max_length=1024)] = None):
     session = _session()
     user = _user(session)
     if user.status == users.DELETING:
@@ -112,8 +114,11 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     view = history.overview(user, now, period)
     upload = imports.presigned_upload(s3, settings.user_files_bucket, user.user_id, now,
                                       redirect_to=_page_url("/me?uploaded=1"))
+    # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own file.
+    received = imports.uploaded_file_name(user.user_id, key) if uploaded else None
     imports_html = account_pages.imports_section(upload, imports.status_for_user(user.user_id, now),
-                                                 coverage.render_svg(coverage.timeline(user.user_id, now)))
+                                                 coverage.render_svg(coverage.timeline(user.user_id, now)),
+                                                 received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
                                imports_html)
     bucket_origin = "/".join(upload["url"].split("/")[:3])  # the form posts the file straight to S3

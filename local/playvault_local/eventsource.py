@@ -1,4 +1,7 @@
-"""The SQS event source mapping of the worker, as Lambda runs it.
+"""The functions' event sources, as AWS runs them: SQS event source mappings (SqsEventSource) and
+EventBridge rules on S3 "Object Created" events (S3EventRule).
+
+SQS, as Lambda's event source mapping runs it.
 
 Receive up to the mapping's BatchSize, invoke the function with a real SQS event, then:
 - the function returned {"batchItemFailures": [...]} (ReportBatchItemFailures): delete every
@@ -16,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from playvault_local.events import sqs_event
-from playvault_local.system import LocalSystem
+from playvault_local.events import s3_object_created_event, sqs_event
+from playvault_local.system import LocalSystem, S3RuleSpec, StartupError
 
 
 @dataclass
@@ -112,3 +115,103 @@ class SqsEventSource:
         except (ValueError, AttributeError):
             return []
         return [u for u in users if isinstance(u, str)] if isinstance(users, list) else []
+
+
+class S3EventRule:
+    """An EventBridge rule on S3 "Object Created", as a bucket with EventBridge notifications and the
+    rule deliver it. moto sends no S3 events, so new objects are found by listing the buckets the
+    rule's pattern names (under its key prefix); each new (key, ETag) becomes the event S3 would send,
+    and the function gets it when the rule's whole pattern matches. A function error is retried at
+    the next poll, up to the rule's MaximumRetryAttempts, as EventBridge retries a failed target.
+    """
+
+    def __init__(self, system: LocalSystem, spec: S3RuleSpec):
+        assert system.stack is not None
+        self.system = system
+        self.spec = spec
+        self.pattern = system.stack.resolver.value(spec.pattern)
+        self.handler = system.handlers[spec.function]
+        detail = self.pattern.get("detail") or {}
+        self.buckets = [b for b in (detail.get("bucket") or {}).get("name") or [] if isinstance(b, str)]
+        if not self.buckets:
+            raise StartupError(f"{spec.function}: the S3 rule's pattern names no bucket (detail.bucket.name)")
+        prefixes = [k.get("prefix") for k in (detail.get("object") or {}).get("key") or [] if isinstance(k, dict)]
+        self.list_prefix = prefixes[0] if len(prefixes) == 1 and isinstance(prefixes[0], str) else ""
+        self.s3 = system.s3
+        self.seen: set[tuple[str, str, str]] = set()
+        self.attempts: Counter[tuple[str, str, str]] = Counter()
+        self.stats = EventSourceStats()
+        for bucket, key, _size, etag in self._objects():  # what was there before the rule existed: no event
+            self.seen.add((bucket, key, etag))
+
+    def _objects(self):
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for bucket in self.buckets:
+            for page in paginator.paginate(Bucket=bucket, Prefix=self.list_prefix):
+                for obj in page.get("Contents") or []:
+                    yield bucket, obj["Key"], int(obj["Size"]), str(obj["ETag"]).strip('"')
+
+    def poll_once(self) -> int:
+        """Deliver an event for every object created since the last poll; returns how many."""
+        delivered = 0
+        for bucket, key, size, etag in list(self._objects()):
+            identity = (bucket, key, etag)
+            if identity in self.seen:
+                continue
+            event = s3_object_created_event(bucket, key, size, etag, self.system.now())
+            if not matches(self.pattern, event):
+                self.seen.add(identity)
+                continue
+            self.stats.invocations += 1
+            self.attempts[identity] += 1
+            delivered += 1
+            try:
+                self.handler(event, self.system.context(self.spec.function))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a function error: EventBridge retries the event
+                self.stats.function_errors[type(exc).__name__] += 1
+                if self.attempts[identity] <= self.spec.maximum_retry_attempts:
+                    continue
+            self.seen.add(identity)
+        return delivered
+
+
+def matches(pattern: Any, event: Any) -> bool:
+    """EventBridge's content filtering for the forms our templates use: nested objects, lists of
+    exact values, {"prefix"}, {"suffix"}, {"exists"} and {"anything-but"} (a value or a list)."""
+    if isinstance(pattern, dict):
+        if not isinstance(event, dict):
+            return False
+        return all(_field_matches(rule, event.get(name), name in event) for name, rule in pattern.items())
+    return False
+
+
+def _field_matches(rule: Any, value: Any, present: bool) -> bool:
+    if isinstance(rule, dict):
+        return present and matches(rule, value)
+    if not isinstance(rule, list):
+        raise StartupError(f"event pattern: {rule!r} is neither an object nor a list of values")
+    values = value if isinstance(value, list) else [value]
+    for condition in rule:
+        if isinstance(condition, dict):
+            (operator, operand), = condition.items()
+            if operator == "exists":
+                if bool(operand) == present:
+                    return True
+                continue
+            if not present:
+                continue
+            if operator == "prefix" and any(isinstance(v, str) and v.startswith(operand) for v in values):
+                return True
+            if operator == "suffix" and any(isinstance(v, str) and v.endswith(operand) for v in values):
+                return True
+            if operator == "anything-but":
+                excluded = operand if isinstance(operand, list) else [operand]
+                if all(v not in excluded for v in values):
+                    return True
+            if operator not in ("prefix", "suffix", "anything-but"):
+                raise StartupError(f"event pattern: operator {operator!r} is not supported locally")
+        elif present and condition in values:
+            return True
+    return False

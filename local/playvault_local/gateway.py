@@ -7,8 +7,9 @@ greedy {proxy+}; a route's method must match (ANY matches every method). Request
 answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
 or --dispatch-every; serve sets DispatchPeriodMinutes and the poll cadence to 2 minutes, and a
-sign-in dispatches at once) and the SQS event sources feed the worker and the jobs function, on
-the real clock. One function runs at a time (the functions share the Powertools
+sign-in dispatches at once), the SQS event sources feed the worker, the jobs function and the
+importer, and an upload to the user-files bucket starts the importer (the template's EventBridge
+rule on S3, eventsource.S3EventRule), on the real clock. One function runs at a time (the functions share the Powertools
 metrics buffer of this one process).
 
 Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
@@ -33,7 +34,7 @@ from werkzeug.wrappers import Request, Response
 from playvault_local import provision as prov
 from playvault_local import template as tpl
 from playvault_local.events import http_api_event, http_response, scheduled_event
-from playvault_local.eventsource import SqsEventSource
+from playvault_local.eventsource import S3EventRule, SqsEventSource
 from playvault_local.simclock import RealClock
 from playvault_local.system import LocalSystem, StartupError, SystemConfig
 
@@ -95,6 +96,10 @@ class Gateway:
             if key == "cookie":
                 continue
             headers[key] = f"{headers[key]},{value}" if key in headers else value
+        # What API Gateway adds: the functions build their own URLs from these (S3's redirect after an upload).
+        headers["x-forwarded-proto"] = request.scheme
+        headers["x-forwarded-port"] = str(environ.get("SERVER_PORT", ""))
+        headers["x-forwarded-for"] = request.remote_addr or "127.0.0.1"
         cookies = [c.strip() for c in request.headers.get("Cookie", "").split(";") if c.strip()]
         body = request.get_data()
         route, path_parameters = matched
@@ -183,20 +188,21 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
-        sources = [SqsEventSource(system, spec=spec) for spec in system.event_sources]
+        sources: list[SqsEventSource | S3EventRule] = [SqsEventSource(system, spec=spec)
+                                                       for spec in system.event_sources]
+        sources += [S3EventRule(system, spec) for spec in system.s3_rules]  # uploads start the importer
         every = config.dispatch_every_s or system.schedule_seconds()
         threads.append(threading.Thread(target=_poll, args=(system, sources, lock, stop, config.poll_seconds),
                                         name="sqs-event-sources", daemon=True))
-        if config.listening and system.emulator is not None:
-            threads.append(threading.Thread(target=_listen, args=(system.emulator.state, stop), name="listening",
-                                            daemon=True))
-        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every, kick), name="schedule",
-                                        daemon=True))
+        listening = Listening(system.emulator.state) if config.listening and system.emulator is not None else None
+        if listening is not None:
+            threads.append(threading.Thread(target=listening.run, args=(stop,), name="listening", daemon=True))
+        threads.append(threading.Thread(target=_schedule, args=(system, lock, stop, every, kick, listening),
+                                        name="schedule", daemon=True))
         for thread in threads:
             thread.start()
         real = system._stdout.real
-        listening = (f"{LISTEN_PER_HOUR:g} plays/hour for every emulator user"
-                     if config.listening and system.emulator else "off")
+        listening_line = f"{LISTEN_PER_HOUR:g} plays/hour for every emulator user" if listening else "off"
         base = f"http://{config.host}:{port}"
         spotify = f"{system.emulator.url} (built-in emulator)" if system.emulator else config.spotify_accounts_url
         lines = [
@@ -207,7 +213,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             f"  AWS (moto)     : {system.aws.url if system.aws else '?'}",
             f"  redirect URI   : {redirect_uri}",
             f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
-            f"  listening      : {listening}",
+            f"  listening      : {listening_line}",
             f"  poll by hand   : curl -X POST {base}/_local/dispatch",
         ]
         print("\n".join(lines), file=real, flush=True)
@@ -233,7 +239,7 @@ def _started(system: LocalSystem) -> LocalSystem:
     return system
 
 
-def _poll(system: LocalSystem, sources: list[SqsEventSource], lock: threading.Lock, stop: threading.Event,
+def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule], lock: threading.Lock, stop: threading.Event,
           every: float) -> None:
     while not stop.is_set():
         got = 0
@@ -242,7 +248,7 @@ def _poll(system: LocalSystem, sources: list[SqsEventSource], lock: threading.Lo
                 with lock:
                     got += source.poll_once()
             except Exception as exc:  # noqa: BLE001 - keep polling; say why
-                print(f"playvault_local: SQS poll failed: {exc}", file=sys.stderr)
+                print(f"playvault_local: event source poll failed: {exc}", file=sys.stderr)
         if not got:
             stop.wait(every)
 
@@ -251,26 +257,38 @@ LISTEN_PER_HOUR = 15.0  # about a song every 4 minutes
 LISTEN_TICK_S = 5.0
 
 
-def _listen(state: Any, stop: threading.Event) -> None:
+class Listening:
     """Steady listening on the real clock for every emulator user (new ones get the last hour too)."""
-    from datetime import timedelta
 
-    heard: dict[str, Any] = {}
-    while not stop.is_set():
-        now = state.now()
-        for user_id in state.user_ids():
-            since = heard.get(user_id, now - timedelta(hours=1))
-            if now > since:
-                state.simulate_listening(user_id, since, now, LISTEN_PER_HOUR)
-                heard[user_id] = now
-        stop.wait(LISTEN_TICK_S)
+    def __init__(self, state: Any):
+        self.state = state
+        self.heard: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    def tick(self) -> None:
+        from datetime import timedelta
+
+        with self.lock:
+            now = self.state.now()
+            for user_id in self.state.user_ids():
+                since = self.heard.get(user_id, now - timedelta(hours=1))
+                if now > since:
+                    self.state.simulate_listening(user_id, since, now, LISTEN_PER_HOUR)
+                    self.heard[user_id] = now
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            self.tick()
+            stop.wait(LISTEN_TICK_S)
 
 
 def _schedule(system: LocalSystem, lock: threading.Lock, stop: threading.Event, every: float,
-              kick: threading.Event) -> None:
+              kick: threading.Event, listening: Listening | None) -> None:
     function = system.schedule_function
     while not stop.is_set():
         try:
+            if listening is not None:  # a user who just signed up has their last hour to archive
+                listening.tick()
             with lock:
                 system.invoke(function, scheduled_event(system.now(), f"{function}-schedule"))
         except Exception as exc:  # noqa: BLE001

@@ -8,10 +8,11 @@ lost (gap plays, the revoked user's plays) and those after the last poll. Every 
 quick "Account data" format instead (minute precision, names only), one user adds a video file.
 
 The upload goes the way a browser's does: playvault.imports.presigned_upload, then a multipart POST
-to the S3 emulator. moto emits no S3 events, so the importer is invoked with the EventBridge
-"Object Created" event a real bucket sends, and its continuation queue is drained like an event
-source mapping. Expected figures are computed here from the emulator's truth, independently of the
-importer: plays it should add, the overlap with polling it should recognise, 0 duplicated plays.
+to the S3 emulator. moto emits no S3 events, so the template's EventBridge rule is played by
+eventsource.S3EventRule (the new object, the "Object Created" event a real bucket sends, the rule's
+pattern), and the importer's continuation queue is drained like an event source mapping. Expected
+figures are computed here from the emulator's truth, independently of the importer: plays it should
+add, the overlap with polling it should recognise, 0 duplicated plays.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from typing import Any
 import boto3
 import requests
 
-from playvault_local.events import s3_object_created_event, sqs_event
+from playvault_local.events import sqs_event
+from playvault_local.eventsource import S3EventRule
 
 HISTORY_YEARS = 2
 HISTORY_ROWS = 60  # streams per user before sign-up
@@ -155,6 +157,7 @@ def run_imports(sim: Any) -> dict[str, Any]:
     cursors = {row["user_id"]: (row.get("status"), row.get("cursor_ms"))
                for row in system.aws.table_items(users_table, ["user_id", "status", "cursor_ms"])}
 
+    uploaded = S3EventRule(system, next(r for r in system.s3_rules if r.function == system.import_function))
     exports: dict[str, list[ExportFile]] = {}
     expected = Counter()
     session = requests.Session()
@@ -180,10 +183,8 @@ def run_imports(sim: Any) -> dict[str, Any]:
         answer = session.post(upload["url"], data=upload["fields"], files={"file": (name, _zip(files))}, timeout=60)
         if answer.status_code not in (200, 201, 204):
             raise RuntimeError(f"upload for {user.user_id} refused: {answer.status_code} {answer.text[:200]}")
-        key = upload["key_prefix"] + name
-        head = s3.head_object(Bucket=bucket, Key=key)
-        system.invoke(system.import_function,
-                      s3_object_created_event(bucket, key, int(head["ContentLength"]), head["ETag"], now))
+        if uploaded.poll_once() != 1:  # the template's rule matched the upload: the importer ran
+            raise RuntimeError(f"the upload for {user.user_id} raised no import event (the importer's S3 rule)")
     continuations = _drain(sim)
 
     statuses = {u.user_id: status_for_user(u.user_id, sim.clock()) for u in sim.population}

@@ -61,6 +61,14 @@ class SystemConfig:
 
 
 @dataclass
+class S3RuleSpec:
+    """A function's EventBridgeRule event on S3 (its pattern still holding the template's intrinsics)."""
+    function: str
+    pattern: dict[str, Any]
+    maximum_retry_attempts: int
+
+
+@dataclass
 class EventSourceSpec:
     function: str
     queue_logical_id: str
@@ -86,6 +94,7 @@ class LocalSystem:
         self._undo: list[Callable[[], None]] = []
         self.sqs: Any = None
         self.ddb: Any = None
+        self.s3: Any = None
         self.schedule_function: str | None = None
         self._schedule_node: Any = None
         self.event_source: EventSourceSpec | None = None  # the worker's (the first SQS event source)
@@ -94,6 +103,7 @@ class LocalSystem:
         # The importer: started by S3 "Object Created" (EventBridge rule), continued from its own queue.
         self.import_function: str | None = None
         self.import_source: EventSourceSpec | None = None
+        self.s3_rules: list[S3RuleSpec] = []  # EventBridge rules on S3 events (the importer's "Uploaded")
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> LocalSystem:
@@ -159,6 +169,7 @@ class LocalSystem:
         runner_session = boto3.session.Session()
         self.sqs = runner_session.client("sqs", endpoint_url=self.aws.url)
         self.ddb = runner_session.client("dynamodb", endpoint_url=self.aws.url)
+        self.s3 = runner_session.client("s3", endpoint_url=self.aws.url)
 
         self.hooks.install()
         self._undo.append(self.hooks.uninstall)
@@ -182,6 +193,8 @@ class LocalSystem:
                 kind, props = event.get("Type"), event.get("Properties") or {}
                 if kind == "EventBridgeRule" and "aws.s3" in ((props.get("Pattern") or {}).get("source") or []):
                     self.import_function = logical_id
+                    retry = (props.get("RetryPolicy") or {}).get("MaximumRetryAttempts", 185)  # EventBridge's default
+                    self.s3_rules.append(S3RuleSpec(logical_id, props["Pattern"], int(retry)))
                 if kind in ("Schedule", "ScheduleV2"):
                     self.schedule_function = logical_id
                     self._schedule_node = props.get("Schedule") or props.get("ScheduleExpression")

@@ -1,7 +1,8 @@
 """A real browser against a served local stack: sign in through the consent page; the waitlist at the
 cap; a user's whole account (/me after a poll, CSV and JSON Lines exports equal to the plays table,
 sign-out, sign-in again, delete my data: nothing of the user left in any table or bucket, another
-user untouched).
+user untouched); importing a Spotify data export from /me (the ZIP posted straight to S3, the job
+paused by a 429 and resumed, its progress to completion, the coverage timeline).
 
 Headless Debian Chromium (/usr/bin/chromium, `apt-get install -y chromium`) driven by Playwright
 from PyPI; never a downloaded browser. Missing Chromium or Playwright fails the test, loudly.
@@ -251,3 +252,122 @@ def test_my_archive_export_sign_out_and_delete(browser, served):
     assert bystander.locator("#status").inner_text() == "Archiving"
     page.goto(f"{base}/me")
     assert "/authorize" in page.url or "asks for access" in page.content()  # signed out: back to sign-in
+
+
+# ---------------------------------------------------------------- importing a data export
+IMPORTER_USER = "e2e-importer"
+HISTORY_TRACKS = range(400, 430)  # catalog tracks listened to in the years before sign-up
+
+
+def _export_zip(info: dict[str, str], polled: list[dict]) -> tuple[bytes, int, int]:
+    """Spotify's extended streaming history for the user: 30 plays of 2024, a skip and a
+    private-session stream (both dropped by the listening rule), and every polled play again
+    (ts = its end, whole seconds, as the export has it). -> (zip, plays to add, already archived)."""
+    import io
+    import json
+    import zipfile
+    from datetime import UTC, datetime, timedelta
+
+    from spotify_emulator import catalog
+
+    def row(ended: datetime, track_id: str, name: str, ms_played: int, incognito: bool = False) -> dict:
+        return {"ts": ended.strftime("%Y-%m-%dT%H:%M:%SZ"), "platform": "android", "ms_played": ms_played,
+                "conn_country": "SE", "ip_addr": "192.0.2.7", "master_metadata_track_name": name,
+                "master_metadata_album_artist_name": "An Artist", "master_metadata_album_album_name": "An Album",
+                "spotify_track_uri": f"spotify:track:{track_id}", "episode_name": None, "episode_show_name": None,
+                "spotify_episode_uri": None, "reason_start": "trackdone",
+                "reason_end": "trackdone" if ms_played >= 30_000 else "fwdbtn", "shuffle": False,
+                "skipped": ms_played < 30_000, "offline": False, "offline_timestamp": None,
+                "incognito_mode": incognito}
+
+    start = datetime(2024, 3, 1, 18, 0, tzinfo=UTC)
+    history = [catalog.track(0, index) for index in HISTORY_TRACKS]
+    rows = [row(start + timedelta(days=7 * n), t["id"], t["name"], 200_000) for n, t in enumerate(history)]
+    rows.append(row(start + timedelta(days=400), history[0]["id"], history[0]["name"], 12_000))  # a skip
+    rows.append(row(start + timedelta(days=401), history[1]["id"], history[1]["name"], 200_000, incognito=True))
+    tracks = _aws(info, "dynamodb")
+    known = [p for p in polled if p.get("track_id", {}).get("S")]
+    for play in known:
+        track_id = play["track_id"]["S"]
+        name = tracks.get_item(TableName="playvault-local-TracksTable", Key={"track_id": {"S": track_id}})["Item"]
+        ended = datetime.fromtimestamp(int(play["played_at_ms"]["N"]) // 1000, UTC)
+        rows.append(row(ended, track_id, name["name"]["S"], 180_000))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("Spotify Extended Streaming History/Streaming_History_Audio_2024-2026_0.json",
+                         json.dumps(rows))
+        archive.writestr("Spotify Extended Streaming History/ReadMeFirst_ExtendedStreamingHistory.pdf", b"%PDF-1.4")
+    return buffer.getvalue(), len(history), len(known)
+
+
+def _import_row(page) -> dict[str, str]:
+    cells = page.locator("#imports tr.import").first.locator("td").all_inner_texts()
+    names = ["file", "state", "rows_read", "plays_added", "already_archived", "skipped", "to_look_up"]
+    return {**dict(zip(names, cells, strict=True)),
+            "data_state": page.locator("#imports tr.import").first.get_attribute("data-state")}
+
+
+def test_import_a_data_export_from_my_page(browser, served):
+    import requests
+
+    login_url = served["sign in"]
+    base = login_url.rsplit("/auth/login", 1)[0]
+    page = browser.new_page()
+    _sign_in(page, login_url, IMPORTER_USER)
+    _wait_for(page, lambda: int(page.locator("#plays-total").inner_text()) > 0, "the first poll")
+    assert "No import yet" in page.locator("#imports").inner_text()
+    polled = _plays(served, IMPORTER_USER)
+    archive, to_add, already = _export_zip(served, polled)
+
+    # The first catalog lookup meets a 429 (Retry-After 6 s): the import pauses, then resumes by itself.
+    emulator = served["Spotify"].split()[0]
+    requests.post(f"{emulator}/_emulator/inject", json={"path_prefix": "/v1/tracks/", "status": 429,
+                                                        "retry_after": 6, "times": 1}, timeout=10).raise_for_status()
+
+    page.set_input_files("#import-file", files=[{"name": "my_spotify_data.zip", "mimeType": "application/zip",
+                                                "buffer": archive}])
+    page.click("#import-upload")  # a multipart POST straight to the bucket; S3 answers 303 back to /me
+    page.wait_for_load_state()
+    assert page.url.startswith(f"{base}/me?uploaded=1"), page.url
+    assert "my_spotify_data.zip is uploaded" in page.locator("#upload-received").inner_text()
+    s3 = _aws(served, "s3")
+    prefix = f"imports/{IMPORTER_USER}/"
+    uploads = [obj["Key"] for bucket in s3.list_buckets()["Buckets"]
+               for obj in s3.list_objects_v2(Bucket=bucket["Name"], Prefix=prefix).get("Contents", [])]
+    assert [key.rsplit("/", 1)[1] for key in uploads] == ["my_spotify_data.zip"]  # in the user's own prefix
+
+    seen: list[dict[str, str]] = []
+
+    def state() -> str | None:
+        if page.locator("#imports tr.import").count() == 0:
+            return None
+        seen.append(_import_row(page))
+        return seen[-1]["data_state"]
+
+    _wait_for(page, lambda: state() == "paused", "the import to pause on the 429", 60)
+    paused = seen[-1]
+    assert paused["file"] == "my_spotify_data.zip"
+    assert int(paused["plays_added"]) == to_add and int(paused["already_archived"]) == already  # rows are in
+    assert int(paused["to_look_up"]) > 0 and "100 %" not in paused["state"] and "left" in paused["state"]
+    _wait_for(page, lambda: state() == "done", "the import to resume and finish", 90)
+    done = seen[-1]
+    assert done["state"].startswith("done 100 %")
+    assert int(done["rows_read"]) == to_add + 2 + already
+    assert (int(done["plays_added"]), int(done["already_archived"])) == (to_add, already)
+    assert done["skipped"] == "incognito 1, too_short 1"
+    states = [s["data_state"] for s in seen]
+    assert states.index("paused") < states.index("done") and "done" not in states[:states.index("paused")]
+
+    # The plays table: the export's plays added once each, every polled play still once.
+    table = _plays(served, IMPORTER_USER)
+    imported = [p for p in table if p["source"]["S"] == "export"]
+    assert len(imported) == to_add
+    assert {p["played_at"]["S"][:4] for p in imported} == {"2024"}
+    assert {p["played_at"]["S"] for p in polled} <= {p["played_at"]["S"] for p in table if p["source"]["S"] == "api"}
+    assert int(page.locator("#plays-total").inner_text()) >= len(polled) + to_add
+
+    # The coverage timeline: imported years, then polling since the sign-up.
+    segments = page.locator("#coverage svg.coverage rect.segment")
+    kinds = [segments.nth(i).get_attribute("class").split()[-1] for i in range(segments.count())]
+    assert kinds[0] == "import" and kinds[-1] == "polling", kinds
+    assert "filled by an import: 2024-03-01" in page.locator("#coverage rect.segment.import").first.inner_html()

@@ -687,3 +687,19 @@ def test_me_offers_the_import_upload_and_shows_its_progress_and_the_coverage(sit
     row = re.search(r'<tr class="import" data-state="([a-z]+)">(.*?)</tr>', after, re.S)
     assert row and "my_spotify_data.zip" in row.group(2)
     assert re.search(r'class="import-added">1<', row.group(2)), row.group(2)  # the one play, added
+
+
+def test_back_from_an_upload_me_says_the_file_arrived(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    assert 'id="upload-received"' not in browser.call("GET", "/me")["body"]
+    # S3's 303 after a presigned POST appends bucket, key and etag to success_action_redirect.
+    back = browser.call("GET", "/me", {"uploaded": "1", "bucket": aws_env.name("UserFilesBucket"),
+                                       "key": "imports/alice/20261201T000000Z-0a1b2c3d/my_spotify_data.zip",
+                                       "etag": '"d41d8cd98f00b204e9800998ecf8427e"'})
+    assert back["statusCode"] == 200
+    notice = re.search(r'<p id="upload-received">(.*?)</p>', back["body"], re.S)
+    assert notice and "my_spotify_data.zip" in notice.group(1) and "import" in notice.group(1)
+    assert "imports/alice" not in notice.group(1)  # the file's name, not the bucket's key
+    # a key outside the user's own prefix is not named back
+    other = browser.call("GET", "/me", {"uploaded": "1", "key": "imports/bob/x/<b>theirs</b>.zip"})["body"]
+    assert "theirs" not in other and 'id="upload-received"' in other

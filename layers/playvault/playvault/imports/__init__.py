@@ -52,6 +52,15 @@ def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_b
             "expires_at": (now + expires).isoformat(), "upload_id": upload_id}
 
 
+def uploaded_file_name(user_id: str, key: str | None) -> str:
+    """The file's name in an upload key S3 reports back, when the key is under this user's own
+    prefix (imports/<user>/<upload>/<name>); "" for anything else."""
+    parts = (key or "").split("/")
+    if len(parts) != 4 or parts[:2] != ["imports", user_id] or not parts[3]:
+        return ""
+    return parts[3]
+
+
 def _eta_s(job: store.ImportModel, now: datetime) -> float | None:
     if job.state not in (store.RUNNING, store.PAUSED) or job.started_at is None:
         return None

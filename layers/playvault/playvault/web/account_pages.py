@@ -31,9 +31,10 @@ def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
 
 
-def imports_section(upload: dict, jobs: list[dict], coverage_svg: str) -> str:
+def imports_section(upload: dict, jobs: list[dict], coverage_svg: str, received: str | None = None) -> str:
     """Import Spotify's data export: the upload form (a presigned POST straight to S3: no file passes
-    through the API), the import jobs with their progress, and the coverage timeline."""
+    through the API), the import jobs with their progress, and the coverage timeline. `received`: the
+    browser is back from an upload ("" when the file's name is unknown)."""
     hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
                      for k, v in upload["fields"].items())
     rows = []
@@ -53,7 +54,13 @@ def imports_section(upload: dict, jobs: list[dict], coverage_svg: str) -> str:
     table = ('<table id="imports"><tr><th>file</th><th>state</th><th>rows read</th><th>plays added</th>'
              '<th>already archived</th><th>skipped</th><th>tracks to look up</th></tr>' + "".join(rows) + "</table>"
              if rows else '<p id="imports" class="muted">No import yet.</p>')
+    notice = ""
+    if received is not None:
+        named = f"{esc(received)} is uploaded" if received else "Your file is uploaded"
+        notice = (f'<p id="upload-received">{named}: the import starts within a minute; reload this page to '
+                  "follow it below.</p>")
     return f"""<h2>Import your Spotify data export</h2>
+{notice}
 <p class="muted">Spotify's privacy page sends every stream since the account was created ("Extended
 streaming history", a ZIP). Upload it as it came (or its JSON files one by one, up to
 {upload["max_bytes"] // (1024 * 1024)} MB each): plays already archived are not added twice. Reload this

@@ -1,0 +1,113 @@
+"""The local runner's EventBridge rule on S3 (moto sends no S3 events): the template's pattern
+decides which objects start the importer, and a failed delivery is retried as EventBridge does."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import boto3
+import pytest
+
+from playvault_local import template as tpl
+from playvault_local.events import s3_object_created_event
+from playvault_local.eventsource import S3EventRule, matches
+from playvault_local.system import LocalSystem, S3RuleSpec, StartupError, SystemConfig
+
+BUCKET = "playvault-local-userfilesbucket"
+MOMENT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _importer_rule() -> tuple[dict[str, Any], int]:
+    """The importer's "Uploaded" rule from template.yaml, its !Ref resolved to the local bucket."""
+    template = tpl.load()
+    event = template["Resources"]["ImporterFunction"]["Properties"]["Events"]["Uploaded"]["Properties"]
+    resolver = tpl.Resolver(template, {"UserFilesBucket": {"Ref": BUCKET}})
+    return resolver.value(event["Pattern"]), int(event["RetryPolicy"]["MaximumRetryAttempts"])
+
+
+def test_the_importer_rule_matches_uploads_only():
+    pattern, _ = _importer_rule()
+    upload = s3_object_created_event(BUCKET, "imports/alice/20261201T120000Z-0a1b2c3d/my_spotify_data.zip", 10,
+                                     '"etag"', MOMENT)
+    assert matches(pattern, upload)
+    assert not matches(pattern, s3_object_created_event(BUCKET, "exports/alice/e1.csv", 10, "e", MOMENT))
+    assert not matches(pattern, s3_object_created_event("another-bucket", upload["detail"]["object"]["key"], 10,
+                                                        "e", MOMENT))
+    assert not matches(pattern, {**upload, "detail-type": "Object Deleted"})
+
+
+def test_pattern_operators():
+    event = {"source": "aws.s3", "detail": {"object": {"key": "a/b.zip", "size": 3}}}
+    assert matches({"detail": {"object": {"key": [{"suffix": ".zip"}]}}}, event)
+    assert not matches({"detail": {"object": {"key": [{"suffix": ".json"}]}}}, event)
+    assert matches({"detail": {"object": {"etag": [{"exists": False}]}}}, event)
+    assert not matches({"detail": {"object": {"key": [{"exists": False}]}}}, event)
+    assert matches({"source": [{"anything-but": ["aws.ec2"]}]}, event)
+    assert not matches({"source": [{"anything-but": "aws.s3"}]}, event)
+    assert not matches({"detail": {"bucket": {"name": ["x"]}}}, event)  # a field the event lacks
+    with pytest.raises(StartupError, match="numeric"):
+        matches({"detail": {"object": {"size": [{"numeric": [">", 1]}]}}}, event)
+
+
+def _rule_on(s3: Any, handler: Any, retries: int) -> S3EventRule:
+    pattern, _ = _importer_rule()
+    system = SimpleNamespace(stack=SimpleNamespace(resolver=tpl.Resolver({}, {})), handlers={"Importer": handler},
+                             s3=s3, now=lambda: MOMENT, context=lambda _logical_id: None)
+    return S3EventRule(system, S3RuleSpec("Importer", pattern, retries))  # type: ignore[arg-type]
+
+
+def test_each_new_upload_is_delivered_once_and_a_failure_is_retried(aws_env):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_object(Bucket=BUCKET, Key="imports/alice/old/before.zip", Body=b"x")  # there before the rule
+    delivered: list[str] = []
+    failing = {"imports/bob/u2/export.zip": 2}  # fails twice, then succeeds
+
+    def handler(event: dict[str, Any], _context: Any) -> None:
+        key = event["detail"]["object"]["key"]
+        delivered.append(key)
+        if failing.get(key):
+            failing[key] -= 1
+            raise RuntimeError("the importer crashed")
+
+    rule = _rule_on(s3, handler, retries=3)
+    assert rule.poll_once() == 0
+    s3.put_object(Bucket=BUCKET, Key="imports/alice/u1/my_spotify_data.zip", Body=b"zip")
+    s3.put_object(Bucket=BUCKET, Key="exports/alice/e1.csv", Body=b"csv")  # not the rule's prefix
+    s3.put_object(Bucket=BUCKET, Key="imports/bob/u2/export.zip", Body=b"zip")
+    assert rule.poll_once() == 2
+    assert rule.poll_once() == 1 and rule.poll_once() == 1  # the failed one, again
+    assert rule.poll_once() == 0
+    assert delivered == ["imports/alice/u1/my_spotify_data.zip", "imports/bob/u2/export.zip",
+                         "imports/bob/u2/export.zip", "imports/bob/u2/export.zip"]
+    assert rule.stats.function_errors == {"RuntimeError": 2}
+
+
+def test_a_delivery_failing_past_the_retry_policy_is_dropped(aws_env):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+    calls: list[str] = []
+
+    def handler(event: dict[str, Any], _context: Any) -> None:
+        calls.append(event["detail"]["object"]["key"])
+        raise RuntimeError("always")
+
+    rule = _rule_on(s3, handler, retries=1)
+    s3.put_object(Bucket=BUCKET, Key="imports/alice/u1/a.zip", Body=b"zip")
+    assert [rule.poll_once() for _ in range(4)] == [1, 1, 0, 0]  # the first attempt and one retry
+    assert len(calls) == 2
+
+
+def test_a_rule_naming_no_bucket_is_a_startup_error():
+    system = SimpleNamespace(stack=SimpleNamespace(resolver=tpl.Resolver({}, {})), handlers={"F": None}, s3=None)
+    with pytest.raises(StartupError, match="names no bucket"):
+        S3EventRule(system, S3RuleSpec("F", {"source": ["aws.s3"]}, 3))  # type: ignore[arg-type]
+
+
+def test_the_local_system_reads_the_importer_rule_from_the_template():
+    system = LocalSystem(SystemConfig())  # nothing started: the template is only read
+    system._read_event_sources(tpl.load())
+    assert [(r.function, r.maximum_retry_attempts) for r in system.s3_rules] == [("ImporterFunction", 3)]
+    assert system.import_function == "ImporterFunction"
