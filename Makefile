@@ -15,6 +15,8 @@ SAM := $(VENV_SAM)/bin/sam
 # sam build looks for python3.12 on PATH; the app virtualenv provides it.
 SAM_ENV := PATH=$(CURDIR)/$(VENV)/bin:$$PATH SAM_CLI_TELEMETRY=0 AWS_DEFAULT_REGION=us-east-1
 PYTEST_ARGS ?=
+# `make test` runs pytest on every core (pytest-xdist): most tests wait on servers, not the CPU.
+PYTEST_WORKERS ?= auto
 
 .PHONY: help browser-deps install test unit integration e2e lint validate build deploy run serve bench clean
 
@@ -81,7 +83,7 @@ e2e: $(VENV)/.installed
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: install lint validate build
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # The runner's own exit code is printed; make itself exits 2 whenever a recipe fails.
 run: $(VENV)/.installed

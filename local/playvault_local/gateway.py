@@ -226,6 +226,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
         return 0
     finally:
         stop.set()
+        kick.set()  # the schedule thread waits on it between runs: wake it to see the stop
         if server is not None:
             server.shutdown()
             server.server_close()
