@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from playvault_local.aws_server import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / "layers" / "playvault"
 
@@ -90,13 +92,7 @@ class _Process:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: only the process this bench started
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # by PID: only the process this bench started
 
 
 def _start_moto() -> tuple[_Process, str]:

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from playvault_local.aws_server import stop_process
+
 VERSION = "4.0.0"
 FOLDER = Path(__file__).resolve().parent / ".dynalite"
 CLI = FOLDER / "node_modules" / "dynalite" / "cli.js"
@@ -66,13 +68,7 @@ class Dynalite:
         raise DynaliteUnavailable("dynalite did not start within 30 s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()  # by PID: only the process this bench started
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)  # by PID: only the process this bench started
 
 
 def create_tables(client: Any, stack: Any) -> list[str]:

@@ -14,7 +14,6 @@ import html
 import json
 from datetime import timedelta
 from pathlib import Path
-from string import Template
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -70,38 +69,13 @@ SESSION_IDLE = timedelta(days=settings.session_idle_days)
 RESERVE_MS = 1500  # leave time to answer after the Spotify calls
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_PAGE = Template(web_pages.PAGE_TEMPLATE)
 _WAITLIST_FORM = (_TEMPLATES / "waitlist_form.html").read_text()
 
-NO_STORE = {"Cache-Control": "no-store"}
-HTML_HEADERS = {
-    **NO_STORE,
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    ),
-    # The callback URL carries the authorization code: never send it on as a Referer.
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-# -- rendering ----------------------------------------------------------------------------------
-def page(status: int, title: str, heading: str, content_html: str, headers: dict[str, str] | None = None) -> Response:
-    body = _PAGE.substitute(title=html.escape(title), heading=html.escape(heading), content=content_html,
-                            main_class="")
-    return Response(
-        status_code=status,
-        content_type="text/html; charset=utf-8",
-        body=body,
-        headers={**HTML_HEADERS, **(headers or {})},
-    )
-
-
-def message_page(
-    status: int, title: str, text: str, headers: dict[str, str] | None = None, *, start_again: bool = False
-) -> Response:
-    more = '<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again else ""
-    return page(status, title, title, f"<p>{html.escape(text)}</p>{more}", headers)
+# One page template and one set of HTML headers for every function (no caching, no script, no
+# Referer: the callback URL carries the authorization code).
+NO_STORE = web_pages.NO_STORE
+page = web_pages.page
+message_page = web_pages.message_page
 
 
 def waitlist_page() -> Response:
@@ -237,8 +211,7 @@ def login() -> Response:
     if isinstance(result, WaitlistRequired):
         return waitlist_page()
     assert isinstance(result, LoginRedirect)
-    return Response(status_code=302, headers={**NO_STORE, "Location": result.url, "Referrer-Policy": "no-referrer"},
-                    cookies=[login_cookie])
+    return web_pages.redirect(result.url, status=302, cookies=[login_cookie])
 
 
 @app.get("/auth/callback")
