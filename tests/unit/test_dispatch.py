@@ -95,19 +95,50 @@ def test_batches_spread_evenly_over_the_window_and_no_delay_exceeds_900(monkeypa
     start = int(NOW.timestamp())
     offsets = sorted(m.not_before - start for m in messages)
     assert offsets[-1] < window
-    # Overdue users are spread evenly, user k at k * window / due (floored), and a batch is due at its
-    # last member's slot: nobody is polled before their slot, and batches are evenly apart.
-    slot = {f"user{k:06d}": k * window // due for k in range(due)}
-    for message in messages:
-        assert message.not_before - start == max(slot[u] for u in message.users)
-    step = window / due * batch_size
-    for index, offset in enumerate(offsets):
-        assert abs(offset - min(due - 1, (index + 1) * batch_size - 1) * window / due) <= 1
-        assert index == 0 or offset - offsets[index - 1] <= step + 1
+    # Overdue users (all of them here) are past their moment: their batches are spread evenly, batch i
+    # at i * window / batches (floored), the first at once.
+    assert offsets == [index * window // batches for index in range(batches)]
+    assert [len(m.users) for m in messages] == [batch_size] * (due // batch_size) + ([due % batch_size]
+                                                                                     if due % batch_size else [])
     for entry, message in zip(sqs.sent, messages, strict=True):
         assert 0 <= entry["DelaySeconds"] <= MAX_DELAY_S
         assert entry["DelaySeconds"] == min(message.not_before - start, MAX_DELAY_S)
     assert report.max_delay_seconds == min(offsets[-1], MAX_DELAY_S)
+
+
+def test_an_overdue_user_never_waits_for_a_later_users_slot(monkeypatch):
+    """A new sign-up (no next_poll_at) and a user due in 14 minutes fit one batch of 50; sent together
+    the batch would wait for the later slot, and the newcomer's first poll with it."""
+    later = NOW + timedelta(minutes=14)
+
+    def scan(page_size: int = 1000):
+        yield users.PollingState("newcomer", users.ACTIVE, None, None)
+        yield users.PollingState("regular", users.ACTIVE, None, later)
+        yield users.PollingState("overdue", users.ACTIVE, None, NOW - timedelta(minutes=3))
+
+    _fake_users(monkeypatch, scan)
+    sqs = FakeSQS()
+    report = dispatch.dispatch(NOW, settings(batch_size=50, dispatch_period_minutes=15), sqs)
+    start = int(NOW.timestamp())
+    bodies = [(WorkMessage.model_validate_json(e["MessageBody"]), e["DelaySeconds"]) for e in sqs.sent]
+    sent = sorted((m.not_before - start, sorted(m.users), delay) for m, delay in bodies)
+    assert sent == [(0, ["newcomer", "overdue"], 0), (14 * 60, ["regular"], 14 * 60)]
+    assert (report.dispatched, report.overdue, report.messages_sent) == (3, 2, 2)
+
+
+def test_users_due_later_are_batched_by_moment_and_none_is_polled_early(monkeypatch):
+    def scan(page_size: int = 1000):
+        for k in range(25, 0, -1):  # the scan's order is not the moments' order
+            yield users.PollingState(f"u{k:02d}", users.ACTIVE, None, NOW + timedelta(seconds=10 * k))
+
+    _fake_users(monkeypatch, scan)
+    sqs = FakeSQS()
+    dispatch.dispatch(NOW, settings(batch_size=10, dispatch_period_minutes=15), sqs)
+    start = int(NOW.timestamp())
+    sent = [WorkMessage.model_validate_json(e["MessageBody"]) for e in sqs.sent]
+    assert [(m.not_before - start, m.users) for m in sent] == [
+        (100, [f"u{k:02d}" for k in range(1, 11)]), (200, [f"u{k:02d}" for k in range(11, 21)]),
+        (250, [f"u{k:02d}" for k in range(21, 26)])]
 
 
 def test_nobody_due_sends_nothing(monkeypatch):
@@ -360,7 +391,7 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
 def test_a_15_minute_schedule_polls_a_heavy_listener_every_run_and_a_light_one_hourly(
         load_function, lambda_context, clocked, emulator, aws_env):
     """Three hours of a 15-minute dispatcher: the heavy listener (70 plays an hour) fills 25+ new
-    plays a run and is polled every run; the light one (6 an hour) once an hour."""
+    plays a run and is polled every run; the light one (6 an hour) once an hour, in batches of its own."""
     from tests.unit.test_worker import onboard
 
     onboard(emulator, aws_env, ["heavy", "light"], listen_hours=0)
@@ -386,8 +417,14 @@ def test_a_15_minute_schedule_polls_a_heavy_listener_every_run_and_a_light_one_h
                 "batchItemFailures": []}
     stored = sorted(int(p.played_at_ms) for p in plays.all_plays("heavy"))
     truth = [p["played_at_ms"] for p in emulator.state.ground_truth("heavy")]
-    assert stored == [t for t in truth if t >= stored[0]], "after the first poll nothing of the heavy listener lost"
+    # up to its last poll (later plays wait for the next one): the light listener's batch is now its
+    # own, so the clock ends at the light listener's last moment, after the heavy one's last poll
+    last_poll_ms = int(users.get("heavy").last_polled_at.timestamp() * 1000)
+    assert stored == [t for t in truth if stored[0] <= t <= last_poll_ms], "after the first poll nothing lost"
     assert users.get("heavy").gaps_detected == 0
     runs_polled = Counter(u for m in sqs.sent for u in WorkMessage.model_validate_json(m["body"]).users)
     assert runs_polled["heavy"] == 12  # every 15 minutes
-    assert runs_polled["light"] == 3  # every 60 minutes (runs 0, 4, 8)
+    # once an hour, each poll at its moment (a minute early: Cadence), whatever the heavy one does
+    light = [m.not_before for m in (WorkMessage.model_validate_json(x["body"]) for x in sqs.sent) if "light" in m.users]
+    assert [b - a for a, b in zip(light, light[1:], strict=False)] == [3540] * (runs_polled["light"] - 1)
+    assert runs_polled["light"] == 4  # at 0, 59, 118 and 177 minutes

@@ -8,9 +8,10 @@ counted by the reason they were left out (needs_reauth, cooldown, not due, other
 dispatcher's metrics explain every user.
 
 When: a user due later in the period is sent for that moment (its offset from now), so a user's
-polls keep their rhythm; users already overdue (new, deferred, late) are spread evenly over the
-period. Users are then grouped in batches of `batch_size` in order of their moment, and a batch is
-due at its last member's moment.
+polls keep their rhythm: those users are grouped in batches of `batch_size` in order of their
+moment, and a batch is due at its last member's moment (nobody is polled early). Users already
+overdue (new, deferred, late) are batched apart and their batches spread evenly over the period,
+the first at once: a newcomer never waits for another user's later moment.
 
 While Spotify limits the app (the rate gate is closed), nobody is sent: deferred users keep their
 one pending poll (next_poll_at is not moved) and the first run after the gate opens spreads them
@@ -74,8 +75,9 @@ def offsets(batches: int, window_s: int) -> Iterator[int]:
         yield index * window_s // batches
 
 
-def _due_users(now: datetime, period_s: int, report: DispatchReport) -> list[tuple[int, str]]:
-    """(offset, user id) of every user to send, in order of offset."""
+def _due_users(now: datetime, period_s: int, report: DispatchReport) -> tuple[list[tuple[int, str]], list[str]]:
+    """(timed, overdue): (offset, user id) of the users due later in the period, in order of offset,
+    and the ids of those already due."""
     horizon = now.timestamp() + period_s
     timed: list[tuple[int, str]] = []
     overdue: list[str] = []
@@ -96,8 +98,20 @@ def _due_users(now: datetime, period_s: int, report: DispatchReport) -> list[tup
         else:
             report.not_due += 1
     report.overdue = len(overdue)
-    spread = list(zip(offsets(len(overdue), period_s), overdue, strict=True))
-    return sorted(timed + spread)
+    return sorted(timed), overdue
+
+
+def plan_batches(timed: list[tuple[int, str]], overdue: list[str], size: int,
+                 period_s: int) -> list[tuple[int, list[str]]]:
+    """(offset, user ids) of each message, in order of offset: timed users in batches due at their
+    last member's moment, overdue users in batches of their own spread evenly over the period."""
+    plan = []
+    for start in range(0, len(timed), size):
+        batch = timed[start:start + size]
+        plan.append((batch[-1][0], [user_id for _, user_id in batch]))
+    overdue_batches = [overdue[i:i + size] for i in range(0, len(overdue), size)]
+    plan += zip(offsets(len(overdue_batches), period_s), overdue_batches, strict=True)
+    return sorted(plan, key=lambda entry: entry[0])
 
 
 def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> DispatchReport:
@@ -109,30 +123,26 @@ def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> Dispatc
         period_seconds=period_s,
         batch_size=settings.batch_size,
     )
-    due = _due_users(now, period_s, report)
+    timed, overdue = _due_users(now, period_s, report)
     gate = state.rate_limited_until(now)
     if gate is not None:
         report.gate_closed_until = gate.isoformat()
-        report.waiting_for_gate = len(due)
-        due = []
+        report.waiting_for_gate = len(timed) + len(overdue)
+        timed, overdue = [], []
         logger.warning("Spotify limits the app: nobody dispatched this run",
                        extra={"gate_closed_until": report.gate_closed_until, "users_waiting": report.waiting_for_gate})
-    report.dispatched = len(due)
-    size = settings.batch_size
-    batches = [due[i : i + size] for i in range(0, len(due), size)]
+    report.dispatched = len(timed) + len(overdue)
+    plan = plan_batches(timed, overdue, settings.batch_size, period_s)
     start_s = int(now.timestamp())
-    # A batch is due at its last member's moment: nobody in it is polled before their time.
-    plan = [batch[-1][0] for batch in batches]
 
     def messages() -> Iterator[WorkMessage]:
-        for batch, offset in zip(batches, plan, strict=True):
-            yield WorkMessage(users=[user_id for _, user_id in batch], not_before=start_s + offset,
-                              window_id=report.window_id)
+        for offset, user_ids in plan:
+            yield WorkMessage(users=user_ids, not_before=start_s + offset, window_id=report.window_id)
 
     report.messages_sent = send_batches(sqs_client, settings.work_queue_url, messages(),
-                                        (delay_for(offset) for offset in plan))
-    report.last_offset_seconds = plan[-1] if plan else 0
-    report.max_delay_seconds = min(max(plan, default=0), MAX_DELAY_S)
+                                        (delay_for(offset) for offset, _ in plan))
+    report.last_offset_seconds = plan[-1][0] if plan else 0
+    report.max_delay_seconds = min(report.last_offset_seconds, MAX_DELAY_S)
 
     metrics.count(metrics.USERS_CONSIDERED, report.considered)
     metrics.count(metrics.USERS_DISPATCHED, report.dispatched)
