@@ -23,6 +23,9 @@ class SimUser:
     rotate_refresh_tokens: bool = False
     revoke_at_hour: int | None = None
     burst_hour: int | None = None
+    # where this user's listening hours begin past the clock's hours (0-59 minutes): real listening
+    # does not start on the hour, and a burst that did would favour polls made just after it
+    offset_minutes: int = 0
     tags: list[str] = field(default_factory=list)
     # the authorization lifecycle (--days): a late sign-up, and sign-ins again ("reconnect" links)
     sign_up_at_hour: int | None = None  # None: signs up before the first dispatch
@@ -53,7 +56,8 @@ def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
                 rates.append(70.0)
             else:
                 rates.append(rng.uniform(25, 45))
-        user = SimUser(user_id, profile, rates)
+        user = SimUser(user_id, profile, rates,
+                       offset_minutes=random.Random(f"offset:{seed}:{user_id}").randrange(60))
         if profile == "burst":
             # After the first archived plays (hour >= 3): a cursor exists, so the gap is detectable.
             user.burst_hour = rng.randint(3, max(3, hours - 2))
@@ -78,15 +82,19 @@ def build_population(users: int, hours: int, seed: int) -> list[SimUser]:
 
 def simulate(state: object, population: list[SimUser], start: datetime) -> int:
     """Schedule every user's plays in the emulator: hour 0 is history before `start`, then one
-    segment per simulated hour. Plays become visible only when the clock reaches them."""
+    segment per simulated hour, each shifted by the user's offset_minutes (the last one cut at the
+    run's end). Plays become visible only when the clock reaches them."""
     total = 0
     for user in population:
+        end = start + timedelta(hours=len(user.plays_per_hour) - 1)  # the run's end: nothing played later
         for index, rate in enumerate(user.plays_per_hour):
             if rate <= 0:
                 continue
-            segment_start = start + timedelta(hours=index - 1)
-            total += state.simulate_listening(user.user_id, segment_start, segment_start + timedelta(hours=1),  # type: ignore[attr-defined]
-                                              rate, local_share=user.local_share)
+            segment_start = start + timedelta(hours=index - 1, minutes=user.offset_minutes)
+            segment_end = min(end, segment_start + timedelta(hours=1))
+            if segment_end > segment_start:
+                total += state.simulate_listening(user.user_id, segment_start, segment_end,  # type: ignore[attr-defined]
+                                                  rate, local_share=user.local_share)
     return total
 
 

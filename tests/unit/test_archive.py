@@ -830,3 +830,36 @@ def test_invalid_grant_after_another_poll_rotated_the_token_retries_with_the_sto
     assert result.status in (archive.SUCCESS, archive.SKIPPED), result  # skipped: the other poll recorded first
     assert calls == ["other", "mine", "mine"], "one retry with the stored token"
     assert world.user().status == users.ACTIVE
+
+
+# ---------------------------------------------------------------- the cadence's rate estimate
+def _cadence_user(last_polled_at=None, next_poll_at=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(last_polled_at=last_polled_at, next_poll_at=next_poll_at)
+
+
+def test_a_listener_who_just_started_a_heavy_session_is_polled_at_the_next_run():
+    """First poll, 6 plays all in the last 6 minutes (a 60-an-hour session has begun): measured over
+    an hour they look light, and an hourly next poll would find 60 plays, 10 past Spotify's window."""
+    from playvault.archive import Cadence
+
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    cadence = Cadence()
+    started = clock.to_ms(now - timedelta(minutes=6))
+    assert cadence.next_poll_at(_cadence_user(), now, 6, False, oldest_new_ms=started) == now + timedelta(minutes=14)
+    # the same 6 plays spread over the hour: an ordinary listener, polled again in an hour
+    spread = clock.to_ms(now - timedelta(minutes=55))
+    assert cadence.next_poll_at(_cadence_user(), now, 6, False, oldest_new_ms=spread) == now + timedelta(minutes=59)
+    # after an hourly poll, 12 plays of the last 10 minutes (a burst): the next run too
+    last = now - timedelta(hours=1)
+    burst = clock.to_ms(now - timedelta(minutes=10))
+    assert cadence.next_poll_at(_cadence_user(last, now), now, 12, False,
+                                oldest_new_ms=burst) == now + timedelta(minutes=14)
+    # a steady 17 an hour (one song after another) stays hourly
+    steady = clock.to_ms(now - timedelta(minutes=58))
+    assert cadence.next_poll_at(_cadence_user(last, now), now, 17, False,
+                                oldest_new_ms=steady) == now + timedelta(minutes=59)
+    # one play a few seconds ago is no session: the rate is measured over 7.5 minutes at least
+    assert cadence.next_poll_at(_cadence_user(last, now), now, 1, False,
+                                oldest_new_ms=clock.to_ms(now) - 5000) == now + timedelta(minutes=59)

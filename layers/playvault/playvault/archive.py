@@ -76,13 +76,18 @@ class Cadence:
     min_s: int = 900  # the dispatcher's period: "again at the next run"
     # A gap, or a poll holding this many new plays, means poll again at the next run.
     busy_plays: int = 25
-    # ...and a listener who would fill this much of Spotify's window within default_s (measured over
-    # the time since the last poll) stays on the next-run cadence: at 70 plays an hour a 15-minute
-    # poll holds only ~17 new plays, but an hourly one would lose 20.
+    # ...and a listener who would fill this much of Spotify's window within default_s stays on the
+    # next-run cadence: at 70 plays an hour a 15-minute poll holds only ~17 new plays, but an hourly
+    # one would lose 20. The rate is measured over the time the new plays span when that is shorter
+    # than the time since the last poll (a session that began just before this poll, or a first
+    # poll), and over half a run at least.
     stay_busy_plays: int = int(0.8 * MAX_PAGE)
 
-    def next_poll_at(self, user: users.UserModel, now: datetime, new_plays: int, gap: bool) -> datetime:
+    def next_poll_at(self, user: users.UserModel, now: datetime, new_plays: int, gap: bool,
+                     oldest_new_ms: int | None = None) -> datetime:
         elapsed = (now - user.last_polled_at).total_seconds() if user.last_polled_at else self.default_s
+        if oldest_new_ms is not None:
+            elapsed = min(elapsed, (clock.to_ms(now) - oldest_new_ms) / 1000)
         per_cadence = new_plays * self.default_s / max(elapsed, self.min_s / 2)
         if gap or new_plays >= self.busy_plays or per_cadence >= self.stay_busy_plays:
             interval = self.min_s
@@ -251,7 +256,8 @@ class Archiver:
             users.PollSuccess(
                 polled_at=now,
                 run_id=run_id,
-                next_poll_at=self.cadence.next_poll_at(user, now, written, bool(gap)),
+                next_poll_at=self.cadence.next_poll_at(user, now, written, bool(gap),
+                                                       min((p.played_at_ms for p in new_plays), default=None)),
                 plays_archived=written,
                 recent_played=frozenset(p.played_at_ms for p in page.plays),
                 cursor_ms=max((p.played_at_ms for p in page.plays), default=None),
