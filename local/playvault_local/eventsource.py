@@ -121,8 +121,10 @@ class S3EventRule:
     """An EventBridge rule on S3 "Object Created", as a bucket with EventBridge notifications and the
     rule deliver it. moto sends no S3 events, so new objects are found by listing the buckets the
     rule's pattern names (under its key prefix); each new (key, ETag) becomes the event S3 would send,
-    and the function gets it when the rule's whole pattern matches. A function error is retried at
-    the next poll, up to the rule's MaximumRetryAttempts, as EventBridge retries a failed target.
+    and the function gets it when the rule's whole pattern matches. EventBridge invokes Lambda
+    asynchronously: a function error is Lambda's to retry, twice, a minute and then two minutes
+    later (its defaults), after which the event is dropped (the rule's RetryPolicy covers delivery
+    to Lambda, which cannot fail here). `failures` says what failed, for the runner to report.
     """
 
     def __init__(self, system: LocalSystem, spec: S3RuleSpec):
@@ -130,6 +132,7 @@ class S3EventRule:
         self.system = system
         self.spec = spec
         self.pattern = system.stack.resolver.value(spec.pattern)
+        check_pattern(self.pattern)  # an operator we cannot evaluate fails the start, not every poll
         self.handler = system.handlers[spec.function]
         detail = self.pattern.get("detail") or {}
         self.buckets = [b for b in (detail.get("bucket") or {}).get("name") or [] if isinstance(b, str)]
@@ -140,6 +143,8 @@ class S3EventRule:
         self.s3 = system.s3
         self.seen: set[tuple[str, str, str]] = set()
         self.attempts: Counter[tuple[str, str, str]] = Counter()
+        self.retry_at: dict[tuple[str, str, str], float] = {}
+        self.failures: list[str] = []  # "<key>: <error>" per failed invocation
         self.stats = EventSourceStats()
         for bucket, key, _size, etag in self._objects():  # what was there before the rule existed: no event
             self.seen.add((bucket, key, etag))
@@ -152,11 +157,13 @@ class S3EventRule:
                     yield bucket, obj["Key"], int(obj["Size"]), str(obj["ETag"]).strip('"')
 
     def poll_once(self) -> int:
-        """Deliver an event for every object created since the last poll; returns how many."""
-        delivered = 0
+        """Invoke the function for every object created since the last poll (and every retry now
+        due); returns how many invocations succeeded."""
+        succeeded = 0
+        now = self.system.now().timestamp()
         for bucket, key, size, etag in list(self._objects()):
             identity = (bucket, key, etag)
-            if identity in self.seen:
+            if identity in self.seen or self.retry_at.get(identity, now) > now:
                 continue
             event = s3_object_created_event(bucket, key, size, etag, self.system.now())
             if not matches(self.pattern, event):
@@ -164,17 +171,49 @@ class S3EventRule:
                 continue
             self.stats.invocations += 1
             self.attempts[identity] += 1
-            delivered += 1
             try:
                 self.handler(event, self.system.context(self.spec.function))
             except (KeyboardInterrupt, SystemExit):
                 raise
-            except BaseException as exc:  # noqa: BLE001 - a function error: EventBridge retries the event
+            except BaseException as exc:  # noqa: BLE001 - a function error: Lambda retries the async event
                 self.stats.function_errors[type(exc).__name__] += 1
-                if self.attempts[identity] <= self.spec.maximum_retry_attempts:
+                self.failures.append(f"{key}: {type(exc).__name__}: {exc}")
+                attempt = self.attempts[identity]
+                if attempt <= len(ASYNC_RETRY_DELAYS_S):
+                    self.retry_at[identity] = now + ASYNC_RETRY_DELAYS_S[attempt - 1]
                     continue
+            else:
+                succeeded += 1
             self.seen.add(identity)
-        return delivered
+            self.retry_at.pop(identity, None)
+        return succeeded
+
+
+# Lambda's asynchronous invocation retries a function error twice (MaximumRetryAttempts 2), about a
+# minute and then two minutes later.
+ASYNC_RETRY_DELAYS_S = (60.0, 120.0)
+OPERATORS = ("prefix", "suffix", "exists", "anything-but")
+
+
+def check_pattern(pattern: Any, where: str = "event pattern") -> None:
+    """StartupError for a pattern `matches` cannot evaluate (an operator it does not know)."""
+    if not isinstance(pattern, dict):
+        raise StartupError(f"{where}: {pattern!r} is not an object")
+    for name, rule in pattern.items():
+        if isinstance(rule, dict):
+            check_pattern(rule, f"{where}.{name}")
+        elif not isinstance(rule, list):
+            raise StartupError(f"{where}.{name}: {rule!r} is neither an object nor a list of values")
+        else:
+            for condition in rule:
+                if isinstance(condition, dict) and (len(condition) != 1 or next(iter(condition)) not in OPERATORS):
+                    raise StartupError(f"{where}.{name}: {condition!r} is not supported locally "
+                                       f"(operators: {', '.join(OPERATORS)})")
+                if isinstance(condition, dict) and "anything-but" in condition:
+                    operand = condition["anything-but"]
+                    if isinstance(operand, dict) or (isinstance(operand, list)
+                                                     and any(isinstance(o, dict) for o in operand)):
+                        raise StartupError(f"{where}.{name}: anything-but with an operator is not supported locally")
 
 
 def matches(pattern: Any, event: Any) -> bool:
@@ -208,9 +247,9 @@ def _field_matches(rule: Any, value: Any, present: bool) -> bool:
                 return True
             if operator == "anything-but":
                 excluded = operand if isinstance(operand, list) else [operand]
-                if all(v not in excluded for v in values):
+                if any(v not in excluded for v in values):  # on an array: one value outside is enough
                     return True
-            if operator not in ("prefix", "suffix", "anything-but"):
+            if operator not in OPERATORS:
                 raise StartupError(f"event pattern: operator {operator!r} is not supported locally")
         elif present and condition in values:
             return True

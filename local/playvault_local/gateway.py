@@ -99,7 +99,9 @@ class Gateway:
         # What API Gateway adds: the functions build their own URLs from these (S3's redirect after an upload).
         headers["x-forwarded-proto"] = request.scheme
         headers["x-forwarded-port"] = str(environ.get("SERVER_PORT", ""))
-        headers["x-forwarded-for"] = request.remote_addr or "127.0.0.1"
+        client = request.remote_addr or "127.0.0.1"
+        forwarded = headers.get("x-forwarded-for")
+        headers["x-forwarded-for"] = f"{forwarded}, {client}" if forwarded else client
         cookies = [c.strip() for c in request.headers.get("Cookie", "").split(";") if c.strip()]
         body = request.get_data()
         route, path_parameters = matched
@@ -245,11 +247,14 @@ def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule], lock
     while not stop.is_set():
         got = 0
         for source in sources:
+            failed_before = len(getattr(source, "failures", []))
             try:
                 with lock:
                     got += source.poll_once()
             except Exception as exc:  # noqa: BLE001 - keep polling; say why
                 print(f"playvault_local: event source poll failed: {exc}", file=sys.stderr)
+            for failure in getattr(source, "failures", [])[failed_before:]:  # the importer raised
+                print(f"playvault_local: {source.spec.function} failed on {failure}", file=sys.stderr)
         if not got:
             stop.wait(every)
 

@@ -183,8 +183,11 @@ def run_imports(sim: Any) -> dict[str, Any]:
         answer = session.post(upload["url"], data=upload["fields"], files={"file": (name, _zip(files))}, timeout=60)
         if answer.status_code not in (200, 201, 204):
             raise RuntimeError(f"upload for {user.user_id} refused: {answer.status_code} {answer.text[:200]}")
-        if uploaded.poll_once() != 1:  # the template's rule matched the upload: the importer ran
-            raise RuntimeError(f"the upload for {user.user_id} raised no import event (the importer's S3 rule)")
+        failed_before = len(uploaded.failures)
+        if uploaded.poll_once() != 1:  # the template's rule matched the upload and the importer ran
+            failures = uploaded.failures[failed_before:]
+            raise RuntimeError(f"the importer failed on {user.user_id}'s upload: {failures[0]}" if failures else
+                               f"the upload for {user.user_id} raised no import event (the importer's S3 rule)")
     continuations = _drain(sim)
 
     statuses = {u.user_id: status_for_user(u.user_id, sim.clock()) for u in sim.population}

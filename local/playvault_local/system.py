@@ -65,7 +65,6 @@ class S3RuleSpec:
     """A function's EventBridgeRule event on S3 (its pattern still holding the template's intrinsics)."""
     function: str
     pattern: dict[str, Any]
-    maximum_retry_attempts: int
 
 
 @dataclass
@@ -193,8 +192,7 @@ class LocalSystem:
                 kind, props = event.get("Type"), event.get("Properties") or {}
                 if kind == "EventBridgeRule" and "aws.s3" in ((props.get("Pattern") or {}).get("source") or []):
                     self.import_function = logical_id
-                    retry = (props.get("RetryPolicy") or {}).get("MaximumRetryAttempts", 185)  # EventBridge's default
-                    self.s3_rules.append(S3RuleSpec(logical_id, props["Pattern"], int(retry)))
+                    self.s3_rules.append(S3RuleSpec(logical_id, props["Pattern"]))
                 if kind in ("Schedule", "ScheduleV2"):
                     self.schedule_function = logical_id
                     self._schedule_node = props.get("Schedule") or props.get("ScheduleExpression")
