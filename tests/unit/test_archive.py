@@ -863,3 +863,19 @@ def test_a_listener_who_just_started_a_heavy_session_is_polled_at_the_next_run()
     # one play a few seconds ago is no session: the rate is measured over 7.5 minutes at least
     assert cadence.next_poll_at(_cadence_user(last, now), now, 1, False,
                                 oldest_new_ms=clock.to_ms(now) - 5000) == now + timedelta(minutes=59)
+
+
+def test_a_late_play_among_the_new_ones_does_not_hide_a_session_that_just_began(world):
+    """An hourly poll finds 12 plays of the last 10 minutes and one of 50 minutes ago that Spotify
+    showed late (older than the newest play already archived): the rate is the session's, so the
+    user is polled again at the next run, not in an hour."""
+    world.sign_up()
+    world.play("alice", 20)
+    assert world.archive().status == archive.SUCCESS
+    world.user().update(actions=[users.UserModel.last_polled_at.set(world.now - timedelta(hours=1))])
+    world.play("alice", 50)  # late: shown only now
+    for second in range(0, 600, 50):
+        world.play("alice", 10 - second / 60)
+    result = world.archive()
+    assert (result.status, result.plays_archived, result.late_plays) == (archive.SUCCESS, 13, 1)
+    assert world.user().next_poll_at == world.now + timedelta(minutes=14)

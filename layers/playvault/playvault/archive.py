@@ -256,8 +256,11 @@ class Archiver:
             users.PollSuccess(
                 polled_at=now,
                 run_id=run_id,
-                next_poll_at=self.cadence.next_poll_at(user, now, written, bool(gap),
-                                                       min((p.played_at_ms for p in new_plays), default=None)),
+                # The session's span: from the oldest new play newer than those known (a late play
+                # from long ago says nothing about how fast the user listens now).
+                next_poll_at=self.cadence.next_poll_at(user, now, written, bool(gap), min(
+                    (p.played_at_ms for p in new_plays if newest_known is None or p.played_at_ms > newest_known),
+                    default=None)),
                 plays_archived=written,
                 recent_played=frozenset(p.played_at_ms for p in page.plays),
                 cursor_ms=max((p.played_at_ms for p in page.plays), default=None),
