@@ -52,11 +52,15 @@ def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_b
             "expires_at": (now + expires).isoformat(), "upload_id": upload_id}
 
 
+MAX_FILE_NAME = 255  # what file systems allow
+
+
 def uploaded_file_name(user_id: str, key: str | None) -> str:
     """The file's name in an upload key S3 reports back, when the key is under this user's own
-    prefix (imports/<user>/<upload>/<name>); "" for anything else."""
+    prefix (imports/<user>/<upload>/<name>) and the name is one a file could have; "" otherwise
+    (the page only names back what the link says: it never claims more than "your file")."""
     parts = (key or "").split("/")
-    if len(parts) != 4 or parts[:2] != ["imports", user_id] or not parts[3]:
+    if len(parts) != 4 or parts[:2] != ["imports", user_id] or not 0 < len(parts[3]) <= MAX_FILE_NAME:
         return ""
     return parts[3]
 
