@@ -36,7 +36,7 @@ def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_b
     if not _USER_ID.match(user_id):
         raise BadUserId("user id is not a Spotify id")
     upload_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
-    prefix = f"imports/{user_id}/{upload_id}/"
+    prefix = f"{UPLOADS}/{user_id}/{upload_id}/"
     fields = {"x-amz-server-side-encryption": "AES256"}
     conditions: list[Any] = [
         ["starts-with", "$key", prefix],
@@ -53,16 +53,26 @@ def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_b
 
 
 MAX_FILE_NAME = 255  # what file systems allow
+UPLOADS = "imports"  # the bucket's prefix of uploads: imports/<user id>/<upload id>/<file name>
+
+
+def upload_key_parts(key: str) -> tuple[str, str, str] | None:
+    """`imports/<user id>/<upload id>/<file name>` (as presigned_upload lays it out) -> its three
+    parts, None for any other key."""
+    parts = key.split("/")
+    if len(parts) != 4 or parts[0] != UPLOADS or not all(parts[1:]):
+        return None
+    return parts[1], parts[2], parts[3]
 
 
 def uploaded_file_name(user_id: str, key: str | None) -> str:
     """The file's name in an upload key S3 reports back, when the key is under this user's own
-    prefix (imports/<user>/<upload>/<name>) and the name is one a file could have; "" otherwise
-    (the page only names back what the link says: it never claims more than "your file")."""
-    parts = (key or "").split("/")
-    if len(parts) != 4 or parts[:2] != ["imports", user_id] or not 0 < len(parts[3]) <= MAX_FILE_NAME:
+    prefix and the name is one a file could have; "" otherwise (the page only names back what the
+    link says: it never claims more than "your file")."""
+    parts = upload_key_parts(key or "")
+    if parts is None or parts[0] != user_id or len(parts[2]) > MAX_FILE_NAME:
         return ""
-    return parts[3]
+    return parts[2]
 
 
 def _eta_s(job: store.ImportModel, now: datetime) -> float | None:

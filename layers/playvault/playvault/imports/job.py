@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from playvault import clock
 from playvault.failures import RateLimited, SpotifyFailure
-from playvault.imports import dedup, formats
+from playvault.imports import dedup, formats, upload_key_parts
 from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
 from playvault.imports.sources import Caps, UploadRejected, open_upload
 from playvault.normalize import PayloadError, parse_track
@@ -81,10 +81,11 @@ class RunOutcome:
 
 def job_for_key(key: str) -> tuple[str, str] | None:
     """`imports/<user id>/<upload id>/<name>` -> (user id, job id), None for any other key."""
-    parts = key.split("/")
-    if len(parts) != 4 or parts[0] != "imports" or not all(parts[1:]):
+    parts = upload_key_parts(key)
+    if parts is None:
         return None
-    return parts[1], f"{parts[2]}-{hashlib.sha256(parts[3].encode()).hexdigest()[:8]}"
+    user_id, upload_id, name = parts
+    return user_id, f"{upload_id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 class Importer:
