@@ -879,3 +879,17 @@ def test_a_late_play_among_the_new_ones_does_not_hide_a_session_that_just_began(
     result = world.archive()
     assert (result.status, result.plays_archived, result.late_plays) == (archive.SUCCESS, 13, 1)
     assert world.user().next_poll_at == world.now + timedelta(minutes=14)
+
+
+def test_a_full_window_with_a_damaged_item_still_reveals_a_gap():
+    """Spotify's 50 items, one of them unreadable (skipped), all newer than the last play seen:
+    the window is full, so plays in between may have fallen out of it."""
+    from playvault.normalize import BadItem, Page, Play
+
+    base = 1_764_000_000_000
+    known = frozenset({base})
+    good = [Play(canonical_played_at(datetime.fromtimestamp((base + 60_000 * (k + 10)) / 1000, UTC)),
+                 base + 60_000 * (k + 10), None) for k in range(49)]
+    damaged = Page(plays=good, bad_items=[BadItem("track has no name", "2025-11-24T16:40:00Z")])
+    assert archive.detect_gap(known, base, damaged) == (base, base + 600_000)
+    assert archive.detect_gap(known, base, Page(plays=good)) is None  # 49 items: the whole window

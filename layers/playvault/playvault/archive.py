@@ -160,8 +160,9 @@ class AccessTokens:
 def detect_gap(known: frozenset[int], since_ms: int | None, page: Page) -> tuple[int, int] | None:
     """Spotify keeps 50 plays: a full page whose oldest play is newer than everything seen before
     means plays in between may have fallen out of the window. Returns that window. `since_ms`: the
-    newest play seen before (or the last poll, before any play was seen); None on the first poll."""
-    if since_ms is None or len(page.plays) < MAX_PAGE:
+    newest play seen before (or the last poll, before any play was seen); None on the first poll.
+    The page is full by Spotify's count of items: unreadable ones (skipped) fill the window too."""
+    if since_ms is None or not page.plays or len(page.plays) + len(page.bad_items) < MAX_PAGE:
         return None
     oldest = min(p.played_at_ms for p in page.plays)
     if known and oldest <= max(known):
