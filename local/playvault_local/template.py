@@ -70,7 +70,7 @@ class FunctionSpec:
 
 
 class Resolver:
-    """Resolves Ref / GetAtt / Sub / If / Join against parameters and local physical ids."""
+    """Resolves Ref / GetAtt / Sub / If / Join / FindInMap against parameters and local physical ids."""
 
     def __init__(self, template: dict[str, Any], physical: dict[str, dict[str, str]],
                  parameters: dict[str, str] | None = None, region: str = "us-east-1",
@@ -119,6 +119,12 @@ class Resolver:
                 return str(arg[0]).join(str(self.value(v)) for v in self.value(arg[1]))
             if key == "Fn::If":
                 return self.value(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::FindInMap":
+                mapping, top, second = (str(self.value(part)) for part in arg)
+                try:
+                    return self.template["Mappings"][mapping][top][second]
+                except KeyError:
+                    raise TemplateError(f"!FindInMap [{mapping}, {top}, {second}]: no such entry") from None
             if key == "Fn::Not":
                 return not self.value(arg[0])
             if key == "Fn::Equals":
