@@ -147,6 +147,35 @@ class Resolver:
         return re.sub(r"\$\{([^}!]+)\}", replace, text)
 
 
+def parameter_problems(template: dict[str, Any], values: dict[str, str]) -> list[str]:
+    """Each value that CloudFormation would refuse for its parameter (AllowedValues, AllowedPattern,
+    MinLength/MaxLength, MinValue/MaxValue of a Number), named with the constraint."""
+    problems = []
+    for name, value in values.items():
+        spec = (template.get("Parameters") or {}).get(name) or {}
+        allowed = [str(v) for v in spec.get("AllowedValues") or []]
+        if allowed and value not in allowed:
+            problems.append(f"{name}={value} is not one of its AllowedValues: {', '.join(allowed)}")
+        pattern = spec.get("AllowedPattern")
+        if pattern is not None and not re.fullmatch(str(pattern), value):
+            problems.append(f"{name}={value} does not match its AllowedPattern {pattern}")
+        if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+            problems.append(f"{name}={value} is shorter than its MinLength {spec['MinLength']}")
+        if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+            problems.append(f"{name}={value} is longer than its MaxLength {spec['MaxLength']}")
+        if spec.get("Type") == "Number":
+            try:
+                number = float(value)
+            except ValueError:
+                problems.append(f"{name}={value} is not a Number")
+                continue
+            if "MinValue" in spec and number < float(spec["MinValue"]):
+                problems.append(f"{name}={value} is below its MinValue {spec['MinValue']}")
+            if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                problems.append(f"{name}={value} is above its MaxValue {spec['MaxValue']}")
+    return problems
+
+
 def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in template["Resources"].items() if v.get("Type") == resource_type}
 

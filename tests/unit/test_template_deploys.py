@@ -206,3 +206,10 @@ def test_the_lint_refuses_a_log_level_lambda_does_not_know(source):
     where = "WorkerFunction/Properties/LoggingConfig/ApplicationLogLevel"
     assert any(f.startswith("W1030 Parameters/LogLevel/AllowedValues") and "'WARN'" in f and where in f
                for f in findings), _show(findings)
+
+
+def test_an_unknown_log_level_is_refused_as_cloudformation_would(source):
+    assert tpl.parameter_problems(source, {"LogLevel": "WARNING"}) == [
+        "LogLevel=WARNING is not one of its AllowedValues: TRACE, DEBUG, INFO, WARN, ERROR, FATAL"]
+    for level in _lambda_application_log_levels():
+        assert tpl.parameter_problems(source, {"LogLevel": level}) == []
