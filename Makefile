@@ -61,9 +61,21 @@ install: $(VENV)/.installed $(VENV_SAM)/.installed browser-deps
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
+# The template as CloudFormation gets it (what sam deploy would create a change set from).
+TRANSLATED := .aws-sam/translated.json
+SAM_TRANSLATOR_VERSION := -c 'from importlib.metadata import version; print(version("aws-sam-translator"))'
+
+# README.md (Development) lists what each step checks; no AWS credentials needed.
 validate: $(VENV)/.installed $(VENV_SAM)/.installed
 	$(SAM_ENV) $(SAM) validate --lint --template template.yaml
-	$(SAM_ENV) $(VENV)/bin/cfn-lint --regions us-east-1 --append-rules tools/cfn_rules -- template.yaml
+	$(VENV)/bin/cfn-lint --regions us-east-1 --append-rules tools/cfn_rules cfn_lint_serverless.rules -- template.yaml
+	@# The translation checked below must be the one sam deploy makes: the SAM CLI's aws-sam-translator.
+	@ours=$$($(PY) $(SAM_TRANSLATOR_VERSION)); sams=$$($(VENV_SAM)/bin/python $(SAM_TRANSLATOR_VERSION)); \
+	  test "$$ours" = "$$sams" || { echo "error: .venv has aws-sam-translator $$ours, the SAM CLI in .venv-sam" \
+	    "uses $$sams: pin aws-sam-translator==$$sams in requirements-dev.txt" >&2; exit 1; }
+	$(PY) -m playvault_local.translate $(TRANSLATED)
+	$(VENV)/bin/cfn-lint --regions us-east-1 --append-rules cfn_lint_serverless.rules -- $(TRANSLATED)
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_template_deploys.py
 
 build: $(VENV)/.installed $(VENV_SAM)/.installed
 	$(SAM_ENV) $(SAM) build --template template.yaml --build-dir .aws-sam/build

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -404,4 +405,176 @@ def ttl_problems(template: dict[str, Any], logical_ids: Iterable[str]) -> list[s
         ttl = ((tables.get(logical) or {}).get("Properties") or {}).get("TimeToLiveSpecification") or {}
         if not (ttl.get("Enabled") and ttl.get("AttributeName")):
             problems.append(f"{logical}: no TimeToLiveSpecification")
+    return problems
+
+
+# ------------------------------------------------------------------ (d) deployability: the dependency graph
+PSEUDO_PARAMETER_PREFIX = "AWS::"
+_SUB_VARIABLE = re.compile(r"\$\{([^}!][^}]*)\}")
+
+
+def referenced_names(node: Any) -> set[str]:
+    """Every logical name `node` refers to: Ref, Fn::GetAtt (list or "A.B" form), the variables of
+    Fn::Sub (string or [text, {vars}] form; its own vars excluded), nested anywhere (inside Fn::If,
+    an OpenAPI body, ...). Parameters and pseudo-parameters are included: the caller keeps resources."""
+    names: set[str] = set()
+    if isinstance(node, list):
+        for item in node:
+            names |= referenced_names(item)
+    elif isinstance(node, dict):
+        for key, arg in node.items():
+            if key == "Ref" and isinstance(arg, str):
+                names.add(arg)
+            elif key == "Fn::GetAtt":
+                parts = arg if isinstance(arg, list) else str(arg).split(".", 1)
+                if parts and isinstance(parts[0], str):
+                    names.add(parts[0])
+                names |= referenced_names(parts[1:])  # the attribute may be a Ref itself
+            elif key == "Fn::Sub":
+                text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1] if len(arg) > 1 else {})
+                names |= {m.split(".", 1)[0] for m in _SUB_VARIABLE.findall(str(text))} - set(variables or {})
+                names |= referenced_names(variables)
+            else:
+                names |= referenced_names(arg)
+    return names
+
+
+def dependency_graph(template: dict[str, Any]) -> dict[str, set[str]]:
+    """Resource -> the resources CloudFormation must create first (its references and DependsOn)."""
+    resources = template.get("Resources") or {}
+    graph = {}
+    for logical, res in resources.items():
+        body = {k: v for k, v in res.items() if k not in ("DependsOn", "Condition", "Type")}
+        depends = {d for d in _as_list(res.get("DependsOn")) if isinstance(d, str)}
+        graph[logical] = {n for n in referenced_names(body) | depends if n in resources}
+    return graph
+
+
+def _shortest_cycle_through(graph: dict[str, set[str]], start: str, members: set[str]) -> list[str] | None:
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        next_frontier = []
+        for node in frontier:
+            for target in sorted(graph[node] & members):
+                if target == start:
+                    return paths[node] + [start]
+                if target not in paths:
+                    paths[target] = paths[node] + [target]
+                    next_frontier.append(target)
+        frontier = next_frontier
+    return None
+
+
+def _strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Tarjan's components (iterative: templates are small, but recursion limits are not ours to test)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, targets = work[-1]
+            target = next(targets, None)
+            if target is not None:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph[target]))))
+                elif target in on_stack:
+                    low[node] = min(low[node], index[target])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                components.append(component)
+    return components
+
+
+def dependency_cycles(template: dict[str, Any]) -> list[str]:
+    """Each circular dependency, as "A -> B -> C -> A" (CloudFormation refuses such a template).
+    Every resource of a cycle starts one line (its shortest way back), so all of them are named."""
+    graph = dependency_graph(template)
+    cycles: list[str] = []
+    for component in _strongly_connected(graph):
+        if len(component) == 1 and not (graph[next(iter(component))] & component):
+            continue
+        for start in sorted(component):
+            cycle = _shortest_cycle_through(graph, start, component)
+            if cycle is None:
+                continue
+            first = cycle.index(min(cycle[:-1]))  # one spelling per cycle: start at its smallest name
+            text = " -> ".join(cycle[first:-1] + cycle[:first] + [cycle[first]])
+            if text not in cycles:
+                cycles.append(text)
+    return sorted(cycles)
+
+
+# ------------------------------------------------------------------ (e) deployability: cfn-lint
+SERVERLESS_RULES = "cfn_lint_serverless.rules"  # AWS's serverless rules (PyPI cfn-lint-serverless)
+# Template Metadata key naming, for each rule waived template-wide, the resources the waiver is for:
+# resources SAM generates (event source mappings, rules, permissions) carry no Metadata of their own.
+WAIVER_SCOPE_KEY = "PlayVaultLintWaivers"
+
+
+def lint_findings(template_text: str, append_rules: Iterable[str] = (SERVERLESS_RULES,),
+                  region: str = "us-east-1") -> list[str]:
+    """cfn-lint's findings (errors, warnings, informational) on a template (YAML or JSON text), as
+    "RULE Resource: message": waivers in the template's Metadata (cfn-lint config) apply."""
+    from cfnlint.api import ManualArgs, lint
+
+    config = ManualArgs(regions=[region], append_rules=list(append_rules))
+    findings = []
+    for match in lint(template_text, config=config):
+        path = list(getattr(match, "path", None) or [])
+        resource = path[1] if len(path) > 1 and path[0] == "Resources" else "/".join(map(str, path)) or "template"
+        findings.append(f"{match.rule.id} {resource}: {match.message}")
+    return sorted(set(findings))
+
+
+def template_waivers(template: dict[str, Any]) -> list[str]:
+    """The rules waived for the whole template (its Metadata: cfn-lint: config: ignore_checks)."""
+    config = (((template.get("Metadata") or {}).get("cfn-lint") or {}).get("config") or {})
+    return [str(rule) for rule in _as_list(config.get("ignore_checks"))]
+
+
+def waiver_scope_problems(translated: dict[str, Any], append_rules: Iterable[str] = (SERVERLESS_RULES,)) -> list[str]:
+    """A rule waived template-wide must find exactly the resources WAIVER_SCOPE_KEY names for it: a
+    finding elsewhere is a new problem the waiver would hide; a named resource it no longer finds is
+    a stale waiver."""
+    waived = template_waivers(translated)
+    scope = (translated.get("Metadata") or {}).get(WAIVER_SCOPE_KEY) or {}
+    problems = [f"{rule}: waived template-wide without naming its resources in Metadata.{WAIVER_SCOPE_KEY}"
+                for rule in waived if rule not in scope]
+    problems += [f"Metadata.{WAIVER_SCOPE_KEY}.{rule}: not waived in Metadata.cfn-lint.config.ignore_checks"
+                 for rule in scope if rule not in waived]
+    unwaived = json.loads(json.dumps(translated))
+    unwaived.setdefault("Metadata", {}).setdefault("cfn-lint", {}).setdefault("config", {})["ignore_checks"] = []
+    found: dict[str, set[str]] = {rule: set() for rule in waived}
+    for finding in lint_findings(json.dumps(unwaived), append_rules):
+        rule, rest = finding.split(" ", 1)
+        if rule in found:
+            resource = rest.split(":", 1)[0]
+            found[rule].add(resource)
+            if resource not in _as_list(scope.get(rule)):
+                problems.append(f"{finding} (waived template-wide, but {resource} is not in its scope)")
+    for rule in waived:
+        for resource in sorted(set(_as_list(scope.get(rule))) - found[rule]):
+            problems.append(f"{rule} no longer finds {resource}: drop it from Metadata.{WAIVER_SCOPE_KEY}.{rule}")
     return problems

@@ -145,8 +145,8 @@ def _fail(message: str) -> int:
 
 
 def _check_template(path: Path, parameters: list[tuple[str, str]]) -> str | None:
-    """The template loads and every --parameter names one of its parameters (CloudFormation rejects
-    a stack update with an unknown parameter in the same way)."""
+    """The template loads and every --parameter names one of its parameters with a value it allows
+    (CloudFormation rejects a stack update with an unknown parameter or a refused value in the same way)."""
     from playvault_local import template as tpl
 
     try:
@@ -158,6 +158,9 @@ def _check_template(path: Path, parameters: list[tuple[str, str]]) -> str | None
     if unknown:
         return (f"--parameter: Parameters: [{', '.join(unknown)}] do not exist in the template {path.name}; "
                 f"its parameters are: {', '.join(known)}")
+    refused = tpl.parameter_problems(template, dict(parameters))
+    if refused:
+        return "--parameter: " + "; ".join(refused)
     return None
 
 

@@ -123,7 +123,7 @@ def provision(
 
     s3 = _client("s3", endpoint_url, region)
     for logical, res in tpl.resources_of_type(template, "AWS::S3::Bucket").items():
-        # Bucket names are global and lower-case; properties such as CORS name other resources' URLs.
+        # Bucket names are global and lower-case; only the properties S3 itself enforces are applied.
         props = res.get("Properties") or {}
         physical[logical] = _create_bucket(s3, f"{prefix}-{logical}".lower(), {
             k: resolver.value(v) for k, v in props.items() if k in ("BucketEncryption", "LifecycleConfiguration")})

@@ -70,7 +70,7 @@ class FunctionSpec:
 
 
 class Resolver:
-    """Resolves Ref / GetAtt / Sub / If / Join against parameters and local physical ids."""
+    """Resolves Ref / GetAtt / Sub / If / Join / FindInMap against parameters and local physical ids."""
 
     def __init__(self, template: dict[str, Any], physical: dict[str, dict[str, str]],
                  parameters: dict[str, str] | None = None, region: str = "us-east-1",
@@ -119,6 +119,12 @@ class Resolver:
                 return str(arg[0]).join(str(self.value(v)) for v in self.value(arg[1]))
             if key == "Fn::If":
                 return self.value(arg[1] if self.condition(arg[0]) else arg[2])
+            if key == "Fn::FindInMap":
+                mapping, top, second = (str(self.value(part)) for part in arg)
+                try:
+                    return self.template["Mappings"][mapping][top][second]
+                except KeyError:
+                    raise TemplateError(f"!FindInMap [{mapping}, {top}, {second}]: no such entry") from None
             if key == "Fn::Not":
                 return not self.value(arg[0])
             if key == "Fn::Equals":
@@ -139,6 +145,35 @@ class Resolver:
             return self.ref(name)
 
         return re.sub(r"\$\{([^}!]+)\}", replace, text)
+
+
+def parameter_problems(template: dict[str, Any], values: dict[str, str]) -> list[str]:
+    """Each value that CloudFormation would refuse for its parameter (AllowedValues, AllowedPattern,
+    MinLength/MaxLength, MinValue/MaxValue of a Number), named with the constraint."""
+    problems = []
+    for name, value in values.items():
+        spec = (template.get("Parameters") or {}).get(name) or {}
+        allowed = [str(v) for v in spec.get("AllowedValues") or []]
+        if allowed and value not in allowed:
+            problems.append(f"{name}={value} is not one of its AllowedValues: {', '.join(allowed)}")
+        pattern = spec.get("AllowedPattern")
+        if pattern is not None and not re.fullmatch(str(pattern), value):
+            problems.append(f"{name}={value} does not match its AllowedPattern {pattern}")
+        if "MinLength" in spec and len(value) < int(spec["MinLength"]):
+            problems.append(f"{name}={value} is shorter than its MinLength {spec['MinLength']}")
+        if "MaxLength" in spec and len(value) > int(spec["MaxLength"]):
+            problems.append(f"{name}={value} is longer than its MaxLength {spec['MaxLength']}")
+        if spec.get("Type") == "Number":
+            try:
+                number = float(value)
+            except ValueError:
+                problems.append(f"{name}={value} is not a Number")
+                continue
+            if "MinValue" in spec and number < float(spec["MinValue"]):
+                problems.append(f"{name}={value} is below its MinValue {spec['MinValue']}")
+            if "MaxValue" in spec and number > float(spec["MaxValue"]):
+                problems.append(f"{name}={value} is above its MaxValue {spec['MaxValue']}")
+    return problems
 
 
 def resources_of_type(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:

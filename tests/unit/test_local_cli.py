@@ -21,6 +21,19 @@ def test_an_unknown_parameter_is_rejected_with_the_templates_parameters(command,
     assert "Stage]" not in err  # a known name is not reported
 
 
+@pytest.mark.parametrize("command", ["run", "serve"])
+def test_a_parameter_value_the_template_does_not_allow_is_rejected(command, capsys):
+    code = cli.main([command, "--parameter", "LogLevel=WARNING", "--parameter", "MaxUsers=0",
+                     "--parameter", "Stage=Prod", "--parameter", "BatchSize=many", "--parameter", "Tracing=true"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USAGE
+    assert "LogLevel=WARNING is not one of its AllowedValues: TRACE, DEBUG, INFO, WARN, ERROR, FATAL" in err
+    assert "MaxUsers=0 is below its MinValue 1" in err
+    assert "Stage=Prod does not match its AllowedPattern" in err
+    assert "BatchSize=many is not a Number" in err
+    assert "Tracing" not in err  # an allowed value is not reported
+
+
 def test_dicts_are_printed_as_words():
     assert words({"AUTH_REVOKED": 2, "NETWORK": 1}) == "AUTH_REVOKED 2, NETWORK 1"
     assert words({"deferred_messages": 0, "rate_limited_users": 3}) == "deferred messages 0, rate limited users 3"
