@@ -25,7 +25,7 @@ help:
 	@echo "               options: make run ARGS=\"--users 20 --hours 6\"; defaults 100 users, 24 simulated hours,"
 	@echo "               no faults (--faults chaos adds them), --report FILE (JSON), --dashboard FILE (SVG),"
 	@echo "               --parameter Name=Value (a template parameter, repeatable); every option: make run ARGS=--help"
-	@echo "               the runner exits 0 (nothing lost or duplicated), 1 (plays lost or duplicated), 2 (bad usage);"
+	@echo "               the runner exits 0 (nothing lost or duplicated), 1 (plays lost or duplicated, or users charged for app failures), 2 (bad usage);"
 	@echo "               make prints that code and itself exits 2 on any non-zero one (GNU make's rule)"
 	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
 	@echo "make bench     benchmarks -> bench/results.json, discussed in BENCHMARKS.md (about 6 min on 2 cores)"
@@ -101,7 +101,7 @@ test: install lint validate build
 run: $(VENV)/.installed
 	@$(PY) -m playvault_local run $(ARGS); rc=$$?; case $$rc in \
 	  0) ;; \
-	  1) echo "make run: the runner exited 1: plays lost or duplicated (see the report above)" >&2 ;; \
+	  1) echo "make run: the runner exited 1: plays lost or duplicated, or users charged for app failures (see the report above)" >&2 ;; \
 	  2) echo "make run: the runner exited 2: bad usage or startup failure (make run ARGS=--help)" >&2 ;; \
 	  *) echo "make run: the runner exited $$rc" >&2 ;; \
 	esac; exit $$rc

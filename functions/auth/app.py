@@ -28,6 +28,7 @@ from playvault.config import AuthSettings
 from playvault.crypto import TokenCipher
 from playvault.metrics import metrics
 from playvault.onboarding import (
+    AppUnavailable,
     AuthorizationDenied,
     AuthorizationError,
     CodeRejected,
@@ -117,6 +118,7 @@ _STATUS: list[tuple[type[OnboardingError], int]] = [
     (NotAllowListed, 403),
     (SeatAvailable, 409),
     (SpotifyUnavailable, 502),
+    (AppUnavailable, 503),
 ]
 
 
@@ -143,6 +145,8 @@ def onboarding_error(exc: OnboardingError) -> Response:
         return not_allow_listed_page(exc)
     if isinstance(exc, SeatAvailable) and not _wants_json():
         return message_page(409, "A seat is free", exc.public_message, start_again=True)
+    if isinstance(exc, AppUnavailable):  # SSM throttled or misconfigured: worth another try in a minute
+        return error_response(status, exc.public_message, {"Retry-After": "60"})
     return error_response(status, exc.public_message)
 
 

@@ -1,7 +1,8 @@
 """python -m playvault_local {run,serve} ...
 
 run    the whole system on the embedded emulators through simulated hours; prints a report and
-       exits 0 only if no play was lost or duplicated (1 otherwise, 2 for bad options/startup).
+       exits 0 only if no play was lost or duplicated and no user was charged for the app's own
+       failures (1 otherwise, 2 for bad options/startup).
 serve  keep the local stack up behind a local API gateway (the template's HttpApi routes) and
        print the sign-in URL; Ctrl-C stops everything.
 """
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="simulate users and hours end to end, then report",
                               description="Run PlayVault end to end on the embedded emulators (moto + Spotify "
                                           "emulator) through simulated hours, with one simulated clock. Exits 0 "
-                                          "only if no play was lost or duplicated.")
+                                          "only if no play was lost or duplicated and nobody was charged for the "
+                                          "app's own failures.")
     run.add_argument("--users", type=_positive_int, default=None,
                      help="users who sign up (default 100; with --days 10)")
     run.add_argument("--hours", type=_positive_int, default=24, help="simulated hours (default 24)")
@@ -91,7 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log", type=_writable, metavar="FILE", help="write the functions' log and EMF lines")
     run.add_argument("--faults", choices=("none", "chaos"), default="none",
                      help="chaos: Spotify 5xx/429/timeouts/401s, an app-wide rate limit, a worker crash, "
-                          "duplicate deliveries, DynamoDB throttling, a poison message")
+                          "duplicate deliveries, DynamoDB and SSM throttling, a client-secret rotation, a poison "
+                          "message")
+    run.add_argument("--ssm-throttle", type=_share, default=None, metavar="SHARE",
+                     help="share of SSM GetParameter calls (the functions reading the Spotify client id and "
+                          "secret; their 5-minute cache runs on the simulated clock) that fail with "
+                          "ThrottlingException, as when the account's shared 40-a-second SSM throughput is used "
+                          "up (default 0.10 with --faults chaos, else 0; works without chaos too). The report's "
+                          "'app faults' line shows the polls it hit and the users charged for it (must be 0)")
     run.add_argument("--time-scale", type=_non_negative_float, default=0.0, metavar="X",
                      help="pace the simulated clock at X simulated seconds per real second "
                           "(default 0: as fast as possible). Delays and timeouts are never scaled.")
@@ -179,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        seed=args.seed, faults=args.faults,
                        time_scale=args.time_scale, template_path=args.template, parameters=dict(args.parameter),
                        log_file=log_file, progress=None if args.quiet else sys.stderr, late_share=args.late_share,
-                       import_export=args.import_export)
+                       import_export=args.import_export, ssm_throttle_rate=args.ssm_throttle)
     simulation = Simulation(config)
     try:
         report = simulation.run()

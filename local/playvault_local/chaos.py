@@ -11,11 +11,19 @@
   ProvisionedThroughputExceededException (no SDK retry: the error reaches the code) on some calls a
   worker makes before its Spotify fetch, and a before-send hook answers some data-plane calls with a
   throttling error the SDK retries (see telemetry.AwsCallHooks for why the split).
+- SSM throttles some GetParameter calls (ssm_throttle_rate; see telemetry.AwsCallHooks): the
+  functions' 5-minute parameter cache runs on the simulated clock, so the client id and secret are
+  read as often as on AWS, and some of those reads fail with ThrottlingException.
 - One malformed (poison) message: it must end in the dead-letter queue, and only it.
 - A client-secret rotation (`secret_rotation_hour`, None to switch it off): the operator rotates
   the client secret at Spotify mid-run; Spotify answers invalid_client until the new secret is in
   SSM (`secret_rotation_ssm_minutes` later) and the functions' 5-minute parameter cache has
   expired. The worker treats it as the app's failure: no user is charged.
+
+AppFaultLedger checks that last claim for the AWS faults: every poll is traced with the app-level
+faults it met (a throttle that reached the code in its thread, a credentials read that failed in
+it), and the report counts the users charged for them: polls that met one and still recorded a
+failure against the user.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ class ChaosConfig:
     throttle_rate: float = 0.02  # of the calls before the Spotify fetch: the error reaches the code
     throttle_limit: int = 40
     retried_throttle_rate: float = 0.03  # of all data-plane calls: answered 400, retried by the SDK
+    ssm_throttle_rate: float = 0.10  # of GetParameter calls: ThrottlingException reaches the code
     poison_messages: int = 1
     secret_rotation_hour: int | None = 5  # None: no client-secret rotation
     secret_rotation_ssm_minutes: int = 20  # the operator puts the new secret in SSM this much later
@@ -136,6 +145,79 @@ class Duplicator:
                 self.sent += 1
 
 
+@dataclass
+class PollTrace:
+    user_id: str
+    at: float  # simulated epoch seconds
+    faults: set[str] = field(default_factory=set)  # "ssm", "dynamodb"
+    outcome: str = "running"  # an ArchiveResult status ("failed:<TYPE>" when charged), or "raised:<error>"
+
+
+@dataclass
+class AppFaultLedger:
+    """The worker's polls and the app-level AWS faults each met, from the threads they ran in.
+
+    A poll meets a fault when a throttle reaches the code in its thread (AwsCallHooks.on_fault) or
+    when a credentials read fails in it (the worker's loader wrapped: threads that shared a failed
+    read meet it too). A user is charged for an app failure when such a poll still ended `failed`:
+    a failure, cooldown or needs_reauth written to the user's record."""
+
+    clock: Any
+    polls: list[PollTrace] = field(default_factory=list)
+    outside_polls: Counter[str] = field(default_factory=Counter)  # before or after any poll: the message's
+    _local: threading.local = field(default_factory=threading.local)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrap_poll(self, archive_user: Any) -> Any:
+        def traced(user_id: str, *args: Any, **kwargs: Any) -> Any:
+            trace = PollTrace(user_id, self.clock().timestamp())
+            with self._lock:
+                self.polls.append(trace)
+            self._local.poll = trace
+            try:
+                result = archive_user(user_id, *args, **kwargs)
+            except BaseException as exc:
+                trace.outcome = f"raised:{type(exc).__name__}"
+                raise
+            finally:
+                self._local.poll = None
+            status = getattr(result, "status", "unknown")
+            trace.outcome = f"failed:{result.failure_type}" if status == "failed" else status
+            return result
+
+        return traced
+
+    def wrap_credentials(self, credentials: Any) -> Any:
+        def traced() -> Any:
+            try:
+                return credentials()
+            except Exception:
+                self.fault("ssm")
+                raise
+
+        return traced
+
+    def fault(self, kind: str) -> None:
+        trace = getattr(self._local, "poll", None)
+        if trace is not None:
+            trace.faults.add(kind)
+        else:
+            with self._lock:
+                self.outside_polls[kind] += 1
+
+    def report(self) -> dict[str, Any]:
+        hit = [p for p in self.polls if p.faults]
+        charged = sorted({p.user_id for p in hit if p.outcome.startswith("failed:")})
+        return {
+            "polls_hit": {kind: sum(1 for p in hit if kind in p.faults) for kind in ("ssm", "dynamodb")},
+            "outcomes_of_polls_hit": dict(Counter(p.outcome for p in hit)),
+            "faults_outside_polls": dict(self.outside_polls),
+            "users_charged_for_app_failures": charged,
+            "charges": [{"user_id": p.user_id, "faults": sorted(p.faults), "outcome": p.outcome}
+                        for p in hit if p.outcome.startswith("failed:")],
+        }
+
+
 def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator | None,
             throttled: Counter[str], timeouts: int = 0, retried: int = 0) -> dict[str, Any]:
     return {
@@ -147,6 +229,7 @@ def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator
         "crashes": crash.fired if crash else [],
         "duplicates_sent": duplicator.sent if duplicator else 0,
         "dynamodb_throttled": dict(throttled),
+        "ssm_throttle_rate": config.ssm_throttle_rate,
         "dynamodb_throttles_retried_by_the_sdk": retried,
         "poison_messages": config.poison_messages,
         "client_secret_rotated_at_hour": config.secret_rotation_hour,

@@ -13,7 +13,10 @@
 - gap plays: plays never exposed although older plays and newer plays of the same user were
   (they fell out of the 50-play window between two polls). Plays newer than a user's last poll are
   pending (not yet due, or the user revoked access); plays older than the first poll are history
-  Spotify no longer had.
+  Spotify no longer had;
+- app faults: the AWS throttles that reached the code (SSM GetParameter, DynamoDB), the worker's
+  polls they hit and how those ended, and the users charged for them (playvault_local.chaos.
+  AppFaultLedger): a poll that met an app-level fault and still wrote a failure to the user's record.
 """
 
 from __future__ import annotations
@@ -216,6 +219,7 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
                    "batch_item_failures": source.stats.item_failures,
                    "function_errors": dict(source.stats.function_errors)},
         "function_log_levels": dict(system.output.log_levels),
+        "app_faults": app_faults_section(sim),
         "chaos": chaos_mod.summary(chaos, sim.crash, sim.duplicator, system.hooks.throttled,
                                     getattr(system.emulator, "timeouts_injected", 0),
                                     system.hooks.retried_throttles) if chaos else None,
@@ -232,6 +236,35 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
     if sim.config.days:
         report["lifecycle"] = lifecycle_section(sim, statuses)
     return report
+
+
+def app_faults_section(sim: Any) -> dict[str, Any]:
+    hooks = sim.system.hooks
+    return {
+        "ssm_throttle_rate": sim.config.ssm_throttle_rate,
+        "ssm_get_parameter_calls": hooks.ssm_calls.get("GetParameter", 0),
+        # An upper bound of the real rate: the simulated clock stands still while functions run.
+        "ssm_get_parameter_max_per_simulated_second": max(hooks.ssm_calls_per_second.values(), default=0),
+        "ssm_throttled": hooks.ssm_throttled,
+        "dynamodb_throttled": sum(hooks.throttled.values()),
+        **sim.app_faults.report(),
+    }
+
+
+def app_faults_lines(report: dict[str, Any]) -> list[str]:
+    faults = report.get("app_faults")
+    if not faults:
+        return []
+    return [
+        f"  app faults    : SSM throttled {faults['ssm_throttled']} of {faults['ssm_get_parameter_calls']} "
+        f"GetParameter calls (at most {faults['ssm_get_parameter_max_per_simulated_second']} in one simulated "
+        f"second), DynamoDB throttled {faults['dynamodb_throttled']}; worker polls they hit: "
+        f"{words(faults['polls_hit'])}{_with_words(faults['outcomes_of_polls_hit'])}; outside any poll: "
+        f"{words(faults['faults_outside_polls'])}",
+        f"  users charged for app failures: {len(faults['users_charged_for_app_failures'])}"
+        + (f" ({words(faults['users_charged_for_app_failures'])})" if faults["users_charged_for_app_failures"]
+           else ""),
+    ]
 
 
 def _spread(values: list[int]) -> dict[str, float]:
@@ -300,7 +333,12 @@ def _parse_time(value: str | None) -> float | None:
 
 
 def verdict(report: dict[str, Any]) -> bool:
-    return report["plays_lost"] == 0 and report["plays_duplicated"] == 0 and import_verdict(report)
+    return (report["plays_lost"] == 0 and report["plays_duplicated"] == 0 and import_verdict(report)
+            and not charged_for_app_failures(report))
+
+
+def charged_for_app_failures(report: dict[str, Any]) -> list[str]:
+    return list((report.get("app_faults") or {}).get("users_charged_for_app_failures") or [])
 
 
 def import_verdict(report: dict[str, Any]) -> bool:
@@ -384,8 +422,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     ]
     if report.get("chaos"):
         lines.append(f"  chaos         : {words(report['chaos'])}")
+    lines += app_faults_lines(report)
     lines += lifecycle_lines(report)
     lines.extend(import_summary_lines(report))
-    lines.append("  verdict       : " + ("OK (nothing lost, nothing duplicated)" if verdict(report)
-                                        else "FAILED (plays lost or duplicated)"))
+    lines.append("  verdict       : " + verdict_words(report))
     return lines
+
+
+def verdict_words(report: dict[str, Any]) -> str:
+    if verdict(report):
+        return "OK (nothing lost, nothing duplicated, nobody charged for the app's failures)"
+    problems = []
+    if report["plays_lost"] or report["plays_duplicated"] or not import_verdict(report):
+        problems.append("plays lost or duplicated")
+    if charged_for_app_failures(report):
+        problems.append("users charged for the app's failures")
+    return f"FAILED ({'; '.join(problems)})"

@@ -59,6 +59,8 @@ class RunConfig:
     days: int = 0
     tick_hours: int = 0  # the dispatcher every tick_hours simulated hours; 0: the template's period (24 with --days)
     import_export: bool = False  # --import: after the hours, every user imports a data export
+    # --ssm-throttle: share of SSM GetParameter calls throttled (None: the chaos config's, 0 without chaos)
+    ssm_throttle_rate: float | None = None
 
 
 class RunError(RuntimeError):
@@ -71,6 +73,10 @@ class Simulation:
         if config.faults == "chaos" and config.chaos is None:
             config.chaos = chaos_mod.ChaosConfig()
         self.chaos = config.chaos if config.faults == "chaos" else None
+        if config.ssm_throttle_rate is None:
+            config.ssm_throttle_rate = self.chaos.ssm_throttle_rate if self.chaos else 0.0
+        elif self.chaos is not None:
+            self.chaos.ssm_throttle_rate = config.ssm_throttle_rate
         self.clock = SimClock(config.start - SIGNUP_LEAD)
         # DetailedMetrics on: the report and the SVG dashboard read the full set of metrics.
         parameters = {"MaxUsers": str(max(config.users + 5, 5)), "DetailedMetrics": "true", **self._lifecycle_setup(),
@@ -83,8 +89,11 @@ class Simulation:
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
             throttle_limit=self.chaos.throttle_limit if self.chaos else 0,
             retried_throttle_rate=self.chaos.retried_throttle_rate if self.chaos else 0.0,
+            ssm_throttle_rate=config.ssm_throttle_rate,
             log_file=config.log_file,
         ))
+        self.app_faults = chaos_mod.AppFaultLedger(self.clock)
+        self.system.hooks.on_fault = self.app_faults.fault
         self.population: list[SimUser] = []
         self.source: SqsEventSource | None = None
         self.crash: chaos_mod.CrashHook | None = None
@@ -99,7 +108,7 @@ class Simulation:
         self._rate_limit_until: datetime | None = None
         self.drained = True
         self.lifecycle_events: list[dict[str, Any]] = []  # sign-ins during the run (--days)
-        self._secret_steps: list[tuple[datetime, str]] = []  # chaos: (when, "ssm" | "cache") after a rotation
+        self._secret_steps: list[tuple[datetime, str]] = []  # chaos: (when, "ssm") after a rotation
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -225,11 +234,16 @@ class Simulation:
             self.system.sqs.send_message(QueueUrl=self.source.queue_url, MessageBody=chaos_mod.POISON_BODY)
 
     def _count_polls(self) -> None:
-        """Successful polls per user, for the report (wraps the worker's archiver)."""
-        archiver = getattr(self._worker_module(), "archiver", None)
+        """Successful polls per user, and the app-level faults each poll met, for the report (wraps
+        the worker's archiver and its credentials loader)."""
+        worker = self._worker_module()
+        spotify = getattr(worker, "spotify", None)
+        if spotify is not None and hasattr(spotify, "_credentials"):
+            spotify._credentials = self.app_faults.wrap_credentials(spotify._credentials)
+        archiver = getattr(worker, "archiver", None)
         if archiver is None:
             return
-        inner = archiver.archive_user
+        inner = self.app_faults.wrap_poll(archiver.archive_user)
 
         def counted(user_id: str, *args: Any, **kwargs: Any) -> Any:
             result = inner(user_id, *args, **kwargs)
@@ -250,6 +264,7 @@ class Simulation:
         for user in self.population:
             if user.revoke_at_hour == hour:
                 self.system.emulator_state.revoke(user.user_id)
+        self.system.hooks.enabled = hour >= 1  # DynamoDB and SSM throttling (see telemetry.AwsCallHooks)
         chaos = self.chaos
         if chaos is None:
             return
@@ -265,32 +280,27 @@ class Simulation:
             self._rotate_client_secret(chaos.secret_rotation_ssm_minutes)
         if self.crash is not None and hour >= chaos.crash_after_hour:
             self.crash.armed = True  # at most one crash an hour: two in one invocation would hide one
-        self.system.hooks.enabled = hour >= 1  # DynamoDB throttling (see telemetry.AwsCallHooks)
 
     def _rotate_client_secret(self, ssm_minutes: int) -> None:
         """The operator rotates the secret at Spotify now, puts it in SSM `ssm_minutes` later; the
-        functions' cached copy (Powertools Parameters, 5 minutes) expires 5 minutes after that."""
+        functions' cached copy (Powertools Parameters, 5 minutes on the simulated clock) expires
+        within 5 minutes after that."""
         config = self.system.config
         new_secret = f"{config.client_secret}-rotated"
         self._new_secret = new_secret
         self.system.emulator_state.rotate_client_secret(config.client_id, new_secret)
         in_ssm = self.clock() + timedelta(minutes=ssm_minutes)
-        self._secret_steps = [(in_ssm, "ssm"), (in_ssm + timedelta(minutes=5), "cache")]
+        self._secret_steps = [(in_ssm, "ssm")]
 
     def _secret_steps_due(self, moment: datetime) -> None:
         while self._secret_steps and self._secret_steps[0][0] <= moment:
-            _, step = self._secret_steps.pop(0)
-            if step == "ssm":
-                import boto3
+            self._secret_steps.pop(0)
+            import boto3
 
-                assert self.system.aws is not None and self.system.stack is not None
-                ssm = boto3.session.Session().client("ssm", endpoint_url=self.system.aws.url)
-                ssm.put_parameter(Name=self.system.stack.env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=self._new_secret,
-                                  Type="SecureString", Overwrite=True)
-            else:  # the 5-minute cache runs on real time; on the simulated clock it expires here
-                from aws_lambda_powertools.utilities import parameters
-
-                parameters.clear_caches()
+            assert self.system.aws is not None and self.system.stack is not None
+            ssm = boto3.session.Session().client("ssm", endpoint_url=self.system.aws.url)
+            ssm.put_parameter(Name=self.system.stack.env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=self._new_secret,
+                              Type="SecureString", Overwrite=True)
 
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:

@@ -57,6 +57,7 @@ class SystemConfig:
     throttle_rate: float = 0.0
     throttle_limit: int = 0
     retried_throttle_rate: float = 0.0
+    ssm_throttle_rate: float = 0.0
     log_file: Any = None
 
 
@@ -87,7 +88,9 @@ class LocalSystem:
         self.handlers: dict[str, Callable[[dict, Any], Any]] = {}
         self.output = FunctionOutput(log_file=config.log_file)
         self.hooks = AwsCallHooks(throttle_rate=config.throttle_rate, throttle_limit=config.throttle_limit,
-                                  retried_throttle_rate=config.retried_throttle_rate, seed=config.seed)
+                                  retried_throttle_rate=config.retried_throttle_rate,
+                                  ssm_throttle_rate=config.ssm_throttle_rate, seed=config.seed,
+                                  clock=self.clock.timestamp)
         self._stdout = Stdout(self.output)
         self._saved_env: dict[str, str] | None = None
         self._undo: list[Callable[[], None]] = []
@@ -234,6 +237,7 @@ class LocalSystem:
         self._undo.append(domain_clock.reset_clock)
         if isinstance(self.clock, SimClock):
             self._idempotency_on_sim_clock()
+            self._parameters_on_sim_clock()
 
     def _idempotency_on_sim_clock(self) -> None:
         """Powertools idempotency reads datetime.now() for record expiry and in-progress expiry; in a
@@ -255,6 +259,25 @@ class LocalSystem:
             original = module.dt
             module.dt = shim  # type: ignore[attr-defined]
             self._undo.append(lambda m=module, o=original: setattr(m, "dt", o))
+
+    def _parameters_on_sim_clock(self) -> None:
+        """Powertools Parameters' cache (the functions' 5-minute max_age for the client id and secret)
+        reads datetime.now() too: on the simulated clock it expires as it would in the simulated
+        hours, so SSM is asked as often as on AWS (and a rotated secret is picked up in time)."""
+        import datetime as real_dt
+
+        from aws_lambda_powertools.utilities.parameters import base
+
+        sim = self.clock
+
+        class SimDatetime(real_dt.datetime):
+            @classmethod
+            def now(cls, tz: Any = None) -> real_dt.datetime:  # type: ignore[override]
+                return sim()
+
+        original = base.datetime
+        base.datetime = SimDatetime  # type: ignore[misc]
+        self._undo.append(lambda: setattr(base, "datetime", original))
 
     def stop(self) -> None:
         while self._undo:

@@ -5,7 +5,7 @@
   emitted in); log lines are counted by level and optionally written to a file.
 - AwsCallHooks registers botocore event hooks on every client any session creates (boto3's
   default session, Powertools' own sessions, pynamodb's per-thread sessions): it counts DynamoDB
-  calls and can inject faults (throttling) before a call is sent.
+  and SSM calls and can inject faults (DynamoDB and SSM throttling) before a call is sent.
 """
 
 from __future__ import annotations
@@ -170,26 +170,42 @@ _SURFACING = {"GetItem": None, "PutItem": "Idempotency", "UpdateItem": "Idempote
 
 @dataclass
 class AwsCallHooks:
-    """botocore hooks on every client: counts DynamoDB calls, injects throttling when enabled.
+    """botocore hooks on every client: counts DynamoDB and SSM calls, injects throttling when enabled.
 
     throttle_rate: share of eligible calls that raise ProvisionedThroughputExceededException from a
     before-call hook (no SDK retry: the error reaches the code). retried_throttle_rate: share of
-    data-plane calls whose HTTP answer is a throttling error (the SDK retries it)."""
+    data-plane calls whose HTTP answer is a throttling error (the SDK retries it).
+    ssm_throttle_rate: share of SSM GetParameter calls that fail with ThrottlingException ("Rate
+    exceeded", as SSM answers), raised from a before-call hook: the SDK's retries are spent, the error
+    reaches the code. A rate rather than SSM's own limit (40 GetParameter a second per account and
+    region): that limit is shared with every other function and application in the account, which
+    the local run does not have, so PlayVault alone cannot reach it here; the rate stands for the
+    others' load. `ssm_calls_per_second` (GetParameter calls per simulated second, from `clock`)
+    shows how close PlayVault itself comes to the limit.
+    on_fault: told "dynamodb" or "ssm" in the calling thread whenever a throttle reaches the code."""
 
     throttle_rate: float = 0.0
     throttle_limit: int = 0  # at most this many surfacing throttles (0: no limit)
     retried_throttle_rate: float = 0.0
+    ssm_throttle_rate: float = 0.0
     seed: int = 0
+    clock: Callable[[], float] | None = None  # simulated epoch seconds, for ssm_calls_per_second
+    on_fault: Callable[[str], None] | None = None
     enabled: bool = False  # throttling only while the simulated hours run
     calls: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
     retried_throttles: int = 0
+    ssm_calls: Counter[str] = field(default_factory=Counter)
+    ssm_calls_per_second: Counter[int] = field(default_factory=Counter)
+    ssm_throttled: int = 0
     _rng: random.Random = field(init=False)
+    _ssm_rng: random.Random = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _original_create_client: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         self._rng = random.Random(f"throttle:{self.seed}")
+        self._ssm_rng = random.Random(f"ssm-throttle:{self.seed}")  # its own: DynamoDB's draws don't shift it
 
     def install(self) -> None:
         import botocore.session
@@ -202,6 +218,8 @@ class AwsCallHooks:
             if service_name == "dynamodb":
                 client.meta.events.register("before-call.dynamodb", hooks.before_call)
                 client.meta.events.register("before-send.dynamodb", hooks.before_send)
+            elif service_name == "ssm":
+                client.meta.events.register("before-call.ssm", hooks.before_call_ssm)
             return client
 
         self._original_create_client = original
@@ -232,6 +250,8 @@ class AwsCallHooks:
         if throttle:
             from botocore.exceptions import ClientError
 
+            if self.on_fault is not None:
+                self.on_fault("dynamodb")
             raise ClientError(
                 {"Error": {"Code": "ProvisionedThroughputExceededException",
                            "Message": "The level of configured provisioned throughput for the table was exceeded "
@@ -239,6 +259,25 @@ class AwsCallHooks:
                  "ResponseMetadata": {"HTTPStatusCode": 400}},
                 operation,
             )
+
+    def before_call_ssm(self, model: Any, params: Any, **kwargs: Any) -> None:
+        operation = model.name
+        with self._lock:
+            self.ssm_calls[operation] += 1
+            if operation != "GetParameter":
+                return
+            if self.clock is not None:
+                self.ssm_calls_per_second[int(self.clock())] += 1
+            throttle = self.enabled and self.ssm_throttle_rate > 0 and self._ssm_rng.random() < self.ssm_throttle_rate
+            if throttle:
+                self.ssm_throttled += 1
+        if throttle:
+            from botocore.exceptions import ClientError
+
+            if self.on_fault is not None:
+                self.on_fault("ssm")
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}, operation)
 
     def before_send(self, request: Any, **kwargs: Any) -> Any:
         if not self.enabled or self.retried_throttle_rate <= 0:

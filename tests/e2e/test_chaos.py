@@ -46,6 +46,22 @@ def test_the_faults_really_happened(report):
     assert report["spotify_requests_by_endpoint"]["recently_played"] > report["polls"] // 2
 
 
+def test_aws_throttling_is_the_apps_failure_and_charges_nobody(report):
+    """SSM throttled the credentials reads, DynamoDB throttles reached the code: the polls they hit were
+    deferred or redelivered, and no user's record got a failure for them."""
+    faults = report["app_faults"]
+    assert faults["ssm_throttled"] > 0 and faults["polls_hit"]["ssm"] > 0, faults
+    assert faults["dynamodb_throttled"] == sum(report["chaos"]["dynamodb_throttled"].values()) > 0
+    assert faults["polls_hit"]["dynamodb"] + faults["faults_outside_polls"].get("dynamodb", 0) \
+        == faults["dynamodb_throttled"], "every DynamoDB throttle that reached the code is accounted for"
+    assert faults["users_charged_for_app_failures"] == [] and faults["charges"] == []
+    assert not any(outcome.startswith("failed:") for outcome in faults["outcomes_of_polls_hit"]), faults
+    assert faults["outcomes_of_polls_hit"].get("deferred", 0) >= faults["polls_hit"]["ssm"] > 0
+    assert report["deferrals"]["app_failure_users"] > 0  # counted for the spotify-app-auth alarm
+    # One read per container at a time: PlayVault alone stays far below SSM's 40 GetParameter a second.
+    assert 0 < faults["ssm_get_parameter_max_per_simulated_second"] < 40
+
+
 def test_every_gap_is_detected(report):
     assert report["gap_plays"] > 0, "the burst listener should have overflowed Spotify's 50-play window"
     assert report["users_with_undetected_gaps"] == []
@@ -92,4 +108,23 @@ def test_the_report_catches_a_cursor_advanced_before_the_plays(monkeypatch):
 
     broken = chaos_run(on_ready=break_ordering, chaos=ChaosConfig(app_rate_limit_hour=4, crashes=("kill",)))
     assert broken["plays_lost"] > 0
+    assert not verdict(broken)
+
+
+def test_the_report_catches_users_charged_for_a_throttled_ssm(monkeypatch):
+    """Break the mapping of an unreadable SSM parameter (GetParameterError left as it is, the way it
+    was charged UNKNOWN before): the report names the users charged and the run fails."""
+
+    def leave_the_error_unmapped(system) -> None:
+        from playvault import spotify
+
+        monkeypatch.setattr(spotify, "credentials_read_failure", lambda name, exc: exc)
+
+    broken = Simulation(RunConfig(users=5, hours=3, seed=3, ssm_throttle_rate=0.5,
+                                  on_ready=leave_the_error_unmapped)).run()
+    faults = broken["app_faults"]
+    assert faults["ssm_throttled"] > 0
+    assert faults["users_charged_for_app_failures"], faults
+    assert {c["outcome"] for c in faults["charges"]} == {"failed:UNKNOWN"}
+    assert all("ssm" in c["faults"] for c in faults["charges"])
     assert not verdict(broken)

@@ -107,3 +107,25 @@ def make_spotify(emulator: Any, **client_kwargs: Any) -> SpotifyClient:
 def make_archiver(aws_env: Any, emulator: Any, **client_kwargs: Any) -> Archiver:
     """An Archiver whose SpotifyClient talks to the emulator (server or URL) as the dev client."""
     return Archiver(make_spotify(emulator, **client_kwargs), make_cipher(aws_env))
+
+
+def ssm_refusing(code: str, message: str) -> list[str]:
+    """Powertools' SSM provider (the one parameters.get_parameter uses) on a client whose every
+    GetParameter fails with `code`, as SSM answers once the SDK's retries are spent. Its cache starts
+    empty. Returns the names asked for."""
+    import boto3
+    from aws_lambda_powertools.utilities.parameters import base as parameters_base
+    from aws_lambda_powertools.utilities.parameters.ssm import SSMProvider
+    from botocore.exceptions import ClientError
+
+    asked: list[str] = []
+    client = boto3.client("ssm")
+
+    def refuse(params: dict, **_: object) -> None:
+        asked.append(params["Name"])
+        raise ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+                          "GetParameter")
+
+    client.meta.events.register("before-parameter-build.ssm.GetParameter", refuse)
+    parameters_base.DEFAULT_PROVIDERS["ssm"] = SSMProvider(boto3_client=client)
+    return asked

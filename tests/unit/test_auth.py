@@ -23,7 +23,7 @@ from playvault.onboarding import pkce_challenge
 from playvault.store import oauth_states, plays, seats, users, waitlist
 from playvault.store.state import StateModel
 from playvault_local import provision as prov
-from tests.unit.helpers import open_token
+from tests.unit.helpers import open_token, ssm_refusing
 
 EVENT = json.loads((Path(__file__).parents[1] / "events" / "http_api_auth_login.json").read_text())
 REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
@@ -298,6 +298,33 @@ def test_token_endpoint_failing_answers_502_and_writes_nothing(auth: Auth, emula
     assert query["code"] not in body
     assert all_users() == [] and seats.seats_taken() == 0
     assert state_items() == []  # the state was used up; the visitor starts again
+
+
+def test_unreadable_app_credentials_at_login_answer_503_and_store_nothing(auth: Auth, aws_env, caplog) -> None:
+    asked = ssm_refusing("AccessDeniedException", "not authorized to perform ssm:GetParameter")
+
+    response = auth.login()
+
+    body = assert_html(response, 503, "a problem on our side", "Nothing was stored")
+    assert response["headers"]["Retry-After"] == "60"
+    assert asked and state_items() == [] and all_users() == []
+    for name in ("SPOTIFY_CLIENT_ID_PARAM", "SPOTIFY_CLIENT_SECRET_PARAM"):
+        assert aws_env.env[name] not in body  # the visitor is told nothing about the app's settings
+    (logged,) = [r for r in caplog.records if "credentials are unreadable" in r.getMessage()]
+    assert "AccessDeniedException" in logged.reason and prov.DEV_CLIENT_SECRET not in logged.reason + body
+
+
+def test_unreadable_app_credentials_at_the_callback_answer_503_and_store_nothing(auth: Auth, emulator) -> None:
+    start = auth.login()
+    query = auth.consent(start["headers"]["Location"], "alice")
+    ssm_refusing("ThrottlingException", "Rate exceeded")  # the cached credentials expired meanwhile
+
+    response = auth.call("GET", "/auth/callback", query)
+
+    body = assert_html(response, 503, "a problem on our side")
+    assert query["code"] not in body and prov.DEV_CLIENT_SECRET not in body
+    assert all_users() == [] and seats.seats_taken() == 0
+    assert emulator.state.request_counts().get("token", 0) == 0, "nothing was sent to Spotify"
 
 
 def test_rejected_code_answers_400(auth: Auth, emulator) -> None:

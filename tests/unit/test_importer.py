@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import boto3
 import pytest
+from aws_lambda_powertools.utilities import parameters
 
 from playvault import clock, store
 from playvault.config import ImporterSettings
@@ -22,7 +23,7 @@ from playvault.normalize import canonical_played_at, parse_track
 from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, state, users
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import make_spotify
+from tests.unit.helpers import make_spotify, ssm_refusing
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SEED = 7  # the conftest emulator's seed
@@ -239,6 +240,27 @@ def test_a_429_lasting_hours_pauses_the_job_without_reporting_success(world):
     assert world.importer().run(user_id, job_id, Budget.seconds(60)).status == job_mod.DONE
     assert world.job(key).tracks_resolved == 6
     assert world.state.request_counts()["track"] == 7  # the refused one again, then the rest: none twice
+
+
+def test_unreadable_app_credentials_pause_the_catalog_lookups_and_fail_nothing(world, aws_env):
+    from playvault.spotify import ssm_credentials
+
+    world.spotify._credentials = ssm_credentials(aws_env.env["SPOTIFY_CLIENT_ID_PARAM"],
+                                                 aws_env.env["SPOTIFY_CLIENT_SECRET_PARAM"])
+    asked = ssm_refusing("ThrottlingException", "Rate exceeded")
+    key = world.upload(zipped({"Streaming_History_Audio_2021.json": history(datetime(2021, 1, 1, tzinfo=UTC), 3)}))
+    outcome = world.run(key)
+    assert (outcome.status, outcome.delay_s) == (job_mod.PAUSED, 60)
+    assert "SSM" in outcome.reason and "ThrottlingException" in outcome.reason and asked
+    job = world.job(key)
+    assert job.state == "paused" and job.finished_at is None and len(world.stored()) == 3
+    assert world.state.request_counts().get("track", 0) == 0
+
+    parameters.clear_caches()  # SSM answers again
+    world.now += timedelta(seconds=61)
+    user_id, job_id = job_mod.job_for_key(key)
+    assert world.importer().run(user_id, job_id, Budget.seconds(60)).status == job_mod.DONE
+    assert world.job(key).tracks_resolved == 3
 
 
 def test_polling_comes_first_the_import_waits_for_the_gate(world):

@@ -48,3 +48,28 @@ def test_progress_names_what_it_counts():
     line = stream.getvalue()
     assert line.startswith("hour   3/24") and "user polls archived: 300, plays archived: 1200" in line
     assert "=" not in line
+
+
+@pytest.mark.parametrize(("value", "problem"), [("1.5", "must be between 0 and 1, got 1.5"),
+                                                ("lots", "not a number: 'lots'")])
+def test_a_bad_ssm_throttle_share_is_refused_naming_it(value, problem, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["run", "--ssm-throttle", value])
+    assert exited.value.code == cli.EXIT_USAGE
+    assert f"argument --ssm-throttle: {problem}" in capsys.readouterr().err
+
+
+def test_the_app_faults_lines_say_who_was_charged():
+    from playvault_local.report import app_faults_lines
+
+    faults = {"ssm_throttle_rate": 0.1, "ssm_get_parameter_calls": 40, "ssm_get_parameter_max_per_simulated_second": 2,
+              "ssm_throttled": 3, "dynamodb_throttled": 2, "polls_hit": {"ssm": 5, "dynamodb": 1},
+              "outcomes_of_polls_hit": {"deferred": 5, "raised:ClientError": 1}, "faults_outside_polls": {},
+              "users_charged_for_app_failures": [], "charges": []}
+    lines = app_faults_lines({"app_faults": faults})
+    assert lines[0] == ("  app faults    : SSM throttled 3 of 40 GetParameter calls (at most 2 in one simulated "
+                        "second), DynamoDB throttled 2; worker polls they hit: ssm 5, dynamodb 1 (deferred 5, "
+                        "raised:ClientError 1); outside any poll: none")
+    assert lines[1] == "  users charged for app failures: 0"
+    faults["users_charged_for_app_failures"] = ["u1", "u2"]
+    assert app_faults_lines({"app_faults": faults})[1] == "  users charged for app failures: 2 (u1, u2)"

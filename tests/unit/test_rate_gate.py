@@ -8,7 +8,9 @@ from datetime import timedelta
 
 from playvault import clock
 from playvault.store import state, users
+from playvault_local.provision import DEV_CLIENT_SECRET
 from tests.unit import test_worker as shared
+from tests.unit.helpers import ssm_refusing
 from tests.unit.test_worker import onboard, sqs_event, sqs_record, stored_play_ms, work_body
 
 # The worker's fixtures, shared with its tests.
@@ -133,3 +135,30 @@ def test_rejected_client_credentials_charge_no_user_and_count_for_the_app_alarm(
     for user_id in ids:
         user = users.get(user_id)
         assert (int(user.consecutive_failures), user.cooldown_until, user.status) == (0, None, users.ACTIVE)
+
+
+def test_a_throttled_ssm_defers_the_users_charges_nobody_and_counts_for_the_app_alarm(
+        worker, context, emulator, aws_env, fake_clock, capsys, caplog, detailed_metrics):
+    """SSM throttles GetParameter (its 40 TPS are shared by the account): the app's problem, not the users'."""
+    ids = [f"user{i}" for i in range(6)]
+    onboard(emulator, aws_env, ids)
+    asked = ssm_refusing("ThrottlingException", "Rate exceeded")
+    capsys.readouterr()
+
+    assert worker.handler(sqs_event(sqs_record(work_body(ids, window_id="w11"))), context) == {"batchItemFailures": []}
+    out = capsys.readouterr().out
+    blobs = _emf(out)
+    assert not any("UsersFailed" in blob for blob in blobs), "nobody is charged for the app's SSM problem"
+    assert _count(blobs, "SpotifyAppFailures") >= 1
+    assert emulator.state.request_counts()["recently_played"] == 0
+    assert state.rate_limited_until(clock.now()) is not None, "the gate closes: no other container asks SSM now"
+    for user_id in ids:
+        user = users.get(user_id)
+        assert (int(user.consecutive_failures), user.cooldown_until, user.last_failure_type, user.status,
+                user.next_poll_at) == (0, None, None, users.ACTIVE, None), user_id  # left due, uncharged
+    assert asked, "SSM was asked"
+    app_lines = [r for r in caplog.records if "app-level failure" in r.getMessage()]
+    assert app_lines and all(r.failure == "CredentialsUnavailable" for r in app_lines)
+    assert "ThrottlingException" in app_lines[0].reason
+    assert aws_env.env["SPOTIFY_CLIENT_ID_PARAM"] in app_lines[0].reason  # names the parameter, not its value
+    assert DEV_CLIENT_SECRET not in out + caplog.text

@@ -18,9 +18,9 @@ Requests for a poll with no new play: GetItem (user) + UpdateItem (user, 1 WRU).
 their BatchWriteItem and the catalog lookups of tracks this container has not met.
 
 Failures: a user's own failure (AUTH, AUTH_REVOKED, NETWORK, UNKNOWN) is recorded in the circuit
-breaker and returned, never raised. App-level failures (rate limits, rejected client credentials,
-Spotify failing everyone) close the app-wide gate and defer the user without counting anything
-against them. Infrastructure failures (DynamoDB, KMS) are raised so the message is redelivered.
+breaker and returned, never raised. App-level failures (rate limits, rejected or unreadable client
+credentials, Spotify failing everyone) close the app-wide gate and defer the user without counting
+anything against them. Infrastructure failures (DynamoDB, KMS) are raised so the message is redelivered.
 Tokens: access tokens live only in this container's memory (bounded, until expiry); only the sealed
 refresh token is stored.
 """

@@ -7,7 +7,8 @@ Two families:
 - user failures (the user's own problem: AUTH, AUTH_REVOKED, NETWORK, UNKNOWN) are recorded in the
   circuit breaker and never fail the SQS message;
 - infrastructure failures (DynamoDB throttling/unavailable, running out of time) fail the message so
-  SQS redelivers it; RATE_LIMITED defers the work app-wide.
+  SQS redelivers it; RATE_LIMITED defers the work app-wide, and so do the app's own failures (APP:
+  rejected or unreadable client credentials, a Spotify outage).
 """
 
 from __future__ import annotations
@@ -93,6 +94,46 @@ class SpotifyUnavailable(AppFailure):
     """Spotify answered several users in a row with server errors: an outage, not a user's problem."""
 
     defer_s = 300.0
+
+
+class CredentialsUnavailable(AppFailure):
+    """The app's Spotify client id or secret could not be read from SSM Parameter Store (throttled,
+    access denied, missing, SSM unavailable). Nothing was sent to Spotify. `transient`: a retry soon
+    may succeed (throttling, SSM's own 5xx, network); otherwise the operator must act (IAM, the
+    parameter itself), so the gate stays closed as long as for rejected credentials."""
+
+    transient_defer_s = 60.0
+
+    def __init__(self, message: str, *, transient: bool):
+        super().__init__(message)
+        self.transient = transient
+        if transient:
+            self.defer_s = self.transient_defer_s
+
+
+# SSM answers worth retrying in a minute (any other code needs the operator: IAM, the parameter, its key).
+_TRANSIENT_READ_CODES = frozenset({"ThrottlingException", "InternalServerError", "ServiceUnavailable",
+                                   "RequestTimeout"})
+
+
+def credentials_read_failure(parameter: str, exc: BaseException) -> CredentialsUnavailable:
+    """What a failed read of an app-credentials parameter means. Powertools wraps every error of the
+    fetch in GetParameterError with the AWS error (a ClientError, or a BotoCoreError when nothing
+    answered) as its context. The message names the parameter and the AWS error code, never a value."""
+    code, transient = None, True
+    link: BaseException | None = exc
+    while link is not None:
+        if isinstance(link, BotoCoreError):  # no answer at all: unreachable, timed out
+            code = type(link).__name__
+            break
+        code = aws_error_code(link)
+        if code is not None:
+            transient = code in _TRANSIENT_READ_CODES
+            break
+        link = link.__cause__ or link.__context__
+    return CredentialsUnavailable(
+        f"cannot read the Spotify app credentials from SSM parameter {parameter} ({code or type(exc).__name__})",
+        transient=transient)
 
 
 class InfrastructureError(Exception):

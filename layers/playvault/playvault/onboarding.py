@@ -25,7 +25,7 @@ from aws_lambda_powertools import Logger
 
 from playvault import clock, metrics
 from playvault.crypto import SealedTokens, TokenCipher
-from playvault.failures import AuthRevoked, SpotifyFailure
+from playvault.failures import AuthRevoked, CredentialsUnavailable, SpotifyFailure
 from playvault.lifecycle import EMAIL
 from playvault.spotify import AccountNotAllowListed, Budget, Credentials, SpotifyClient, TokenGrant
 from playvault.store import oauth_states, seats, users, waitlist
@@ -106,6 +106,14 @@ class SpotifyUnavailable(OnboardingError):
     public_message = (
         "Spotify could not be reached to finish signing you in. Nothing was stored; please try again later."
     )
+
+
+class AppUnavailable(OnboardingError):
+    """The app's own Spotify credentials could not be read (SSM throttled, access denied, missing):
+    the operator's problem, told without naming any secret or parameter."""
+
+    public_message = ("PlayVault cannot sign you in right now (a problem on our side). Nothing was stored; "
+                      "please try again in a minute.")
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -234,6 +242,7 @@ class Onboarding:
         if not returning and not seats.has_free_seat(self.max_users):
             logger.info("login at cap: waitlist offered", extra={"max_users": self.max_users})
             return WaitlistRequired()
+        client_id = self._client_id()  # before the state is stored: a failed read stores nothing
         verifier = new_verifier()
         for attempt in (1, 2):
             state = secrets.token_urlsafe(32)
@@ -245,7 +254,7 @@ class Onboarding:
                     raise
         query = urlencode(
             {
-                "client_id": self._credentials().client_id,
+                "client_id": client_id,
                 "response_type": "code",
                 "redirect_uri": self.redirect_uri,
                 "scope": self.scopes,
@@ -256,6 +265,13 @@ class Onboarding:
         )
         logger.info("login started", extra={"returning": returning})
         return LoginRedirect(f"{self.accounts_url}/authorize?{query}")
+
+    def _client_id(self) -> str:
+        try:
+            return self._credentials().client_id
+        except CredentialsUnavailable as exc:
+            logger.error("login failed: the app's Spotify credentials are unreadable", extra={"reason": str(exc)})
+            raise AppUnavailable() from None
 
     # GET /auth/callback -------------------------------------------------------------------------
     def complete_login(
@@ -283,6 +299,9 @@ class Onboarding:
         except AuthRevoked:
             logger.info("Spotify refused the authorization code (invalid_grant)")
             raise CodeRejected() from None
+        except CredentialsUnavailable as exc:
+            logger.error("sign-in failed: the app's Spotify credentials are unreadable", extra={"reason": str(exc)})
+            raise AppUnavailable() from None
         except SpotifyFailure as exc:
             logger.warning("token endpoint failed", extra={"failure_type": str(exc.failure_type), "reason": str(exc)})
             raise SpotifyUnavailable() from None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,11 +35,13 @@ from requests.adapters import HTTPAdapter
 from playvault import clock
 from playvault.failures import (
     AuthFailed,
+    CredentialsUnavailable,
     NetworkFailure,
     OutOfTime,
     RateLimited,
     RefreshOutcomeUnknown,
     UnknownFailure,
+    credentials_read_failure,
     token_endpoint_failure,
     web_api_failure,
 )
@@ -304,14 +307,82 @@ def _oauth_error(response: requests.Response) -> str:
         return ""
 
 
-def ssm_credentials(client_id_param: str, client_secret_param: str, max_age_s: int = 300) -> Callable[[], Credentials]:
-    """Client id and secret from SSM Parameter Store via Powertools Parameters (cached per container)."""
-    from aws_lambda_powertools.utilities import parameters
+class _Flight:
+    """One read of the credentials; callers arriving while it runs wait for it and share its outcome."""
 
-    def load() -> Credentials:
-        return Credentials(
-            client_id=str(parameters.get_parameter(client_id_param, max_age=max_age_s)),
-            client_secret=str(parameters.get_parameter(client_secret_param, decrypt=True, max_age=max_age_s)),
-        )
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.followers = 0
+        self.credentials: Credentials | None = None
+        self.failure: CredentialsUnavailable | None = None
 
-    return load
+
+class CredentialsLoader:
+    """The app's client id and secret from SSM Parameter Store, through Powertools Parameters (cached
+    `max_age_s` per container). Calling it returns Credentials or raises CredentialsUnavailable (an
+    app-level failure: no user is to blame).
+
+    Single flight: one read runs at a time per container. When the cache has expired and every user
+    thread of the worker asks at once, one thread calls SSM (one GetParameter per parameter) and the
+    others wait for it and share its credentials or its failure, instead of spending SSM's throughput
+    (40 GetParameter per second, shared by the whole account and region) on the same answer.
+    A caller arriving after a read has ended starts a new one (from the cache, or SSM again).
+    """
+
+    def __init__(self, client_id_param: str, client_secret_param: str, max_age_s: int = 300):
+        self.client_id_param = client_id_param
+        self.client_secret_param = client_secret_param
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._flight: _Flight | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Callers waiting for the read in flight now (0 when none runs)."""
+        with self._lock:
+            return self._flight.followers if self._flight is not None else 0
+
+    def __call__(self) -> Credentials:
+        with self._lock:
+            flight, leader = self._flight, self._flight is None
+            if flight is None:
+                flight = self._flight = _Flight()
+            else:
+                flight.followers += 1
+        if not leader:
+            flight.done.wait()
+            if flight.failure is not None:  # a copy each: one exception object raised in many threads tangles
+                raise CredentialsUnavailable(str(flight.failure), transient=flight.failure.transient)
+            if flight.credentials is None:  # the reader died of something else: read again
+                return self()
+            return flight.credentials
+        try:
+            flight.credentials = self._read()
+            return flight.credentials
+        except CredentialsUnavailable as failure:
+            flight.failure = failure
+            raise
+        finally:
+            with self._lock:
+                self._flight = None
+            flight.done.set()
+
+    def _read(self) -> Credentials:
+        from aws_lambda_powertools.utilities import parameters
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+        values = []
+        for name, decrypt in ((self.client_id_param, False), (self.client_secret_param, True)):
+            try:
+                values.append(str(parameters.get_parameter(name, decrypt=decrypt, max_age=self.max_age_s)))
+            except GetParameterError as exc:
+                raise credentials_read_failure(name, exc) from None
+        return Credentials(client_id=values[0], client_secret=values[1])
+
+    def __repr__(self) -> str:
+        return f"CredentialsLoader({self.client_id_param!r}, {self.client_secret_param!r})"
+
+
+def ssm_credentials(client_id_param: str, client_secret_param: str, max_age_s: int = 300) -> CredentialsLoader:
+    """The app's credentials loader for one container (see CredentialsLoader): build it once, at cold start."""
+    return CredentialsLoader(client_id_param, client_secret_param, max_age_s)

@@ -29,7 +29,7 @@ from aws_lambda_powertools import Logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from playvault import clock
-from playvault.failures import RateLimited, SpotifyFailure
+from playvault.failures import AppFailure, RateLimited, SpotifyFailure
 from playvault.imports import dedup, formats, upload_key_parts
 from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
 from playvault.imports.sources import Caps, UploadRejected, open_upload
@@ -409,6 +409,8 @@ class Importer:
             until = now + timedelta(seconds=exc.retry_after_s)
             state.close_rate_gate(until, now)  # the workers defer too: one limit for the whole app
             return until, f"Spotify answered 429 (Retry-After {exc.retry_after_s:.0f} s)"
+        except AppFailure as exc:  # the app's own (credentials unreadable or rejected): no job's fault
+            return now + timedelta(seconds=max(exc.defer_s, self.settings.retry_network_s)), f"app failure: {exc}"
         except SpotifyFailure as exc:
             return now + timedelta(seconds=self.settings.retry_network_s), f"catalog lookup failed: {exc}"
         if raw is None:
