@@ -37,6 +37,7 @@ from playvault.deletion import Deleter
 from playvault.export import Exporter
 from playvault.jobs import JobQueue
 from playvault.metrics import metrics
+from playvault.spotify import ssm_credentials
 from playvault.store import deletions, exports, plays, users
 from playvault.web import account_pages
 from playvault.web import http as web
@@ -50,6 +51,8 @@ s3 = LazyClient("s3", config=Config(signature_version="s3v4"))
 queue = JobQueue(LazyClient("sqs"), settings.jobs_queue_url)
 exporter = Exporter(s3, settings.user_files_bucket, queue)
 deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)  # requests only
+# Upload ids carry a MAC keyed from the Spotify client secret (playvault.imports.upload_id_key).
+credentials = ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param)
 app = APIGatewayHttpResolver(enable_validation=True)
 web.install_error_handlers(app)
 
@@ -113,10 +116,13 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     now = clock.now()
     view = history.overview(user, now, period)
     upload = imports.presigned_upload(s3, settings.user_files_bucket, user.user_id, now,
+                                      upload_key=imports.upload_id_key(credentials().client_secret),
                                       redirect_to=_page_url("/me?uploaded=1"))
-    # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own file.
-    received = imports.uploaded_file_name(user.user_id, key) if uploaded else None
-    imports_html = account_pages.imports_section(upload, imports.status_for_user(user.user_id, now),
+    jobs = imports.status_for_user(user.user_id, now)
+    # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own
+    # file once its import job has it (the key itself never carries the name).
+    received = imports.uploaded_file_name(user.user_id, key, jobs) if uploaded else None
+    imports_html = account_pages.imports_section(upload, jobs,
                                                  coverage.render_svg(coverage.timeline(user.user_id, now)),
                                                  received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
