@@ -28,6 +28,7 @@ from typing import Any
 
 import boto3
 import requests
+from botocore.config import Config
 
 from playvault_local.events import sqs_event
 from playvault_local.eventsource import S3EventRule
@@ -146,7 +147,8 @@ def run_imports(sim: Any) -> dict[str, Any]:
     if system.import_function is None or system.import_source is None:
         raise RuntimeError("template: no importer (EventBridge rule on S3 + its SQS queue)")
     bucket = stack.name("UserFilesBucket")
-    s3 = boto3.session.Session().client("s3", endpoint_url=system.aws.url)
+    # Signed as the account function signs its forms (SigV4); the local S3 checks the policy.
+    s3 = boto3.session.Session().client("s3", endpoint_url=system.aws.url, config=Config(signature_version="s3v4"))
     plays_table = stack.name("PlaysTable")
     users_table = stack.name("UsersTable")
     now = sim.clock()
