@@ -716,3 +716,25 @@ def test_back_from_an_upload_me_says_the_file_arrived(site, aws_env, emulator):
     # a key outside the user's own prefix is not named back
     other = browser.call("GET", "/me", {"uploaded": "1", "key": "imports/bob/x/<b>theirs</b>.zip"})["body"]
     assert "theirs" not in other and 'id="upload-received"' in other
+
+
+def test_me_without_the_client_secret_leaves_out_only_the_upload_form(site, aws_env, emulator):
+    """The upload form is signed with a key derived from the client secret (SSM): when SSM cannot
+    answer, /me still shows the archive, says uploading waits a reload, and comes back with it."""
+    from aws_lambda_powertools.utilities import parameters
+
+    browser = signed_in(site, aws_env, emulator, "alice")
+    ssm = boto3.client("ssm")
+    name = aws_env.env["SPOTIFY_CLIENT_SECRET_PARAM"]
+    secret = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    ssm.delete_parameter(Name=name)
+    parameters.clear_caches()
+    page = browser.call("GET", "/me")
+    assert page["statusCode"] == 200 and 'id="plays-total"' in page["body"]
+    assert 'id="import-unavailable"' in page["body"] and 'id="import-form"' not in page["body"]
+    assert "form-action 'self';" in page["headers"]["Content-Security-Policy"]
+    assert secret not in page["body"]
+    ssm.put_parameter(Name=name, Value=secret, Type="SecureString")
+    parameters.clear_caches()
+    again = browser.call("GET", "/me")["body"]
+    assert 'id="import-form"' in again and 'id="import-unavailable"' not in again
