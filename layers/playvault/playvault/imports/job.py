@@ -1,6 +1,7 @@
 """The import job: an uploaded export -> plays, in bounded chunks, resumable, idempotent per chunk.
 
-One job per uploaded object (`imports/<user id>/<upload id>/<file name>`). Phases:
+One job per uploaded object (`imports/<user id>/<upload id>/export`; refused unread, as a failed job,
+when the upload id was not issued to that user). Phases:
 1. import: every streaming-history file of the upload, streamed item by item; each chunk of
    `chunk_rows` rows is validated, de-duplicated against the plays already archived
    (playvault.imports.dedup), written (BatchWriteItem, one write per new play), and only then
