@@ -83,9 +83,10 @@ def test_signature_version_2_forms_are_checked_too():
 
 
 def test_an_expired_policy_is_refused():
+    signed_at = datetime.now(UTC)  # botocore signs with the real clock
     fields = presign(expires=60)
-    accepted(fields, now=NOW + timedelta(seconds=30))
-    late = refused(fields, now=NOW + timedelta(seconds=120))
+    accepted(fields, now=signed_at + timedelta(seconds=30))
+    late = refused(fields, now=signed_at + timedelta(seconds=120))
     assert (late.status, late.code) == (403, "AccessDenied")
     assert late.message == "Invalid according to Policy: Policy expired."
 
