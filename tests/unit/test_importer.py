@@ -456,10 +456,13 @@ def test_an_object_planted_under_another_users_prefix_fails_its_job_and_writes_n
     assert len(status_for_user("alice", world.now)) == 1 and world.stored("alice") == []
 
 
-def test_a_key_with_characters_an_encoding_changes_is_refused(world):
+@pytest.mark.parametrize("name", ["my export (1).json", "other.json"])
+def test_only_the_issued_key_of_an_upload_id_is_imported(world, name):
+    """alice's genuine upload id with another last segment (characters an encoding changes, or just
+    another name) is not the key presigned_upload issued."""
     upload_id = issue_upload_id("alice", world.now, UPLOAD_ID_KEY)
     reads: list[str] = []
-    outcome = _planted(world, f"imports/alice/{upload_id}/my export (1).json", b"[]", reads)
+    outcome = _planted(world, f"imports/alice/{upload_id}/{name}", b"[]", reads)
     assert outcome.status == job_mod.FAILED and reads == [] and world.stored() == []
 
 

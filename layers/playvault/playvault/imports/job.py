@@ -34,6 +34,7 @@ from playvault import clock
 from playvault.failures import RateLimited, SpotifyFailure
 from playvault.imports import (
     SAFE_KEY,
+    UPLOAD_OBJECT,
     dedup,
     file_name_from_metadata,
     formats,
@@ -122,14 +123,16 @@ class Importer:
     # ------------------------------------------------------------------ entry points
     def start(self, key: str, size: int, budget: Budget) -> RunOutcome:
         """An object was created in the bucket: create its job (once) and run it."""
-        found = job_for_key(key)
-        if found is None or not _USER_ID_SEGMENT.match(found[0]):
+        parts = upload_key_parts(key)
+        if parts is None or not _USER_ID_SEGMENT.match(parts[0]):
             logger.warning("object outside imports/<user>/<upload>/<name>: ignored", extra={"key": key})
             return RunOutcome(NOTHING, reason="not an import key")
-        user_id, job_id = found
-        _, upload_id, _ = upload_key_parts(key) or ("", "", "")
+        user_id, upload_id, name = parts
+        job_id = job_id_for(upload_id, name)
         now = clock.now()
-        if not SAFE_KEY.match(key) or not upload_issued_to(user_id, upload_id, self.upload_id_key()):
+        # Exactly the key presigned_upload issued: its characters, its last segment, its MAC.
+        if (not SAFE_KEY.match(key) or name != UPLOAD_OBJECT
+                or not upload_issued_to(user_id, upload_id, self.upload_id_key())):
             # Planted under this user's prefix (a mis-set policy, a copied key): a failed job says so,
             # the object is not read, nothing is written anywhere else. Not an error: nothing to retry.
             created = imports.create(user_id, job_id, key, size, now, refused=NOT_ISSUED)
