@@ -67,17 +67,22 @@ def _stack(aws_url: str, spotify_url: str, prefix: str) -> Any:
 def _upload(stack: Any, body: bytes, name: str = "my_spotify_data.zip") -> tuple[str, int]:
     import boto3
 
+    from playvault.imports import issue_upload_id, upload_id_key
     from playvault.store import users
+    from playvault_local.provision import DEV_CLIENT_SECRET
 
     users.UserModel(USER, status=users.ACTIVE, created_at=datetime.now(UTC)).save()
-    key = f"imports/{USER}/20260101T000000Z-bench/{name}"
-    boto3.client("s3").put_object(Bucket=stack.name("UserFilesBucket"), Key=key, Body=body)
+    upload_id = issue_upload_id(USER, datetime.now(UTC), upload_id_key(DEV_CLIENT_SECRET))
+    key = f"imports/{USER}/{upload_id}/export"
+    boto3.client("s3").put_object(Bucket=stack.name("UserFilesBucket"), Key=key, Body=body,
+                                  Metadata={"file-name": name})
     return key, len(body)
 
 
 def _importer(stack: Any, continued: list[Any]) -> Any:
     import boto3
 
+    from playvault.imports import upload_id_key
     from playvault.imports.job import Importer, ImportSettings
     from playvault.spotify import Credentials, SpotifyClient
     from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
@@ -86,7 +91,8 @@ def _importer(stack: Any, continued: list[Any]) -> Any:
     spotify = SpotifyClient(api_url=api, accounts_url=os.environ["SPOTIFY_ACCOUNTS_URL"],
                             credentials=lambda: Credentials(DEV_CLIENT_ID, DEV_CLIENT_SECRET))
     return Importer(boto3.client("s3"), stack.name("UserFilesBucket"), spotify,
-                    ImportSettings(resolve_interval_s=0), continue_later=lambda u, j, d: continued.append(d))
+                    ImportSettings(resolve_interval_s=0), continue_later=lambda u, j, d: continued.append(d),
+                    upload_id_key=lambda: upload_id_key(DEV_CLIENT_SECRET))
 
 
 def _import_all(stack: Any, key: str, size: int) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.config import Config
 
 from playvault import clock, coverage, history, imports, store
@@ -37,6 +38,7 @@ from playvault.deletion import Deleter
 from playvault.export import Exporter
 from playvault.jobs import JobQueue
 from playvault.metrics import metrics
+from playvault.spotify import ssm_credentials
 from playvault.store import deletions, exports, plays, users
 from playvault.web import account_pages
 from playvault.web import http as web
@@ -50,6 +52,8 @@ s3 = LazyClient("s3", config=Config(signature_version="s3v4"))
 queue = JobQueue(LazyClient("sqs"), settings.jobs_queue_url)
 exporter = Exporter(s3, settings.user_files_bucket, queue)
 deleter = Deleter(s3, settings.user_files_bucket, queue, settings.deletion_grace_seconds)  # requests only
+# Upload ids carry a MAC keyed from the Spotify client secret (playvault.imports.upload_id_key).
+credentials = ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param)
 app = APIGatewayHttpResolver(enable_validation=True)
 web.install_error_handlers(app)
 
@@ -112,18 +116,26 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
                     "<p id=\"deletion-status\">Your data is being deleted. Nothing more is archived for you.</p>")
     now = clock.now()
     view = history.overview(user, now, period)
-    upload = imports.presigned_upload(s3, settings.user_files_bucket, user.user_id, now,
-                                      redirect_to=_page_url("/me?uploaded=1"))
-    # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own file.
-    received = imports.uploaded_file_name(user.user_id, key) if uploaded else None
-    imports_html = account_pages.imports_section(upload, imports.status_for_user(user.user_id, now),
+    try:
+        upload_key = imports.upload_id_key(credentials().client_secret)
+    except GetParameterError:  # SSM throttled or unreachable: the page still works, uploading waits a reload
+        logger.warning("upload form left out: the Spotify client secret could not be read")
+        upload = None
+    else:
+        upload = imports.presigned_upload(s3, settings.user_files_bucket, user.user_id, now, upload_key=upload_key,
+                                          redirect_to=_page_url("/me?uploaded=1"))
+    jobs = imports.status_for_user(user.user_id, now)
+    # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own
+    # file once its import job has it (the key itself never carries the name).
+    received = imports.uploaded_file_name(user.user_id, key, jobs) if uploaded else None
+    imports_html = account_pages.imports_section(upload, jobs,
                                                  coverage.render_svg(coverage.timeline(user.user_id, now)),
                                                  received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
                                imports_html)
-    bucket_origin = "/".join(upload["url"].split("/")[:3])  # the form posts the file straight to S3
+    bucket_origin = " " + "/".join(upload["url"].split("/")[:3]) if upload else ""  # the form posts straight to S3
     return page(200, "My archive", f"My archive{', ' + user.display_name if user.display_name else ''}", content,
-                {"Content-Security-Policy": csp(f"'self' {bucket_origin}")}, wide=True)
+                {"Content-Security-Policy": csp(f"'self'{bucket_origin}")}, wide=True)
 
 
 def _page_url(path: str) -> str:

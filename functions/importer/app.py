@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEve
 from playvault import clock, store
 from playvault.aws import LazyClient
 from playvault.config import ImporterSettings
-from playvault.imports import formats
+from playvault.imports import event_key, formats, upload_id_key
 from playvault.imports.job import ContinueMessage, Importer, ImportSettings, continuation_sender
 from playvault.imports.sources import Caps
 from playvault.spotify import Budget, SpotifyClient, ssm_credentials
@@ -34,17 +34,18 @@ logger = Logger()
 s3 = boto3.client("s3")
 sqs = LazyClient("sqs")
 send_later = continuation_sender(sqs, settings.import_queue_url)
+credentials = ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param)
 importer = Importer(
     s3,
     settings.user_files_bucket,
     SpotifyClient(api_url=settings.spotify_api_url, accounts_url=settings.spotify_accounts_url,
-                  credentials=ssm_credentials(settings.spotify_client_id_param, settings.spotify_client_secret_param),
-                  pool_size=2),
+                  credentials=credentials, pool_size=2),
     ImportSettings(rule=formats.ListeningRule(settings.min_ms_played, settings.skip_incognito),
                    tolerance_s=settings.dedup_tolerance_s, chunk_rows=settings.import_chunk_rows,
                    caps=Caps(max_upload_bytes=settings.import_max_bytes),
                    resolve_interval_s=settings.resolve_interval_ms / 1000, min_remaining_ms=settings.min_remaining_ms),
     continue_later=send_later,
+    upload_id_key=lambda: upload_id_key(credentials().client_secret),  # checks each upload was issued to its user
 )
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
@@ -64,7 +65,8 @@ def _continue(record: SQSRecord, lambda_context: Any) -> str:
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if event.get("source") == "aws.s3":
         created = parse(event=event, model=S3EventNotificationEventBridgeModel)
-        key, size = created.detail.object.key, int(created.detail.object.size or 0)
+        # EventBridge sends the key as is; a classic S3 notification would URL-encode it: either works.
+        key, size = event_key(created.detail.object.key), int(created.detail.object.size or 0)
         outcome = importer.start(key, size, Budget(context.get_remaining_time_in_millis))
         logger.info("import started", extra={"key": key, "outcome": vars(outcome)})
         return vars(outcome)

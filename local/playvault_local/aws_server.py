@@ -10,6 +10,10 @@ prints one line `listening on http://HOST:PORT` and serves moto's API plus a sma
     GET  /_playvault/items?table=&attributes=a,b   scalar attributes of every item (end-of-run report)
     GET  /_playvault/mail         the e-mails SES (moto) accepted: source, to, subject, body
 
+A browser's POST upload to a bucket is held to its policy before moto sees it (s3_post.py: the
+signature under the credentials the local stack signs with, taken from this process's
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; expiration; every condition): moto would store anything.
+
 Why a clock: SQS DelaySeconds and visibility timeouts are real seconds in moto. The local runner
 drives a simulated clock (hours in seconds); patching moto's SQS time source to that clock keeps
 every delay and timeout exactly as the template and the dispatcher set them (no scaling), and lets
@@ -142,7 +146,11 @@ def make_app() -> Any:
     _speed_up_moto()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    moto_app = DomainDispatcherApplication(create_backend_app)
+    from playvault_local import s3_post
+
+    # The stack signs with these (provision.py gives the functions the same); moto accepts any key.
+    signer = {os.environ.get("AWS_ACCESS_KEY_ID", "testing"): os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
+    moto_app = s3_post.enforce(DomainDispatcherApplication(create_backend_app), signer)
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         global _sim_epoch

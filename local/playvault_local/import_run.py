@@ -28,6 +28,7 @@ from typing import Any
 
 import boto3
 import requests
+from botocore.config import Config
 
 from playvault_local.events import sqs_event
 from playvault_local.eventsource import S3EventRule
@@ -139,14 +140,15 @@ def _zip(files: list[ExportFile]) -> bytes:
 
 def run_imports(sim: Any) -> dict[str, Any]:
     """Upload and import every user's export; returns the import section of the report."""
-    from playvault.imports import presigned_upload, status_for_user
+    from playvault.imports import presigned_upload, status_for_user, upload_id_key
 
     system = sim.system
     stack = system.stack
     if system.import_function is None or system.import_source is None:
         raise RuntimeError("template: no importer (EventBridge rule on S3 + its SQS queue)")
     bucket = stack.name("UserFilesBucket")
-    s3 = boto3.session.Session().client("s3", endpoint_url=system.aws.url)
+    # Signed as the account function signs its forms (SigV4); the local S3 checks the policy.
+    s3 = boto3.session.Session().client("s3", endpoint_url=system.aws.url, config=Config(signature_version="s3v4"))
     plays_table = stack.name("PlaysTable")
     users_table = stack.name("UsersTable")
     now = sim.clock()
@@ -178,8 +180,10 @@ def run_imports(sim: Any) -> dict[str, Any]:
                     expected["overlap_with_polling"] += 1
                 else:
                     expected["to_add"] += 1
-        upload = presigned_upload(s3, bucket, user.user_id, now)
-        name = "my_spotify_data.zip"
+        upload = presigned_upload(s3, bucket, user.user_id, now,
+                                  upload_key=upload_id_key(system.config.client_secret))
+        # Browsers name a second download "... (1).zip": the key never carries the name, the job does.
+        name = "my_spotify_data (1).zip" if index % 2 else "my_spotify_data.zip"
         answer = session.post(upload["url"], data=upload["fields"], files={"file": (name, _zip(files))}, timeout=60)
         if answer.status_code not in (200, 201, 204):
             raise RuntimeError(f"upload for {user.user_id} refused: {answer.status_code} {answer.text[:200]}")

@@ -2,7 +2,8 @@
 cap; a user's whole account (/me after a poll, CSV and JSON Lines exports equal to the plays table,
 sign-out, sign-in again, delete my data: nothing of the user left in any table or bucket, another
 user untouched); importing a Spotify data export from /me (the ZIP posted straight to S3, the job
-paused by a 429 and resumed, its progress to completion, the coverage timeline).
+paused by a 429 and resumed, its progress to completion, the coverage timeline); an upload pointed
+into another user's prefix (refused by the local S3's policy check; planted directly, a failed job).
 
 Headless Debian Chromium (/usr/bin/chromium, `apt-get install -y chromium`) driven by Playwright
 from PyPI; never a downloaded browser. Missing Chromium or Playwright fails the test, loudly.
@@ -258,6 +259,7 @@ def test_my_archive_export_sign_out_and_delete(browser, served):
 
 # ---------------------------------------------------------------- importing a data export
 IMPORTER_USER = "e2e-importer"
+FILE_NAME = "my_spotify_data (1).zip"
 HISTORY_TRACKS = range(400, 430)  # catalog tracks listened to in the years before sign-up
 
 
@@ -327,17 +329,22 @@ def test_import_a_data_export_from_my_page(browser, served):
     requests.post(f"{emulator}/_emulator/inject", json={"path_prefix": "/v1/tracks/", "status": 429,
                                                         "retry_after": 20, "times": 1}, timeout=10).raise_for_status()
 
-    page.set_input_files("#import-file", files=[{"name": "my_spotify_data.zip", "mimeType": "application/zip",
+    # Named as a browser names a second download: the key never carries the name, the job does.
+    page.set_input_files("#import-file", files=[{"name": FILE_NAME, "mimeType": "application/zip",
                                                 "buffer": archive}])
     page.click("#import-upload")  # a multipart POST straight to the bucket; S3 answers 303 back to /me
     page.wait_for_load_state()
     assert page.url.startswith(f"{base}/me?uploaded=1"), page.url
-    assert "my_spotify_data.zip is uploaded" in page.locator("#upload-received").inner_text()
+    received = page.locator("#upload-received").inner_text()
+    assert "is uploaded" in received and "imports/" not in received  # the file's name once its job has it
     s3 = _aws(served, "s3")
     prefix = f"imports/{IMPORTER_USER}/"
-    uploads = [obj["Key"] for bucket in s3.list_buckets()["Buckets"]
+    uploads = [(bucket["Name"], obj["Key"]) for bucket in s3.list_buckets()["Buckets"]
                for obj in s3.list_objects_v2(Bucket=bucket["Name"], Prefix=prefix).get("Contents", [])]
-    assert [key.rsplit("/", 1)[1] for key in uploads] == ["my_spotify_data.zip"]  # in the user's own prefix
+    assert [key.rsplit("/", 1)[1] for _, key in uploads] == ["export"]  # in the user's own prefix, a fixed key
+    from playvault.imports import file_name_from_metadata
+
+    assert file_name_from_metadata(s3.head_object(Bucket=uploads[0][0], Key=uploads[0][1])["Metadata"]) == FILE_NAME
 
     seen: list[dict[str, str]] = []
 
@@ -349,7 +356,7 @@ def test_import_a_data_export_from_my_page(browser, served):
 
     _wait_for(page, lambda: state() == "paused", "the import to pause on the 429", 60)
     paused = seen[-1]
-    assert paused["file"] == "my_spotify_data.zip"
+    assert paused["file"] == FILE_NAME
     assert int(paused["plays_added"]) == to_add and int(paused["already_archived"]) == already  # rows are in
     assert int(paused["to_look_up"]) > 0 and "100 %" not in paused["state"] and "left" in paused["state"]
     _wait_for(page, lambda: state() == "done", "the import to resume and finish", 90)
@@ -372,3 +379,65 @@ def test_import_a_data_export_from_my_page(browser, served):
     kinds = [segments.nth(i).get_attribute("class").split()[-1] for i in range(segments.count())]
     assert kinds[0] == "import" and kinds[-1] == "polling", kinds
     assert "filled by an import: 2024-03-01" in page.locator("#coverage rect.segment.import").first.inner_html()
+
+
+# ---------------------------------------------------------------- an upload into someone else's archive
+VICTIM, INTRUDER = "e2e-victim", "e2e-intruder"
+
+
+def _imports_of(info: dict[str, str], user_id: str) -> list[dict]:
+    return _aws(info, "dynamodb").query(TableName="playvault-local-ImportsTable",
+                                        KeyConditionExpression="user_id = :u",
+                                        ExpressionAttributeValues={":u": {"S": user_id}})["Items"]
+
+
+def _upload_keys(info: dict[str, str], prefix: str) -> list[str]:
+    s3 = _aws(info, "s3")
+    return [obj["Key"] for bucket in s3.list_buckets()["Buckets"]
+            for obj in s3.list_objects_v2(Bucket=bucket["Name"], Prefix=prefix).get("Contents", [])]
+
+
+def test_an_upload_into_another_users_archive_is_refused(browser, served):
+    login_url = served["sign in"]
+    victim = browser.new_context().new_page()
+    _sign_in(victim, login_url, VICTIM)
+    intruder = browser.new_context().new_page()
+    _sign_in(intruder, login_url, INTRUDER)
+
+    # B takes the form on their own /me and points its key into A's prefix (the page has no script;
+    # the test edits the DOM as anyone can in the browser's developer tools).
+    own_key = intruder.locator("#import-form input[name=key]").get_attribute("value")
+    form_action = intruder.locator("#import-form").get_attribute("action")
+    assert own_key.startswith(f"imports/{INTRUDER}/")
+    upload_id = own_key.split("/")[2]
+    intruder.evaluate("key => { document.querySelector('#import-form input[name=key]').value = key; }",
+                      f"imports/{VICTIM}/{upload_id}/evil.json")
+    intruder.set_input_files("#import-file", files=[{"name": "evil.json", "mimeType": "application/json",
+                                                    "buffer": b'[{"ts": "2021-01-01T00:00:00Z", "ms_played": 1}]'}])
+    with intruder.expect_navigation() as navigation:
+        intruder.click("#import-upload")
+    answer = navigation.value
+    assert answer.status == 403, answer.status  # the local S3, as S3 would: the policy's key condition
+    refusal = intruder.content()
+    assert "AccessDenied" in refusal and "Policy Condition failed" in refusal and f"imports/{INTRUDER}/" in refusal
+    time.sleep(3)  # the importer's S3 rule polls every second: give it time to find anything
+    assert _upload_keys(served, f"imports/{VICTIM}/") == []
+    assert _imports_of(served, VICTIM) == [] and _imports_of(served, INTRUDER) == []
+    assert [p for p in _plays(served, VICTIM) if p["source"]["S"] == "export"] == []
+
+    # A mis-set policy would have let it in: planted directly under A's prefix with B's genuine upload
+    # id, the object ends in a failed job on A's page that names the reason, and nothing is imported.
+    s3 = _aws(served, "s3")
+    bucket = form_action.rstrip("/").rsplit("/", 1)[1]  # the form posts path-style to the bucket
+    s3.put_object(Bucket=bucket, Key=f"imports/{VICTIM}/{upload_id}/export", Metadata={"file-name": "evil.json"},
+                  Body=b'[{"ts": "2021-01-01T00:00:00Z", "ms_played": 200000, "spotify_track_uri": null}]')
+
+    def failed() -> bool:
+        rows = victim.locator("#imports tr.import")
+        return rows.count() == 1 and rows.first.get_attribute("data-state") == "failed"
+
+    _wait_for(victim, failed, "the planted upload's job to fail", 30)
+    assert "not issued to this user" in victim.locator("#imports tr.import").first.inner_text()
+    [job] = _imports_of(served, VICTIM)
+    assert job["state"]["S"] == "failed" and int(job["plays_added"]["N"]) == 0 and int(job["rows_read"]["N"]) == 0
+    assert [p for p in _plays(served, VICTIM) if p["source"]["S"] == "export"] == []

@@ -18,12 +18,14 @@ import boto3
 import pytest
 import requests
 
-from playvault import clock
+from playvault import clock, imports
 from playvault.history import Catalog
+from playvault.imports.job import job_for_key
 from playvault.store import deletions, exports, gaps, plays, seats, sessions, users
 from playvault.web import http as web_http
 from playvault_local import template as tpl
 from playvault_local.events import sqs_event
+from playvault_local.provision import DEV_CLIENT_SECRET
 from tests.unit.helpers import make_archiver
 from tests.unit.test_auth import http_event
 
@@ -659,7 +661,8 @@ def test_me_offers_the_import_upload_and_shows_its_progress_and_the_coverage(sit
     assert bucket in html_mod.unescape(form.group(1))  # posted straight to S3, never through the API
     fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form.group(2)))
     key = html_mod.unescape(fields["key"])
-    assert key.startswith("imports/alice/") and key.endswith("${filename}")
+    assert key.startswith("imports/alice/") and key.endswith("/export")  # fixed: no file name in the key
+    assert html_mod.unescape(fields["x-amz-meta-file-name"]) == "${filename}"
     assert html_mod.unescape(fields["success_action_redirect"]) == f"https://{HOST}/me?uploaded=1"
     origin = "/".join(html_mod.unescape(form.group(1)).split("/")[:3])
     assert f"form-action 'self' {origin}" in page["headers"]["Content-Security-Policy"]
@@ -674,14 +677,16 @@ def test_me_offers_the_import_upload_and_shows_its_progress_and_the_coverage(sit
             "spotify_track_uri": "spotify:track:4uLU6hMCjMI75M1A2tKUQC", "spotify_episode_uri": None,
             "incognito_mode": False, "platform": "ios", "reason_start": "trackdone", "reason_end": "trackdone",
             "skipped": False, "shuffle": False, "offline": False}]))
-    upload_key = key.replace("${filename}", "my_spotify_data.zip")
-    boto3.client("s3").put_object(Bucket=bucket, Key=upload_key, Body=export.getvalue())
+    upload_key = key
+    boto3.client("s3").put_object(Bucket=bucket, Key=upload_key, Body=export.getvalue(),
+                                  Metadata={"file-name": "my_spotify_data.zip"})
     from playvault import store
 
     store.bind(ImporterSettings.from_env())
     importer = Importer(boto3.client("s3"), bucket, make_spotify(emulator, sleep=lambda s: None),
                         ImportSettings(resolve_interval_s=0, min_remaining_ms=1000),
-                        continue_later=lambda *_: None, sleep=lambda s: None)
+                        continue_later=lambda *_: None, sleep=lambda s: None,
+                        upload_id_key=lambda: imports.upload_id_key(DEV_CLIENT_SECRET))
     importer.start(upload_key, len(export.getvalue()), Budget.seconds(60))
     after = browser.call("GET", "/me")["body"]
     row = re.search(r'<tr class="import" data-state="([a-z]+)">(.*?)</tr>', after, re.S)
@@ -690,16 +695,46 @@ def test_me_offers_the_import_upload_and_shows_its_progress_and_the_coverage(sit
 
 
 def test_back_from_an_upload_me_says_the_file_arrived(site, aws_env, emulator):
+    from playvault.store import imports as imports_store
+
     browser = signed_in(site, aws_env, emulator, "alice")
     assert 'id="upload-received"' not in browser.call("GET", "/me")["body"]
+    key = "imports/alice/20261201T000000Z-0a1b2c3d-" + "a" * 32 + "/export"
     # S3's 303 after a presigned POST appends bucket, key and etag to success_action_redirect.
-    back = browser.call("GET", "/me", {"uploaded": "1", "bucket": aws_env.name("UserFilesBucket"),
-                                       "key": "imports/alice/20261201T000000Z-0a1b2c3d/my_spotify_data.zip",
-                                       "etag": '"d41d8cd98f00b204e9800998ecf8427e"'})
+    query = {"uploaded": "1", "bucket": aws_env.name("UserFilesBucket"), "key": key,
+             "etag": '"d41d8cd98f00b204e9800998ecf8427e"'}
+    back = browser.call("GET", "/me", query)
     assert back["statusCode"] == 200
     notice = re.search(r'<p id="upload-received">(.*?)</p>', back["body"], re.S)
-    assert notice and "my_spotify_data.zip" in notice.group(1) and "import" in notice.group(1)
+    assert notice and "Your file is uploaded" in notice.group(1) and "import" in notice.group(1)
+    # Once the importer has the job, the page names the file as the browser sent it.
+    _, job_id = job_for_key(key)
+    imports_store.create("alice", job_id, key, 10, datetime.now(UTC), file_name="my_spotify_data (1).zip")
+    notice = re.search(r'<p id="upload-received">(.*?)</p>', browser.call("GET", "/me", query)["body"], re.S)
+    assert notice and "my_spotify_data (1).zip is uploaded" in notice.group(1)
     assert "imports/alice" not in notice.group(1)  # the file's name, not the bucket's key
     # a key outside the user's own prefix is not named back
     other = browser.call("GET", "/me", {"uploaded": "1", "key": "imports/bob/x/<b>theirs</b>.zip"})["body"]
     assert "theirs" not in other and 'id="upload-received"' in other
+
+
+def test_me_without_the_client_secret_leaves_out_only_the_upload_form(site, aws_env, emulator):
+    """The upload form is signed with a key derived from the client secret (SSM): when SSM cannot
+    answer, /me still shows the archive, says uploading waits a reload, and comes back with it."""
+    from aws_lambda_powertools.utilities import parameters
+
+    browser = signed_in(site, aws_env, emulator, "alice")
+    ssm = boto3.client("ssm")
+    name = aws_env.env["SPOTIFY_CLIENT_SECRET_PARAM"]
+    secret = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    ssm.delete_parameter(Name=name)
+    parameters.clear_caches()
+    page = browser.call("GET", "/me")
+    assert page["statusCode"] == 200 and 'id="plays-total"' in page["body"]
+    assert 'id="import-unavailable"' in page["body"] and 'id="import-form"' not in page["body"]
+    assert "form-action 'self';" in page["headers"]["Content-Security-Policy"]
+    assert secret not in page["body"]
+    ssm.put_parameter(Name=name, Value=secret, Type="SecureString")
+    parameters.clear_caches()
+    again = browser.call("GET", "/me")["body"]
+    assert 'id="import-form"' in again and 'id="import-unavailable"' not in again

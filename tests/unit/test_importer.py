@@ -14,19 +14,22 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 
 from playvault import clock, store
+from playvault import imports as import_ids
 from playvault.config import ImporterSettings
+from playvault.imports import issue_upload_id, status_for_user, upload_id_key
 from playvault.imports import job as job_mod
-from playvault.imports import status_for_user
 from playvault.imports.job import Importer, ImportSettings
 from playvault.imports.sources import Caps
 from playvault.normalize import canonical_played_at, parse_track
 from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, state, users
+from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
 from tests.unit.helpers import make_spotify, ssm_refusing
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SEED = 7  # the conftest emulator's seed
+UPLOAD_ID_KEY = upload_id_key(DEV_CLIENT_SECRET)  # as the functions derive it from the stack's client secret
 
 
 def track(i: int) -> dict:
@@ -72,7 +75,8 @@ class World:
     def importer(self, **overrides) -> Importer:
         settings = ImportSettings(**{**self.settings.__dict__, **overrides})
         return Importer(self.s3, self.bucket, self.spotify, settings,
-                        continue_later=lambda u, j, d: self.continued.append((u, j, d)), sleep=lambda s: None)
+                        continue_later=lambda u, j, d: self.continued.append((u, j, d)), sleep=lambda s: None,
+                        upload_id_key=lambda: UPLOAD_ID_KEY)
 
     def user(self, user_id="alice", **fields) -> None:
         # Written over whatever is there (a versioned item: no version condition for a fixture).
@@ -80,9 +84,10 @@ class World:
                         **fields).save(add_version_condition=False)
 
     def upload(self, body: bytes, name="my_spotify_data.zip", user_id="alice") -> str:
+        """As the browser's presigned POST stores it: the key fixed per upload, the name in metadata."""
         self.uploads += 1
-        key = f"imports/{user_id}/20260501T120000Z-{self.uploads:08x}/{name}"
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body)
+        key = f"imports/{user_id}/{issue_upload_id(user_id, self.now, UPLOAD_ID_KEY)}/export"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=body, Metadata={"file-name": name})
         return key
 
     def run(self, key: str, importer: Importer | None = None, seconds: float = 120) -> job_mod.RunOutcome:
@@ -425,3 +430,115 @@ def test_sparse_rows_cost_at_most_four_queries_per_chunk(world, monkeypatch):
     world.run(world.upload(zipped({"Streaming_History_Audio_2015.json": rows})), world.importer(chunk_rows=8))
     assert len(world.stored()) == 8
     assert len(calls) == 4
+
+
+# ---------------------------------------------------------------- uploads not issued to the key's user
+def _planted(world, key: str, body: bytes, reads: list[str]) -> job_mod.RunOutcome:
+    """The object as a mis-set policy would let it in; every S3 read of the importer recorded."""
+    world.s3.put_object(Bucket=world.bucket, Key=key, Body=body, Metadata={"file-name": "evil.json"})
+    s3 = world.s3
+
+    class Recording:
+        def __getattr__(self, name):
+            if name in ("get_object", "head_object"):
+                def call(**kwargs):
+                    reads.append(f"{name} {kwargs['Key']}")
+                    return getattr(s3, name)(**kwargs)
+                return call
+            return getattr(s3, name)
+
+    importer = Importer(Recording(), world.bucket, world.spotify, world.settings, continue_later=lambda *a: None,
+                        sleep=lambda s: None, upload_id_key=lambda: UPLOAD_ID_KEY)
+    return importer.start(key, len(body), Budget.seconds(60))
+
+
+@pytest.mark.parametrize("upload_id", [
+    "20260501T120000Z-0a1b2c3d",  # the layout of before: no MAC at all
+    "20260501T120000Z-0a1b2c3d-" + "0" * 32,  # a MAC that is not this user's
+    "bob's",  # B's genuine upload id, moved under A's prefix (filled in below)
+])
+def test_an_object_planted_under_another_users_prefix_fails_its_job_and_writes_nothing(world, upload_id):
+    world.user("bob")
+    if upload_id == "bob's":
+        upload_id = issue_upload_id("bob", world.now, UPLOAD_ID_KEY)
+    key = f"imports/alice/{upload_id}/export"
+    body = json.dumps(history(datetime(2021, 1, 1, tzinfo=UTC), 3)).encode()
+    reads: list[str] = []
+    outcome = _planted(world, key, body, reads)
+    assert outcome.status == job_mod.FAILED and "not issued to this user" in outcome.reason
+    assert reads == []  # the object is not read at all
+    [job] = status_for_user("alice", world.now)
+    assert job["state"] == "failed" and "was not issued to this user" in job["error"]["message"]
+    assert job["plays_added"] == 0 and job["rows_read"] == 0 and job["finished_at"]
+    assert world.stored("alice") == [] and world.stored("bob") == []
+    assert world.continued == []  # nothing to continue: not an error that retries or pages anyone
+    assert list(catalog.TrackModel.scan()) == []
+    # The same event again (EventBridge delivers at least once): one failed job, still nothing written.
+    assert _planted(world, key, body, reads).status == job_mod.FAILED
+    assert len(status_for_user("alice", world.now)) == 1 and world.stored("alice") == []
+
+
+@pytest.mark.parametrize("name", ["my export (1).json", "other.json"])
+def test_only_the_issued_key_of_an_upload_id_is_imported(world, name):
+    """alice's genuine upload id with another last segment (characters an encoding changes, or just
+    another name) is not the key presigned_upload issued."""
+    upload_id = issue_upload_id("alice", world.now, UPLOAD_ID_KEY)
+    reads: list[str] = []
+    outcome = _planted(world, f"imports/alice/{upload_id}/{name}", b"[]", reads)
+    assert outcome.status == job_mod.FAILED and reads == [] and world.stored() == []
+
+
+def test_the_file_name_comes_from_the_metadata_and_decides_the_kind(world):
+    video = world.upload(json.dumps([{"ts": "2021-01-01T00:00:00Z"}]).encode(),
+                         name="Streaming_History_Video_2021.json")
+    world.run(video)
+    job = world.job(video)
+    assert job.file_name == "Streaming_History_Video_2021.json"
+    assert [(f["name"], f["state"]) for f in job.files] == [("Streaming_History_Video_2021.json", "skipped")]
+    assert status_for_user("alice", world.now)[0]["file_name"] == "Streaming_History_Video_2021.json"
+
+
+def test_upload_ids_are_bound_to_their_user_and_key():
+    other_key = upload_id_key("another client secret")
+    issued = issue_upload_id("alice", NOW, UPLOAD_ID_KEY)
+    assert import_ids.upload_issued_to("alice", issued, UPLOAD_ID_KEY)
+    assert not import_ids.upload_issued_to("bob", issued, UPLOAD_ID_KEY)
+    assert not import_ids.upload_issued_to("alice", issued, other_key)  # a rotated secret
+    tampered = issued[:-1] + ("0" if issued[-1] != "0" else "1")
+    assert not import_ids.upload_issued_to("alice", tampered, UPLOAD_ID_KEY)
+    assert not import_ids.upload_issued_to("alice", issued.upper(), UPLOAD_ID_KEY)
+    assert import_ids.SAFE_KEY.fullmatch(f"imports/alice/{issued}/export")
+    with pytest.raises(import_ids.BadUserId):
+        issue_upload_id("../bob", NOW, UPLOAD_ID_KEY)
+
+
+def test_hkdf_sha256_matches_rfc_5869():
+    # RFC 5869, A.1 (basic test case with SHA-256)
+    okm = import_ids.hkdf_sha256(bytes.fromhex("0b" * 22), bytes.fromhex("f0f1f2f3f4f5f6f7f8f9"), 42,
+                                 salt=bytes.fromhex("000102030405060708090a0b0c"))
+    assert okm.hex() == ("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf"
+                         "34007208d5b887185865")
+    # A.3: no salt, no info
+    assert import_ids.hkdf_sha256(bytes.fromhex("0b" * 22), b"", 42).hex() == (
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8")
+    assert upload_id_key("s3cret") == upload_id_key("s3cret") != upload_id_key("s3cret2")
+
+
+@pytest.mark.parametrize(("in_event", "key"), [
+    ("imports/alice/20260501T120000Z-0a1b2c3d-abc/export", "imports/alice/20260501T120000Z-0a1b2c3d-abc/export"),
+    ("imports/alice/my+spotify+data+%281%29.zip", "imports/alice/my spotify data (1).zip"),
+    ("imports/alice/M%C3%BCller%2BS%C3%B8n+100%25.json", "imports/alice/Müller+Søn 100%.json"),
+])
+def test_event_keys_are_read_in_either_encoding(in_event, key):
+    assert import_ids.event_key(in_event) == key
+
+
+@pytest.mark.parametrize(("metadata", "name"), [
+    ({"file-name": "my_spotify_data (1).zip"}, "my_spotify_data (1).zip"),
+    ({"file-name": "=?UTF-8?B?" + __import__("base64").b64encode("Müller+Søn (1) 100%.json".encode()).decode() + "?="},
+     "Müller+Søn (1) 100%.json"),
+    ({"file-name": "C:\\Users\\me\\Downloads\\export.zip"}, "export.zip"),
+    ({}, ""),
+])
+def test_the_file_name_from_metadata(metadata, name):
+    assert import_ids.file_name_from_metadata(metadata) == name

@@ -15,9 +15,11 @@ from playvault import clock, coverage, imports, store
 from playvault.config import ImporterSettings
 from playvault.store import gaps, plays, users
 from playvault_local.events import s3_object_created_event, sqs_event
+from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+UPLOAD_ID_KEY = imports.upload_id_key(DEV_CLIENT_SECRET)  # the stack's client secret, as the functions derive it
 
 
 def export_zip(n: int) -> bytes:
@@ -40,8 +42,8 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
     users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     bucket = aws_env.name("UserFilesBucket")
-    key = "imports/alice/20260501T120000Z-0000abcd/my_spotify_data.zip"
-    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(30))
+    key = f"imports/alice/{imports.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
+    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(30), Metadata={"file-name": "my_spotify_data.zip"})
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     # Under MIN_REMAINING_MS from the start: one step (a chunk, a track) per invocation, the rest
     # continued through the import queue.
@@ -61,6 +63,7 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
         sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=got[0]["ReceiptHandle"])
     [status] = imports.status_for_user("alice", NOW)
     assert status["state"] == "done" and status["plays_added"] == 30 and status["tracks_resolved"] == 30
+    assert status["file_name"] == "my_spotify_data.zip"
     assert continued >= 29
     assert len(list(plays.all_plays("alice"))) == 30
     # The same event again (EventBridge delivers at least once): the job exists, nothing changes.
@@ -77,22 +80,46 @@ def test_a_malformed_continuation_fails_only_its_record(aws_env, load_function, 
     assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
 
 
-def test_the_presigned_post_caps_size_prefix_and_encryption(aws_env):
+def test_the_presigned_post_fixes_the_key_and_caps_size_and_encryption(aws_env):
     s3 = boto3.client("s3")
-    upload = imports.presigned_upload(s3, aws_env.name("UserFilesBucket"), "alice", NOW)
-    assert upload["key_prefix"].startswith("imports/alice/20260501T120000Z-")
-    assert upload["fields"]["key"] == upload["key_prefix"] + "${filename}"
+    upload = imports.presigned_upload(s3, aws_env.name("UserFilesBucket"), "alice", NOW, upload_key=UPLOAD_ID_KEY)
+    assert upload["key"] == f"imports/alice/{upload['upload_id']}/export"
+    assert imports.SAFE_KEY.fullmatch(upload["key"])  # nothing any encoding changes
+    assert imports.upload_issued_to("alice", upload["upload_id"], UPLOAD_ID_KEY)
+    assert upload["fields"]["key"] == upload["key"]
     assert upload["fields"]["x-amz-server-side-encryption"] == "AES256"
+    assert upload["fields"]["x-amz-meta-file-name"] == "${filename}"  # S3 fills in the file's name
     policy = json.loads(base64.b64decode(upload["fields"]["policy"]))
     assert ["content-length-range", 1, 200 * 1024 * 1024] in policy["conditions"]
-    assert ["starts-with", "$key", upload["key_prefix"]] in policy["conditions"]
+    assert {"key": upload["key"]} in policy["conditions"]
     assert {"x-amz-server-side-encryption": "AES256"} in policy["conditions"]
     for bad in ("../bob", "a/b", ""):
         try:
-            imports.presigned_upload(s3, aws_env.name("UserFilesBucket"), bad, NOW)
+            imports.presigned_upload(s3, aws_env.name("UserFilesBucket"), bad, NOW, upload_key=UPLOAD_ID_KEY)
         except imports.BadUserId:
             continue
         raise AssertionError(f"{bad!r} accepted")
+
+
+def test_a_planted_object_in_a_classic_notification_encoding_fails_its_job(aws_env, load_function, lambda_context):
+    """An object under alice's prefix whose upload id is not hers: the function answers normally (no
+    retry, nothing for an alarm), the job is failed with the reason, nothing is imported."""
+    clock.set_clock(lambda: NOW)
+    handler = load_function("ImporterFunction")
+    store.bind(ImporterSettings.from_env())
+    users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
+    s3, bucket = boto3.client("s3"), aws_env.name("UserFilesBucket")
+    stolen = imports.issue_upload_id("bob", NOW, UPLOAD_ID_KEY)
+    key = f"imports/alice/{stolen}/evil data.json"
+    put = s3.put_object(Bucket=bucket, Key=key, Body=b"[]")
+    event = s3_object_created_event(bucket, key.replace(" ", "+"), 2, put["ETag"], NOW)
+    answer = handler(event, lambda_context("ImporterFunction"))
+    assert answer["status"] == "failed" and "not issued to this user" in answer["reason"]
+    [job] = imports.status_for_user("alice", NOW)
+    assert job["state"] == "failed" and "not issued to this user" in job["error"]["message"]
+    assert list(plays.all_plays("alice")) == []
+    sqs = boto3.client("sqs")
+    assert sqs.receive_message(QueueUrl=aws_env.queue_url("ImportQueue")).get("Messages") is None
 
 
 def test_coverage_shows_polling_import_and_neither(aws_env, monkeypatch):

@@ -136,8 +136,9 @@ class JobSettings(TableSettings):
     deletion_grace_seconds: int = Field(default=150, ge=0, le=900)
 
 
-class AccountSettings(WebSettings, JobSettings):
+class AccountSettings(WebSettings, JobSettings, SpotifySettings):
     imports_table: str = Field(min_length=3)  # the user's import jobs, shown on /me
+    # SpotifySettings: the client secret keys the MAC of upload ids (playvault.imports.upload_id_key).
 
 
 class AuthSettings(WebSettings, SpotifySettings, TokenSettings, LifecycleSettings):

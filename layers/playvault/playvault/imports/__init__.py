@@ -1,63 +1,124 @@
 """Importing Spotify's data export: the upload API the account page calls, and the job's status.
 
-- `presigned_upload(s3, bucket, user_id, now)`: a presigned S3 POST for the browser (no file passes
-  through API Gateway): key under `imports/<user id>/<upload id>/`, 1 byte to 200 MB, SSE required.
-  The object's size and content are checked again after upload (sources.open_upload), never trusted.
+- `presigned_upload(s3, bucket, user_id, now, upload_key=...)`: a presigned S3 POST for the browser
+  (no file passes through API Gateway): one fixed key `imports/<user id>/<upload id>/export`, 1 byte to
+  200 MB, SSE required. The key is built from characters no encoding changes (S3 event notifications
+  URL-encode keys, EventBridge does not); the file's own name travels in the object's metadata
+  (`x-amz-meta-file-name: ${filename}`, filled in by S3) and is shown on the job.
+- The upload id carries a MAC over (user id, upload id) with a key derived from the Spotify client
+  secret (HKDF-SHA256): the importer refuses an object whose upload id was not issued to the user of
+  its key, without any write per page view. The object's size and content are checked again after
+  upload (sources.open_upload), never trusted.
 - `status_for_user(user_id, now)`: every import job of the user, ready to render (newest first).
 - The job itself: playvault.imports.job.Importer, driven by functions/importer.
 """
 
 from __future__ import annotations
 
+import email.header
+import hashlib
+import hmac
 import re
 import secrets
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import unquote_plus
 
 from playvault.store import imports as store
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 UPLOAD_URL_TTL = timedelta(minutes=15)
 _USER_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+UPLOADS = "imports"  # the bucket's prefix of uploads: imports/<user id>/<upload id>/export
+UPLOAD_OBJECT = "export"  # the last segment of every upload key (the file's name is in its metadata)
+FILE_NAME_META = "file-name"  # x-amz-meta-file-name: ${filename}; boto3 reports it without the prefix
+MAX_FILE_NAME = 255  # what file systems allow
+UPLOAD_ID_INFO = b"playvault upload id v1"  # HKDF info: this key signs upload ids and nothing else
+_UPLOAD_ID = re.compile(r"^(\d{8}T\d{6}Z-[0-9a-f]{8})-([0-9a-f]{32})$")
+# Every character of a key S3 or EventBridge could re-encode is outside this set.
+SAFE_KEY = re.compile(r"^[A-Za-z0-9._/-]+$")
 
 
 class BadUserId(ValueError):
     """The user id cannot be part of an S3 key (the page only passes its session's user)."""
 
 
-def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, max_bytes: int = MAX_UPLOAD_BYTES,
-                     expires: timedelta = UPLOAD_URL_TTL, redirect_to: str | None = None) -> dict[str, Any]:
-    """A presigned POST for one upload (a ZIP, or several JSON files: each file is its own object).
+def hkdf_sha256(secret: bytes, info: bytes, length: int = 32, salt: bytes = b"") -> bytes:
+    """RFC 5869 HKDF with SHA-256 (extract, then expand)."""
+    if not secret:
+        raise ValueError("HKDF needs a non-empty secret")
+    prk = hmac.new(salt or bytes(32), secret, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out += block
+        counter += 1
+    return out[:length]
 
-    Returns {"url", "fields", "key_prefix", "max_bytes", "expires_at", "upload_id"}: the page posts
-    a multipart form with `fields` first and the file last (field name "file"); S3 puts the file's
-    name where the key says `${filename}`.
-    """
+
+def upload_id_key(client_secret: str) -> bytes:
+    """The key that signs upload ids, derived from the Spotify client secret the functions already
+    read (no KMS key: it would double a personal deployment's cost). Rotating the secret invalidates
+    upload forms issued before (they live 15 minutes). Never log it."""
+    return hkdf_sha256(client_secret.encode(), UPLOAD_ID_INFO)
+
+
+def _upload_mac(key: bytes, user_id: str, base: str) -> str:
+    return hmac.new(key, f"{user_id}/{base}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def issue_upload_id(user_id: str, now: datetime, key: bytes) -> str:
+    """`<UTC time>-<8 random hex>-<MAC over user id and both>`: only [0-9A-Za-z-]."""
     if not _USER_ID.match(user_id):
         raise BadUserId("user id is not a Spotify id")
-    upload_id = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
-    prefix = f"{UPLOADS}/{user_id}/{upload_id}/"
-    fields = {"x-amz-server-side-encryption": "AES256"}
+    base = now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return f"{base}-{_upload_mac(key, user_id, base)}"
+
+
+def upload_issued_to(user_id: str, upload_id: str, key: bytes) -> bool:
+    """True when this upload id was issued to this user (constant-time comparison of the MAC)."""
+    found = _UPLOAD_ID.match(upload_id)
+    if found is None or not _USER_ID.match(user_id):
+        return False
+    return hmac.compare_digest(found.group(2), _upload_mac(key, user_id, found.group(1)))
+
+
+def presigned_upload(s3: Any, bucket: str, user_id: str, now: datetime, *, upload_key: bytes,
+                     max_bytes: int = MAX_UPLOAD_BYTES, expires: timedelta = UPLOAD_URL_TTL,
+                     redirect_to: str | None = None) -> dict[str, Any]:
+    """A presigned POST for one upload (a ZIP, or one JSON file: each file is its own upload).
+
+    Returns {"url", "fields", "key", "max_bytes", "expires_at", "upload_id"}: the page posts a
+    multipart form with `fields` first and the file last (field name "file"). The key is exact (the
+    policy's `eq`); S3 puts the file's name where the metadata field says `${filename}`.
+    """
+    upload_id = issue_upload_id(user_id, now, upload_key)
+    key = f"{UPLOADS}/{user_id}/{upload_id}/{UPLOAD_OBJECT}"
+    fields = {"x-amz-server-side-encryption": "AES256", f"x-amz-meta-{FILE_NAME_META}": "${filename}"}
     conditions: list[Any] = [
-        ["starts-with", "$key", prefix],
+        {"key": key},
         ["content-length-range", 1, max_bytes],
         {"x-amz-server-side-encryption": "AES256"},
+        ["starts-with", f"$x-amz-meta-{FILE_NAME_META}", ""],
     ]
     if redirect_to is not None:  # the browser comes back to the page after the upload (S3 answers 303)
         fields["success_action_redirect"] = redirect_to
         conditions.append({"success_action_redirect": redirect_to})
-    post = s3.generate_presigned_post(bucket, prefix + "${filename}", Fields=fields, Conditions=conditions,
+    post = s3.generate_presigned_post(bucket, key, Fields=fields, Conditions=conditions,
                                       ExpiresIn=int(expires.total_seconds()))
-    return {"url": post["url"], "fields": post["fields"], "key_prefix": prefix, "max_bytes": max_bytes,
+    return {"url": post["url"], "fields": post["fields"], "key": key, "max_bytes": max_bytes,
             "expires_at": (now + expires).isoformat(), "upload_id": upload_id}
 
 
-MAX_FILE_NAME = 255  # what file systems allow
-UPLOADS = "imports"  # the bucket's prefix of uploads: imports/<user id>/<upload id>/<file name>
+def event_key(key: str) -> str:
+    """An object key as an S3 event carries it -> the key. EventBridge's "Object Created" sends the
+    key as is; classic S3 notifications URL-encode it ('+' for a space, %XX). Upload keys are made of
+    characters neither form changes, so a key with '%' or '+' is the encoded form of another key."""
+    return unquote_plus(key) if ("%" in key or "+" in key) else key
 
 
 def upload_key_parts(key: str) -> tuple[str, str, str] | None:
-    """`imports/<user id>/<upload id>/<file name>` (as presigned_upload lays it out) -> its three
+    """`imports/<user id>/<upload id>/<name>` (as presigned_upload lays it out) -> its three
     parts, None for any other key."""
     parts = key.split("/")
     if len(parts) != 4 or parts[0] != UPLOADS or not all(parts[1:]):
@@ -65,14 +126,32 @@ def upload_key_parts(key: str) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-def uploaded_file_name(user_id: str, key: str | None) -> str:
-    """The file's name in an upload key S3 reports back, when the key is under this user's own
-    prefix and the name is one a file could have; "" otherwise (the page only names back what the
-    link says: it never claims more than "your file")."""
+def job_id_for(upload_id: str, name: str) -> str:
+    """The import job of one uploaded object (one per key)."""
+    return f"{upload_id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def file_name_from_metadata(metadata: dict[str, str] | None) -> str:
+    """The file's name as the browser sent it (x-amz-meta-file-name); S3 returns a non-ASCII value
+    RFC 2047-encoded (=?UTF-8?B?...?=). Only the text after the last slash or backslash, at most
+    255 characters, no control characters; "" when absent."""
+    raw = (metadata or {}).get(FILE_NAME_META) or ""
+    try:
+        name = str(email.header.make_header(email.header.decode_header(raw))) if "=?" in raw else raw
+    except (ValueError, LookupError, UnicodeDecodeError):
+        name = raw
+    name = re.split(r"[/\\]", name)[-1]
+    return "".join(c for c in name if c.isprintable())[:MAX_FILE_NAME]
+
+
+def uploaded_file_name(user_id: str, key: str | None, jobs: list[dict[str, Any]]) -> str:
+    """The name of the file S3 reports back (by its key) when the key is the user's own upload and
+    its job has started (the page only names back what it knows); "" otherwise."""
     parts = upload_key_parts(key or "")
-    if parts is None or parts[0] != user_id or len(parts[2]) > MAX_FILE_NAME:
+    if parts is None or parts[0] != user_id:
         return ""
-    return parts[2]
+    job_id = job_id_for(parts[1], parts[2])
+    return next((str(job.get("file_name") or "") for job in jobs if job.get("job_id") == job_id), "")
 
 
 def _eta_s(job: store.ImportModel, now: datetime) -> float | None:
@@ -103,7 +182,7 @@ def job_status(job: store.ImportModel, now: datetime) -> dict[str, Any]:
     to_resolve = int(job.tracks_to_resolve or 0)
     return {
         "job_id": job.job_id,
-        "file_name": (job.object_key or "").rsplit("/", 1)[-1],
+        "file_name": job.file_name or "",
         "state": job.state,
         "phase": job.phase,
         "files": [{k: f.get(k) for k in ("name", "kind", "state", "rows_read", "error")} for f in (job.files or [])],

@@ -1,6 +1,7 @@
 """The import job: an uploaded export -> plays, in bounded chunks, resumable, idempotent per chunk.
 
-One job per uploaded object (`imports/<user id>/<upload id>/<file name>`). Phases:
+One job per uploaded object (`imports/<user id>/<upload id>/export`; refused unread, as a failed job,
+when the upload id was not issued to that user). Phases:
 1. import: every streaming-history file of the upload, streamed item by item; each chunk of
    `chunk_rows` rows is validated, de-duplicated against the plays already archived
    (playvault.imports.dedup), written (BatchWriteItem, one write per new play), and only then
@@ -17,7 +18,7 @@ message to itself) and releases its lease.
 
 from __future__ import annotations
 
-import hashlib
+import re
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -26,11 +27,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger
+from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from playvault import clock
 from playvault.failures import AppFailure, RateLimited, SpotifyFailure
-from playvault.imports import dedup, formats, upload_key_parts
+from playvault.imports import (
+    SAFE_KEY,
+    UPLOAD_OBJECT,
+    dedup,
+    file_name_from_metadata,
+    formats,
+    job_id_for,
+    upload_issued_to,
+    upload_key_parts,
+)
 from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
 from playvault.imports.sources import Caps, UploadRejected, open_upload
 from playvault.normalize import PayloadError, parse_track
@@ -48,6 +59,7 @@ RESOLVE_SAVE_EVERY = 20
 QUEUED_IDS_CAPACITY = 100_000
 FILE_DONE, FILE_REJECTED, FILE_FAILED, FILE_SKIPPED, FILE_PENDING = "done", "rejected", "failed", "skipped", "pending"
 
+_USER_ID_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CONTINUE = "continue"  # more to do: continued by a later invocation
 PAUSED = "paused"
 DONE = "done"
@@ -85,13 +97,19 @@ def job_for_key(key: str) -> tuple[str, str] | None:
     if parts is None:
         return None
     user_id, upload_id, name = parts
-    return user_id, f"{upload_id}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return user_id, job_id_for(upload_id, name)
+
+
+NOT_ISSUED = ("this upload was not issued to this user (its key does not carry an upload id of this "
+              "account): refused, nothing of it was read or imported")
 
 
 class Importer:
     def __init__(self, s3: Any, bucket: str, spotify: SpotifyClient | None, settings: ImportSettings,
-                 continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep):
+                 continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep,
+                 *, upload_id_key: Callable[[], bytes]):
         self.s3 = s3
+        self.upload_id_key = upload_id_key  # playvault.imports.upload_id_key of the client secret
         self.bucket = bucket
         self.spotify = spotify
         self.settings = settings
@@ -105,14 +123,35 @@ class Importer:
     # ------------------------------------------------------------------ entry points
     def start(self, key: str, size: int, budget: Budget) -> RunOutcome:
         """An object was created in the bucket: create its job (once) and run it."""
-        found = job_for_key(key)
-        if found is None:
+        parts = upload_key_parts(key)
+        if parts is None or not _USER_ID_SEGMENT.match(parts[0]):
             logger.warning("object outside imports/<user>/<upload>/<name>: ignored", extra={"key": key})
             return RunOutcome(NOTHING, reason="not an import key")
-        user_id, job_id = found
-        created = imports.create(user_id, job_id, key, size, clock.now())
+        user_id, upload_id, name = parts
+        job_id = job_id_for(upload_id, name)
+        now = clock.now()
+        # Exactly the key presigned_upload issued: its characters, its last segment, its MAC.
+        if (not SAFE_KEY.match(key) or name != UPLOAD_OBJECT
+                or not upload_issued_to(user_id, upload_id, self.upload_id_key())):
+            # Planted under this user's prefix (a mis-set policy, a copied key): a failed job says so,
+            # the object is not read, nothing is written anywhere else. Not an error: nothing to retry.
+            created = imports.create(user_id, job_id, key, size, now, refused=NOT_ISSUED)
+            logger.warning("upload refused: not issued to this user",
+                           extra={"user_id": user_id, "job_id": job_id, "key": key, "new_job": created})
+            return RunOutcome(FAILED, reason=NOT_ISSUED)
+        created = False
+        if imports.get(user_id, job_id) is None:
+            created = imports.create(user_id, job_id, key, size, now, file_name=self._file_name(key))
         logger.info("import job", extra={"user_id": user_id, "job_id": job_id, "new_job": created, "bytes": size})
         return self.run(user_id, job_id, budget)
+
+    def _file_name(self, key: str) -> str:
+        """The name the browser gave the file (the object's metadata); "" when S3 has none."""
+        try:
+            head = self.s3.head_object(Bucket=self.bucket, Key=key)
+        except ClientError:  # gone already: the run reports it when it opens the upload
+            return ""
+        return file_name_from_metadata(head.get("Metadata"))
 
     def run(self, user_id: str, job_id: str, budget: Budget) -> RunOutcome:
         job = imports.get(user_id, job_id)
@@ -152,7 +191,7 @@ class Importer:
     def _import(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> bool:
         """True when every file is through (go on to resolving); False when stopped (outcome says why)."""
         try:
-            upload = open_upload(self.s3, self.bucket, job.object_key or "", self.settings.caps)
+            upload = open_upload(self.s3, self.bucket, job.object_key or "", self.settings.caps, name=job.file_name)
         except UploadRejected as exc:
             imports.set_state(job, token, clock.now(), imports.FAILED, error=str(exc), release=True)
             outcome.status, outcome.reason = FAILED, str(exc)

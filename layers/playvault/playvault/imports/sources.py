@@ -80,7 +80,7 @@ class S3RangeReader(io.RawIOBase):
 class Upload:
     """The files of one uploaded object and a way to stream each."""
 
-    def __init__(self, s3: Any, bucket: str, key: str, size: int, caps: Caps):
+    def __init__(self, s3: Any, bucket: str, key: str, size: int, caps: Caps, name: str | None = None):
         self._s3, self._bucket, self._key = s3, bucket, key
         self.size = size
         head = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-3")["Body"].read()
@@ -90,7 +90,7 @@ class Upload:
             self._zip = self._open_zip(caps)
             self.files = self._zip_files(caps)
         else:
-            name = posixpath.basename(key)
+            name = name or posixpath.basename(key)  # the browser's file name (the key ends in "export")
             self.files = [UploadFile(name, formats.classify(name), size)]
 
     def _open_zip(self, caps: Caps) -> zipfile.ZipFile:
@@ -131,13 +131,13 @@ class Upload:
         return self._s3.get_object(Bucket=self._bucket, Key=self._key)["Body"]  # type: ignore[no-any-return]
 
 
-def open_upload(s3: Any, bucket: str, key: str, caps: Caps) -> Upload:
+def open_upload(s3: Any, bucket: str, key: str, caps: Caps, name: str | None = None) -> Upload:
     size = int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
     if size == 0:
         raise UploadRejected("the upload is empty (0 bytes)")
     if size > caps.max_upload_bytes:
         raise UploadRejected(f"the upload is {size} bytes, over the cap of {caps.max_upload_bytes}")
-    return Upload(s3, bucket, key, size, caps)
+    return Upload(s3, bucket, key, size, caps, name)
 
 
 def iter_names(upload: Upload) -> Iterator[str]:

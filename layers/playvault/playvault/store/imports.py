@@ -54,6 +54,7 @@ class ImportModel(Model):
     item = UnicodeAttribute(range_key=True)
     # job status
     object_key = UnicodeAttribute(null=True)
+    file_name = UnicodeAttribute(null=True)  # as the browser named the file (the key never carries it)
     upload_bytes = NumberAttribute(null=True)
     state = UnicodeAttribute(null=True)
     phase = UnicodeAttribute(null=True)
@@ -95,13 +96,16 @@ def job_key(job_id: str) -> str:
     return JOB_PREFIX + job_id
 
 
-def create(user_id: str, job_id: str, object_key: str, upload_bytes: int, now: datetime) -> bool:
-    """The job's status item, once: False if this object's job exists (a redelivered S3 event)."""
+def create(user_id: str, job_id: str, object_key: str, upload_bytes: int, now: datetime, *,
+           file_name: str | None = None, refused: str | None = None) -> bool:
+    """The job's status item, once: False if this object's job exists (a redelivered S3 event).
+    `refused`: the job is created FAILED with that reason (nothing of the object is read)."""
     return put_if_absent_range(ImportModel(
-        user_id, job_key(job_id), object_key=object_key, upload_bytes=upload_bytes, state=QUEUED,
-        phase=PHASE_IMPORT, created_at=now, updated_at=now, files=[], file_index=0, row_index=0, bytes_done=0,
-        rows_read=0, plays_added=0, duplicates=0, skipped={}, episodes_added=0, tracks_to_resolve=0,
-        tracks_resolved=0, resolve_chunks=0, resolve_position=0))
+        user_id, job_key(job_id), object_key=object_key, file_name=file_name or None, upload_bytes=upload_bytes,
+        state=FAILED if refused else QUEUED, phase=PHASE_IMPORT, created_at=now, updated_at=now,
+        finished_at=now if refused else None, error=refused[:500] if refused else None, files=[], file_index=0,
+        row_index=0, bytes_done=0, rows_read=0, plays_added=0, duplicates=0, skipped={}, episodes_added=0,
+        tracks_to_resolve=0, tracks_resolved=0, resolve_chunks=0, resolve_position=0))
 
 
 def put_if_absent_range(item: ImportModel) -> bool:

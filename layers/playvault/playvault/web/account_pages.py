@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from playvault import history
+from playvault.imports import MAX_UPLOAD_BYTES
 from playvault.store import deletions, exports, users
 from playvault.store.exports import ExportModel
 from playvault.web.charts import plays_per_day, top_bars
@@ -31,12 +32,23 @@ def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
 
 
-def imports_section(upload: dict, jobs: list[dict], coverage_svg: str, received: str | None = None) -> str:
+def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, received: str | None = None,
+                    max_bytes: int = MAX_UPLOAD_BYTES) -> str:
     """Import Spotify's data export: the upload form (a presigned POST straight to S3: no file passes
-    through the API), the import jobs with their progress, and the coverage timeline. `received`: the
-    browser is back from an upload ("" when the file's name is unknown)."""
-    hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
-                     for k, v in upload["fields"].items())
+    through the API; None when it could not be signed just now), the import jobs with their progress,
+    and the coverage timeline. `received`: the browser is back from an upload ("" when the file's name
+    is unknown)."""
+    if upload is None:
+        form = ('<p id="import-unavailable" class="danger">Uploading is unavailable for a moment: reload this '
+                "page to upload.</p>")
+    else:
+        hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
+                         for k, v in upload["fields"].items())
+        form = (f'<form id="import-form" method="post" action="{esc(upload["url"])}" '
+                f'enctype="multipart/form-data">{hidden}\n<input type="file" name="file" id="import-file" '
+                'accept=".zip,.json,application/zip,application/json" required>\n'
+                '<button type="submit" id="import-upload">Upload</button></form>')
+        max_bytes = upload["max_bytes"]
     rows = []
     for job in jobs[:5]:
         skipped = ", ".join(f"{esc(k)} {n}" for k, n in sorted((job.get("skipped") or {}).items())) or "none"
@@ -63,11 +75,9 @@ def imports_section(upload: dict, jobs: list[dict], coverage_svg: str, received:
 {notice}
 <p class="muted">Spotify's privacy page sends every stream since the account was created ("Extended
 streaming history", a ZIP). Upload it as it came (or its JSON files one by one, up to
-{upload["max_bytes"] // (1024 * 1024)} MB each): plays already archived are not added twice. Reload this
+{max_bytes // (1024 * 1024)} MB each): plays already archived are not added twice. Reload this
 page to follow the import.</p>
-<form id="import-form" method="post" action="{esc(upload["url"])}" enctype="multipart/form-data">{hidden}
-<input type="file" name="file" id="import-file" accept=".zip,.json,application/zip,application/json" required>
-<button type="submit" id="import-upload">Upload</button></form>
+{form}
 {table}
 <h3>Coverage</h3>
 <p class="muted">Which periods your archive covers: by polling, by import, or by neither (gaps).</p>
