@@ -28,7 +28,6 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
-from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
 from botocore.config import Config
 
 from playvault import clock, coverage, history, imports, store
@@ -36,6 +35,7 @@ from playvault.aws import LazyClient
 from playvault.config import AccountSettings
 from playvault.deletion import Deleter
 from playvault.export import Exporter
+from playvault.failures import CredentialsUnavailable
 from playvault.jobs import JobQueue
 from playvault.metrics import metrics
 from playvault.spotify import ssm_credentials
@@ -118,7 +118,7 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     view = history.overview(user, now, period)
     try:
         upload_key = imports.upload_id_key(credentials().client_secret)
-    except GetParameterError:  # SSM throttled or unreachable: the page still works, uploading waits a reload
+    except CredentialsUnavailable:  # SSM throttled or unreachable: the page still works, uploading waits a reload
         logger.warning("upload form left out: the Spotify client secret could not be read")
         upload = None
     else:
