@@ -5,10 +5,13 @@ Two event shapes, both only parsed here:
   the object's import job (created once; a redelivered event finds it);
 - SQS messages of the import queue: continue a job (more chunks, or a pause that is over). A
   message that arrives before its not_before (pauses longer than SQS's 15-minute delay) is sent on.
+  A message holding an "Object Created" event is an upload event Lambda gave up on, redriven from
+  the dead-letter queue by an operator: it starts the job as the event would have.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import boto3
@@ -50,7 +53,19 @@ importer = Importer(
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
+def _start(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
+    created = parse(event=event, model=S3EventNotificationEventBridgeModel)
+    # EventBridge sends the key as is; a classic S3 notification would URL-encode it: either works.
+    key, size = event_key(created.detail.object.key), int(created.detail.object.size or 0)
+    outcome = importer.start(key, size, Budget(lambda_context.get_remaining_time_in_millis))
+    logger.info("import started", extra={"key": key, "outcome": vars(outcome)})
+    return vars(outcome)
+
+
 def _continue(record: SQSRecord, lambda_context: Any) -> str:
+    body = json.loads(record.body)  # not JSON: this record fails (and, past maxReceiveCount, is dead-lettered)
+    if isinstance(body, dict) and body.get("source") == "aws.s3":  # an upload event redriven from the DLQ
+        return str(_start(body, lambda_context)["status"])
     message = ContinueMessage.model_validate_json(record.body)
     now = clock.now().timestamp()
     if message.not_before - now > NOT_BEFORE_SLACK_S:
@@ -64,10 +79,5 @@ def _continue(record: SQSRecord, lambda_context: Any) -> str:
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if event.get("source") == "aws.s3":
-        created = parse(event=event, model=S3EventNotificationEventBridgeModel)
-        # EventBridge sends the key as is; a classic S3 notification would URL-encode it: either works.
-        key, size = event_key(created.detail.object.key), int(created.detail.object.size or 0)
-        outcome = importer.start(key, size, Budget(context.get_remaining_time_in_millis))
-        logger.info("import started", extra={"key": key, "outcome": vars(outcome)})
-        return vars(outcome)
+        return _start(event, context)
     return process_partial_response(event=event, record_handler=_continue, processor=processor, context=context)

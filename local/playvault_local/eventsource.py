@@ -123,8 +123,9 @@ class S3EventRule:
     rule's pattern names (under its key prefix); each new (key, ETag) becomes the event S3 would send,
     and the function gets it when the rule's whole pattern matches. EventBridge invokes Lambda
     asynchronously: a function error is Lambda's to retry, twice, a minute and then two minutes
-    later (its defaults), after which the event is dropped (the rule's RetryPolicy covers delivery
-    to Lambda, which cannot fail here). `failures` says what failed, for the runner to report.
+    later (its defaults), after which the event goes to the function's dead-letter queue (its
+    DeadLetterQueue property; dropped without one). The rule's RetryPolicy covers delivery to Lambda,
+    which cannot fail here. `failures` says what failed, `dead_lettered` which keys, for the runner.
     """
 
     def __init__(self, system: LocalSystem, spec: S3RuleSpec):
@@ -145,6 +146,11 @@ class S3EventRule:
         self.attempts: Counter[tuple[str, str, str]] = Counter()
         self.retry_at: dict[tuple[str, str, str], float] = {}
         self.failures: list[str] = []  # "<key>: <error>" per failed invocation
+        self.dead_lettered: list[str] = []  # keys whose event went to the dead-letter queue
+        self.dead_letter_url: str | None = None
+        if spec.dead_letter_target is not None:
+            arn = str(system.stack.resolver.value(spec.dead_letter_target))
+            self.dead_letter_url = system.sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
         self.stats = EventSourceStats()
         for bucket, key, _size, etag in self._objects():  # what was there before the rule existed: no event
             self.seen.add((bucket, key, etag))
@@ -182,6 +188,9 @@ class S3EventRule:
                 if attempt <= len(ASYNC_RETRY_DELAYS_S):
                     self.retry_at[identity] = now + ASYNC_RETRY_DELAYS_S[attempt - 1]
                     continue
+                if self.dead_letter_url is not None:  # as Lambda does: the event itself is the message body
+                    self.system.sqs.send_message(QueueUrl=self.dead_letter_url, MessageBody=json.dumps(event))
+                    self.dead_lettered.append(key)
             else:
                 succeeded += 1
             self.seen.add(identity)

@@ -1,9 +1,11 @@
 """The local runner's EventBridge rule on S3 (moto sends no S3 events): the template's pattern
 decides which objects start the importer, and a function error is retried as Lambda retries an
-asynchronous invocation (twice, after 1 and 2 minutes), then dropped and said."""
+asynchronous invocation (twice, after 1 and 2 minutes), then put in the function's dead-letter
+queue (dropped without one) and said."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -75,10 +77,11 @@ class _Clock:
         self.at += timedelta(seconds=seconds)
 
 
-def _rule_on(s3: Any, handler: Any, now: _Clock) -> S3EventRule:
+def _rule_on(s3: Any, handler: Any, now: _Clock, dead_letter_arn: str | None = None) -> S3EventRule:
     system = SimpleNamespace(stack=SimpleNamespace(resolver=tpl.Resolver({}, {})), handlers={"Importer": handler},
-                             s3=s3, now=now, context=lambda _logical_id: None)
-    return S3EventRule(system, S3RuleSpec("Importer", _importer_rule()))  # type: ignore[arg-type]
+                             s3=s3, sqs=boto3.client("sqs"), now=now, context=lambda _logical_id: None)
+    spec = S3RuleSpec("Importer", _importer_rule(), dead_letter_arn)
+    return S3EventRule(system, spec)  # type: ignore[arg-type]
 
 
 def test_each_new_upload_is_delivered_once_and_a_failure_is_retried_as_lambda_retries(aws_env):
@@ -113,6 +116,31 @@ def test_each_new_upload_is_delivered_once_and_a_failure_is_retried_as_lambda_re
     assert rule.poll_once() == 0
     assert delivered == ["imports/alice/u1/my_spotify_data.zip"] + ["imports/bob/u2/export.zip"] * 3
     assert rule.failures == ["imports/bob/u2/export.zip: RuntimeError: the importer crashed"] * 2
+
+
+def test_an_event_failing_its_retries_goes_to_the_dead_letter_queue_and_is_said(aws_env):
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3.create_bucket(Bucket=BUCKET)
+    dlq_url = sqs.create_queue(QueueName="importer-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+
+    def handler(event: dict[str, Any], _context: Any) -> None:
+        raise RuntimeError("DynamoDB unavailable")
+
+    clock = _Clock()
+    rule = _rule_on(s3, handler, clock, dead_letter_arn=dlq_arn)
+    s3.put_object(Bucket=BUCKET, Key="imports/alice/u1/export", Body=b"zip")
+    for _ in range(2):
+        rule.poll_once()
+        clock.advance(120)
+    assert sqs.receive_message(QueueUrl=dlq_url).get("Messages") is None  # retries still to come
+    for _ in range(4):
+        rule.poll_once()
+        clock.advance(120)
+    [message] = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
+    event = json.loads(message["Body"])  # the event itself, as Lambda puts it there
+    assert event["detail-type"] == "Object Created" and event["detail"]["object"]["key"] == "imports/alice/u1/export"
+    assert rule.dead_lettered == ["imports/alice/u1/export"] and len(rule.failures) == 3
 
 
 def test_an_event_failing_its_retries_is_dropped_and_said(aws_env):
