@@ -5,8 +5,9 @@ Two event shapes, both only parsed here:
   the object's import job (created once; a redelivered event finds it);
 - SQS messages of the import queue: continue a job (more chunks, or a pause that is over). A
   message that arrives before its not_before (pauses longer than SQS's 15-minute delay) is sent on.
-  A message holding an "Object Created" event is an upload event Lambda gave up on, redriven from
-  the dead-letter queue by an operator: it starts the job as the event would have.
+  A message holding Lambda's on-failure record of an "Object Created" event (an upload event whose
+  retries were spent, redriven from the dead-letter queue by an operator) starts the job as the
+  event would have.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def _start(event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
 
 def _continue(record: SQSRecord, lambda_context: Any) -> str:
     body = json.loads(record.body)  # not JSON: this record fails (and, past maxReceiveCount, is dead-lettered)
-    if isinstance(body, dict) and body.get("source") == "aws.s3":  # an upload event redriven from the DLQ
-        return str(_start(body, lambda_context)["status"])
+    failed_event = body.get("requestPayload") if isinstance(body, dict) else None
+    if isinstance(failed_event, dict) and failed_event.get("source") == "aws.s3":  # redriven from the DLQ
+        return str(_start(failed_event, lambda_context)["status"])
     message = ContinueMessage.model_validate_json(record.body)
     now = clock.now().timestamp()
     if message.not_before - now > NOT_BEFORE_SLACK_S:

@@ -123,9 +123,10 @@ class S3EventRule:
     rule's pattern names (under its key prefix); each new (key, ETag) becomes the event S3 would send,
     and the function gets it when the rule's whole pattern matches. EventBridge invokes Lambda
     asynchronously: a function error is Lambda's to retry, twice, a minute and then two minutes
-    later (its defaults), after which the event goes to the function's dead-letter queue (its
-    DeadLetterQueue property; dropped without one). The rule's RetryPolicy covers delivery to Lambda,
-    which cannot fail here. `failures` says what failed, `dead_lettered` which keys, for the runner.
+    later (its defaults), after which Lambda sends an invocation record (the event and the error) to
+    the function's on-failure destination (EventInvokeConfig; dropped without one). The rule's
+    RetryPolicy covers delivery to Lambda, which cannot fail here. `failures` says what failed,
+    `dead_lettered` which keys went to the destination, for the runner.
     """
 
     def __init__(self, system: LocalSystem, spec: S3RuleSpec):
@@ -148,8 +149,8 @@ class S3EventRule:
         self.failures: list[str] = []  # "<key>: <error>" per failed invocation
         self.dead_lettered: list[str] = []  # keys whose event went to the dead-letter queue
         self.dead_letter_url: str | None = None
-        if spec.dead_letter_target is not None:
-            arn = str(system.stack.resolver.value(spec.dead_letter_target))
+        if spec.on_failure_target is not None:
+            arn = str(system.stack.resolver.value(spec.on_failure_target))
             self.dead_letter_url = system.sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"]
         self.stats = EventSourceStats()
         for bucket, key, _size, etag in self._objects():  # what was there before the rule existed: no event
@@ -188,14 +189,29 @@ class S3EventRule:
                 if attempt <= len(ASYNC_RETRY_DELAYS_S):
                     self.retry_at[identity] = now + ASYNC_RETRY_DELAYS_S[attempt - 1]
                     continue
-                if self.dead_letter_url is not None:  # as Lambda does: the event itself is the message body
-                    self.system.sqs.send_message(QueueUrl=self.dead_letter_url, MessageBody=json.dumps(event))
+                if self.dead_letter_url is not None:
+                    record = on_failure_record(event, exc, attempt, self.spec.function)
+                    self.system.sqs.send_message(QueueUrl=self.dead_letter_url, MessageBody=json.dumps(record))
                     self.dead_lettered.append(key)
             else:
                 succeeded += 1
             self.seen.add(identity)
             self.retry_at.pop(identity, None)
         return succeeded
+
+
+def on_failure_record(event: dict[str, Any], error: BaseException, attempts: int, function: str) -> dict[str, Any]:
+    """The invocation record Lambda sends an on-failure destination once an async event's retries are spent."""
+    return {
+        "version": "1.0",
+        "timestamp": event.get("time", ""),
+        "requestContext": {"requestId": event.get("id", ""), "condition": "RetriesExhausted",
+                           "approximateInvokeCount": attempts,
+                           "functionArn": f"arn:aws:lambda:us-east-1:123456789012:function:{function}:$LATEST"},
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": str(error), "errorType": type(error).__name__},
+    }
 
 
 # Lambda's asynchronous invocation retries a function error twice (MaximumRetryAttempts 2), about a

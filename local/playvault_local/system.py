@@ -66,9 +66,9 @@ class S3RuleSpec:
     """A function's EventBridgeRule event on S3 (its pattern still holding the template's intrinsics)."""
     function: str
     pattern: dict[str, Any]
-    # The function's DeadLetterQueue TargetArn (intrinsics kept): where Lambda puts an async event
-    # whose retries all failed. None: the event is dropped.
-    dead_letter_target: Any = None
+    # The function's EventInvokeConfig OnFailure destination (intrinsics kept): where Lambda puts the
+    # record of an async event whose retries all failed. None: the event is dropped.
+    on_failure_target: Any = None
 
 
 @dataclass
@@ -198,8 +198,9 @@ class LocalSystem:
                 kind, props = event.get("Type"), event.get("Properties") or {}
                 if kind == "EventBridgeRule" and "aws.s3" in ((props.get("Pattern") or {}).get("source") or []):
                     self.import_function = logical_id
-                    dead_letter = (resource.get("Properties") or {}).get("DeadLetterQueue") or {}
-                    self.s3_rules.append(S3RuleSpec(logical_id, props["Pattern"], dead_letter.get("TargetArn")))
+                    invoke_config = (resource.get("Properties") or {}).get("EventInvokeConfig") or {}
+                    on_failure = (invoke_config.get("DestinationConfig") or {}).get("OnFailure") or {}
+                    self.s3_rules.append(S3RuleSpec(logical_id, props["Pattern"], on_failure.get("Destination")))
                 if kind in ("Schedule", "ScheduleV2"):
                     self.schedule_function = logical_id
                     self._schedule_node = props.get("Schedule") or props.get("ScheduleExpression")

@@ -73,8 +73,11 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
 
 
 def test_an_upload_event_redriven_from_the_dead_letter_queue_starts_its_job(aws_env, load_function, lambda_context):
-    """Lambda puts an upload event whose invocations all failed in the importer's dead-letter queue
-    (template: DeadLetterQueue); an operator redrives it to the import queue, which starts the job."""
+    """Lambda sends its record of an upload event whose invocations all failed to the importer's
+    dead-letter queue (template: EventInvokeConfig OnFailure); an operator redrives it to the import
+    queue, which starts the job."""
+    from playvault_local.eventsource import on_failure_record
+
     clock.set_clock(lambda: NOW)
     handler = load_function("ImporterFunction")
     store.bind(ImporterSettings.from_env())
@@ -83,7 +86,8 @@ def test_an_upload_event_redriven_from_the_dead_letter_queue_starts_its_job(aws_
     key = f"imports/alice/{imports.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
     put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(3))
     event = s3_object_created_event(bucket, key, 10, put["ETag"], NOW)
-    redriven = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": json.dumps(event), "Attributes": {},
+    record = on_failure_record(event, RuntimeError("DynamoDB unavailable"), 3, "ImporterFunction")
+    redriven = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": json.dumps(record), "Attributes": {},
                 "MD5OfBody": "x"}
     answer = handler(sqs_event([redriven], aws_env.physical["ImportQueue"]["Arn"]), lambda_context("ImporterFunction"))
     assert answer == {"batchItemFailures": []}
@@ -95,8 +99,8 @@ def test_the_importer_dead_letters_its_upload_events_where_the_alarm_looks():
     from playvault_local import template as tpl
 
     resources = tpl.load()["Resources"]
-    target = resources["ImporterFunction"]["Properties"]["DeadLetterQueue"]
-    assert target == {"Type": "SQS", "TargetArn": {"Fn::GetAtt": ["ImportDeadLetterQueue", "Arn"]}}
+    on_failure = resources["ImporterFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
+    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["ImportDeadLetterQueue", "Arn"]}}
     watched = [m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]
                for m in resources["DeadLetterQueueAlarm"]["Properties"]["Metrics"] if "MetricStat" in m]
     assert {"Fn::GetAtt": ["ImportDeadLetterQueue", "QueueName"]} in watched

@@ -1,7 +1,7 @@
 """The local runner's EventBridge rule on S3 (moto sends no S3 events): the template's pattern
 decides which objects start the importer, and a function error is retried as Lambda retries an
 asynchronous invocation (twice, after 1 and 2 minutes), then put in the function's dead-letter
-queue (dropped without one) and said."""
+queue as Lambda's on-failure record (dropped without a destination) and said."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ class _Clock:
         self.at += timedelta(seconds=seconds)
 
 
-def _rule_on(s3: Any, handler: Any, now: _Clock, dead_letter_arn: str | None = None) -> S3EventRule:
+def _rule_on(s3: Any, handler: Any, now: _Clock, on_failure_arn: str | None = None) -> S3EventRule:
     system = SimpleNamespace(stack=SimpleNamespace(resolver=tpl.Resolver({}, {})), handlers={"Importer": handler},
                              s3=s3, sqs=boto3.client("sqs"), now=now, context=lambda _logical_id: None)
-    spec = S3RuleSpec("Importer", _importer_rule(), dead_letter_arn)
+    spec = S3RuleSpec("Importer", _importer_rule(), on_failure_arn)
     return S3EventRule(system, spec)  # type: ignore[arg-type]
 
 
@@ -128,7 +128,7 @@ def test_an_event_failing_its_retries_goes_to_the_dead_letter_queue_and_is_said(
         raise RuntimeError("DynamoDB unavailable")
 
     clock = _Clock()
-    rule = _rule_on(s3, handler, clock, dead_letter_arn=dlq_arn)
+    rule = _rule_on(s3, handler, clock, on_failure_arn=dlq_arn)
     s3.put_object(Bucket=BUCKET, Key="imports/alice/u1/export", Body=b"zip")
     for _ in range(2):
         rule.poll_once()
@@ -138,7 +138,10 @@ def test_an_event_failing_its_retries_goes_to_the_dead_letter_queue_and_is_said(
         rule.poll_once()
         clock.advance(120)
     [message] = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10)["Messages"]
-    event = json.loads(message["Body"])  # the event itself, as Lambda puts it there
+    record = json.loads(message["Body"])  # Lambda's on-failure record: the event and the error
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["responsePayload"]["errorMessage"] == "DynamoDB unavailable"
+    event = record["requestPayload"]
     assert event["detail-type"] == "Object Created" and event["detail"]["object"]["key"] == "imports/alice/u1/export"
     assert rule.dead_lettered == ["imports/alice/u1/export"] and len(rule.failures) == 3
 
