@@ -81,10 +81,11 @@ def _record_metrics(outcome: BatchOutcome) -> None:
     m.count(m.NEW_TRACKS, outcome.new_tracks)
     m.count(m.LATE_PLAYS, outcome.late_plays)
     m.count(m.BAD_ITEMS, outcome.bad_items)
-    if outcome.deferred and outcome.quota_exceeded:
-        m.count(m.QUOTA_EXCEEDED, len(outcome.deferred))
-    elif outcome.deferred:
+    if outcome.deferred:
+        # A quota 429 is a rate limit too (core, alarmed); QuotaExceeded (detailed) tells it apart.
         m.count(m.RATE_LIMITED, len(outcome.deferred))
+        if outcome.quota_exceeded:
+            m.count(m.QUOTA_EXCEEDED, len(outcome.deferred))
     m.record_duration_ms(m.BATCH_DURATION, outcome.duration_ms)
 
 
