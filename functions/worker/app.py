@@ -105,6 +105,8 @@ def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str
             due_by=datetime.fromtimestamp(work.not_before, UTC),
             concurrency=settings.user_concurrency,
             min_remaining_ms=settings.min_remaining_ms,
+            writes_reserve_ms=settings.writes_reserve_ms,
+            poll_worst_case_ms=int(archiver.poll_worst_case_s() * 1000),
         )
     except BatchAborted as aborted:
         _record_metrics(aborted.outcome)
