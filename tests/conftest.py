@@ -19,6 +19,7 @@ import requests
 from playvault_local import provision as prov
 from playvault_local.aws_server import stop_process
 from playvault_local.lambda_runtime import context_for, load_handler
+from playvault_local.strict_dynamodb import install as refuse_what_dynamodb_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIRECT_URI = "http://127.0.0.1:8765/auth/callback"
@@ -55,6 +56,7 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+refuse_what_dynamodb_refuses()  # e.g. a reversed BETWEEN, which moto answers with an empty page
 
 
 def free_port() -> int:

@@ -26,6 +26,7 @@ from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Query
 from aws_lambda_powertools.logging import correlation_paths
 from botocore.config import Config
@@ -79,11 +80,27 @@ def signed_out(exc: SignedOut) -> Response:
     return redirect("/auth/login", cookies=[web_sessions.cleared(web_sessions.SESSION_COOKIE)])
 
 
-def _session() -> web_sessions.Session:
+def _current() -> web_sessions.Session | None:
     session = web_sessions.current(app.current_event.cookies, clock.now(), IDLE)
+    app.append_context(session=session)  # renew_session_cookie re-issues the cookie if its expiry moved
+    return session
+
+
+def _session() -> web_sessions.Session:
+    session = _current()
     if session is None:
         raise SignedOut()
     return session
+
+
+def renew_session_cookie(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response:
+    """Every answer of a request that moved the session's idle expiry carries the cookie's new Max-Age."""
+    response = next_middleware(app)
+    response.cookies = web_sessions.with_renewal(list(response.cookies or []), app.context.get("session"))
+    return response
+
+
+app.use(middlewares=[renew_session_cookie])
 
 
 def _user(session: web_sessions.Session) -> users.UserModel:
@@ -100,8 +117,7 @@ def _csrf(session: web_sessions.Session, submitted: str | None) -> None:
 # -- routes -----------------------------------------------------------------------------------------
 @app.get("/")
 def root():
-    session = web_sessions.current(app.current_event.cookies, clock.now(), IDLE)
-    return redirect("/me" if session is not None else "/auth/login")
+    return redirect("/me" if _current() is not None else "/auth/login")
 
 
 @app.get("/me")

@@ -81,10 +81,11 @@ def _record_metrics(outcome: BatchOutcome) -> None:
     m.count(m.NEW_TRACKS, outcome.new_tracks)
     m.count(m.LATE_PLAYS, outcome.late_plays)
     m.count(m.BAD_ITEMS, outcome.bad_items)
-    if outcome.deferred and outcome.quota_exceeded:
-        m.count(m.QUOTA_EXCEEDED, len(outcome.deferred))
-    elif outcome.deferred:
+    if outcome.deferred:
+        # A quota 429 is a rate limit too (core, alarmed); QuotaExceeded (detailed) tells it apart.
         m.count(m.RATE_LIMITED, len(outcome.deferred))
+        if outcome.quota_exceeded:
+            m.count(m.QUOTA_EXCEEDED, len(outcome.deferred))
     m.record_duration_ms(m.BATCH_DURATION, outcome.duration_ms)
 
 
@@ -104,6 +105,8 @@ def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str
             due_by=datetime.fromtimestamp(work.not_before, UTC),
             concurrency=settings.user_concurrency,
             min_remaining_ms=settings.min_remaining_ms,
+            writes_reserve_ms=settings.writes_reserve_ms,
+            poll_worst_case_ms=int(archiver.poll_worst_case_s() * 1000),
         )
     except BatchAborted as aborted:
         _record_metrics(aborted.outcome)

@@ -192,7 +192,8 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         "plays_pending": totals["pending"],
         "plays_before_first_poll": totals["before"],
         "failures_by_type": failures,
-        "deferrals": {"rate_limited_users": int(output.total("RateLimited")),
+        # RateLimited: users a worker deferred (a quota 429 included) + dispatcher runs the closed gate held.
+        "deferrals": {"rate_limited": int(output.total("RateLimited")),
                       "quota_exceeded_users": int(output.total("QuotaExceeded")),
                       "app_failure_users": int(output.total("SpotifyAppFailures")),
                       "requeued_out_of_time": int(output.total("UsersRequeued"))},

@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 
 from playvault_local import provision as prov
+from playvault_local import strict_dynamodb
 from playvault_local import template as tpl
 from playvault_local.aws_server import AwsServer
 from playvault_local.lambda_runtime import LambdaContext, context_for, load_handler
@@ -176,6 +177,7 @@ class LocalSystem:
         self.ddb = runner_session.client("dynamodb", endpoint_url=self.aws.url)
         self.s3 = runner_session.client("s3", endpoint_url=self.aws.url)
 
+        strict_dynamodb.install()  # DynamoDB's refusals moto does not make (a reversed BETWEEN)
         self.hooks.install()
         self._undo.append(self.hooks.uninstall)
         boto3.setup_default_session()  # fresh default session: the functions' clients see the env above

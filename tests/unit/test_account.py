@@ -39,6 +39,8 @@ class Browser:
     def __init__(self, site: Site):
         self.site = site
         self.jar: dict[str, str] = {}
+        self.expires: dict[str, datetime] = {}  # as a browser keeps Max-Age, on playvault's clock
+        self.set_cookies: list[str] = []  # every Set-Cookie received, in order
 
     def call(self, method: str, path: str, query: Any = None, *, form: dict[str, str] | None = None,
              headers: dict[str, str] | None = None, cookies: list[str] | None = None) -> dict[str, Any]:
@@ -46,16 +48,24 @@ class Browser:
         sent_headers = {"host": HOST, **({"content-type": "application/x-www-form-urlencoded"} if form else {}),
                         **(headers or {})}
         if cookies is None:
+            for name in [n for n, at in self.expires.items() if at <= clock.now()]:
+                self.jar.pop(name, None)  # the browser dropped it
+                self.expires.pop(name)
             cookies = [f"{k}={v}" for k, v in self.jar.items()]
         event = http_event(method, path, query, body=body, headers=sent_headers, cookies=cookies)
         response = self.site.invoke(method, path, event)
         for cookie in response.get("cookies") or []:
+            self.set_cookies.append(cookie)
             name, _, rest = cookie.partition("=")
             value = rest.split(";", 1)[0]
+            max_age = re.search(r"Max-Age=(-?\d+)", cookie)
             if value and "Max-Age=0" not in cookie:
                 self.jar[name] = value
+                if max_age:
+                    self.expires[name] = clock.now() + timedelta(seconds=int(max_age.group(1)))
             else:
                 self.jar.pop(name, None)
+                self.expires.pop(name, None)
         return response
 
     def get(self, path: str, query: Any = None, **kwargs: Any) -> dict[str, Any]:
@@ -288,6 +298,60 @@ def test_a_bad_period_is_a_400_naming_it(site, aws_env, emulator):
     assert answer["statusCode"] == 400 and "period" in answer["body"]
 
 
+def test_an_active_session_outlives_its_first_cookie(site, aws_env, emulator, capsys, caplog):
+    """The server moves the idle expiry (at most hourly) when a session is used; the cookie's Max-Age
+    must move with it, or the browser drops an active session 30 days after sign-in."""
+    from tests.unit.test_worker import install_clock
+
+    fake = install_clock(emulator.state, datetime.now(UTC).replace(microsecond=0))
+    signed_in_at = fake.now
+    browser = signed_in(site, aws_env, emulator, "alice")
+    session_id = browser.jar[SESSION]
+    idle = timedelta(days=int(aws_env.env["SESSION_IDLE_DAYS"]))
+    assert browser.expires[SESSION] == signed_in_at + idle
+
+    fake.set(signed_in_at + timedelta(days=29))
+    browser.set_cookies.clear()
+    assert browser.get("/me")["statusCode"] == 200
+    (renewed,) = [c for c in browser.set_cookies if c.startswith(f"{SESSION}=")]
+    attributes = {part.strip().split("=", 1)[0].lower() for part in renewed.split(";")[1:]}
+    assert renewed.startswith(f"{SESSION}={session_id};"), "the same session, not a new one"
+    assert {"secure", "httponly", "path", "samesite", "max-age"} <= attributes and "domain" not in attributes
+    assert "Path=/" in renewed and "SameSite=Lax" in renewed
+    assert browser.expires[SESSION] == fake.now + idle
+
+    # Within the hour: no write, so no cookie either (a page view is not a write).
+    fake.set(signed_in_at + timedelta(days=29, minutes=30))
+    browser.set_cookies.clear()
+    assert browser.get("/me")["statusCode"] == 200 and browser.set_cookies == []
+
+    fake.set(signed_in_at + timedelta(days=45))  # past the first cookie's Max-Age, within the moved expiry
+    assert SESSION in [name for name, at in browser.expires.items() if at > fake.now]
+    answer = browser.get("/me/plays")
+    assert answer["statusCode"] == 200, answer
+    assert browser.get("/me")["statusCode"] == 200
+
+    # The session id never shows outside its cookie: not in a log line, not in a Location.
+    logged = capsys.readouterr().out + capsys.readouterr().err + caplog.text
+    assert session_id not in logged
+    assert all(session_id not in c for c in browser.set_cookies if not c.startswith(f"{SESSION}="))
+
+
+def test_signing_out_after_a_renewal_ends_the_cookie(site, aws_env, emulator):
+    """Deleting one's data ends the session in the same answer that would renew it: the end wins."""
+    from tests.unit.test_worker import install_clock
+
+    fake = install_clock(emulator.state, datetime.now(UTC).replace(microsecond=0))
+    browser = signed_in(site, aws_env, emulator, "alice")
+    csrf = browser.csrf()
+    fake.advance(hours=2)  # the next use moves the expiry
+    browser.set_cookies.clear()
+    answer = browser.post("/me/delete", {"csrf": csrf})
+    assert answer["statusCode"] == 303, answer
+    mine = [c for c in browser.set_cookies if c.startswith(f"{SESSION}=")]
+    assert mine and "Max-Age=0" in mine[-1] and SESSION not in browser.jar
+
+
 # ------------------------------------------------------------------ the plays API
 def test_plays_api_pages_through_every_play_once(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
@@ -314,6 +378,40 @@ def test_plays_api_time_range(site, aws_env, emulator):
     start, end = every[2], every[-3]
     answer = json.loads(browser.get("/me/plays", {"from": start, "to": end, "limit": "500"})["body"])
     assert [p["played_at"] for p in answer["plays"]] == every[2:-2]
+
+
+def test_a_cursor_past_to_is_an_empty_last_page_not_a_reversed_range(site, aws_env, emulator):
+    """A client paging through [from, to] may hold a cursor past `to` (the range shrank, or the last
+    page ended exactly at it): real DynamoDB refuses BETWEEN a AND b with a > b (conftest makes the
+    emulator refuse it too), so the answer must be an empty page with no next cursor, not a 500."""
+    browser = signed_in(site, aws_env, emulator, "alice")
+    listen_and_archive(aws_env, emulator, "alice")
+    every = [p.played_at for p in plays.all_plays("alice")]
+    first = json.loads(browser.get("/me/plays", {"limit": "3"})["body"])
+    cursor = first["next_cursor"]
+    assert cursor and [p["played_at"] for p in first["plays"]] == every[:3]
+    for to in (every[1], every[0]):  # a `to` before the cursor's play
+        answer = browser.get("/me/plays", {"cursor": cursor, "to": to, "limit": "3"})
+        assert answer["statusCode"] == 200, answer
+        assert json.loads(answer["body"]) == {"plays": [], "next_cursor": None}
+    # The cursor exactly at `to`: the next page starts strictly after it, so it is empty too.
+    answer = browser.get("/me/plays", {"cursor": cursor, "to": every[2], "limit": "3"})
+    assert json.loads(answer["body"]) == {"plays": [], "next_cursor": None}
+
+
+def test_the_emulator_refuses_a_reversed_between_as_dynamodb_does(aws_env):
+    """What makes the test above meaningful on moto (local/playvault_local/strict_dynamodb.py)."""
+    from pynamodb.exceptions import QueryError
+
+    with pytest.raises(QueryError) as refused:
+        next(plays.PlayModel.query("alice", plays.PlayModel.played_at.between("2026-01-02", "2026-01-01")))
+    error = refused.value.cause.response["Error"]
+    assert error["Code"] == "ValidationException"
+    assert error["Message"] == (
+        "Invalid KeyConditionExpression: The BETWEEN operator requires upper bound to be greater than or equal "
+        "to lower bound; lower bound operand: AttributeValue: {S:2026-01-02}, upper bound operand: "
+        "AttributeValue: {S:2026-01-01}")
+    assert list(plays.PlayModel.query("alice", plays.PlayModel.played_at.between("2026-01-01", "2026-01-01"))) == []
 
 
 @pytest.mark.parametrize(("query", "named"), [

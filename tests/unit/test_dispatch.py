@@ -335,6 +335,9 @@ def test_a_60_minute_window_polls_every_user_exactly_once(load_function, lambda_
     polled: list[tuple[str, datetime]] = []
 
     class Archiver:
+        def poll_worst_case_s(self) -> float:
+            return 0.0  # no Spotify call
+
         def archive_user(self, user_id: str, budget: Any, **kwargs: Any) -> ArchiveResult:
             polled.append((user_id, clock.now()))
             return ArchiveResult(user_id, SUCCESS)

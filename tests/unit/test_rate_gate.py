@@ -67,7 +67,8 @@ def test_a_429_mid_batch_closes_the_gate_and_charges_nobody(worker, context, emu
     assert state.StateModel.get(state.RATE_GATE).reason == "QUOTA_EXCEEDED"
     assert worker.sqs.sent == []
     blobs = _emf(capsys.readouterr().out)
-    assert _count(blobs, "QuotaExceeded") == 6 and _count(blobs, "RateLimited") == 0  # told apart
+    # A quota 429 is a rate limit (RateLimited: core, alarmed); QuotaExceeded (detailed) tells it apart.
+    assert _count(blobs, "QuotaExceeded") == 6 and _count(blobs, "RateLimited") == 6
     for user_id in ids:
         user = users.get(user_id)
         assert (int(user.consecutive_failures), user.cooldown_until, user.status) == (0, None, users.ACTIVE)

@@ -234,7 +234,7 @@ def test_custom_metric_alarms_watch_what_they_should(template):
     assert alarms["AuthRevokedAlarm"].name == metrics.USERS_FAILED
     assert dict(alarms["AuthRevokedAlarm"].dimensions)[metrics.FAILURE_TYPE_DIMENSION] == FailureType.AUTH_REVOKED
     assert alarms["GapsDetectedAlarm"].name == metrics.GAPS_DETECTED
-    assert alarms["RateLimitedAlarm"].name == metrics.RATE_LIMITED
+    assert alarms["RateLimitedAlarm.Metrics[limited]"].name == metrics.RATE_LIMITED
     assert alarms["DispatcherMissedRunAlarm"].name == metrics.USERS_DISPATCHED
     missed = template["Resources"]["DispatcherMissedRunAlarm"]["Properties"]
     assert missed["TreatMissingData"] == "breaching", "no datapoint at all must mean 'the dispatcher did not run'"

@@ -12,6 +12,7 @@ import hashlib
 import json
 import secrets
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -484,6 +485,46 @@ def test_the_poll_records_the_run_it_belongs_to(worker, context, emulator, aws_e
     assert user.next_poll_at == fake_clock.now + timedelta(minutes=59)  # the default cadence, a minute early
 
 
+def test_spotify_answering_just_before_its_timeout_never_pushes_the_writes_past_the_deadline(
+        worker, emulator, aws_env, fake_clock, monkeypatch):
+    """Scaled down: calls time out after 0.1 + 1.5 s and Spotify answers every one after 0.7 s. A user
+    is started only with its worst case (2 calls at their timeout) plus the writes reserve left; the
+    rest are requeued. Lambda would kill an invocation at its deadline and redeliver the whole batch:
+    here every invocation must have returned before it."""
+    ids = [f"u{i}" for i in range(5)]
+    onboard(emulator, aws_env, ids, listen_hours=1)
+    emulator.state.faults.update(latency_ms=700)
+    monkeypatch.setattr(worker.spotify, "_timeouts", (0.1, 1.5))
+    monkeypatch.setattr(worker, "settings", worker.settings.model_copy(update={"user_concurrency": 1,
+                                                                              "min_remaining_ms": 1_000,
+                                                                              "writes_reserve_ms": 1_500}))
+    # The first message arrives with 1.2 s left (earlier messages of the invocation used the rest):
+    # enough for min_remaining_ms, not for two answers at 0.7 s and the writes. Then 6 s invocations:
+    # after one user (about 1.6 s) the time left no longer covers the next one's worst case (4.7 s).
+    lifetimes = [1.2] + [6.0] * 10
+    bodies = [work_body(ids, window_id="slow")]
+    invocations = 0
+    while bodies:
+        assert invocations < len(lifetimes), "the work never finishes"
+        lifetime = lifetimes[invocations]
+        invocations += 1
+        sent_before = len(worker.sqs.sent)
+        started = time.monotonic()
+        response = worker.handler(sqs_event(sqs_record(bodies.pop(0))), short_context(lifetime))
+        overran_s = time.monotonic() - started - lifetime
+        assert overran_s < 0, f"invocation {invocations} ran {overran_s:.2f} s past its deadline (Lambda kills it)"
+        assert response == {"batchItemFailures": []}, "the whole message would be redelivered"
+        bodies += [m["body"] for m in worker.sqs.sent[sent_before:]]  # users not started come back at once
+    assert invocations > 2, "the time ran down at least twice (the case under test)"
+    for user_id in ids:
+        user = users.get(user_id)
+        assert user.last_failure_type is None, f"{user_id} was charged {user.last_failure_type} for our deadline"
+        assert stored_play_ms(user_id) == truth_ms(emulator, user_id), user_id
+    # Each user polled exactly once: nobody started and given up, nobody polled twice.
+    assert emulator.state.request_counts()["recently_played"] == len(ids)
+    assert _dead_letters(aws_env) == []
+
+
 def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_the_dlq(
         worker, emulator, aws_env, fake_clock, monkeypatch):
     ids = [f"u{i}" for i in range(12)]
@@ -491,7 +532,8 @@ def test_spotify_answering_everything_at_its_timeout_puts_no_healthy_message_in_
     emulator.state.faults.update(latency_ms=600)  # every answer comes after the client stopped waiting
     monkeypatch.setattr(worker.spotify, "_timeouts", (0.2, 0.2))
     monkeypatch.setattr(worker, "settings", worker.settings.model_copy(update={"user_concurrency": 1,
-                                                                              "min_remaining_ms": 1_000}))
+                                                                              "min_remaining_ms": 1_000,
+                                                                              "writes_reserve_ms": 300}))
     bodies = [work_body(ids, window_id="slow")]
     invocations = 0
     while bodies:

@@ -188,6 +188,12 @@ class _Streak:
             self._users.clear()
 
 
+# Spotify calls of an ordinary poll: a token refresh (unless one is cached) and recently-played. (A
+# cached token refused with 401 adds two more; those then run on what is left and stop at the
+# writes reserve, giving the user up before any write: requeued, never past the deadline.)
+SPOTIFY_CALLS_PER_POLL = 2
+
+
 class Archiver:
     def __init__(self, spotify: SpotifyClient, cipher: TokenCipher, cadence: Cadence | None = None):
         self.spotify = spotify
@@ -195,6 +201,10 @@ class Archiver:
         self.cadence = cadence or Cadence()
         self.access_tokens = AccessTokens()
         self._server_errors = _Streak()
+
+    def poll_worst_case_s(self) -> float:
+        """How long a poll's Spotify calls may take, each answering at its timeout."""
+        return SPOTIFY_CALLS_PER_POLL * self.spotify.call_timeout_s
 
     def archive_user(self, user_id: str, budget: Budget, run_id: str | None = None,
                      due_by: datetime | None = None) -> ArchiveResult:

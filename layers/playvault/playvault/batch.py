@@ -13,9 +13,12 @@ run is skipped before Spotify is asked. So a redelivered or duplicated message r
 and two polls of one user at once record one result. (Whole duplicate deliveries of a message are
 caught earlier, by Powertools Idempotency in the worker.)
 
-Budget: a user is started only while budget.remaining >= min_remaining_ms; a user whose Spotify
-calls run out of time is given up before any write. Both come back `unstarted`, and the worker
-requeues them as a new message instead of failing this one.
+Budget: a user is started only while the time left covers its worst case: every Spotify call of a
+poll answering at its timeout, plus `writes_reserve_ms` for the writes after the last call (and at
+least min_remaining_ms). The user's Spotify calls see the time left minus that reserve, so a slow
+answer can use up the Spotify share but never the writes': a user whose calls run out of it is
+given up before any write. Both come back `unstarted`, and the worker requeues them as a new
+message; nothing runs past the Lambda deadline, which would redeliver the whole batch.
 Gate: checked once before the first user; if Spotify limits the app (gate closed, or a user comes
 back deferred) no further user is started and the rest are `deferred`. Deferred users are not
 requeued: they stay due (next_poll_at unchanged) and the dispatcher sends them, spread over its
@@ -135,8 +138,13 @@ def archive_batch(
     due_by: datetime | None = None,
     concurrency: int,
     min_remaining_ms: int = 20_000,
+    writes_reserve_ms: int = 0,
+    poll_worst_case_ms: int = 0,
 ) -> BatchOutcome:
+    """`poll_worst_case_ms`: a poll's Spotify calls each answering at its timeout (Archiver.poll_worst_case_s)."""
     started_at = time.monotonic()
+    start_needs_ms = max(min_remaining_ms, poll_worst_case_ms + writes_reserve_ms)
+    spotify_budget = Budget(lambda: int(budget.remaining_s() * 1000), reserve_ms=writes_reserve_ms)
     outcome = BatchOutcome()
     # Shared between the tasks: why to stop starting users.
     lock = threading.Lock()
@@ -156,10 +164,10 @@ def archive_batch(
             return "aborted", None
         if gate["until"] is not None:
             return "deferred", None
-        if budget.remaining_s() * 1000 < min_remaining_ms:
+        if budget.remaining_s() * 1000 < start_needs_ms:
             return "unstarted", None
         try:
-            result = archiver.archive_user(user_id, budget, run_id=run_id, due_by=due_by)
+            result = archiver.archive_user(user_id, spotify_budget, run_id=run_id, due_by=due_by)
         except OutOfTime:
             return "unstarted", None  # gave up before writing anything: polled again from the requeue
         except Exception as exc:  # noqa: BLE001 - one user's failure must never affect another

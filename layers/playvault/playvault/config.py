@@ -115,6 +115,10 @@ class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSett
     user_concurrency: int = Field(default=50, ge=1, le=64)
     # Stop starting users when less than this remains: a started user must finish its writes.
     min_remaining_ms: int = Field(default=20_000, ge=1_000)
+    # Kept back from a user's Spotify calls for the writes after the last one (plays, catalog, the
+    # user's record or its failure, then the requeue): a call answering at its timeout never pushes
+    # them past the deadline. A user starts only with its Spotify worst case plus this left.
+    writes_reserve_ms: int = Field(default=10_000, ge=100)
 
 
 class WebSettings(TableSettings):

@@ -15,7 +15,9 @@ the first at once: a newcomer never waits for another user's later moment.
 
 While Spotify limits the app (the rate gate is closed), nobody is sent: deferred users keep their
 one pending poll (next_poll_at is not moved) and the first run after the gate opens spreads them
-over its period. Backlogs therefore collapse instead of piling up a copy per run.
+over its period. Backlogs therefore collapse instead of piling up a copy per run. Every run reports
+the gate as `RateLimited` (1 closed, 0 open): with nobody sent no worker reports it, and the
+sustained-rate-limit alarm needs a datapoint in every period of a long limit.
 
 Spreading past SQS's 15-minute DelaySeconds cap: each message carries `not_before` = dispatch time
 + its offset and is sent with DelaySeconds = min(offset, 900); a worker receiving it early sends it
@@ -144,6 +146,7 @@ def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> Dispatc
     report.last_offset_seconds = plan[-1][0] if plan else 0
     report.max_delay_seconds = min(report.last_offset_seconds, MAX_DELAY_S)
 
+    metrics.count(metrics.RATE_LIMITED, 1 if gate is not None else 0)
     metrics.count(metrics.USERS_CONSIDERED, report.considered)
     metrics.count(metrics.USERS_DISPATCHED, report.dispatched)
     metrics.count(metrics.USERS_IN_COOLDOWN, report.in_cooldown)

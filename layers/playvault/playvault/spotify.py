@@ -136,6 +136,11 @@ class SpotifyClient:
         self.session = session
 
     # -- accounts -------------------------------------------------------------------------------
+    @property
+    def call_timeout_s(self) -> float:
+        """The longest one attempt of a call may wait for Spotify (connect + read timeout)."""
+        return sum(self._timeouts)
+
     def refresh(self, refresh_token: str, budget: Budget) -> TokenGrant:
         return self._token({"grant_type": "refresh_token", "refresh_token": refresh_token}, budget,
                            resend_if_maybe_delivered=False)

@@ -89,8 +89,13 @@ def write_rows(rows: Iterable[PlayModel]) -> int:
 
 
 def page(user_id: str, start: str, end: str, limit: int, after: str | None = None) -> list[PlayModel]:
-    """Up to `limit` plays with start <= played_at <= end, oldest first, strictly after `after`."""
+    """Up to `limit` plays with start <= played_at <= end, oldest first, strictly after `after`.
+
+    A cursor past `end` means nothing is left: an empty page (DynamoDB refuses BETWEEN a AND b
+    with a > b as a ValidationException)."""
     lower = start if after is None or after < start else after
+    if lower > end:
+        return []
     condition = PlayModel.played_at.between(lower, end)
     rows = []
     for play in PlayModel.query(user_id, condition, page_size=limit + 1):

@@ -58,7 +58,8 @@ def create(session_id: str, user_id: str, now: datetime, idle: timedelta) -> Non
 
 
 def find(session_id: str, now: datetime, idle: timedelta) -> SessionModel | None:
-    """The live session for this id (None when unknown or expired); extends its idle expiry."""
+    """The live session for this id (None when unknown or expired); extends its idle expiry (then
+    its refreshed_at is `now`: the caller re-issues the cookie with the new lifetime)."""
     try:
         session = SessionModel.get(session_hash(session_id), consistent_read=True)
     except SessionModel.DoesNotExist:

@@ -68,6 +68,9 @@ def new_login_binding() -> tuple[str, Cookie]:
 class Session:
     user_id: str
     session_id: str = field(repr=False)  # never in a log line or a traceback
+    # Set when this request moved the idle expiry: the same cookie with the new Max-Age, so the
+    # browser keeps an active session as long as the server does (not 30 days after sign-in).
+    renewal: Cookie | None = field(default=None, repr=False, compare=False)
 
     @property
     def csrf_token(self) -> str:
@@ -90,7 +93,20 @@ def current(cookies: list[str] | None, now: datetime, idle: timedelta) -> Sessio
     if session_id is None:
         return None
     found = session_store.find(session_id, now, idle)
-    return Session(found.user_id, session_id) if found is not None else None
+    if found is None:
+        return None
+    renewal = None
+    if found.refreshed_at == now:  # find() moved the expiry just now
+        renewal = _cookie(SESSION_COOKIE, session_id, int((found.expires_at - now).total_seconds()))
+    return Session(found.user_id, session_id, renewal)
+
+
+def with_renewal(cookies: list[Cookie], session: Session | None) -> list[Cookie]:
+    """The response's cookies plus the session's renewal, unless the response sets the session
+    cookie itself (sign-out, deletion: ending it wins)."""
+    if session is None or session.renewal is None or any(c.name == SESSION_COOKIE for c in cookies):
+        return cookies
+    return [*cookies, session.renewal]
 
 
 def end(session: Session) -> Cookie:
