@@ -59,6 +59,7 @@ class RunConfig:
     days: int = 0
     tick_hours: int = 0  # the dispatcher every tick_hours simulated hours; 0: the template's period (24 with --days)
     import_export: bool = False  # --import: after the hours, every user imports a data export
+    translated_template: dict[str, Any] | None = None  # tests: the roles to check against (see SystemConfig)
 
 
 class RunError(RuntimeError):
@@ -83,7 +84,7 @@ class Simulation:
             throttle_rate=self.chaos.throttle_rate if self.chaos else 0.0,
             throttle_limit=self.chaos.throttle_limit if self.chaos else 0,
             retried_throttle_rate=self.chaos.retried_throttle_rate if self.chaos else 0.0,
-            log_file=config.log_file,
+            log_file=config.log_file, translated_template=config.translated_template,
         ))
         self.population: list[SimUser] = []
         self.source: SqsEventSource | None = None
@@ -133,6 +134,8 @@ class Simulation:
             self.timings["report_s"] = time.monotonic() - mark
             if self.config.import_export:
                 report["import"] = self._import_exports()
+            assert self.system.iam is not None
+            report["iam"] = self.system.iam.summary()
             self.timings["total_s"] = time.monotonic() - started
             report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
             return report
@@ -288,9 +291,9 @@ class Simulation:
                 ssm.put_parameter(Name=self.system.stack.env["SPOTIFY_CLIENT_SECRET_PARAM"], Value=self._new_secret,
                                   Type="SecureString", Overwrite=True)
             else:  # the 5-minute cache runs on real time; on the simulated clock it expires here
-                from aws_lambda_powertools.utilities import parameters
+                from playvault_local.lambda_runtime import clear_parameter_caches
 
-                parameters.clear_caches()
+                clear_parameter_caches()
 
     # ------------------------------------------------------------------ hours
     def _hours(self) -> None:

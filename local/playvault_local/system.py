@@ -4,7 +4,8 @@ Start order (each step fails fast with a StartupError naming what went wrong, an
 what it had done before raising):
   template.yaml read -> AWS emulator (moto child process) -> Spotify emulator (thread) unless an
   external Spotify-compatible service is given -> provision from the template -> the functions'
-  environment -> hooks (DynamoDB call counting/faults, EMF capture, the domain clock) -> the
+  environment -> the functions' roles (playvault_local.iam) -> hooks (DynamoDB call counting/faults,
+  every call checked against its function's role, EMF capture, the domain clock) -> the
   functions' modules imported from their CodeUri (their cold start).
 Functions are found by their event sources in the template: a Schedule event (the dispatcher), an
 SQS event (the worker, with the mapping's BatchSize), HttpApi events (routes of the local gateway).
@@ -26,6 +27,7 @@ import boto3
 from playvault_local import provision as prov
 from playvault_local import template as tpl
 from playvault_local.aws_server import AwsServer
+from playvault_local.iam import IamCheck, IamError
 from playvault_local.lambda_runtime import LambdaContext, context_for, load_handler
 from playvault_local.simclock import RealClock, SimClock
 from playvault_local.telemetry import AwsCallHooks, FunctionOutput, LogMetricFilter, Stdout
@@ -58,6 +60,9 @@ class SystemConfig:
     throttle_limit: int = 0
     retried_throttle_rate: float = 0.0
     log_file: Any = None
+    # The CloudFormation translation whose roles the functions' calls are checked against; None:
+    # template_path translated as `sam deploy` would (tests pass an edited one).
+    translated_template: dict[str, Any] | None = None
 
 
 @dataclass
@@ -86,6 +91,7 @@ class LocalSystem:
         self.stack: prov.Stack | None = None
         self.handlers: dict[str, Callable[[dict, Any], Any]] = {}
         self.output = FunctionOutput(log_file=config.log_file)
+        self.iam: IamCheck | None = None  # set at start: every function's calls checked against its role
         self.hooks = AwsCallHooks(throttle_rate=config.throttle_rate, throttle_limit=config.throttle_limit,
                                   retried_throttle_rate=config.retried_throttle_rate, seed=config.seed)
         self._stdout = Stdout(self.output)
@@ -170,6 +176,12 @@ class LocalSystem:
         self.ddb = runner_session.client("dynamodb", endpoint_url=self.aws.url)
         self.s3 = runner_session.client("s3", endpoint_url=self.aws.url)
 
+        try:
+            self.iam = IamCheck.for_stack(self.stack, translated=cfg.translated_template,
+                                          template_path=cfg.template_path)
+        except (tpl.TemplateError, IamError) as exc:
+            raise StartupError(f"template: the functions' roles: {exc}") from None
+        self.hooks.iam = self.iam
         self.hooks.install()
         self._undo.append(self.hooks.uninstall)
         boto3.setup_default_session()  # fresh default session: the functions' clients see the env above
