@@ -69,12 +69,22 @@ def invoked(function: str) -> Iterator[None]:
         _current.reset(token)
 
 
+@contextmanager
+def unattributed() -> Iterator[None]:
+    """Calls made inside are nobody's, even while a function runs (a measurement's own probes)."""
+    token = _current.set("")
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
 def caller() -> str | None:
     """The function making the current call: the invoking thread's own, else (a thread the function
     started, e.g. a ThreadPoolExecutor's) the one function running now; None outside functions."""
     own = _current.get()
     if own is not None:
-        return own
+        return own or None
     with _active_lock:
         running = sorted(_active)
     if len(running) > 1:
@@ -536,7 +546,11 @@ class IamCheck:
         return out
 
     def summary(self) -> dict[str, Any]:
-        return {"checked_calls": self.checked, "denied": [vars(d) for d in self.denials],
+        denied: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for denial in self.denials:  # one entry per function, action and resource, with its count
+            entry = denied.setdefault((denial.function, denial.action, denial.resource), {**vars(denial), "count": 0})
+            entry["count"] += 1
+        return {"checked_calls": self.checked, "denied": list(denied.values()),
                 "granted_never_used": self.unused(),
                 "managed_policies_not_evaluated": {f: r.managed_policy_arns for f, r in sorted(self.roles.items())}}
 

@@ -359,9 +359,9 @@ def iam_summary_lines(report: dict[str, Any]) -> list[str]:
         return []
     denied = section["denied"]
     lines = [f"  IAM           : {section['checked_calls']} AWS requests checked against their function's role "
-             f"(template translated as sam deploy does), {len(denied)} denied"]
-    lines += [f"    DENIED      : {d['function']} may not {d['action']} on {d['resource']} (call {d['call']}); "
-              f"closest statement: {d['closest']}" for d in denied]
+             f"(template translated as sam deploy does), {sum(d['count'] for d in denied)} denied"]
+    lines += [f"    DENIED      : {d['function']} may not {d['action']} on {d['resource']} (call {d['call']}, "
+              f"{d['count']} time(s)); closest statement: {d['closest']}" for d in denied]
     for function, grants in section["granted_never_used"].items():
         lines.append(f"    never used  : {function}: {'; '.join(grants)}")
     return lines
