@@ -546,6 +546,10 @@ class IamCheck:
         return out
 
     def summary(self) -> dict[str, Any]:
+        with self._lock:  # serve reads it while functions run
+            return self._summary()
+
+    def _summary(self) -> dict[str, Any]:
         denied: dict[tuple[str, str, str], dict[str, Any]] = {}
         for denial in self.denials:  # one entry per function, action and resource, with its count
             entry = denied.setdefault((denial.function, denial.action, denial.resource), {**vars(denial), "count": 0})

@@ -8,6 +8,7 @@ import copy
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,33 @@ def test_a_role_without_one_permission_fails_the_invocation_naming_function_acti
 def test_without_action_refuses_an_action_the_role_does_not_name():
     with pytest.raises(ValueError, match="does not name dynamodb:Scan"):
         iam.without_action(iam.translated_template(), "AuthFunction", "dynamodb:Scan")
+
+
+def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorded_not_raised(aws_env):
+    import boto3
+
+    from playvault.imports import presigned_upload
+    from playvault_local.telemetry import AwsCallHooks
+
+    bucket = aws_env.name("UserFilesBucket")
+    translated = iam.translated_template()
+    allowed = IamCheck.for_stack(aws_env, translated=translated)
+    refused = IamCheck.for_stack(aws_env, translated=iam.without_action(translated, "AccountFunction", "s3:PutObject"))
+    for check in (allowed, refused):
+        hooks = AwsCallHooks(iam=check)
+        hooks.install()
+        try:
+            s3 = boto3.client("s3")
+            with iam.invoked("AccountFunction"):
+                upload = presigned_upload(s3, bucket, "alice", datetime(2026, 12, 1, tzinfo=UTC))
+                s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "exports/alice/e.csv"})
+            assert upload["fields"]["key"].startswith("imports/alice/")  # signed either way, as on AWS
+        finally:
+            hooks.uninstall()
+    assert allowed.checked == 2 and allowed.denials == []
+    assert "s3:PutObject on arn:aws:s3:::" + bucket + "/imports/*" not in allowed.unused().get("AccountFunction", [])
+    assert "s3:GetObject on arn:aws:s3:::" + bucket + "/exports/*" not in allowed.unused().get("AccountFunction", [])
+    (denial,) = refused.denials
+    assert (denial.function, denial.action, denial.raised) == ("AccountFunction", "s3:PutObject", False)
+    assert denial.resource.startswith(f"arn:aws:s3:::{bucket}/imports/alice/")
+    assert denial.resource.endswith("${filename}")
