@@ -467,9 +467,10 @@ _DENIED_CODES = {"dynamodb": ("AccessDeniedException", 400), "kms": ("AccessDeni
 class IamCheck:
     """The roles of one stack and what the functions did with them (thread-safe)."""
 
-    def __init__(self, roles_by_function: dict[str, Role], locator: Locator):
+    def __init__(self, roles_by_function: dict[str, Role], locator: Locator, names: dict[str, str] | None = None):
         self.roles = roles_by_function
         self.locator = locator
+        self.names = names or {}  # resource ARN -> logical id, for readable reports
         self.checked = 0
         self.denials: list[Denial] = []
         self._used: dict[str, set[tuple[str, str, str]]] = defaultdict(set)  # function -> (where, action, resource)
@@ -495,7 +496,15 @@ class IamCheck:
             if resource.get("Type") == "AWS::KMS::Alias" and logical in stack.physical:
                 target = resolver.value((resource.get("Properties") or {}).get("TargetKeyId"))
                 keys[stack.physical[logical]["Ref"]] = keys.get(str(target), str(target))
-        return cls(roles(translated, resolver), Locator(prov.LOCAL_REGION, prov.LOCAL_ACCOUNT, keys))
+        names = {ids["Arn"]: logical for logical, ids in stack.physical.items() if "Arn" in ids}
+        return cls(roles(translated, resolver), Locator(prov.LOCAL_REGION, prov.LOCAL_ACCOUNT, keys), names)
+
+    def named(self, resource: str) -> str:
+        """`arn:...:table/playvault-local-PlaysTable/index/x` -> `PlaysTable/index/x` (reports)."""
+        for arn, logical in self.names.items():
+            if resource == arn or resource.startswith(arn + "/"):
+                return logical + resource[len(arn):]
+        return resource
 
     # -- the hook's side
     def check_call(self, service: str, operation: str, params: dict[str, Any], *, presign: bool = False) -> None:
@@ -540,7 +549,7 @@ class IamCheck:
         out = {}
         for function, role in sorted(self.roles.items()):
             used = self._used.get(function, set())
-            names = [f"{a} on {r}" for s, a, r in role.grants() if (s.where, a, r) not in used]
+            names = [f"{a} on {self.named(r)}" for s, a, r in role.grants() if (s.where, a, r) not in used]
             if names:
                 out[function] = names
         return out

@@ -261,8 +261,10 @@ def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorde
         finally:
             hooks.uninstall()
     assert allowed.checked == 2 and allowed.denials == []
-    assert "s3:PutObject on arn:aws:s3:::" + bucket + "/imports/*" not in allowed.unused().get("AccountFunction", [])
-    assert "s3:GetObject on arn:aws:s3:::" + bucket + "/exports/*" not in allowed.unused().get("AccountFunction", [])
+    unused = allowed.unused()["AccountFunction"]
+    assert "sqs:SendMessage on JobsQueue" in unused  # granted, and no call used it
+    assert "s3:PutObject on UserFilesBucket/imports/*" not in unused
+    assert "s3:GetObject on UserFilesBucket/exports/*" not in unused
     (denial,) = refused.denials
     assert (denial.function, denial.action, denial.raised) == ("AccountFunction", "s3:PutObject", False)
     assert denial.resource.startswith(f"arn:aws:s3:::{bucket}/imports/alice/")
