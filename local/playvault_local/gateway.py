@@ -192,6 +192,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
                                  request_handler=_QuietHandler)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
+        if system.iam is not None:  # a call a role would refuse on AWS is said at once, not only at /_local/iam
+            system.iam.on_denial = lambda denial: print(f"playvault_local: IAM denied: {denial}", file=sys.stderr)
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
         sources: list[SqsEventSource | S3EventRule] = [SqsEventSource(system, spec=spec)

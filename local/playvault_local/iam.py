@@ -471,6 +471,7 @@ class IamCheck:
         self.roles = roles_by_function
         self.locator = locator
         self.names = names or {}  # resource ARN -> logical id, for readable reports
+        self.on_denial: Callable[[Denial], None] | None = None  # serve: say it at once
         self.checked = 0
         self.denials: list[Denial] = []
         self._used: dict[str, set[tuple[str, str, str]]] = defaultdict(set)  # function -> (where, action, resource)
@@ -526,6 +527,8 @@ class IamCheck:
                                 str(decision.statement) + " (explicit deny)" if decision.statement
                                 else closest(role.statements, request), f"{service}.{operation}", not presign)
                 self.denials.append(denial)
+            if self.on_denial is not None:
+                self.on_denial(denial)
             if presign:
                 continue
             from botocore.exceptions import ClientError
