@@ -25,7 +25,8 @@ help:
 	@echo "               options: make run ARGS=\"--users 20 --hours 6\"; defaults 100 users, 24 simulated hours,"
 	@echo "               no faults (--faults chaos adds them), --report FILE (JSON), --dashboard FILE (SVG),"
 	@echo "               --parameter Name=Value (a template parameter, repeatable); every option: make run ARGS=--help"
-	@echo "               the runner exits 0 (nothing lost or duplicated), 1 (plays lost or duplicated, or users charged for app failures), 2 (bad usage);"
+	@echo "               the runner exits 0 (nothing lost or duplicated), 1 (plays lost or duplicated, or users charged for app failures),"
+	@echo "               2 (bad usage), 3 (a function made an AWS call its IAM role in template.yaml would refuse: see IAM in the report);"
 	@echo "               make prints that code and itself exits 2 on any non-zero one (GNU make's rule)"
 	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
 	@echo "make bench     benchmarks -> bench/results.json, discussed in BENCHMARKS.md (about 6 min on 2 cores)"
@@ -103,6 +104,7 @@ run: $(VENV)/.installed
 	  0) ;; \
 	  1) echo "make run: the runner exited 1: plays lost or duplicated, or users charged for app failures (see the report above)" >&2 ;; \
 	  2) echo "make run: the runner exited 2: bad usage or startup failure (make run ARGS=--help)" >&2 ;; \
+	  3) echo "make run: the runner exited 3: AWS calls a function's IAM role would refuse (see IAM, DENIED above)" >&2 ;; \
 	  *) echo "make run: the runner exited $$rc" >&2 ;; \
 	esac; exit $$rc
 

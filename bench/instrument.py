@@ -28,6 +28,7 @@ from typing import Any
 import botocore.session
 
 from bench.itemsize import item_size
+from playvault_local import iam
 
 _WRITE_OPS = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
 _READ_OPS = {"GetItem", "BatchGetItem"}
@@ -176,7 +177,8 @@ class Recorder:
     # -- probe helpers --------------------------------------------------------------------------
     def _key_names(self, table: str) -> list[str]:
         if table not in self._keys:
-            schema = self.probe.describe_table(TableName=table)["Table"]["KeySchema"]
+            with iam.unattributed():  # the bench's probe, not the function's call
+                schema = self.probe.describe_table(TableName=table)["Table"]["KeySchema"]
             self._keys[table] = [k["AttributeName"] for k in schema]
         return self._keys[table]
 
@@ -199,7 +201,8 @@ class Recorder:
     def _sizes(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int | None]:
         out: dict[tuple[str, str], int | None] = {}
         for table, key in keys:
-            item = self.probe.get_item(TableName=table, Key=json.loads(key), ConsistentRead=True).get("Item")
+            with iam.unattributed():  # the bench's probe, not the function's call
+                item = self.probe.get_item(TableName=table, Key=json.loads(key), ConsistentRead=True).get("Item")
             out[(table, key)] = item_size(item) if item is not None else None
         return out
 

@@ -131,7 +131,26 @@ def aws_env(emulator: Any, stack_overrides: dict[str, str], monkeypatch: pytest.
             monkeypatch.setenv(key, value)
         store.bind(TableSettings.from_env())
         _clear_powertools_caches()
-        yield stack
+        with iam_checked(stack):
+            yield stack
+
+
+@contextmanager
+def iam_checked(stack: prov.Stack) -> Iterator[Any]:
+    """Every AWS call a function (a handler from load_handler) makes is checked against the role the
+    translated template gives it (playvault_local.iam): a call the role would refuse raises
+    AccessDenied, as on AWS, and fails the test here, naming the function, action and resource."""
+    from playvault_local.iam import IamCheck
+    from playvault_local.telemetry import AwsCallHooks
+
+    check = IamCheck.for_stack(stack)
+    hooks = AwsCallHooks(iam=check)
+    hooks.install()
+    try:
+        yield check
+    finally:
+        hooks.uninstall()
+    check.raise_if_denied()
 
 
 def _clear_powertools_caches() -> None:
@@ -151,7 +170,8 @@ def stack_on_server(endpoint_url: str, spotify_url: str, monkeypatch: pytest.Mon
         monkeypatch.setenv(key, value)
     assert stack.env["AWS_ENDPOINT_URL"] == endpoint_url
     store.bind(TableSettings.from_env())
-    yield stack
+    with iam_checked(stack):
+        yield stack
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     store.bind(TableSettings.from_env())  # drop the clients built for this endpoint
 

@@ -2,7 +2,8 @@
 
 run    the whole system on the embedded emulators through simulated hours; prints a report and
        exits 0 only if no play was lost or duplicated and no user was charged for the app's own
-       failures (1 otherwise, 2 for bad options/startup).
+       failures (1 otherwise, 2 for bad options/startup, 3 when a function made an AWS call its IAM
+       role would refuse on AWS).
 serve  keep the local stack up behind a local API gateway (the template's HttpApi routes) and
        print the sign-in URL; Ctrl-C stops everything.
 """
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_IAM_DENIED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,7 +175,7 @@ def _check_template(path: Path, parameters: list[tuple[str, str]]) -> str | None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from playvault_local.report import summary_lines, verdict
+    from playvault_local.report import iam_denied, summary_lines, verdict
     from playvault_local.runner import RunConfig, RunError, Simulation
     from playvault_local.system import StartupError
 
@@ -196,7 +197,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except RunError as exc:
         print(f"playvault_local: run failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _iam_denied(simulation) or EXIT_FAILED
+    except Exception:
+        if _iam_denied(simulation):  # a refused call the code did not survive: say which, not only the trace
+            return EXIT_IAM_DENIED
+        raise
     finally:
         if log_file is not None:
             log_file.close()
@@ -212,7 +217,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"  report        : {args.report}", file=real_stdout)
     if args.dashboard:
         print(f"  dashboard     : {args.dashboard}", file=real_stdout)
+    if iam_denied(report):
+        return EXIT_IAM_DENIED
     return EXIT_OK if verdict(report) else EXIT_FAILED
+
+
+def _iam_denied(simulation: Any) -> int:
+    """EXIT_IAM_DENIED, after naming each denied call on stderr, when the IAM check refused any."""
+    check = simulation.system.iam
+    if check is None or not check.denials:
+        return 0
+    for denial in check.denials:
+        print(f"playvault_local: IAM denied: {denial}", file=sys.stderr)
+    return EXIT_IAM_DENIED
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

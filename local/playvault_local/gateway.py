@@ -14,7 +14,8 @@ metrics buffer of this one process).
 
 Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
 the real clock (LISTEN_PER_HOUR plays an hour, seeded; the hour before the sign-up too), so /me
-fills up. Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now.
+fills up. Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now;
+GET /_local/iam answers what the local IAM check found so far (calls checked, denied, grants unused).
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ class Gateway:
                 function = self.system.schedule_function
                 answer = self.system.invoke(function, scheduled_event(self.system.now(), f"{function}-by-hand"))
             return Response(json.dumps(answer, default=str), mimetype="application/json")(environ, start_response)
+        if request.path == "/_local/iam" and request.method == "GET":  # the local IAM check's findings so far
+            summary = self.system.iam.summary() if self.system.iam is not None else None
+            return Response(json.dumps(summary), mimetype="application/json")(environ, start_response)
         matched = self.match(request.method, request.path)
         function = matched[0].route.function if matched else None
         if matched is None:
@@ -188,6 +192,8 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
                                  request_handler=_QuietHandler)
         except OSError as exc:
             raise StartupError(f"cannot listen on {config.host}:{port}: {exc.strerror or exc}") from None
+        if system.iam is not None:  # a call a role would refuse on AWS is said at once, not only at /_local/iam
+            system.iam.on_denial = lambda denial: print(f"playvault_local: IAM denied: {denial}", file=sys.stderr)
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
         sources: list[SqsEventSource | S3EventRule] = [SqsEventSource(system, spec=spec)
@@ -216,6 +222,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             f"  redirect URI   : {redirect_uri}",
             f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
             f"  listening      : {listening_line}",
+            f"  IAM check      : every AWS call checked against its function's role; findings: {base}/_local/iam",
             f"  poll by hand   : curl -X POST {base}/_local/dispatch",
         ]
         print("\n".join(lines), file=real, flush=True)

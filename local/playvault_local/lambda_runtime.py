@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from playvault_local import iam
 from playvault_local.template import FunctionSpec
 
 
@@ -56,7 +59,69 @@ def load_module(spec: FunctionSpec, layer_paths: list[Any] | None = None) -> Mod
 
 
 def load_handler(spec: FunctionSpec, layer_paths: list[Any] | None = None) -> Callable[[dict, Any], Any]:
-    return getattr(load_module(spec, layer_paths), spec.handler.rsplit(".", 1)[1])
+    """The handler; its cold start and every invocation run as the function (the AWS calls made
+    inside are checked against its role when the local IAM check is on: playvault_local.iam), with
+    its own Powertools parameter cache, as each function's container has on AWS (shared, the first
+    function to fetch a parameter would hide every other function's fetch from the IAM check)."""
+    container = _Container(spec.logical_id)
+    with container, iam.invoked(spec.logical_id):
+        module = load_module(spec, layer_paths)
+    handler = iam.checked(spec.logical_id, getattr(module, spec.handler.rsplit(".", 1)[1]))
+
+    @functools.wraps(handler)
+    def invoke(*args: Any, **kwargs: Any) -> Any:
+        with container:
+            return handler(*args, **kwargs)
+
+    return invoke
+
+
+class _Container:
+    """A function's Powertools parameter providers (and so their caches), swapped in while it runs.
+    Invocations overlapping in threads (tests only; run and serve invoke one at a time) share the
+    view of the first one in."""
+
+    _lock = threading.Lock()
+    _depth = 0
+    _all: list[dict[str, Any]] = []
+
+    def __init__(self, function: str):
+        self.function = function
+        self.providers: dict[str, Any] = {}
+        self._saved: dict[str, Any] = {}
+        with _Container._lock:
+            _Container._all.append(self.providers)
+
+    def __enter__(self) -> None:
+        from aws_lambda_powertools.utilities.parameters import base
+
+        with _Container._lock:
+            _Container._depth += 1
+            if _Container._depth == 1:
+                self._saved = dict(base.DEFAULT_PROVIDERS)
+                base.DEFAULT_PROVIDERS.clear()
+                base.DEFAULT_PROVIDERS.update(self.providers)
+
+    def __exit__(self, *exc: object) -> None:
+        from aws_lambda_powertools.utilities.parameters import base
+
+        with _Container._lock:
+            _Container._depth -= 1
+            if _Container._depth == 0:
+                self.providers.clear()
+                self.providers.update(base.DEFAULT_PROVIDERS)
+                base.DEFAULT_PROVIDERS.clear()
+                base.DEFAULT_PROVIDERS.update(self._saved)
+
+
+def clear_parameter_caches() -> None:
+    """Every function's cached parameters expire (what 5 minutes do on AWS)."""
+    from aws_lambda_powertools.utilities import parameters
+
+    with _Container._lock:
+        for providers in _Container._all:
+            providers.clear()
+    parameters.clear_caches()
 
 
 def context_for(spec: FunctionSpec, time_source: Callable[[], float] = time.monotonic) -> LambdaContext:

@@ -387,6 +387,25 @@ def _with_words(value: Any) -> str:
     return "" if text == "none" else f" ({text})"
 
 
+def iam_denied(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The AWS calls the functions' roles would refuse on AWS (see playvault_local.iam)."""
+    return list((report.get("iam") or {}).get("denied") or [])
+
+
+def iam_summary_lines(report: dict[str, Any]) -> list[str]:
+    section = report.get("iam")
+    if section is None:
+        return []
+    denied = section["denied"]
+    lines = [f"  IAM           : {section['checked_calls']} AWS requests checked against their function's role "
+             f"(template translated as sam deploy does), {sum(d['count'] for d in denied)} denied"]
+    lines += [f"    DENIED      : {d['function']} may not {d['action']} on {d['resource']} (call {d['call']}, "
+              f"{d['count']} time(s)); closest statement: {d['closest']}" for d in denied]
+    for function, grants in section["granted_never_used"].items():
+        lines.append(f"    never used  : {function}: {'; '.join(grants)}")
+    return lines
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     t = report.get("timings_s", {})
     lines = [
@@ -426,7 +445,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     lines += app_faults_lines(report)
     lines += lifecycle_lines(report)
     lines.extend(import_summary_lines(report))
+    lines.extend(iam_summary_lines(report))
     lines.append("  verdict       : " + verdict_words(report))
+    if iam_denied(report):
+        lines.append("  IAM verdict   : FAILED (calls the functions' roles would refuse on AWS: see DENIED above)")
     return lines
 
 

@@ -61,6 +61,7 @@ class RunConfig:
     import_export: bool = False  # --import: after the hours, every user imports a data export
     # --ssm-throttle: share of SSM GetParameter calls throttled (None: the chaos config's, 0 without chaos)
     ssm_throttle_rate: float | None = None
+    translated_template: dict[str, Any] | None = None  # tests: the roles to check against (see SystemConfig)
 
 
 class RunError(RuntimeError):
@@ -90,7 +91,7 @@ class Simulation:
             throttle_limit=self.chaos.throttle_limit if self.chaos else 0,
             retried_throttle_rate=self.chaos.retried_throttle_rate if self.chaos else 0.0,
             ssm_throttle_rate=config.ssm_throttle_rate,
-            log_file=config.log_file,
+            log_file=config.log_file, translated_template=config.translated_template,
         ))
         self.app_faults = chaos_mod.AppFaultLedger(self.clock)
         self.system.hooks.on_fault = self.app_faults.fault
@@ -142,6 +143,8 @@ class Simulation:
             self.timings["report_s"] = time.monotonic() - mark
             if self.config.import_export:
                 report["import"] = self._import_exports()
+            assert self.system.iam is not None
+            report["iam"] = self.system.iam.summary()
             self.timings["total_s"] = time.monotonic() - started
             report["timings_s"] = {k: round(v, 2) for k, v in self.timings.items()}
             return report

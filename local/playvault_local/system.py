@@ -4,7 +4,8 @@ Start order (each step fails fast with a StartupError naming what went wrong, an
 what it had done before raising):
   template.yaml read -> AWS emulator (moto child process) -> Spotify emulator (thread) unless an
   external Spotify-compatible service is given -> provision from the template -> the functions'
-  environment -> hooks (DynamoDB call counting/faults, EMF capture, the domain clock) -> the
+  environment -> the functions' roles (playvault_local.iam) -> hooks (DynamoDB call counting/faults,
+  every call checked against its function's role, EMF capture, the domain clock) -> the
   functions' modules imported from their CodeUri (their cold start).
 Functions are found by their event sources in the template: a Schedule event (the dispatcher), an
 SQS event (the worker, with the mapping's BatchSize), HttpApi events (routes of the local gateway).
@@ -27,6 +28,7 @@ from playvault_local import provision as prov
 from playvault_local import strict_dynamodb
 from playvault_local import template as tpl
 from playvault_local.aws_server import AwsServer
+from playvault_local.iam import IamCheck, IamError
 from playvault_local.lambda_runtime import LambdaContext, context_for, load_handler
 from playvault_local.simclock import RealClock, SimClock
 from playvault_local.telemetry import AwsCallHooks, FunctionOutput, LogMetricFilter, Stdout
@@ -60,6 +62,9 @@ class SystemConfig:
     retried_throttle_rate: float = 0.0
     ssm_throttle_rate: float = 0.0
     log_file: Any = None
+    # The CloudFormation translation whose roles the functions' calls are checked against; None:
+    # template_path translated as `sam deploy` would (tests pass an edited one).
+    translated_template: dict[str, Any] | None = None
 
 
 @dataclass
@@ -91,6 +96,7 @@ class LocalSystem:
         self.stack: prov.Stack | None = None
         self.handlers: dict[str, Callable[[dict, Any], Any]] = {}
         self.output = FunctionOutput(log_file=config.log_file)
+        self.iam: IamCheck | None = None  # set at start: every function's calls checked against its role
         self.hooks = AwsCallHooks(throttle_rate=config.throttle_rate, throttle_limit=config.throttle_limit,
                                   retried_throttle_rate=config.retried_throttle_rate,
                                   ssm_throttle_rate=config.ssm_throttle_rate, seed=config.seed,
@@ -178,6 +184,12 @@ class LocalSystem:
         self.s3 = runner_session.client("s3", endpoint_url=self.aws.url)
 
         strict_dynamodb.install()  # DynamoDB's refusals moto does not make (a reversed BETWEEN)
+        try:
+            self.iam = IamCheck.for_stack(self.stack, translated=cfg.translated_template,
+                                          template_path=cfg.template_path)
+        except (tpl.TemplateError, IamError) as exc:
+            raise StartupError(f"template: the functions' roles: {exc}") from None
+        self.hooks.iam = self.iam
         self.hooks.install()
         self._undo.append(self.hooks.uninstall)
         boto3.setup_default_session()  # fresh default session: the functions' clients see the env above

@@ -5,7 +5,8 @@
   emitted in); log lines are counted by level and optionally written to a file.
 - AwsCallHooks registers botocore event hooks on every client any session creates (boto3's
   default session, Powertools' own sessions, pynamodb's per-thread sessions): it counts DynamoDB
-  and SSM calls and can inject faults (DynamoDB and SSM throttling) before a call is sent.
+  and SSM calls, can inject faults (DynamoDB and SSM throttling) before a call is sent, and hands
+  every call (and every presigned URL or POST) to the local IAM check (playvault_local.iam) when one is set.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ _SURFACING = {"GetItem": None, "PutItem": "Idempotency", "UpdateItem": "Idempote
 
 @dataclass
 class AwsCallHooks:
-    """botocore hooks on every client: counts DynamoDB and SSM calls, injects throttling when enabled.
+    """botocore hooks on every client: counts DynamoDB and SSM calls, injects throttling when enabled,
+    and checks every call against the calling function's role when `iam` is set.
 
     throttle_rate: share of eligible calls that raise ProvisionedThroughputExceededException from a
     before-call hook (no SDK retry: the error reaches the code). retried_throttle_rate: share of
@@ -192,6 +194,7 @@ class AwsCallHooks:
     clock: Callable[[], float] | None = None  # simulated epoch seconds, for ssm_calls_per_second
     on_fault: Callable[[str], None] | None = None
     enabled: bool = False  # throttling only while the simulated hours run
+    iam: Any = None  # playvault_local.iam.IamCheck: every call checked against its function's role
     calls: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
     retried_throttles: int = 0
@@ -220,6 +223,10 @@ class AwsCallHooks:
                 client.meta.events.register("before-send.dynamodb", hooks.before_send)
             elif service_name == "ssm":
                 client.meta.events.register("before-call.ssm", hooks.before_call_ssm)
+            # The API parameters (before serialization) of every call and every presigned URL.
+            client.meta.events.register("before-parameter-build", hooks.before_parameter_build)
+            if service_name == "s3":
+                _check_presigned_posts(client, hooks)
             return client
 
         self._original_create_client = original
@@ -231,6 +238,14 @@ class AwsCallHooks:
         if self._original_create_client is not None:
             botocore.session.Session.create_client = self._original_create_client  # type: ignore[method-assign]
             self._original_create_client = None
+
+    def before_parameter_build(self, params: Any, model: Any, context: Any = None, **kwargs: Any) -> None:
+        if self.iam is None:
+            return
+        presign = bool((context or {}).get("is_presign_request"))
+        if presign and model.name == "CreateBucket":  # generate_presigned_post: checked by its wrapper
+            return
+        self.iam.check_call(model.service_model.signing_name, model.name, params or {}, presign=presign)
 
     def _eligible(self, operation: str, params: Any) -> bool:
         if operation not in _SURFACING:
@@ -296,6 +311,19 @@ class AwsCallHooks:
                 b'"message":"Rate of requests exceeds the allowed throughput (injected)"}')
         return AWSResponse(request.url, 400, {"Content-Type": "application/x-amz-json-1.0",
                                               "x-amzn-RequestId": "injected"}, _RawBody(body))
+
+
+def _check_presigned_posts(client: Any, hooks: AwsCallHooks) -> None:
+    """A presigned POST makes no call, but S3 authorizes the upload as the signer's PutObject on the
+    key: check that at signing time (the key as the form gives it, `${filename}` included)."""
+    sign = client.generate_presigned_post
+
+    def generate_presigned_post(Bucket: str, Key: str, *args: Any, **kwargs: Any) -> Any:  # noqa: N803
+        if hooks.iam is not None:
+            hooks.iam.check_call("s3", "PutObject", {"Bucket": Bucket, "Key": Key}, presign=True)
+        return sign(Bucket, Key, *args, **kwargs)
+
+    client.generate_presigned_post = generate_presigned_post
 
 
 class _RawBody:

@@ -69,8 +69,12 @@ class FunctionSpec:
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+NO_VALUE = object()  # !Ref AWS::NoValue: the property or list item is left out
+
+
 class Resolver:
-    """Resolves Ref / GetAtt / Sub / If / Join / FindInMap against parameters and local physical ids."""
+    """Resolves Ref / GetAtt / Sub / If / Join / Select / FindInMap against parameters and local physical ids
+    (AWS::NoValue removes the property or list item it stands for)."""
 
     def __init__(self, template: dict[str, Any], physical: dict[str, dict[str, str]],
                  parameters: dict[str, str] | None = None, region: str = "us-east-1",
@@ -86,7 +90,9 @@ class Resolver:
     def condition(self, name: str) -> bool:
         return bool(self.value((self.template.get("Conditions") or {})[name]))
 
-    def ref(self, name: str) -> str:
+    def ref(self, name: str) -> Any:
+        if name == "AWS::NoValue":
+            return NO_VALUE
         if name in self.parameters:
             return self.parameters[name]
         if name in self.pseudo:
@@ -103,7 +109,7 @@ class Resolver:
 
     def value(self, node: Any) -> Any:
         if isinstance(node, list):
-            return [self.value(item) for item in node]
+            return [v for v in (self.value(item) for item in node) if v is not NO_VALUE]
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
@@ -129,9 +135,12 @@ class Resolver:
                 return not self.value(arg[0])
             if key == "Fn::Equals":
                 return self.value(arg[0]) == self.value(arg[1])
+            if key == "Fn::Select":
+                return self.value(arg[1])[int(self.value(arg[0]))]
             if key == "Condition":
                 return self.condition(arg)
-        return {k: self.value(v) for k, v in node.items()}
+        resolved = {k: self.value(v) for k, v in node.items()}
+        return {k: v for k, v in resolved.items() if v is not NO_VALUE}
 
     def _sub(self, arg: Any) -> str:
         text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], self.value(arg[1]))

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from playvault_local.aws_server import stop_process
 from tests.conftest import free_port
@@ -70,6 +71,9 @@ def _serve(*extra: str) -> Iterator[dict[str, str]]:
                     if sep:
                         info[label.strip()] = value.strip()
                 yield info
+                # Every AWS call the functions made was checked against their roles: none refused.
+                iam = requests.get(f"http://127.0.0.1:{port}/_local/iam", timeout=10).json()
+                assert iam["checked_calls"] > 0 and iam["denied"] == [], iam["denied"]
                 return
         pytest.fail(f"serve did not come up (exit {process.poll()}): {''.join(seen)}")
     finally:

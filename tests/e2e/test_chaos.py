@@ -35,6 +35,11 @@ def test_nothing_is_lost_or_duplicated(report):
     assert verdict(report)
 
 
+def test_every_aws_call_was_allowed_by_its_functions_role(report):
+    assert report["iam"]["checked_calls"] > 0
+    assert report["iam"]["denied"] == []
+
+
 def test_the_faults_really_happened(report):
     chaos = report["chaos"]
     assert {c["kind"] for c in chaos["crashes"]} == {"raise", "kill"}

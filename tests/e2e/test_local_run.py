@@ -23,6 +23,7 @@ def test_a_small_run_exits_0_and_writes_the_report_and_the_dashboard(tmp_path):
     assert data["users"] == 10 and data["hours"] == 3
     assert data["plays_archived"] > 0 and data["plays_lost"] == 0 and data["plays_duplicated"] == 0
     assert data["spotify_requests"] > 0 and data["dynamodb_requests"] > 0
+    assert data["iam"]["checked_calls"] > 0 and data["iam"]["denied"] == []  # every call checked, none refused
     svg = dashboard.read_text()
     assert svg.startswith("<svg") and "Plays archived" in svg and "<script" not in svg
     assert "lost" in done.stdout and "hour" in done.stderr  # the report, and the progress bar

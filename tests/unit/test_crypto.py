@@ -141,6 +141,25 @@ def test_data_key_is_renewed_after_max_uses(key_arn, kms):
     assert all(cipher.open(s.token_key, s.refresh_token_enc, "alice", REFRESH_TOKEN) == TOKEN for s in stored)
 
 
+def test_sealing_after_max_age_on_the_domain_clock_generates_a_new_key_without_decrypt(key_arn, kms):
+    """The sign-up container may only GenerateDataKey (AuthFunction's role has no kms:Decrypt): its
+    current data key and its cache of opened keys must age on one clock, or a key still current by
+    one clock is stale by the other and sealing falls back to Decrypt (seen under the simulated
+    clock of `make run ARGS="--days ..."`, where the domain clock jumps days between sign-ins)."""
+    from datetime import UTC, datetime, timedelta
+
+    from playvault import clock
+
+    start = datetime(2026, 7, 1, tzinfo=UTC)
+    clock.set_clock(lambda: start)
+    cipher = TokenCipher(kms.client, key_arn)
+    first = cipher.seal_new("alice", TOKEN, None)
+    clock.set_clock(lambda: start + timedelta(days=10))
+    second = cipher.seal_new("bob", TOKEN, None)
+    assert kms.calls == Counter({"GenerateDataKey": 2})
+    assert first.token_key != second.token_key
+
+
 def test_stored_values_never_contain_the_plaintext(key_arn, kms):
     sealed = TokenCipher(kms.client, key_arn).seal_new("alice", TOKEN, "BQ-access-0123456789")
     stored = sealed.token_key + sealed.refresh_token_enc + sealed.access_token_enc

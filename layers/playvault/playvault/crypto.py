@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -83,7 +82,7 @@ class TokenCipher:
         """An encrypted data key for a user's tokens: the container's current one (GenerateDataKey
         when none or stale). Stored on the user as `token_key`."""
         with self._lock:
-            now = time.monotonic()
+            now = clock.now().timestamp()  # the clock the cache of opened keys ages on
             current = self._current
             if current is None or now - current[2] > self._max_age_s or current[3] >= self._max_uses:
                 answer = self._kms.generate_data_key(
