@@ -242,7 +242,7 @@ def test_without_action_refuses_an_action_the_role_does_not_name():
 def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorded_not_raised(aws_env):
     import boto3
 
-    from playvault.imports import presigned_upload
+    from playvault.imports import presigned_upload, upload_id_key
     from playvault_local.telemetry import AwsCallHooks
 
     bucket = aws_env.name("UserFilesBucket")
@@ -255,7 +255,8 @@ def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorde
         try:
             s3 = boto3.client("s3")
             with iam.invoked("AccountFunction"):
-                upload = presigned_upload(s3, bucket, "alice", datetime(2026, 12, 1, tzinfo=UTC))
+                upload = presigned_upload(s3, bucket, "alice", datetime(2026, 12, 1, tzinfo=UTC),
+                                          upload_key=upload_id_key("the stack's client secret"))
                 s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "exports/alice/e.csv"})
             assert upload["fields"]["key"].startswith("imports/alice/")  # signed either way, as on AWS
         finally:
@@ -268,4 +269,4 @@ def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorde
     (denial,) = refused.denials
     assert (denial.function, denial.action, denial.raised) == ("AccountFunction", "s3:PutObject", False)
     assert denial.resource.startswith(f"arn:aws:s3:::{bucket}/imports/alice/")
-    assert denial.resource.endswith("${filename}")
+    assert denial.resource == f"arn:aws:s3:::{bucket}/{upload['key']}"  # the one key the form may write
