@@ -114,6 +114,17 @@ class _Container:
                 base.DEFAULT_PROVIDERS.update(self._saved)
 
 
+def set_parameter_provider(kind: str, provider: Any) -> None:
+    """Every function's container, and code outside any, reads `kind` parameters ("ssm") through
+    `provider` from now on (tests: an SSM that refuses every read)."""
+    from aws_lambda_powertools.utilities.parameters import base
+
+    with _Container._lock:
+        for providers in _Container._all:
+            providers[kind] = provider
+        base.DEFAULT_PROVIDERS[kind] = provider
+
+
 def clear_parameter_caches() -> None:
     """Every function's cached parameters expire (what 5 minutes do on AWS)."""
     from aws_lambda_powertools.utilities import parameters

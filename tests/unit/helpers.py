@@ -114,9 +114,10 @@ def ssm_refusing(code: str, message: str) -> list[str]:
     GetParameter fails with `code`, as SSM answers once the SDK's retries are spent. Its cache starts
     empty. Returns the names asked for."""
     import boto3
-    from aws_lambda_powertools.utilities.parameters import base as parameters_base
     from aws_lambda_powertools.utilities.parameters.ssm import SSMProvider
     from botocore.exceptions import ClientError
+
+    from playvault_local.lambda_runtime import set_parameter_provider
 
     asked: list[str] = []
     client = boto3.client("ssm")
@@ -127,5 +128,6 @@ def ssm_refusing(code: str, message: str) -> list[str]:
                           "GetParameter")
 
     client.meta.events.register("before-parameter-build.ssm.GetParameter", refuse)
-    parameters_base.DEFAULT_PROVIDERS["ssm"] = SSMProvider(boto3_client=client)
+    # Each loaded function reads through its own providers (its container's cache): all of them refuse.
+    set_parameter_provider("ssm", SSMProvider(boto3_client=client))
     return asked
