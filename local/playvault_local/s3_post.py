@@ -135,6 +135,12 @@ def check(form: PostForm, bucket: str, secrets_by_key_id: dict[str, str], now: d
     if form.file_name is None:
         raise PostRefused(400, "InvalidArgument", "POST requires exactly one file upload per request.",
                           ArgumentName="file")
+    seen: set[str] = set()
+    for name, _ in form.fields:  # S3 takes names case-insensitively: a second `Key` would be a second key
+        if name.lower() in seen:
+            raise PostRefused(400, "InvalidArgument", f"Conflicting values for the form field {name.lower()}.",
+                              ArgumentName=name.lower())
+        seen.add(name.lower())
     _required(form, "key")
     policy_b64 = form.value("policy")
     if policy_b64 is None:  # an anonymous POST to a private bucket
@@ -253,6 +259,7 @@ def forwarded_body(form: PostForm) -> tuple[bytes, str]:
     boundary = "----playvault" + secrets.token_hex(12)
     parts = []
     for name, value in form.fields:
+        name = name.lower()  # as checked (names are case-insensitive); moto reads them case-sensitively
         value = value.replace("${filename}", form.base_name)
         if name.lower().startswith("x-amz-meta-"):
             value = _mail_safe(value)
@@ -265,13 +272,23 @@ def forwarded_body(form: PostForm) -> tuple[bytes, str]:
 
 
 def _bucket_of(environ: dict[str, Any]) -> str | None:
-    """The bucket of a path-style POST /<bucket> (what boto3 presigns for a local endpoint)."""
-    if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING"):
-        return None
-    if not str(environ.get("CONTENT_TYPE", "")).lower().startswith("multipart/form-data"):
+    """The bucket of a path-style POST /<bucket> (what boto3 presigns for a local endpoint), except
+    DeleteObjects (POST /<bucket>?delete, a signed API call)."""
+    if environ.get("REQUEST_METHOD") != "POST" or environ.get("QUERY_STRING") == "delete":
         return None
     path = environ.get("PATH_INFO", "").strip("/")
     return path if path and "/" not in path and not path.startswith("_") else None
+
+
+def _bucket_post_refusal(environ: dict[str, Any]) -> PostRefused | None:
+    """What S3 answers a POST to a bucket that is no form upload (moto would store its fields)."""
+    if environ.get("QUERY_STRING"):
+        return PostRefused(405, "MethodNotAllowed", "The specified method is not allowed against this resource.",
+                           Method="POST", ResourceType="BUCKET")
+    if not str(environ.get("CONTENT_TYPE", "")).lower().startswith("multipart/form-data"):
+        return PostRefused(412, "PreconditionFailed", "At least one of the pre-conditions you specified did not hold",
+                           Condition="Bucket POST must be of the enclosure-type multipart/form-data")
+    return None
 
 
 def enforce(app: Callable[..., Iterable[bytes]], secrets_by_key_id: dict[str, str],
@@ -286,11 +303,15 @@ def enforce(app: Callable[..., Iterable[bytes]], secrets_by_key_id: dict[str, st
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length)
         try:
+            refusal = _bucket_post_refusal(environ)
+            if refusal is not None:
+                raise refusal
             form = parse_form(body, environ["CONTENT_TYPE"])
             check(form, bucket, secrets_by_key_id, now())
         except PostRefused as refused:
             data = refused.xml()
-            reason = {400: "Bad Request", 403: "Forbidden"}.get(refused.status, "Error")
+            reason = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
+                      412: "Precondition Failed"}.get(refused.status, "Error")
             start_response(f"{refused.status} {reason}", [("Content-Type", "application/xml"),
                                                           ("Content-Length", str(len(data)))])
             return [data]

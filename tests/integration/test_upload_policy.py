@@ -93,6 +93,18 @@ def test_the_local_s3_refuses_what_s3_refuses_and_writes_nothing(local_s3):
         answer = _post(upload, "evil.json", data, **changed)
         assert answer.status_code == status, (what, answer.status_code, answer.text)
         assert f"<Code>{code}</Code>" in answer.text and message in answer.text, (what, answer.text)
+    # Field names differ only in case (a signed `Key` first, another `key` after it): moto reads `key`.
+    fields = dict(upload["fields"])
+    fields["Key"] = fields.pop("key")
+    smuggled = requests.post(upload["url"], data=[*fields.items(), ("key", "imports/alice/x/export")],
+                             files={"file": ("evil.json", body)}, timeout=30, allow_redirects=False)
+    assert smuggled.status_code == 400 and "<Code>InvalidArgument</Code>" in smuggled.text, smuggled.text
+    # The same fields in another encoding, or with a query string, are no upload S3 takes either.
+    as_urlencoded = requests.post(upload["url"], data={**upload["fields"], "file": "evil"}, timeout=30)
+    assert as_urlencoded.status_code in (400, 412) and "<Error>" in as_urlencoded.text, as_urlencoded.text
+    with_query = requests.post(upload["url"] + "?acl", data=upload["fields"], files={"file": ("e.json", body)},
+                               timeout=30, allow_redirects=False)
+    assert with_query.status_code >= 400 and "<Error>" in with_query.text, with_query.text
     expired = imports.presigned_upload(s3, bucket, "bob", now, upload_key=UPLOAD_ID_KEY,
                                        expires=timedelta(seconds=1))
     import time
