@@ -164,3 +164,23 @@ def test_what_a_failed_read_means(error, code, transient):
     failure = credentials_read_failure(SECRET_PARAM, _wrapped(error))
     assert (failure.transient, failure.defer_s) == (transient, 60.0 if transient else 900.0)
     assert str(failure).endswith(f"{SECRET_PARAM} ({code})")
+
+
+def test_a_client_that_cannot_even_be_built_is_one_failure_shared_not_a_read_per_thread(ssm, monkeypatch):
+    """Powertools builds its SSM client outside its own error wrapping: a NoRegionError (or no
+    credentials) arrives bare. It is still the app's failure, read once, shared by the waiting threads."""
+    from botocore.exceptions import NoRegionError
+
+    def no_region(*_: Any, **__: Any) -> Any:
+        ssm.calls["built"] += 1
+        ssm.before_answer()
+        raise NoRegionError()
+
+    provider = parameters_base.DEFAULT_PROVIDERS["ssm"]
+    ssm.before_answer = lambda: None
+    monkeypatch.setattr(provider, "get", no_region)
+    loader = ssm_credentials(ID_PARAM, SECRET_PARAM)
+    results = all_at_once(loader, ssm)
+    assert all(isinstance(r, CredentialsUnavailable) for r in results), results
+    assert ssm.calls["built"] == 1, "the waiting threads did not each try again in turn"
+    assert "(NoRegionError)" in str(results[0]) and not results[0].transient

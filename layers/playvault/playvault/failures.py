@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError, PartialCredentialsError
 from pynamodb.exceptions import PynamoDBException
 
 
@@ -116,6 +116,10 @@ _TRANSIENT_READ_CODES = frozenset({"ThrottlingException", "InternalServerError",
                                    "RequestTimeout"})
 
 
+# No client could be built (the function's configuration): waiting a minute will not fix it.
+_CLIENT_SETUP_ERRORS = (NoRegionError, NoCredentialsError, PartialCredentialsError)
+
+
 def credentials_read_failure(parameter: str, exc: BaseException) -> CredentialsUnavailable:
     """What a failed read of an app-credentials parameter means. Powertools wraps every error of the
     fetch in GetParameterError with the AWS error (a ClientError, or a BotoCoreError when nothing
@@ -123,8 +127,9 @@ def credentials_read_failure(parameter: str, exc: BaseException) -> CredentialsU
     code, transient = None, True
     link: BaseException | None = exc
     while link is not None:
-        if isinstance(link, BotoCoreError):  # no answer at all: unreachable, timed out
+        if isinstance(link, BotoCoreError):  # no answer at all: unreachable, timed out, or no client
             code = type(link).__name__
+            transient = not isinstance(link, _CLIENT_SETUP_ERRORS)
             break
         code = aws_error_code(link)
         if code is not None:

@@ -320,6 +320,7 @@ class _Flight:
         self.followers = 0
         self.credentials: Credentials | None = None
         self.failure: CredentialsUnavailable | None = None
+        self.crash = ""  # the type of an unexpected exception the read died of
 
 
 class CredentialsLoader:
@@ -358,14 +359,18 @@ class CredentialsLoader:
             flight.done.wait()
             if flight.failure is not None:  # a copy each: one exception object raised in many threads tangles
                 raise CredentialsUnavailable(str(flight.failure), transient=flight.failure.transient)
-            if flight.credentials is None:  # the reader died of something else: read again
-                return self()
+            if flight.credentials is None:  # the reader died of a bug: share that, don't each read again
+                raise CredentialsUnavailable(f"cannot read the Spotify app credentials ({flight.crash})",
+                                             transient=False)
             return flight.credentials
         try:
             flight.credentials = self._read()
             return flight.credentials
         except CredentialsUnavailable as failure:
             flight.failure = failure
+            raise
+        except BaseException as crash:
+            flight.crash = type(crash).__name__
             raise
         finally:
             with self._lock:
@@ -375,12 +380,13 @@ class CredentialsLoader:
     def _read(self) -> Credentials:
         from aws_lambda_powertools.utilities import parameters
         from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+        from botocore.exceptions import BotoCoreError
 
         values = []
         for name, decrypt in ((self.client_id_param, False), (self.client_secret_param, True)):
             try:
                 values.append(str(parameters.get_parameter(name, decrypt=decrypt, max_age=self.max_age_s)))
-            except GetParameterError as exc:
+            except (GetParameterError, BotoCoreError) as exc:  # BotoCoreError: Powertools built no client
                 raise credentials_read_failure(name, exc) from None
         return Credentials(client_id=values[0], client_secret=values[1])
 
