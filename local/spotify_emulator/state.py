@@ -185,8 +185,8 @@ def _damage(item: dict, kind: str) -> dict:
         item["track"] = None
     elif kind == "artists_null":
         track["artists"] = [None]
-    elif kind == "images_null":
-        track["album"]["images"] = [None]
+    elif kind == "images_null":  # a track's album images; an episode (no album) its own
+        (track["album"] if "album" in track else track)["images"] = [None]
     elif kind == "duration_not_numeric":
         track["duration_ms"] = "unknown"
     return item

@@ -600,3 +600,21 @@ def test_cli_subprocess_starts_answers_and_stops():
             proc.stdout.close()
             proc.stderr.close()
     assert rc == 0
+
+
+@pytest.mark.parametrize("episode", [False, True])
+def test_every_bad_item_kind_damages_tracks_and_episodes_alike(state, clock, episode):
+    """The chaos run damages any play, podcast episodes included (no album: their own images)."""
+    from spotify_emulator.state import BAD_KINDS
+
+    for k, kind in enumerate(BAD_KINDS):
+        item = state.add_play("alice", T0 - timedelta(minutes=k + 1), bad_kind=kind, episode=episode)
+        if kind == "track_null":
+            assert item["track"] is None
+        elif kind == "artists_null" and not episode:
+            assert item["track"]["artists"] == [None]
+        elif kind == "images_null":
+            images = item["track"]["images"] if episode else item["track"]["album"]["images"]
+            assert images == [None]
+        elif kind == "duration_not_numeric":
+            assert item["track"]["duration_ms"] == "unknown"
