@@ -300,10 +300,27 @@ def roles(translated: dict[str, Any], resolver: tpl.Resolver) -> dict[str, Role]
         for policy in resolver.value(props.get("Policies") or []):
             name = policy.get("PolicyName", role_id)
             for index, raw in enumerate(_listed((policy.get("PolicyDocument") or {}).get("Statement"))):
-                statements.append(Statement.parse(raw, f"{name} statement {index}{_sid(raw)}"))
+                where = f"{role_id} {name} statement {index}{_sid(raw)}"
+                statement = Statement.parse(raw, where)
+                _check_supplied_keys(statement, where)
+                statements.append(statement)
         managed = [str(arn) for arn in resolver.value(props.get("ManagedPolicyArns") or [])]
         found[logical] = Role(logical, role_id, statements, managed)
     return found
+
+
+# The condition keys requests_for puts in a request's context. A role conditioned on any other key
+# would be judged on a key that is never there (ForAllValues and negated operators then hold
+# vacuously: allowed locally, maybe refused on AWS), so such a role fails when it is read.
+SUPPLIED_CONDITION_KEYS = ("kms:EncryptionContext:*", "kms:EncryptionContextKeys", "s3:prefix", "ses:FromAddress")
+
+
+def _check_supplied_keys(statement: Statement, where: str) -> None:
+    for operator, tests in statement.condition.items():
+        for key in tests:
+            if not any(_wildcard(known, key, ignore_case=True) for known in SUPPLIED_CONDITION_KEYS):
+                raise IamError(f"{where}: condition key {key} ({operator}) is not supplied by the local IAM check "
+                               f"(it knows {', '.join(SUPPLIED_CONDITION_KEYS)}): map it in requests_for first")
 
 
 def _sid(raw: dict[str, Any]) -> str:

@@ -270,3 +270,23 @@ def test_presigned_urls_and_posts_are_checked_at_signing_and_a_denial_is_recorde
     assert (denial.function, denial.action, denial.raised) == ("AccountFunction", "s3:PutObject", False)
     assert denial.resource.startswith(f"arn:aws:s3:::{bucket}/imports/alice/")
     assert denial.resource == f"arn:aws:s3:::{bucket}/{upload['key']}"  # the one key the form may write
+
+
+def test_a_role_conditioned_on_a_key_the_check_never_supplies_fails_when_read():
+    """ForAllValues or a negated operator over a key no request carries would hold vacuously: allowed
+    locally, perhaps refused on AWS. Such a role is refused, naming the key."""
+    from playvault_local import template as tpl
+
+    def translated(condition: dict) -> dict:
+        statement = {"Effect": "Allow", "Action": "dynamodb:PutItem", "Resource": "arn:aws:dynamodb:*:*:table/t",
+                     "Condition": condition}
+        return {"Resources": {
+            "F": {"Type": "AWS::Lambda::Function", "Properties": {"Role": {"Fn::GetAtt": ["FRole", "Arn"]}}},
+            "FRole": {"Type": "AWS::IAM::Role", "Properties": {"Policies": [
+                {"PolicyName": "p", "PolicyDocument": {"Statement": [statement]}}]}}}}
+
+    vacuous = translated({"ForAllValues:StringEquals": {"dynamodb:Attributes": ["user_id", "played_at"]}})
+    with pytest.raises(IamError, match="condition key dynamodb:Attributes"):
+        iam.roles(vacuous, tpl.Resolver(vacuous, {}))
+    supplied = translated({"StringEquals": {"kms:EncryptionContext:app": "playvault"}})
+    assert list(iam.roles(supplied, tpl.Resolver(supplied, {}))) == ["F"]
