@@ -11,7 +11,9 @@ handler reports partial batch failures so only failed messages come back. Per me
 - Spotify limits the app (rate limit, quota, rejected credentials, outage): the users not done stay
   due and the dispatcher sends them after the gate opens; not a failure, never the DLQ;
 - out of time: the users not done are requeued as a new message; the message succeeds;
-- infrastructure error (DynamoDB throttled...): the record fails and is redelivered.
+- infrastructure error (DynamoDB throttled...): the users not done are requeued as a new message
+  after a short backoff (15 s, doubling; the message succeeds); past INFRA_REQUEUES attempts the
+  record fails and SQS redelivers it (then the DLQ and its alarm).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ from playvault.spotify import Budget, SpotifyClient, ssm_credentials
 
 # A message this close to its not_before is processed rather than bounced for a second or two.
 NOT_BEFORE_SLACK_S = 2
+# An infrastructure error requeues the users not done, INFRA_BACKOFF_S * 2**attempt later, this many
+# times (15 s .. 2 min); then the message fails and SQS's redelivery and maxReceiveCount take over.
+INFRA_REQUEUES = 4
+INFRA_BACKOFF_S = 15
 MESSAGE_IDEMPOTENCY_EXPIRY_S = 86_400
 
 settings = WorkerSettings.from_env()  # a missing/malformed setting fails the cold start, naming it
@@ -110,9 +116,22 @@ def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str
         )
     except BatchAborted as aborted:
         _record_metrics(aborted.outcome)
-        logger.error("batch aborted by an infrastructure error; the message will be redelivered",
-                     extra={"batch": aborted.outcome.report(), "error": str(aborted.__cause__)})
-        raise
+        if work.attempt >= INFRA_REQUEUES:  # AWS keeps failing: SQS redelivers, then the DLQ and its alarm
+            logger.error("batch aborted by an infrastructure error; the message will be redelivered",
+                         extra={"batch": aborted.outcome.report(), "error": str(aborted.__cause__)})
+            raise
+        # A throttle or blip: the users not done come back in seconds as a new message (attempt + 1), not
+        # after the 12-minute visibility timeout of a redelivery, which five blips would turn into a DLQ
+        # message of healthy users and an hour without polls for heavy listeners.
+        delay_s, now = INFRA_BACKOFF_S * 2 ** work.attempt, clock.now()
+        requeue(sqs, settings.work_queue_url, aborted.outcome.unstarted,
+                not_before=math.ceil(now.timestamp() + delay_s), window_id=work.window_id,
+                now=now, attempt=work.attempt + 1)
+        m.count(m.USERS_REQUEUED, len(aborted.outcome.unstarted))
+        logger.warning("batch aborted by an infrastructure error; users not done requeued",
+                       extra={"batch": aborted.outcome.report(), "error": str(aborted.__cause__),
+                              "users": len(aborted.outcome.unstarted), "delay_s": delay_s})
+        return aborted.outcome.report()
     _record_metrics(outcome)
     logger.info("batch archived", extra={"batch": outcome.report()})
     if outcome.deferred:

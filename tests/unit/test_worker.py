@@ -426,7 +426,11 @@ def _throttled(operation: str) -> ClientError:
                        operation)
 
 
-def test_dynamodb_throttling_fails_the_message(worker, context, emulator, aws_env, monkeypatch):
+def test_dynamodb_throttling_requeues_the_users_not_done_and_fails_the_message_only_when_it_persists(
+        worker, context, emulator, aws_env, monkeypatch):
+    """A throttle is not a reason for a 12-minute redelivery (five of them put healthy users in the
+    DLQ, and a heavy listener goes an hour unpolled): the users not done come back as a new message
+    15 s later, doubling; only an error that outlasts INFRA_REQUEUES requeues fails the message."""
     onboard(emulator, aws_env, ["ana", "ben"])
     real = plays.write_plays
 
@@ -436,16 +440,39 @@ def test_dynamodb_throttling_fails_the_message(worker, context, emulator, aws_en
         return real(user_id, items)
 
     monkeypatch.setattr("playvault.archive.plays.write_plays", write_plays)
+    queue_url = aws_env.queue_url("WorkQueue")
+    sqs = boto3.client("sqs")
+    backoffs: list[int] = []
+    real_requeue = worker.requeue
+
+    def requeue_now(*args: Any, not_before: int, now: datetime, **kwargs: Any) -> int:
+        """Records the backoff asked for, and sends at once (moto's DelaySeconds are real seconds)."""
+        backoffs.append(int(not_before - now.timestamp()))  # not_before is rounded up
+        return real_requeue(*args, not_before=int(now.timestamp()), now=now, **kwargs)
+
+    monkeypatch.setattr(worker, "requeue", requeue_now)
     throttled = sqs_record(work_body(["ana"]))
     fine = sqs_record(work_body(["ben"]))
-    response = worker.handler(sqs_event(throttled, fine), context)
-    assert failed_ids(response) == [throttled["messageId"]]
+    assert worker.handler(sqs_event(throttled, fine), context) == {"batchItemFailures": []}
     ana = users.get("ana")
     assert int(ana.consecutive_failures) == 0 and ana.cooldown_until is None, "not the user's failure"
     assert stored_play_ms("ben") == truth_ms(emulator, "ben")
-    # The throttled attempt left no idempotency record: the redelivery archives ana.
+    for attempt in range(1, worker.INFRA_REQUEUES + 1):
+        [requeued] = sqs.receive_message(QueueUrl=queue_url, AttributeNames=["All"],
+                                         WaitTimeSeconds=0).get("Messages") or [None]
+        assert requeued is not None, f"attempt {attempt}: ana was requeued"
+        body = json.loads(requeued["Body"])
+        assert body["users"] == ["ana"] and body["attempt"] == attempt
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=requeued["ReceiptHandle"])
+        record = sqs_record(requeued["Body"])
+        answer = worker.handler(sqs_event(record), context)
+        if attempt < worker.INFRA_REQUEUES:
+            assert answer == {"batchItemFailures": []}
+    assert failed_ids(answer) == [record["messageId"]], "past INFRA_REQUEUES the message fails (SQS redelivers)"
+    assert backoffs == [15, 30, 60, 120]
+    # The failed delivery left no idempotency record: its redelivery, once DynamoDB answers, archives ana.
     monkeypatch.setattr("playvault.archive.plays.write_plays", real)
-    assert worker.handler(sqs_event(throttled), context) == {"batchItemFailures": []}
+    assert worker.handler(sqs_event(record), context) == {"batchItemFailures": []}
     assert stored_play_ms("ana") == truth_ms(emulator, "ana")
 
 
