@@ -196,7 +196,7 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         "deferrals": {"rate_limited": int(output.total("RateLimited")),
                       "quota_exceeded_users": int(output.total("QuotaExceeded")),
                       "app_failure_users": int(output.total("SpotifyAppFailures")),
-                      "requeued_out_of_time": int(output.total("UsersRequeued"))},
+                      "requeued_out_of_time_or_aws_error": int(output.total("UsersRequeued"))},
         "malformed_messages": int(output.total("MalformedMessages")),
         "dlq_messages": len(dlq_bodies),
         "dlq_bodies": [b[:200] for b in dlq_bodies],
