@@ -44,16 +44,13 @@ class BadUserId(ValueError):
 
 
 def hkdf_sha256(secret: bytes, info: bytes, length: int = 32, salt: bytes = b"") -> bytes:
-    """RFC 5869 HKDF with SHA-256 (extract, then expand)."""
+    """RFC 5869 HKDF with SHA-256 (cryptography's, the layer's AES-GCM library)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     if not secret:
         raise ValueError("HKDF needs a non-empty secret")
-    prk = hmac.new(salt or bytes(32), secret, hashlib.sha256).digest()
-    out, block, counter = b"", b"", 1
-    while len(out) < length:
-        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
-        out += block
-        counter += 1
-    return out[:length]
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(secret)
 
 
 def upload_id_key(client_secret: str) -> bytes:
