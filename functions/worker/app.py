@@ -98,8 +98,8 @@ def _record_metrics(outcome: BatchOutcome) -> None:
 @idempotent_function(data_keyword_argument="message", persistence_store=persistence, config=idempotency,
                      output_serializer=None)
 def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
-    """One work message's users; raises (so the record is deleted and the message retried) only on
-    an infrastructure error."""
+    """One work message's users; raises (so the record fails and the message is redelivered) only on an
+    infrastructure error that outlasts INFRA_REQUEUES requeues."""
     work = WorkMessage.model_validate(message)
     budget = Budget(lambda_context.get_remaining_time_in_millis)
     try:
@@ -123,11 +123,8 @@ def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str
         # A throttle or blip: the users not done come back in seconds as a new message (attempt + 1), not
         # after the 12-minute visibility timeout of a redelivery, which five blips would turn into a DLQ
         # message of healthy users and an hour without polls for heavy listeners.
-        delay_s, now = INFRA_BACKOFF_S * 2 ** work.attempt, clock.now()
-        requeue(sqs, settings.work_queue_url, aborted.outcome.unstarted,
-                not_before=math.ceil(now.timestamp() + delay_s), window_id=work.window_id,
-                now=now, attempt=work.attempt + 1)
-        m.count(m.USERS_REQUEUED, len(aborted.outcome.unstarted))
+        delay_s = INFRA_BACKOFF_S * 2 ** work.attempt
+        _requeue_not_done(work, aborted.outcome.unstarted, delay_s)
         logger.warning("batch aborted by an infrastructure error; users not done requeued",
                        extra={"batch": aborted.outcome.report(), "error": str(aborted.__cause__),
                               "users": len(aborted.outcome.unstarted), "delay_s": delay_s})
@@ -140,11 +137,17 @@ def archive_message(*, message: dict[str, Any], lambda_context: Any) -> dict[str
                               "deferred_until": outcome.deferred_until.isoformat() if outcome.deferred_until else None})
     if outcome.unstarted:
         # Out of time: the users not done come back as a new message, due now; this one succeeds.
-        requeue(sqs, settings.work_queue_url, outcome.unstarted, not_before=math.ceil(clock.now().timestamp()),
-                window_id=work.window_id, now=clock.now(), attempt=work.attempt + 1)
-        m.count(m.USERS_REQUEUED, len(outcome.unstarted))
+        _requeue_not_done(work, outcome.unstarted, delay_s=0)
         logger.warning("out of time: users not done requeued", extra={"users": len(outcome.unstarted)})
     return outcome.report()
+
+
+def _requeue_not_done(work: WorkMessage, users: list[str], delay_s: float) -> None:
+    """The users a message did not get to, as a new message of the same run due `delay_s` from now."""
+    now = clock.now()
+    requeue(sqs, settings.work_queue_url, users, not_before=math.ceil(now.timestamp() + delay_s),
+            window_id=work.window_id, now=now, attempt=work.attempt + 1)
+    m.count(m.USERS_REQUEUED, len(users))
 
 
 def _dead_letter(record: SQSRecord, reason: str) -> None:
