@@ -68,7 +68,7 @@ def _continue(record: SQSRecord, lambda_context: Any) -> str:
     failed_event = body.get("requestPayload") if isinstance(body, dict) else None
     if isinstance(failed_event, dict) and failed_event.get("source") == "aws.s3":  # redriven from the DLQ
         return str(_start(failed_event, lambda_context)["status"])
-    message = ContinueMessage.model_validate_json(record.body)
+    message = ContinueMessage.model_validate(body)  # parsed once, above
     now = clock.now().timestamp()
     if message.not_before - now > NOT_BEFORE_SLACK_S:
         send_later(message.user_id, message.job_id, message.not_before - now)
