@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from playvault_local.events import s3_object_created_event, sqs_event
+from playvault_local.lambda_runtime import function_arn
 from playvault_local.system import LocalSystem, S3RuleSpec, StartupError
 
 
@@ -207,7 +208,7 @@ def on_failure_record(event: dict[str, Any], error: BaseException, attempts: int
         "timestamp": event.get("time", ""),
         "requestContext": {"requestId": event.get("id", ""), "condition": "RetriesExhausted",
                            "approximateInvokeCount": attempts,
-                           "functionArn": f"arn:aws:lambda:us-east-1:123456789012:function:{function}:$LATEST"},
+                           "functionArn": f"{function_arn(function)}:$LATEST"},
         "requestPayload": event,
         "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
         "responsePayload": {"errorMessage": str(error), "errorType": type(error).__name__},

@@ -17,6 +17,11 @@ from playvault_local import iam
 from playvault_local.template import FunctionSpec
 
 
+def function_arn(function_name: str) -> str:
+    """The local function's ARN, as Lambda names it in a context and in an invocation record."""
+    return f"arn:aws:lambda:us-east-1:123456789012:function:{function_name}"
+
+
 @dataclass
 class LambdaContext:
     """The attributes and method of Lambda's context object that handlers and Powertools read."""
@@ -31,7 +36,7 @@ class LambdaContext:
     log_stream_name: str = "local"
 
     def __post_init__(self) -> None:
-        self.invoked_function_arn = f"arn:aws:lambda:us-east-1:123456789012:function:{self.function_name}"
+        self.invoked_function_arn = function_arn(self.function_name)
         self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
         self._deadline = self.time_source() + self.timeout_s
 
