@@ -174,6 +174,22 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
+def import_failure_reason(exc: BaseException) -> str:
+    """What an import job that an exception ended says about it (shown on /me): readable, and never
+    the exception's own text, which may quote a request (keys, URLs) or a value from the upload."""
+    code = aws_error_code(exc)
+    if isinstance(exc, PynamoDBException) and code is None and "max_retry_attempts" in str(exc):
+        # BatchWriteItem left items unprocessed through pynamodb's retries: the table throttled the writes.
+        return "DynamoDB kept throttling the writes of this import"
+    if code == "ValidationException" and "size" in str(exc):
+        return "the import's status grew past DynamoDB's 400 KB item limit"
+    if is_infrastructure_error(exc):
+        return f"AWS failed ({code or type(exc).__name__})"
+    if isinstance(exc, RecursionError):
+        return "data nested too deeply"
+    return f"internal error ({type(exc).__name__})"
+
+
 def token_endpoint_failure(status: int, oauth_error: str) -> SpotifyFailure:
     """What a final non-200 answer of the accounts service's /api/token means (after retries)."""
     if status == 400 and oauth_error == "invalid_grant":

@@ -31,7 +31,13 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from playvault import clock
-from playvault.failures import AppFailure, RateLimited, SpotifyFailure
+from playvault.failures import (
+    AppFailure,
+    RateLimited,
+    SpotifyFailure,
+    import_failure_reason,
+    is_infrastructure_error,
+)
 from playvault.imports import (
     SAFE_KEY,
     UPLOAD_OBJECT,
@@ -57,6 +63,11 @@ CLUSTER_GAP_MS = 3600 * 1000
 MAX_QUERIES_PER_CHUNK = 4
 RESOLVE_SAVE_EVERY = 20
 QUEUED_IDS_CAPACITY = 100_000
+# AWS failures in a row at one position before the job fails (under the queue's MaxReceiveCount, 5 by
+# default: the job says why before its message could reach the dead-letter queue).
+JOB_ATTEMPTS = 3
+LOOKUP_ATTEMPTS = 3  # failed lookups of one track (a minute, two, three apart); then its plays keep the export's names
+MAX_FILE_ERROR_CHARS = 300  # per file on the status item (DynamoDB's 400 KB item limit)
 FILE_DONE, FILE_REJECTED, FILE_FAILED, FILE_SKIPPED, FILE_PENDING = "done", "rejected", "failed", "skipped", "pending"
 
 _USER_ID_SEGMENT = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -116,9 +127,11 @@ class Importer:
         self.continue_later = continue_later
         self.sleep = sleep
         self._app_token: tuple[str, datetime] | None = None
-        self._names: dict[str, tuple[str, str | None]] = {}
         self._last_lookup = 0.0
-        self._queued: dict[str, set[str]] = {}
+        # Per run (reset by run): a warm container keeps nothing of a job; what a retry needs is in DynamoDB.
+        self._names: dict[str, tuple[str, str | None]] = {}
+        self._queued: set[str] = set()  # track ids this run's counted chunks queued for lookup
+        self._reading: tuple[str, int] | None = None  # the file and row being read
 
     # ------------------------------------------------------------------ entry points
     def start(self, key: str, size: int, budget: Budget) -> RunOutcome:
@@ -172,6 +185,7 @@ class Importer:
         job = imports.get(user_id, job_id)
         assert job is not None
         outcome = RunOutcome(CONTINUE)
+        self._names, self._queued, self._reading = {}, set(), None
         try:
             if users.get(user_id) is None:
                 imports.set_state(job, token, clock.now(), imports.FAILED, error="unknown user", release=True)
@@ -183,9 +197,60 @@ class Importer:
                 self._resolve(job, token, budget, outcome)
         except imports.LeaseLost:
             return RunOutcome(BUSY, reason="lease lost")
+        except Exception as exc:  # noqa: BLE001  every job ends: failed with a reason, or retried (AWS)
+            try:
+                return self._ended_by(job, token, exc)
+            except imports.LeaseLost:
+                return RunOutcome(BUSY, reason="lease lost")
+        finally:
+            self._names, self._queued, self._reading = {}, set(), None
         if outcome.status in (CONTINUE, PAUSED):
             self.continue_later(user_id, job_id, outcome.delay_s)
         return outcome
+
+    def _ended_by(self, job: imports.ImportModel, token: str, exc: Exception) -> RunOutcome:
+        """An exception in a job: it ends `failed`, naming file and row, and the function returns (a
+        user's upload is no reason to retry, dead-letter or alarm). AWS failing (throttling,
+        unavailable) is re-raised for the delivery to be retried, the lease released, the failure noted
+        on the job; the JOB_ATTEMPTS-th in a row at the same position fails the job too."""
+        aws = is_infrastructure_error(exc)
+        stored = self._stored_position(job)
+        file_name, row = stored if aws or self._reading is None else self._reading
+        reason = str(exc) if isinstance(exc, UploadRejected) else import_failure_reason(exc)
+        if file_name:
+            message = f"{file_name}, row {row}: {reason}"
+        elif job.phase == imports.PHASE_RESOLVE:
+            message = f"looking up track metadata: {reason}"
+        else:
+            message = reason
+        extra = {"user_id": job.user_id, "job_id": job.job_id, "file": file_name, "row": row,
+                 "error_type": type(exc).__name__}
+        if aws:
+            position = f"{job.phase}:{job.file_index}:{job.row_index}:{job.resolve_position}:{job.resolve_offset}"
+            attempts = imports.next_attempt(job, position)
+            if attempts < JOB_ATTEMPTS:
+                imports.record_attempt(job, token, clock.now(), position, message)
+                logger.warning("import interrupted by AWS: the delivery is retried",
+                               extra={**extra, "attempt": attempts})
+                raise exc
+            message = f"{message} ({attempts} attempts)"
+            logger.warning("import failed: AWS kept failing", extra=extra)
+        else:
+            logger.exception("import failed", extra=extra)
+        imports.set_state(job, token, clock.now(), imports.FAILED, error=message, error_file=file_name, error_row=row,
+                          release=True)
+        return RunOutcome(FAILED, reason=message)
+
+    @staticmethod
+    def _stored_position(job: imports.ImportModel) -> tuple[str | None, int | None]:
+        """The file and row the job goes on from (the first row of the chunk at stake)."""
+        files = job.files or []
+        index = int(job.file_index or 0)
+        if job.phase == imports.PHASE_IMPORT and index < len(files):
+            return str(files[index]["name"]), int(job.row_index or 0)
+        if job.phase == imports.PHASE_IMPORT and job.file_name:
+            return job.file_name, None
+        return None, None
 
     # ------------------------------------------------------------------ phase 1: rows -> plays
     def _import(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> bool:
@@ -208,6 +273,14 @@ class Importer:
             index = int(job.file_index or 0)
             if not self._import_file(job, token, upload, files, index, cutoff, budget, outcome):
                 return False
+        read = [f for f in files if f["state"] != FILE_SKIPPED]
+        if read and all(f["state"] == FILE_REJECTED or (f["state"] == FILE_FAILED and not f.get("rows_read"))
+                        for f in read):
+            # Nothing of the upload could be read: the job fails, with the first file's reason (its error).
+            imports.set_state(job, token, clock.now(), imports.FAILED, error=job.error, error_file=job.error_file,
+                              error_row=int(job.error_row) if job.error_row is not None else None, release=True)
+            outcome.status, outcome.reason = FAILED, job.error
+            return False
         return True
 
     def _import_file(self, job: imports.ImportModel, token: str, upload: Any, files: list[dict[str, Any]],
@@ -232,6 +305,7 @@ class Importer:
         position = start_row
 
         def finish(state_: str, error: str | None = None, row: int | None = None) -> None:
+            error = error[:MAX_FILE_ERROR_CHARS] if error else error
             entry.update(state=state_, error=error, rows_read=int(entry.get("rows_read") or 0) + read)
             self._flush(job, token, files, file_index, chunk, list(context), skipped, read,
                         next_position=(file_index + 1, 0), bytes_done=done_before + int(entry["size"]),
@@ -239,6 +313,7 @@ class Importer:
 
         try:
             for row_index, raw in enumerate(iter_array(stream)):
+                self._reading = (name, row_index)
                 if row_index == 0:
                     kind = kind or formats.sniff(raw)
                     problem = ("not a Spotify streaming history (unknown file name and content)" if kind is None
@@ -308,11 +383,8 @@ class Importer:
         # Rows this chunk wrote in a crashed attempt count as its own: their tracks and episodes too.
         own = [d for d in decisions if d.outcome != dedup.DUPLICATE]
         track_ids = {d.row.track_id for d in own if d.row.track_id}
-        # Queued by an earlier chunk of this job in this container: once is enough.
-        queued = self._queued.setdefault(job.job_id, set())
-        unknown = catalog.unknown_track_ids(track_ids) - queued
-        if len(queued) < QUEUED_IDS_CAPACITY:
-            queued.update(unknown)
+        # Queued by an earlier counted chunk of this run: once is enough (neither stored nor known gone).
+        unknown = catalog.tracks_to_look_up(track_ids) - self._queued
         progress = imports.Progress(next_position[0], next_position[1], bytes_done, rows_read=read,
                                     plays_added=sum(d.outcome != dedup.DUPLICATE for d in decisions),
                                     duplicates=sum(d.outcome == dedup.DUPLICATE for d in decisions),
@@ -329,6 +401,8 @@ class Importer:
         progress.episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
         plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
         self._advance(job, token, progress)
+        if len(self._queued) < QUEUED_IDS_CAPACITY:  # only once counted: a retried chunk queues them again
+            self._queued.update(unknown)
         outcome.chunks += 1
         outcome.plays_added += progress.plays_added
         outcome.duplicates += progress.duplicates
@@ -384,15 +458,18 @@ class Importer:
 
     # ------------------------------------------------------------------ phase 2: the catalog
     def _resolve(self, job: imports.ImportModel, token: str, budget: Budget, outcome: RunOutcome) -> None:
+        self._reading = None
         if job.phase != imports.PHASE_RESOLVE:
             imports.set_state(job, token, clock.now(), imports.RUNNING, phase=imports.PHASE_RESOLVE)
             job.phase = imports.PHASE_RESOLVE
         first_chunk = int(job.resolve_position or 0)
+        # Failed lookups of the track the job stopped at (stored with its position): bounded per track.
+        failed_at = (first_chunk, int(job.resolve_offset or 0), int(job.lookup_failures or 0))
         for chunk in range(first_chunk, int(job.resolve_chunks or 0)):
             ids = sorted(imports.resolve_chunk(job.user_id, job.job_id, chunk))
             index = int(job.resolve_offset or 0) if chunk == first_chunk else 0
-            # Another chunk, another import or polling may have stored some meanwhile.
-            known = set(ids[index:]) - catalog.unknown_track_ids(set(ids[index:]))
+            # Another chunk, another import or polling may have stored some meanwhile (or found them gone).
+            known = set(ids[index:]) - catalog.tracks_to_look_up(set(ids[index:]))
             since_saved = 0
             while index < len(ids):
                 track_id = ids[index]
@@ -403,11 +480,19 @@ class Importer:
                         outcome.status = CONTINUE
                         return
                     stop = self._lookup(track_id, budget)
+                    failures = 0
+                    if stop is not None and stop[2]:  # this track's own lookup failed
+                        failures = 1 + (failed_at[2] if (chunk, index) == failed_at[:2] else 0)
+                        if failures >= LOOKUP_ATTEMPTS:
+                            logger.warning("track lookup given up: its plays keep the export's names",
+                                           extra={"job_id": job.job_id, "track_id": track_id, "why": stop[1]})
+                            stop = None
                     if stop is not None:
-                        until, why = stop
+                        until, why, _ = stop
+                        until += timedelta(seconds=self.settings.retry_network_s * max(0, failures - 1))  # backs off
                         delay = max(1.0, (until - clock.now()).total_seconds())
                         self._save_resolved(job, token, imports.PAUSED, since_saved, chunk, index,
-                                            paused_until=until, release=True)
+                                            paused_until=until, release=True, lookup_failures=failures)
                         outcome.status, outcome.delay_s, outcome.reason = PAUSED, delay, why
                         logger.warning("import paused", extra={"user_id": job.user_id, "job_id": job.job_id,
                                                                "until": until.isoformat(), "why": why})
@@ -425,19 +510,21 @@ class Importer:
 
     @staticmethod
     def _save_resolved(job: imports.ImportModel, token: str, state_: str, resolved: int, position: int,
-                       offset: int, *, paused_until: datetime | None = None, release: bool = False) -> None:
+                       offset: int, *, paused_until: datetime | None = None, release: bool = False,
+                       lookup_failures: int = 0) -> None:
         """Progress of the catalog phase on the job item (small): the resolve items are never rewritten."""
         imports.set_state(job, token, clock.now(), state_, paused_until=paused_until, release=release,
-                          resolved=resolved, resolve_position=position, resolve_offset=offset)
+                          resolved=resolved, resolve_position=position, resolve_offset=offset,
+                          lookup_failures=lookup_failures)
 
-    def _lookup(self, track_id: str, budget: Budget) -> tuple[datetime, str] | None:
-        """Fetch and store one track; (until, why) when the job must pause instead."""
+    def _lookup(self, track_id: str, budget: Budget) -> tuple[datetime, str, bool] | None:
+        """Fetch and store one track; (until, why, the track's own failure) when the job must pause instead."""
         now = clock.now()
         gate = state.rate_limited_until(now)
         if gate is not None:
-            return gate, "Spotify rate-limits the app (polling goes first)"
+            return gate, "Spotify rate-limits the app (polling goes first)", False
         if self.spotify is None:
-            return now + timedelta(seconds=self.settings.retry_network_s), "no Spotify client"
+            return now + timedelta(seconds=self.settings.retry_network_s), "no Spotify client", False
         wait = self._last_lookup + self.settings.resolve_interval_s - time.monotonic()
         if wait > 0:
             self.sleep(wait)
@@ -447,13 +534,17 @@ class Importer:
         except RateLimited as exc:
             until = now + timedelta(seconds=exc.retry_after_s)
             state.close_rate_gate(until, now)  # the workers defer too: one limit for the whole app
-            return until, f"Spotify answered 429 (Retry-After {exc.retry_after_s:.0f} s)"
+            return until, f"Spotify answered 429 (Retry-After {exc.retry_after_s:.0f} s)", False
         except AppFailure as exc:  # the app's own (credentials unreadable or rejected): no job's fault
-            return now + timedelta(seconds=max(exc.defer_s, self.settings.retry_network_s)), f"app failure: {exc}"
+            return (now + timedelta(seconds=max(exc.defer_s, self.settings.retry_network_s)), f"app failure: {exc}",
+                    False)
         except SpotifyFailure as exc:
-            return now + timedelta(seconds=self.settings.retry_network_s), f"catalog lookup failed: {exc}"
+            return now + timedelta(seconds=self.settings.retry_network_s), f"catalog lookup failed: {exc}", True
         if raw is None:
-            return None  # Spotify does not know it (removed track): its plays keep the export's names
+            # Spotify does not know it (removed track): its plays keep the export's names, and the
+            # catalog remembers it so that no job asks again.
+            catalog.mark_gone(track_id)
+            return None
         try:
             catalog.upsert_tracks([parse_track(raw)])
         except PayloadError:

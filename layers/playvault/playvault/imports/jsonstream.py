@@ -47,20 +47,33 @@ def iter_array(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars
     (with the index of the item where it broke), an element over `max_item_chars`, text after the
     closing bracket.
     """
-    text = codecs.getincrementaldecoder("utf-8-sig")("strict")
+    text = codecs.getincrementaldecoder("utf-8")("strict")
     buffer = ""
     pos = 0
     eof = False
     index = 0
+    bytes_before = 0  # bytes of the stream handed to the decoder before this read
+    bad_byte: int | None = None  # offset of the first byte that is not UTF-8: the items before it still count
 
     def fill() -> None:
-        nonlocal buffer, pos, eof
+        nonlocal buffer, pos, eof, bytes_before, bad_byte
+        if bad_byte is not None:  # the text before the bad byte is used up: this item holds it
+            if bad_byte == 0:
+                raise NotJsonArray("not JSON: the file is not UTF-8 text", index)
+            raise NotJsonArray(f"not UTF-8 text in item {index} (byte {bad_byte})", index)
         data = stream.read(chunk_bytes)
         eof = not data
+        pending = text.getstate()[0]  # bytes of a character split across reads
         try:
             decoded = text.decode(data, final=eof)
-        except UnicodeDecodeError:
-            raise NotJsonArray("not JSON: the file is not UTF-8 text", index) from None
+        except UnicodeDecodeError as exc:
+            # Keep the valid text before the bad byte (the decoder refuses the whole read otherwise).
+            decoded = (pending + data)[:exc.start].decode("utf-8")
+            bad_byte = bytes_before - len(pending) + exc.start
+            eof = False  # the next fill reports it, once the items before it are out
+        if bytes_before == 0 and decoded.startswith("\ufeff"):  # a byte order mark is accepted
+            decoded = decoded[1:]
+        bytes_before += len(data)
         buffer = buffer[pos:] + decoded
         pos = 0
 
@@ -75,10 +88,10 @@ def iter_array(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars
     fill()
     skip_whitespace()
     if pos >= len(buffer):
-        raise NotJsonArray("not JSON: the file holds no JSON value (empty or whitespace only)")
+        raise NotJsonArray("not JSON: the file holds no JSON value (empty or whitespace only)", 0)
     if buffer[pos] != "[":
         kind = "an object" if buffer[pos] == "{" else "not JSON"
-        raise NotJsonArray(f"expected a JSON array of streams, found {kind} at the start of the file")
+        raise NotJsonArray(f"expected a JSON array of streams, found {kind} at the start of the file", 0)
     pos += 1
     skip_whitespace()
     if pos < len(buffer) and buffer[pos] == "]":
@@ -95,6 +108,10 @@ def iter_array(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars
                         raise NotJsonArray(f"item {index} is larger than {max_item_chars} characters", index) from None
                     fill()
                     continue
+                except RecursionError:  # the decoder recurses per level: a few thousand levels exhaust it
+                    raise NotJsonArray(f"invalid JSON in item {index}: nested too deeply", index) from None
+                except ValueError:  # int() refuses over sys.get_int_max_str_digits() digits (4,300)
+                    raise NotJsonArray(f"invalid JSON in item {index}: a number with too many digits", index) from None
                 # A number (or literal) that ends exactly at the buffer's end may continue in the next chunk.
                 if end == len(buffer) and not eof:
                     fill()

@@ -23,6 +23,10 @@ from playvault.imports import formats
 
 ZIP_MAGIC = b"PK\x03\x04"
 MAX_ZIP_MEMBERS = 5000
+# The job lists each streaming-history file (name, state, error) on its status item, which DynamoDB
+# caps at 400 KB: an export has a few dozen files with short names.
+MAX_HISTORY_FILES = 200
+MAX_MEMBER_NAME_CHARS = 300
 
 
 class UploadRejected(ValueError):
@@ -106,6 +110,12 @@ class Upload:
         if len(members) > MAX_ZIP_MEMBERS:
             raise UploadRejected(f"the ZIP holds {len(members)} files (at most {MAX_ZIP_MEMBERS})")
         chosen = [m for m in members if formats.classify(m.filename) is not None]
+        if len(chosen) > MAX_HISTORY_FILES:
+            raise UploadRejected(f"the ZIP holds {len(chosen)} streaming-history files (at most {MAX_HISTORY_FILES})")
+        for member in chosen:
+            if len(member.filename) > MAX_MEMBER_NAME_CHARS:
+                raise UploadRejected(f"a file in the ZIP has a name of {len(member.filename)} characters "
+                                     f"(at most {MAX_MEMBER_NAME_CHARS})")
         total = sum(m.file_size for m in chosen)
         if total > caps.max_uncompressed_bytes:
             raise UploadRejected(f"the ZIP would unpack to {total} bytes, over the cap of "

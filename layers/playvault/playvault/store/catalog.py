@@ -214,6 +214,29 @@ def unknown_track_ids(ids: Iterable[str]) -> set[str]:
     return wanted - _existing_ids(TrackModel, wanted) if wanted else set()
 
 
+# A track id Spotify answered 404 (or 400) for is remembered as a row `gone#<id>` of the tracks table:
+# no import asks for it again, and no reader of tracks (they ask by track id) ever meets the row.
+GONE_PREFIX = "gone#"
+
+
+def mark_gone(track_id: str) -> None:
+    """Remember that Spotify no longer has this track (its plays keep the export's names)."""
+    _put_and_remember(TrackModel(GONE_PREFIX + track_id, name="", album_id=""))
+
+
+def is_gone(track_id: str) -> bool:
+    return bool(_existing_ids(TrackModel, {GONE_PREFIX + track_id}))
+
+
+def tracks_to_look_up(ids: Iterable[str]) -> set[str]:
+    """The ids among `ids` neither stored nor known to be gone: what an import asks Spotify for."""
+    unknown = unknown_track_ids(ids)
+    if not unknown:
+        return unknown
+    gone = _existing_ids(TrackModel, {GONE_PREFIX + i for i in unknown})
+    return unknown - {g[len(GONE_PREFIX):] for g in gone}
+
+
 def track_names(ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
     """track id -> (track name, first artist's name), for matching export rows known only by name."""
     wanted = sorted(set(ids))

@@ -82,6 +82,11 @@ class ImportModel(Model):
     error_file = UnicodeAttribute(null=True)
     error_row = NumberAttribute(null=True)
     paused_until = UTCDateTimeAttribute(null=True)
+    # AWS failures in a row at one position (attempt_at): bounded, then the job fails
+    attempts = NumberAttribute(null=True)
+    attempt_at = UnicodeAttribute(null=True)
+    last_failure = UnicodeAttribute(null=True)
+    lookup_failures = NumberAttribute(null=True)  # failed lookups of the track at resolve_position/offset
     lease_token = UnicodeAttribute(null=True)
     lease_until = UTCDateTimeAttribute(null=True)
     # resolve item
@@ -227,15 +232,23 @@ def _update(job: ImportModel, actions: list[Any], condition: Any) -> None:
 
 def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase: str | None = None,
               paused_until: datetime | None = None, error: str | None = None, release: bool = False,
-              resolved: int = 0, resolve_position: int | None = None, resolve_offset: int | None = None) -> None:
+              resolved: int = 0, resolve_position: int | None = None, resolve_offset: int | None = None,
+              error_file: str | None = None, error_row: int | None = None,
+              lookup_failures: int | None = None) -> None:
+    """`error` is kept if the job has none yet, or when it fails (a failed job says why it failed)."""
     actions = [ImportModel.state.set(state), ImportModel.updated_at.set(now)]
     if phase is not None:
         actions.append(ImportModel.phase.set(phase))
     if job.started_at is None:
         actions.append(ImportModel.started_at.set(now))
     actions.append(ImportModel.paused_until.set(paused_until) if paused_until else ImportModel.paused_until.remove())
-    if error is not None and job.error is None:
+    if error is not None and (job.error is None or state == FAILED):
         actions.append(ImportModel.error.set(error[:500]))
+        actions.append(ImportModel.error_file.set(error_file) if error_file else ImportModel.error_file.remove())
+        actions.append(ImportModel.error_row.set(error_row) if error_row is not None
+                       else ImportModel.error_row.remove())
+    if lookup_failures is not None:
+        actions.append(ImportModel.lookup_failures.set(lookup_failures))
     if state in TERMINAL:
         actions.append(ImportModel.finished_at.set(now))
     if resolved:
@@ -247,6 +260,21 @@ def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase:
     if release:
         actions += [ImportModel.lease_token.remove(), ImportModel.lease_until.remove()]
     _update(job, actions, ImportModel.lease_token == token)
+
+
+def next_attempt(job: ImportModel, position: str) -> int:
+    """How many AWS failures in a row at `position` another one makes (progress starts the count again)."""
+    return int(job.attempts or 0) + 1 if job.attempt_at == position else 1
+
+
+def record_attempt(job: ImportModel, token: str, now: datetime, position: str, failure: str) -> int:
+    """An AWS failure at `position`, noted on the job, the lease released (the redelivery need not
+    wait for it); returns how many in a row happened there."""
+    attempts = next_attempt(job, position)
+    _update(job, [ImportModel.attempts.set(attempts), ImportModel.attempt_at.set(position),
+                  ImportModel.last_failure.set(failure[:500]), ImportModel.updated_at.set(now),
+                  ImportModel.lease_token.remove(), ImportModel.lease_until.remove()], ImportModel.lease_token == token)
+    return attempts
 
 
 def release(job: ImportModel, token: str, now: datetime) -> None:
