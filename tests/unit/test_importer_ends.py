@@ -264,3 +264,45 @@ def test_the_importers_concurrency_is_bounded_so_imports_cannot_starve_polling()
     reserved = importer["ReservedConcurrentExecutions"]
     continuing = importer["Events"]["Continue"]["Properties"]["ScalingConfig"]["MaximumConcurrency"]
     assert 2 <= continuing < reserved <= 5  # a slot is left for new uploads beside the continuations
+
+
+# ---------------------------------------------------------------- through the function, as Lambda calls it
+def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_when_aws_fails(
+        aws_env, load_function, lambda_context, monkeypatch):
+    import boto3
+
+    from playvault import clock, store
+    from playvault import imports as upload_api
+    from playvault.config import ImporterSettings
+    from playvault.store import users
+    from playvault_local.events import s3_object_created_event, sqs_event
+    from tests.unit.test_importer import NOW, UPLOAD_ID_KEY
+
+    clock.set_clock(lambda: NOW)
+    handler = load_function("ImporterFunction")
+    store.bind(ImporterSettings.from_env())
+    users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
+    s3 = boto3.client("s3")
+    bucket = aws_env.name("UserFilesBucket")
+
+    def upload(body: bytes) -> tuple[str, dict]:
+        key = f"imports/alice/{upload_api.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
+        put = s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"file-name": NAME})
+        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        return key, s3_object_created_event(bucket, key, size, put["ETag"], NOW)
+
+    key, event = upload(b"[" + b"[" * 3000 + b"]" * 3000 + b"]")
+    answer = handler(event, lambda_context("ImporterFunction"))  # no exception: Lambda does not retry it
+    assert answer["status"] == "failed" and "nested" in answer["reason"]
+    # A continuation whose job AWS fails: its record fails (redelivered), the job is released and says why.
+    key, event = upload(json.dumps(history(START, 3)).encode())
+    user_id, job_id = job_mod.job_for_key(key)
+    imports.create(user_id, job_id, key, 10, NOW, file_name=NAME)
+    monkeypatch.setattr(plays, "write_rows", lambda rows: (_ for _ in ()).throw(
+        PutError("Failed to batch write items: max_retry_attempts exceeded")))
+    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Attributes": {}, "MD5OfBody": "x",
+               "Body": job_mod.ContinueMessage(user_id=user_id, job_id=job_id, not_before=0).model_dump_json()}
+    answer = handler(sqs_event([message], aws_env.physical["ImportQueue"]["Arn"]), lambda_context("ImporterFunction"))
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    job = imports.get(user_id, job_id)
+    assert job.state == "running" and job.lease_token is None and job.attempts == 1
