@@ -306,3 +306,13 @@ def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_whe
     assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
     job = imports.get(user_id, job_id)
     assert job.state == "running" and job.lease_token is None and job.attempts == 1
+
+
+def test_an_upload_gone_before_its_job_ran_fails_the_job_at_once(world):
+    key = world.upload(json.dumps(history(START, 3)).encode(), name=NAME)
+    user_id, job_id = ids(world, key)
+    imports.create(user_id, job_id, key, 10, world.now, file_name=NAME)
+    world.s3.delete_object(Bucket=world.bucket, Key=key)  # past the bucket's 7-day expiry of uploads
+    outcome = world.importer().run(user_id, job_id, Budget.seconds(60))  # no retry: it will not come back
+    assert outcome.status == job_mod.FAILED
+    assert_ended(world.job(key), "failed", says="upload it again")

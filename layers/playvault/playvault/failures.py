@@ -174,6 +174,17 @@ def is_infrastructure_error(exc: BaseException) -> bool:
     return False
 
 
+# S3 answers for an object that is not there (HeadObject has no body, hence "404"): an upload past its
+# 7-day expiry. Waiting brings it back no more than a redelivery does.
+_OBJECT_GONE_CODES = frozenset({"NoSuchKey", "404"})
+
+
+def import_retries(exc: BaseException) -> bool:
+    """True when an import job that `exc` interrupted should be retried (AWS failed), False when it
+    ends `failed` (the upload, or a bug: a retry would fail the same way)."""
+    return is_infrastructure_error(exc) and aws_error_code(exc) not in _OBJECT_GONE_CODES
+
+
 def import_failure_reason(exc: BaseException) -> str:
     """What an import job that an exception ended says about it (shown on /me): readable, and never
     the exception's own text, which may quote a request (keys, URLs) or a value from the upload."""
@@ -181,6 +192,8 @@ def import_failure_reason(exc: BaseException) -> str:
     if isinstance(exc, PynamoDBException) and code is None and "max_retry_attempts" in str(exc):
         # BatchWriteItem left items unprocessed through pynamodb's retries: the table throttled the writes.
         return "DynamoDB kept throttling the writes of this import"
+    if code in _OBJECT_GONE_CODES:
+        return "the uploaded file is gone (uploads are kept 7 days): upload it again"
     if code == "ValidationException" and "size" in str(exc):
         return "the import's status grew past DynamoDB's 400 KB item limit"
     if is_infrastructure_error(exc):

@@ -36,7 +36,7 @@ from playvault.failures import (
     RateLimited,
     SpotifyFailure,
     import_failure_reason,
-    is_infrastructure_error,
+    import_retries,
 )
 from playvault.imports import (
     SAFE_KEY,
@@ -213,7 +213,7 @@ class Importer:
         user's upload is no reason to retry, dead-letter or alarm). AWS failing (throttling,
         unavailable) is re-raised for the delivery to be retried, the lease released, the failure noted
         on the job; the JOB_ATTEMPTS-th in a row at the same position fails the job too."""
-        aws = is_infrastructure_error(exc)
+        aws = import_retries(exc)
         stored = self._stored_position(job)
         file_name, row = stored if aws or self._reading is None else self._reading
         reason = str(exc) if isinstance(exc, UploadRejected) else import_failure_reason(exc)
