@@ -316,3 +316,26 @@ def test_an_upload_gone_before_its_job_ran_fails_the_job_at_once(world):
     outcome = world.importer().run(user_id, job_id, Budget.seconds(60))  # no retry: it will not come back
     assert outcome.status == job_mod.FAILED
     assert_ended(world.job(key), "failed", says="upload it again")
+
+
+# ---------------------------------------------------------------- failures.py: the one mapping
+def test_what_an_exception_means_for_an_import_job():
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    from playvault.failures import import_failure_reason, import_retries
+
+    def client_error(code: str, message: str = "token=abc") -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": message}}, "UpdateItem")
+
+    unprocessed = PutError("Failed to batch write items: max_retry_attempts exceeded")
+    assert import_retries(unprocessed) and "throttling" in import_failure_reason(unprocessed)
+    for aws in (client_error("ProvisionedThroughputExceededException"), client_error("ServiceUnavailable"),
+                EndpointConnectionError(endpoint_url="https://dynamodb")):
+        assert import_retries(aws) and import_failure_reason(aws).startswith("AWS failed (")
+    too_big = client_error("ValidationException", "Item size to update has exceeded the maximum allowed size")
+    assert not import_retries(too_big) and "400 KB" in import_failure_reason(too_big)
+    gone = client_error("NoSuchKey")
+    assert not import_retries(gone) and "upload it again" in import_failure_reason(gone)
+    for bug in (TypeError("token=abc"), KeyError("token=abc"), ValueError("token=abc")):
+        assert not import_retries(bug) and "token" not in import_failure_reason(bug)
+    assert "token" not in import_failure_reason(client_error("ThrottlingException"))
