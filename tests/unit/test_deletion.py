@@ -170,6 +170,32 @@ def test_a_job_deleted_under_a_late_claim_is_not_recreated(world, bound, emulato
     assert list(imports.ImportModel.query("alice")) == []
 
 
+def test_an_export_running_when_the_deletion_sweeps_writes_no_row_and_no_file_back(bound, emulator, monkeypatch):
+    """An export invocation that checked the user just before the mark carries on after the sweep:
+    it must neither recreate its row (an UpdateItem on a deleted item would) nor write a file. (Only
+    before its upload begins: moto answers a part for an aborted upload with a KeyError, where S3
+    answers NoSuchUpload, which the exporter settles.)"""
+    from playvault.export import Exporter
+    from playvault.store import exports
+
+    seated_user(bound, emulator, "alice")
+    listen_and_archive(bound, emulator, "alice")
+    s3, bucket = boto3.client("s3"), bound.name("UserFilesBucket")
+    exporter = Exporter(s3, bucket, None)
+    job = exporter.start("alice", "csv")
+    real = Exporter._begin
+
+    def delete_first(self, *args, **kwargs):
+        delete_now(bound, "alice")  # the whole deletion runs here, between the export's check and its writes
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Exporter, "_begin", delete_first)
+    assert exporter.run("alice", job.export_id, _budget()) is None
+    assert users.get("alice") is None and list(exports.ExportModel.query("alice")) == []
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="exports/alice/").get("KeyCount") == 0
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix="exports/alice/").get("Uploads") in (None, [])
+
+
 # ------------------------------------------------------------------ (c) sign-in during a deletion
 def test_signing_in_while_a_deletion_runs_is_refused_and_stores_nothing(site, bound, emulator):
     alice = signed_in(site, bound, emulator, "alice")

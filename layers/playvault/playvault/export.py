@@ -216,7 +216,11 @@ class Exporter:
 
     def _abandon(self, job: ExportModel) -> None:
         if job.upload_id:
-            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=job.upload_id)
+            try:
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=job.upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise  # NoSuchUpload: aborted already (a deletion's sweep) or completed and settled
         try:
             job.update(actions=[ExportModel.status.set(exports.FAILED)], condition=ExportModel.export_id.exists())
         except UpdateError as exc:
