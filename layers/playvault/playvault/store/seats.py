@@ -53,7 +53,8 @@ class SeatOutcome(StrEnum):
 
 
 class SeatsBusy(RuntimeError):
-    """The counter stayed contended through every attempt (an infrastructure condition)."""
+    """A transaction on the seat counter or a user item stayed contended through every attempt (an
+    infrastructure condition)."""
 
 
 def _connection() -> Connection:
@@ -105,7 +106,7 @@ def transact(build: Callable[[TransactWrite], None], sleep: Callable[[float], No
             conflicted = conflicted or any(r in ("TransactionConflict", "ThrottlingError") for r in reasons)
             if not conflicted or attempt == MAX_ATTEMPTS:
                 if conflicted:
-                    raise SeatsBusy("the seat counter stayed contended; try again") from None
+                    raise SeatsBusy("the transaction stayed contended (seat counter or user item); try again") from None
                 raise
             sleep(random.uniform(0, 0.05 * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
