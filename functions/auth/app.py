@@ -33,6 +33,7 @@ from playvault.onboarding import (
     AuthorizationError,
     CodeRejected,
     Connected,
+    DeletionInProgress,
     InvalidRequest,
     InvalidState,
     LoginRedirect,
@@ -117,6 +118,7 @@ _STATUS: list[tuple[type[OnboardingError], int]] = [
     (CodeRejected, 400),
     (NotAllowListed, 403),
     (SeatAvailable, 409),
+    (DeletionInProgress, 409),
     (SpotifyUnavailable, 502),
     (AppUnavailable, 503),
 ]

@@ -88,7 +88,8 @@ def test_user_files_bucket_is_private_encrypted_and_expires(template):
     assert pattern["detail"]["object"]["key"] == [{"prefix": "imports/"}]
     assert pattern["detail"]["bucket"]["name"] == [{"Ref": "UserFilesBucket"}]
     s3_grants = [st for st in importer["Policies"][0]["Statement"] if any(a.startswith("s3:") for a in st["Action"])]
-    assert s3_grants == [{"Effect": "Allow", "Action": ["s3:GetObject"],
+    # Reads the uploads, and removes an upload of a user being deleted; never touches exports/.
+    assert s3_grants == [{"Effect": "Allow", "Action": ["s3:GetObject", "s3:DeleteObject"],
                           "Resource": {"Fn::Sub": "${UserFilesBucket.Arn}/imports/*"}, **{
                               k: v for k, v in s3_grants[0].items() if k not in ("Effect", "Action", "Resource")}}]
     assert importer["Environment"]["Variables"]["USER_FILES_BUCKET"] == {"Ref": "UserFilesBucket"}

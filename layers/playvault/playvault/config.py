@@ -133,6 +133,7 @@ class JobSettings(TableSettings):
 
     exports_table: str = Field(min_length=3)
     sessions_table: str = Field(min_length=3)
+    imports_table: str = Field(min_length=3)  # deletion removes the user's import jobs
     user_files_bucket: str = Field(min_length=3)
     jobs_queue_url: str = Field(min_length=1)
     # A deletion waits this long after marking the user `deleting` before it deletes plays: a poll

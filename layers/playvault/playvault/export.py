@@ -133,9 +133,18 @@ class Exporter:
         except ClientError:
             self._abandon(job)
             return None
-        job.update(actions=[ExportModel.status.set(exports.DONE), ExportModel.finished_at.set(clock.now()),
-                            ExportModel.rows.set(int(job.total or job.rows)), ExportModel.size_bytes.set(size)])
+        self._finish(job, [ExportModel.status.set(exports.DONE), ExportModel.finished_at.set(clock.now()),
+                           ExportModel.rows.set(int(job.total or job.rows)), ExportModel.size_bytes.set(size)])
         return None
+
+    @staticmethod
+    def _finish(job: ExportModel, actions: list[Any]) -> None:
+        # On the row as it is: a row a deletion removed meanwhile is not written back (UpdateItem would).
+        try:
+            job.update(actions=actions, condition=ExportModel.export_id.exists())
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
 
     def _begin(self, job: ExportModel) -> bool:
         upload = self.s3.create_multipart_upload(Bucket=self.bucket, Key=job.object_key,
@@ -144,11 +153,11 @@ class Exporter:
             job.update(actions=[ExportModel.upload_id.set(upload["UploadId"]),
                                 ExportModel.status.set(exports.RUNNING),
                                 ExportModel.total.set(plays.count(job.user_id))],
-                       condition=ExportModel.upload_id.does_not_exist())
+                       condition=ExportModel.export_id.exists() & ExportModel.upload_id.does_not_exist())
         except UpdateError as exc:
             self.s3.abort_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=upload["UploadId"])
             if condition_failed(exc):
-                return False  # a duplicate delivery began it: that one carries on
+                return False  # a duplicate delivery began it (that one carries on), or a deletion removed the row
             raise
         return True
 
@@ -179,10 +188,10 @@ class Exporter:
             rows, size = rows + pending, size + len(buffer)
         self.s3.complete_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=job.upload_id,
                                           MultipartUpload={"Parts": parts})
-        job.update(actions=[ExportModel.status.set(exports.DONE), ExportModel.finished_at.set(clock.now()),
-                            ExportModel.rows.set(rows), ExportModel.size_bytes.set(size),
-                            ExportModel.cursor.set(cursor) if cursor else ExportModel.cursor.remove(),
-                            ExportModel.parts.set([])])
+        self._finish(job, [ExportModel.status.set(exports.DONE), ExportModel.finished_at.set(clock.now()),
+                           ExportModel.rows.set(rows), ExportModel.size_bytes.set(size),
+                           ExportModel.cursor.set(cursor) if cursor else ExportModel.cursor.remove(),
+                           ExportModel.parts.set([])])
         logger.info("export done", extra={"user_id": job.user_id, "export_id": job.export_id, "rows": rows})
         return None
 
@@ -207,7 +216,11 @@ class Exporter:
 
     def _abandon(self, job: ExportModel) -> None:
         if job.upload_id:
-            self.s3.abort_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=job.upload_id)
+            try:
+                self.s3.abort_multipart_upload(Bucket=self.bucket, Key=job.object_key, UploadId=job.upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise  # NoSuchUpload: aborted already (a deletion's sweep) or completed and settled
         try:
             job.update(actions=[ExportModel.status.set(exports.FAILED)], condition=ExportModel.export_id.exists())
         except UpdateError as exc:

@@ -102,6 +102,15 @@ class SeatAvailable(OnboardingError):
     public_message = "A seat is free right now, so there is no waitlist: sign in with Spotify instead."
 
 
+class DeletionInProgress(OnboardingError):
+    """This account's data is being deleted (delete my data): signing in waits until that is done."""
+
+    public_message = (
+        "Your PlayVault data is being deleted, as you asked. Nothing was stored: you can sign in again "
+        "once the deletion is done (a few minutes), as a new account."
+    )
+
+
 class SpotifyUnavailable(OnboardingError):
     public_message = (
         "Spotify could not be reached to finish signing you in. Nothing was stored; please try again later."
@@ -381,8 +390,13 @@ class Onboarding:
         outcome = seats.reauthorize(user_id, **fields)
         if outcome is seats.ReauthOutcome.GONE:
             return None
+        if outcome is seats.ReauthOutcome.DELETING:
+            logger.info("sign-in refused: the user's deletion is running", extra={"user_id": user_id})
+            raise DeletionInProgress()
         if outcome is seats.ReauthOutcome.LAPSED:
             resumed = seats.resume_lapsed(user_id, self.max_users, **fields)
+            if resumed is None and users.deleting(user_id):  # marked deleting since the read
+                raise DeletionInProgress()
             if resumed is None:  # reconnected by a concurrent callback, or deleted: start again
                 raise SpotifyUnavailable("The sign-in collided with another one. Please try again.")
             if resumed is seats.SeatOutcome.CAP_REACHED:

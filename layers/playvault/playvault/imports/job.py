@@ -148,15 +148,28 @@ class Importer:
                 or not upload_issued_to(user_id, upload_id, self.upload_id_key())):
             # Planted under this user's prefix (a mis-set policy, a copied key): a failed job says so,
             # the object is not read, nothing is written anywhere else. Not an error: nothing to retry.
-            created = imports.create(user_id, job_id, key, size, now, refused=NOT_ISSUED)
+            try:
+                created = imports.create(user_id, job_id, key, size, now, refused=NOT_ISSUED)
+            except imports.UserBeingDeleted:
+                return self._discard(key, user_id)
             logger.warning("upload refused: not issued to this user",
                            extra={"user_id": user_id, "job_id": job_id, "key": key, "new_job": created})
             return RunOutcome(FAILED, reason=NOT_ISSUED)
         created = False
         if imports.get(user_id, job_id) is None:
-            created = imports.create(user_id, job_id, key, size, now, file_name=self._file_name(key))
+            try:
+                created = imports.create(user_id, job_id, key, size, now, file_name=self._file_name(key))
+            except imports.UserBeingDeleted:
+                return self._discard(key, user_id)
         logger.info("import job", extra={"user_id": user_id, "job_id": job_id, "new_job": created, "bytes": size})
         return self.run(user_id, job_id, budget)
+
+    def _discard(self, key: str, user_id: str) -> RunOutcome:
+        """An upload of a user being deleted or gone (a presigned POST used late): no job, and the
+        object goes, since the deletion's sweep of the user's prefix may already be past."""
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+        logger.info("upload of a user being deleted or gone: removed, no job", extra={"user_id": user_id})
+        return RunOutcome(NOTHING, reason="user being deleted or gone")
 
     def _file_name(self, key: str) -> str:
         """The name the browser gave the file (the object's metadata); "" when S3 has none."""
@@ -195,6 +208,14 @@ class Importer:
                 finished_import = self._import(job, token, budget, outcome)
             if finished_import:
                 self._resolve(job, token, budget, outcome)
+        except imports.UserBeingDeleted:
+            # Stopped before the chunk wrote anything; the deletion removes the job, waiting for this lease.
+            try:
+                imports.release(job, token, clock.now())
+            except imports.LeaseLost:
+                pass  # the deletion removed the job already
+            logger.info("import stopped: the user is being deleted", extra={"user_id": user_id, "job_id": job_id})
+            return RunOutcome(NOTHING, reason="user being deleted")
         except imports.LeaseLost:
             return RunOutcome(BUSY, reason="lease lost")
         except Exception as exc:  # noqa: BLE001  every job ends: failed with a reason, or retried (AWS)
@@ -373,6 +394,7 @@ class Importer:
                next_position: tuple[int, int], bytes_done: int, outcome: RunOutcome,
                error: tuple[str, str | None, int | None] | None = None) -> None:
         """De-duplicate, write, then count: the chunk's plays are durable before the job moves on."""
+        imports.hold(job, token, clock.now(), self.settings.lease)  # stops here for a user being deleted
         tolerance_ms = self.settings.tolerance_s * 1000
         existing = self._existing(job.user_id, rows, needs_names=any(not r.resolved for r in rows))
         ref_prefix = f"{job.job_id}:{file_index}:"
@@ -466,6 +488,7 @@ class Importer:
         # Failed lookups of the track the job stopped at (stored with its position): bounded per track.
         failed_at = (first_chunk, int(job.resolve_offset or 0), int(job.lookup_failures or 0))
         for chunk in range(first_chunk, int(job.resolve_chunks or 0)):
+            imports.hold(job, token, clock.now(), self.settings.lease)
             ids = sorted(imports.resolve_chunk(job.user_id, job.job_id, chunk))
             index = int(job.resolve_offset or 0) if chunk == first_chunk else 0
             # Another chunk, another import or polling may have stored some meanwhile (or found them gone).

@@ -17,7 +17,7 @@ from playvault.store.state import StateModel
 PREFIX = "deletion#"
 RUNNING, DONE = "running", "done"
 KEEP_RECEIPT = timedelta(days=7)
-COUNTS = ("plays", "gaps", "sessions", "exports", "files")
+COUNTS = ("plays", "gaps", "sessions", "exports", "files", "imports")
 
 
 def receipt_key(receipt: str) -> str:

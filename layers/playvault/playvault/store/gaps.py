@@ -56,7 +56,7 @@ def for_user(user_id: str) -> Iterator[GapModel]:
 def delete_for_user(user_id: str) -> int:
     deleted = 0
     with GapModel.batch_write() as batch:
-        for gap in GapModel.query(user_id, attributes_to_get=["user_id", "from_at"]):
+        for gap in GapModel.query(user_id, attributes_to_get=["user_id", "from_at"], consistent_read=True):
             batch.delete(gap)
             deleted += 1
     return deleted

@@ -9,11 +9,18 @@ once; the job item records how far the catalog phase got: resolve_position, reso
 Every progress write is conditional on the caller's lease and on the position it started from, so
 two deliveries of the same job cannot both count a chunk, and a retried chunk (crash, timeout) is
 counted once: its rows are rewritten under the same keys and recognised (playvault.imports.dedup).
+
+Deletion (playvault.deletion): a job is created only while its user exists and is not `deleting`
+(one transaction with a condition check on the user), a lease is never taken on a job item that is
+gone (an update would create it), and before any chunk writes, `hold` checks the user in the same
+transaction that extends the lease: once the user is marked deleting no chunk starts, and the
+deletion knows every chunk that may still be writing from the live leases (`lease_held_until`).
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,8 +35,11 @@ from pynamodb.attributes import (
 )
 from pynamodb.exceptions import UpdateError
 from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
 
+from playvault.store import seats
 from playvault.store.base import BaseMeta, condition_failed, table
+from playvault.store.users import DELETING, UserModel
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -101,16 +111,36 @@ def job_key(job_id: str) -> str:
     return JOB_PREFIX + job_id
 
 
+class UserBeingDeleted(RuntimeError):
+    """The job's user is being deleted (or is gone): the importer writes nothing more for it."""
+
+
+# The user a job may write for: it exists and no deletion of it runs.
+_USER_IMPORTABLE = UserModel.user_id.exists() & (UserModel.status != DELETING)
+
+
 def create(user_id: str, job_id: str, object_key: str, upload_bytes: int, now: datetime, *,
            file_name: str | None = None, refused: str | None = None) -> bool:
     """The job's status item, once: False if this object's job exists (a redelivered S3 event).
-    `refused`: the job is created FAILED with that reason (nothing of the object is read)."""
-    return put_if_absent_range(ImportModel(
+    `refused`: the job is created FAILED with that reason (nothing of the object is read).
+    Raises UserBeingDeleted (nothing written) when the user is gone or being deleted: checked in the
+    same transaction, so a deletion's sweep never misses a job created during it."""
+    item = ImportModel(
         user_id, job_key(job_id), object_key=object_key, file_name=file_name or None, upload_bytes=upload_bytes,
         state=FAILED if refused else QUEUED, phase=PHASE_IMPORT, created_at=now, updated_at=now,
         finished_at=now if refused else None, error=refused[:500] if refused else None, files=[], file_index=0,
         row_index=0, bytes_done=0, rows_read=0, plays_added=0, duplicates=0, skipped={}, episodes_added=0,
-        tracks_to_resolve=0, tracks_resolved=0, resolve_chunks=0, resolve_position=0))
+        tracks_to_resolve=0, tracks_resolved=0, resolve_chunks=0, resolve_position=0)
+
+    def build(transaction: TransactWrite) -> None:
+        # Condition checks are sent first: reasons[0] is the user, reasons[1] the job.
+        transaction.condition_check(UserModel, user_id, condition=_USER_IMPORTABLE)
+        transaction.save(item, condition=ImportModel.item.does_not_exist())
+
+    user_reason, job_reason = (seats.transact(build, time.sleep) + [None, None])[:2]
+    if user_reason == "ConditionalCheckFailed":
+        raise UserBeingDeleted("the user is being deleted or is gone: no import job")
+    return job_reason != "ConditionalCheckFailed"
 
 
 def put_if_absent_range(item: ImportModel) -> bool:
@@ -145,7 +175,8 @@ class LeaseLost(RuntimeError):
 def claim(job: ImportModel, now: datetime, lease: timedelta) -> str:
     """Take the job for `lease` (a Lambda timeout); raises LeaseLost if another holder is live."""
     token = secrets.token_hex(8)
-    condition = ImportModel.lease_until.does_not_exist() | (ImportModel.lease_until < now)
+    # The item must exist: an update would otherwise create one (a job a deletion just removed).
+    condition = ImportModel.item.exists() & (ImportModel.lease_until.does_not_exist() | (ImportModel.lease_until < now))
     try:
         job.update(actions=[ImportModel.lease_token.set(token), ImportModel.lease_until.set(now + lease),
                             ImportModel.updated_at.set(now)], condition=condition)
@@ -154,6 +185,42 @@ def claim(job: ImportModel, now: datetime, lease: timedelta) -> str:
             raise LeaseLost("the job is being processed by another delivery") from None
         raise
     return token
+
+
+def hold(job: ImportModel, token: str, now: datetime, lease: timedelta) -> None:
+    """Before a chunk writes: in one transaction, check that the user exists and is not being
+    deleted, and extend this holder's lease by `lease` (over the function's timeout). Raises
+    UserBeingDeleted (the importer stops) or LeaseLost. Every write of a chunk follows a hold, so
+    after a deletion's mark the only writes still possible are those of leases live at that moment."""
+
+    def build(transaction: TransactWrite) -> None:
+        transaction.condition_check(UserModel, job.user_id, condition=_USER_IMPORTABLE)
+        transaction.update(job, actions=[ImportModel.lease_until.set(now + lease), ImportModel.updated_at.set(now)],
+                           condition=ImportModel.lease_token == token)
+
+    user_reason, job_reason = (seats.transact(build, time.sleep) + [None, None])[:2]
+    if user_reason == "ConditionalCheckFailed":
+        raise UserBeingDeleted("the user is being deleted or is gone: the import stops")
+    if job_reason == "ConditionalCheckFailed":
+        raise LeaseLost("the job moved on under another delivery")
+
+
+def lease_held_until(user_id: str, now: datetime) -> datetime | None:
+    """The end of the latest live lease on the user's jobs (None: no import of the user is running)."""
+    ends = [job.lease_until for job in ImportModel.query(user_id, ImportModel.item.startswith(JOB_PREFIX),
+                                                         consistent_read=True)
+            if job.lease_until is not None and job.lease_until >= now]
+    return max(ends, default=None)
+
+
+def delete_for_user(user_id: str) -> int:
+    """Delete every item of the user (job statuses, resolve items); returns how many jobs there were."""
+    jobs = 0
+    with ImportModel.batch_write() as batch:
+        for item in ImportModel.query(user_id, consistent_read=True, attributes_to_get=["user_id", "item"]):
+            batch.delete(item)
+            jobs += item.item.startswith(JOB_PREFIX)
+    return jobs
 
 
 @dataclass

@@ -129,8 +129,9 @@ def delete_some(user_id: str, limit: int) -> int:
     """Delete up to `limit` of the user's plays (keys-only Query + BatchWriteItem); returns how many."""
     deleted = 0
     with PlayModel.batch_write() as batch:
+        # Strongly consistent: a deletion's final sweep must see a play written just before it.
         for play in PlayModel.query(user_id, attributes_to_get=["user_id", "played_at"], limit=limit,
-                                    page_size=min(limit, 1000)):
+                                    page_size=min(limit, 1000), consistent_read=True):
             batch.delete(play)
             deleted += 1
     return deleted

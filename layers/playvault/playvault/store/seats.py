@@ -6,7 +6,8 @@ and the transactions that keep it equal to the number of users.
   Put the user IF attribute_not_exists(user_id).
   Either both happen or neither: the counter never drifts from the users table, and concurrent
   sign-ups cannot overshoot the cap (DynamoDB serializes transactions on the counter item).
-- remove_user deletes the user and decrements the counter in one transaction.
+- remove_user deletes the user and decrements the counter in one transaction, if the user holds a
+  seat (a lapsed user, or a deleting one marked while lapsed, holds none).
 - lapse_user (a user needs_reauth for ReclaimSeatAfterDays) sets status lapsed and decrements the
   counter in one transaction; resume_lapsed (that user signs in again) sets it active and takes a
   seat in one transaction, if one is free.
@@ -26,17 +27,20 @@ from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from aws_lambda_powertools import Logger
 from pynamodb.connection import Connection
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
 from playvault.store.base import condition_failed
 from playvault.store.state import StateModel
-from playvault.store.users import ACTIVE, LAPSED, NEEDS_REAUTH, UPDATE_ATTEMPTS, UserModel
+from playvault.store.users import ACTIVE, DELETING, LAPSED, NEEDS_REAUTH, UPDATE_ATTEMPTS, UserModel, holds_seat
 from playvault.store.users import get as get_user
 
 if TYPE_CHECKING:
     from playvault.crypto import SealedTokens
+
+logger = Logger(child=True)
 
 SEATS = "seats"
 MAX_ATTEMPTS = 8
@@ -49,7 +53,8 @@ class SeatOutcome(StrEnum):
 
 
 class SeatsBusy(RuntimeError):
-    """The counter stayed contended through every attempt (an infrastructure condition)."""
+    """A transaction on the seat counter or a user item stayed contended through every attempt (an
+    infrastructure condition)."""
 
 
 def _connection() -> Connection:
@@ -85,7 +90,7 @@ def _reasons(exc: TransactWriteError) -> list[str | None]:
     return [reason.code if reason is not None else None for reason in (exc.cancellation_reasons or [])]
 
 
-def _run(build: Callable[[TransactWrite], None], sleep: Callable[[float], None]) -> list[str | None]:
+def transact(build: Callable[[TransactWrite], None], sleep: Callable[[float], None]) -> list[str | None]:
     """Commit the transaction; returns [] on success or the cancellation reasons (per item, in the
     order pynamodb sends them: condition checks, deletes, puts, updates) when a condition failed."""
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -101,7 +106,7 @@ def _run(build: Callable[[TransactWrite], None], sleep: Callable[[float], None])
             conflicted = conflicted or any(r in ("TransactionConflict", "ThrottlingError") for r in reasons)
             if not conflicted or attempt == MAX_ATTEMPTS:
                 if conflicted:
-                    raise SeatsBusy("the seat counter stayed contended; try again") from None
+                    raise SeatsBusy("the transaction stayed contended (seat counter or user item); try again") from None
                 raise
             sleep(random.uniform(0, 0.05 * 2 ** (attempt - 1)))
     raise AssertionError("unreachable")
@@ -120,7 +125,7 @@ def create_user_with_seat(user: UserModel, cap: int, *, sleep: Callable[[float],
             condition=StateModel.seats.does_not_exist() | (StateModel.seats < cap),
         )
 
-    reasons = _run(build, sleep)
+    reasons = transact(build, sleep)
     if not reasons:
         return SeatOutcome.CREATED
     user_reason, seat_reason = (reasons + [None, None])[:2]
@@ -132,31 +137,49 @@ def create_user_with_seat(user: UserModel, cap: int, *, sleep: Callable[[float],
 
 
 def remove_user(user_id: str, *, sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Delete the user and free its seat in one transaction; False if there was no such user."""
+    """Delete the user and free its seat if it holds one (users.holds_seat: a lapsed user gave its
+    seat back already), in one transaction; False if there was no such user.
+
+    The delete is conditioned on the status read, so a lapse or a resume in between cannot make the
+    seat decision stale (it is read and decided again). A counter already at 0 while the user holds a
+    seat has drifted (an operator's edit, a restore): the user is deleted all the same and the
+    counter left at 0, which is nearer the truth than before; a warning says so. Never an error that
+    would leave the user (tokens, e-mail) stored."""
     counter = StateModel(SEATS)
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get_user(user_id)
+        if user is None:
+            return False
+        decrement = holds_seat(user)
 
-    def build(transaction: TransactWrite) -> None:
-        # No version condition: deletion wins over any poll in flight (whose own writes are versioned).
-        transaction.delete(UserModel(user_id), condition=UserModel.user_id.exists(), add_version_condition=False)
-        transaction.update(
-            counter,
-            actions=[StateModel.seats.add(-1)],
-            condition=StateModel.seats > 0,
-        )
+        def build(transaction: TransactWrite, status: str | None = user.status, decrement: bool = decrement) -> None:
+            # No version condition: deletion wins over any poll in flight (whose own writes are versioned).
+            transaction.delete(UserModel(user_id), condition=UserModel.user_id.exists() & (UserModel.status == status),
+                               add_version_condition=False)
+            if decrement:
+                transaction.update(counter, actions=[StateModel.seats.add(-1)], condition=StateModel.seats > 0)
 
-    reasons = _run(build, sleep)
-    if not reasons:
-        return True
-    user_reason, seat_reason = (reasons + [None, None])[:2]
-    if user_reason == "ConditionalCheckFailed":
-        return False
-    raise RuntimeError("the seat counter is already 0 while a user exists: counter drifted")
+        reasons = transact(build, sleep)
+        if not reasons:
+            return True
+        user_reason, seat_reason = (reasons + [None, None])[:2]
+        if user_reason == "ConditionalCheckFailed":
+            continue  # gone, or its status changed since the read: look again
+        if seat_reason == "ConditionalCheckFailed":
+            logger.warning("the seat counter was already 0 while the removed user held a seat: counter drifted; "
+                           "the user is removed and the counter left at 0", extra={"user_id": user_id})
+            if not transact(lambda transaction, build=build: build(transaction, decrement=False), sleep):
+                return True
+            continue  # changed meanwhile: decided again
+        raise AssertionError(f"unexpected cancellation reasons {reasons}")
+    raise SeatsBusy("the user item kept changing during its removal; try again")
 
 
 class ReauthOutcome(StrEnum):
     REAUTHORIZED = "reauthorized"  # new tokens, status active; the seat it held is kept
     GONE = "gone"  # no such user (deleted meanwhile): the caller takes the new-user path
     LAPSED = "lapsed"  # the user gave its seat back: it needs a seat again (resume_lapsed)
+    DELETING = "deleting"  # a deletion of the user runs: nothing written, the sign-in is refused
 
 
 def _reauthorize_actions(tokens: SealedTokens, access_token_expires_at: datetime | None, display_name: str | None,
@@ -204,7 +227,8 @@ def reauthorize(
 ) -> ReauthOutcome:
     """A returning user (needs_reauth, or its refresh token expired): new tokens, status active,
     circuit breaker reset; the seat it already holds is kept. A lapsed user holds no seat: it is
-    left alone here (LAPSED) and resume_lapsed gives it one if there is one.
+    left alone here (LAPSED) and resume_lapsed gives it one if there is one. A user being deleted is
+    left alone too (DELETING): its tokens are not stored and it stays `deleting`.
 
     Written through update() on the item as just read (a VersionAttribute, once the model has one,
     is checked and bumped); a write refused because a poll wrote in between is read and tried again."""
@@ -216,9 +240,12 @@ def reauthorize(
             return ReauthOutcome.GONE
         if user.status == LAPSED:
             return ReauthOutcome.LAPSED
+        if user.status == DELETING:
+            return ReauthOutcome.DELETING
         try:
-            # A copy each attempt: pynamodb appends the version increment to the list it is given.
-            user.update(actions=list(actions), condition=UserModel.user_id.exists() & (UserModel.status != LAPSED))
+            # A copy each attempt: pynamodb appends the version increment to the list it is given. The
+            # status condition: a deletion marked since the read is never turned back to active.
+            user.update(actions=list(actions), condition=UserModel.user_id.exists() & (UserModel.status == user.status))
             return ReauthOutcome.REAUTHORIZED
         except UpdateError as exc:
             if not condition_failed(exc):
@@ -260,7 +287,7 @@ def resume_lapsed(
                 condition=StateModel.seats.does_not_exist() | (StateModel.seats < cap),
             )
 
-        reasons = _run(build, sleep)
+        reasons = transact(build, sleep)
         if not reasons:
             return SeatOutcome.CREATED
         user_reason, seat_reason = (reasons + [None, None])[:2]
@@ -292,7 +319,7 @@ def lapse_user(user_id: str, needs_reauth_since: datetime, now: datetime, *,
             )
             transaction.update(counter, actions=[StateModel.seats.add(-1)], condition=StateModel.seats > 0)
 
-        reasons = _run(build, sleep)
+        reasons = transact(build, sleep)
         if not reasons:
             return True
         user_reason, _seat_reason = (reasons + [None, None])[:2]

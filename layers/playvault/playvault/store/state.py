@@ -43,6 +43,7 @@ class StateModel(Model):
     deleted_sessions = NumberAttribute(null=True)
     deleted_exports = NumberAttribute(null=True)
     deleted_files = NumberAttribute(null=True)
+    deleted_imports = NumberAttribute(null=True)
 
 
 def rate_limited_until(now: datetime) -> datetime | None:

@@ -25,6 +25,7 @@ from datetime import datetime
 
 from pynamodb.attributes import (
     BinaryAttribute,
+    BooleanAttribute,
     NumberAttribute,
     UnicodeAttribute,
     UnicodeSetAttribute,
@@ -85,6 +86,9 @@ class UserModel(Model):
     gaps_detected = NumberAttribute(default=0)
     # When the user asked to delete their data (status DELETING); the deletion waits from here.
     deletion_requested_at = UTCDateTimeAttribute(null=True)
+    # Whether the user held a seat when it was marked deleting (a lapsed user gave it back already):
+    # the deletion frees a seat only if this is true (absent on older marks: taken as held).
+    deletion_holds_seat = BooleanAttribute(null=True)
 
 
 # Worker writes: never resurrect a deleted user (UpdateItem would create it), never touch a user
@@ -219,22 +223,45 @@ def mark_needs_reauth(user: UserModel, failed_at: datetime) -> bool:
 
 
 def mark_deleting(user_id: str, now: datetime) -> datetime | None:
-    """status = deleting (pynamodb update: once the poll path checks status and version, a poll in
-    flight can no longer write this user). Keeps the first request time if already deleting.
+    """status = deleting, written on the user as read (its version checked: a poll, a lapse or a
+    reconnect in between makes the write fail, and it is read and tried again), so that
+    `deletion_holds_seat` says truly whether the user held a seat at the mark: a lapsed user holds
+    none, and nothing gives a deleting user a seat or takes one from it afterwards (resume_lapsed and
+    lapse_user need status lapsed / needs_reauth). Keeps the first request time if already deleting.
     Returns when the deletion was requested; None if there is no such user."""
-    user = get(user_id)
-    if user is None:
-        return None
-    if user.status == DELETING and user.deletion_requested_at is not None:
-        return user.deletion_requested_at
-    try:
-        user.update(actions=[UserModel.status.set(DELETING), UserModel.deletion_requested_at.set(now)],
-                    condition=_EXISTS)
-    except UpdateError as exc:
-        if condition_failed(exc):
+    for _attempt in range(UPDATE_ATTEMPTS):
+        user = get(user_id)
+        if user is None:
             return None
-        raise
-    return now
+        if user.status == DELETING and user.deletion_requested_at is not None:
+            return user.deletion_requested_at
+        holds_seat = user.status != LAPSED if user.status != DELETING else user.deletion_holds_seat is not False
+        try:
+            user.update(actions=[UserModel.status.set(DELETING), UserModel.deletion_requested_at.set(now),
+                                 UserModel.deletion_holds_seat.set(holds_seat)],
+                        condition=_EXISTS & (UserModel.status == user.status))
+        except UpdateError as exc:
+            if not condition_failed(exc):
+                raise
+            continue  # changed since the read (or gone): read again
+        return now
+    raise RuntimeError("the user item kept changing while it was being marked deleting; try again")
+
+
+def holds_seat(user: UserModel) -> bool:
+    """Whether this user counts on the seat counter: active and needs_reauth users do, lapsed ones do
+    not, a deleting one if it did when marked."""
+    if user.status == LAPSED:
+        return False
+    if user.status == DELETING:
+        return user.deletion_holds_seat is not False
+    return True
+
+
+def deleting(user_id: str) -> bool:
+    """True while a deletion of the user runs (marked, not yet removed)."""
+    user = get(user_id)
+    return user is not None and user.status == DELETING
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,8 @@ def export_status(job: ExportModel) -> tuple[str, bool]:
 
 def delete_confirm(csrf: str, plays_total: int) -> str:
     return f"""<p>This deletes everything PlayVault keeps for you: your {plays_total} archived plays, the
-detected gaps, your exports and imported files, your sessions and the Spotify authorization
-(tokens). Your seat is freed. It cannot be undone.</p>
+detected gaps, your exports, your imports (their files and their records) and your sessions, and the
+Spotify authorization (tokens). Your seat is freed. Signing in waits until it is done. It cannot be undone.</p>
 <p class="muted">Point-in-time backups of the tables keep deleted data for up to 35 days, then it is gone.</p>
 <form method="post" action="/me/delete">{csrf_field(csrf)}
 <button type="submit" id="confirm-delete" class="danger">Delete my data</button> <a href="/me">Cancel</a></form>"""
@@ -167,7 +167,7 @@ def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
     counts = deletion.counts
     listing = (f'<ul id="deleted"><li><span id="deleted-plays">{counts["plays"]}</span> plays</li>'
                f'<li>{counts["gaps"]} gaps</li><li>{counts["sessions"]} sessions</li>'
-               f'<li>{counts["exports"]} exports and {counts["files"]} files</li></ul>')
+               f'<li>{counts["exports"]} exports, {counts["imports"]} imports and {counts["files"]} files</li></ul>')
     backups = ('<p class="muted">Point-in-time backups of the tables keep deleted data for up to 35 days, '
                "then it is gone for good.</p>")
     if deletion.status == deletions.DONE:
