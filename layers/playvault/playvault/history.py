@@ -61,11 +61,6 @@ class PlayRow:
             out["episode"] = {"id": self.episode_id, "name": self.episode_name, "show": self.show_name}
         return out
 
-    @property
-    def title(self) -> str | None:
-        """What the play is called: the episode's name for an episode, else the track's."""
-        return self.episode_name if self.item_type == "episode" else self.track_name
-
 
 @dataclass(frozen=True)
 class Names:
@@ -75,6 +70,10 @@ class Names:
     artist_names: tuple[str, ...]
     episode_name: str | None
     show_name: str | None
+
+    def title(self, item_type: str | None) -> str | None:
+        """What the play is called: the episode's name for an episode, else the track's."""
+        return self.episode_name if item_type == "episode" else self.track_name
 
 
 def best_names(play: PlayModel, track: TrackModel | None, album: AlbumModel | None,
