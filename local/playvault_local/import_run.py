@@ -343,7 +343,9 @@ class Imports:
             recoverable = {s for s in exposed - exported.get(user_id, set()) - set(seen) if s in window}
             lost = expected - set(seen) - recoverable
             for stream in sorted(lost)[:EXAMPLES]:
-                _example(examples["lost"], f"{user_id} {stream[0]} {_ms_text(stream[1])}")
+                planes = "+".join(p for p, streams in (("polled", exposed), ("exported", exported.get(user_id, set())))
+                                  if stream in streams)
+                _example(examples["lost"], f"{user_id} {stream[0]} {_ms_text(stream[1])} ({planes})")
             duplicated = sum(len(copies) - 1 for copies in seen.values()) + phantom
             counts = Counter(streams=len(expected), archived=len(expected & set(seen)), lost=len(lost),
                              duplicated=duplicated, recoverable=len(recoverable))
