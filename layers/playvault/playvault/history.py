@@ -64,6 +64,8 @@ class PlayRow:
 
 @dataclass(frozen=True)
 class Names:
+    """The names best_names chose for one play (artist ids None where only the play's name is known)."""
+
     track_name: str | None
     album_name: str | None
     artist_ids: tuple[str | None, ...]
