@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="share of plays Spotify shows late, 1-90 minutes after they were played "
                           "(default 0.10; 0 for an ideal feed)")
     run.add_argument("--import", dest="import_export", action="store_true",
-                     help="afterwards every user uploads a Spotify data export (years before sign-up, the polled "
-                          "period, its gaps) and the importer takes it in; the report shows plays added, "
-                          "duplicates avoided and duplicated plays")
+                     help="users upload Spotify data exports (years before sign-up, the polled period, its "
+                          "gaps): some before their first poll, one right after a reconnect, the others after the "
+                          "hours; the report checks every play is archived once, with a name")
 
     serve = commands.add_parser("serve", help="keep the local stack up behind a local API gateway",
                                 description="Keep the stack up and serve the template's HttpApi routes on "

@@ -7,7 +7,7 @@ prints one line `listening on http://HOST:PORT` and serves moto's API plus a sma
     POST /_playvault/clock        {"epoch": <unix seconds>} freezes SQS time there; {"epoch": null}: real time
     GET  /_playvault/counts       requests served, by service and operation
     GET  /_playvault/queue?name=  messages held by a queue and the next moment one becomes visible
-    GET  /_playvault/items?table=&attributes=a,b   scalar attributes of every item (end-of-run report)
+    GET  /_playvault/items?table=&attributes=a,b   attributes of every item (end-of-run report)
     GET  /_playvault/mail         the e-mails SES (moto) accepted: source, to, subject, body
 
 A browser's POST upload to a bucket is held to its policy before moto sees it (s3_post.py: the
@@ -104,7 +104,7 @@ def _queue_state(name: str) -> dict[str, Any]:
 
 
 def _table_items(name: str, attributes: list[str]) -> list[dict[str, Any]] | None:
-    """Scalar attributes of every item of a table, read from moto's memory in one go. For the
+    """Attributes of every item of a table, read from moto's memory in one go. For the
     runner's end-of-run report only: moto serializes Query/Scan answers slowly (about 1 ms an item),
     which made reading the plays back the slowest part of a run."""
     from moto.dynamodb.models import dynamodb_backends
@@ -117,9 +117,18 @@ def _table_items(name: str, attributes: list[str]) -> list[dict[str, Any]] | Non
             rows = []
             for entry in list(table.items.values()):
                 for item in (list(entry.values()) if table.has_range_key else [entry]):
-                    rows.append({a: item.attrs[a].value for a in attributes if a in item.attrs})
+                    rows.append({a: _plain(item.attrs[a].value) for a in attributes if a in item.attrs})
             return rows
     return None
+
+
+def _plain(value: Any) -> Any:
+    """A moto attribute value as JSON: lists and maps hold moto values themselves (numbers stay strings)."""
+    if isinstance(value, list):
+        return [_plain(getattr(v, "value", v)) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(getattr(v, "value", v)) for k, v in value.items()}
+    return value
 
 
 def _sent_mail() -> list[dict[str, Any]]:

@@ -110,6 +110,8 @@ class Simulation:
         self.drained = True
         self.lifecycle_events: list[dict[str, Any]] = []  # sign-ins during the run (--days)
         self._secret_steps: list[tuple[datetime, str]] = []  # chaos: (when, "ssm") after a rotation
+        self.imports: Any = None  # --import: import_run.Imports, the uploads and their accounting
+        self._reconnect_uploads: dict[int, str] = {}  # --import: hour -> the user who reconnects and uploads
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -130,6 +132,8 @@ class Simulation:
             self._arm_chaos()
             if self.config.on_ready is not None:
                 self.config.on_ready(self.system)
+            if self.config.import_export:
+                self._import_before_first_poll()
             baseline = self._request_counts()
             mark = time.monotonic()
             self._hours()
@@ -165,6 +169,15 @@ class Simulation:
         for user in self.population:
             state.add_user(user.user_id, display_name=f"Listener {user.user_id[4:]}",
                            rotate_refresh_tokens=user.rotate_refresh_tokens)
+        if self.config.import_export and not self.config.days:
+            from playvault_local.import_run import pick_reconnecting_user
+
+            plan = pick_reconnecting_user(self.population, self.config.hours)
+            if plan is not None:
+                user, disconnect, reconnect = plan
+                user.revoke_at_hour = disconnect
+                user.tags.append("reconnects-and-imports")
+                self._reconnect_uploads[reconnect] = user.user_id
         simulate(state, self.population, self.config.start)
 
     # ------------------------------------------------------------------ sign-up through the real route
@@ -322,6 +335,8 @@ class Simulation:
                 if hour_seen >= 0:
                     progress.update(hour, self._progress_fields())
                 self._chaos_for_hour(hour)
+                if hour in self._reconnect_uploads:  # --import: before this tick's dispatch
+                    self.imports.reconnect_and_upload(self._reconnect_uploads[hour])
                 hour_seen = hour
             self._dispatch(tick)
             next_tick = min(tick + period, end)
@@ -425,14 +440,44 @@ class Simulation:
                                           "outcome": outcome})
 
     # ------------------------------------------------------------------ --import
-    def _import_exports(self) -> dict[str, Any]:
-        """After the polled hours (and their report): every user uploads a data export; see import_run."""
-        from playvault_local.import_run import run_imports
+    def _import_before_first_poll(self) -> None:
+        """Right after signing up, before the first dispatch, some users upload their export."""
+        from playvault_local.import_run import BEFORE_FIRST_POLL, Imports, early_importers
 
         mark = time.monotonic()
-        section = run_imports(self)
+        self.imports = Imports(self)
+        self.imports.upload_all(early_importers(self.population), BEFORE_FIRST_POLL)
         self.timings["import_s"] = time.monotonic() - mark
+
+    def _import_exports(self) -> dict[str, Any]:
+        """After the polled hours (and their report): every user who has not uploaded yet uploads a
+        data export, then one more hour of polling (the polls after the uploads); see import_run."""
+        from playvault_local.import_run import AFTER_THE_HOURS, Imports
+
+        mark = time.monotonic()
+        assert self.system.aws is not None and self.system.stack is not None
+        before = Counter(row["user_id"] for row in
+                         self.system.aws.table_items(self.system.stack.name("PlaysTable"), ["user_id"]))
+        self.imports = self.imports or Imports(self)
+        uploaded = {upload.user_id for upload in self.imports.uploads}
+        self.imports.upload_all([u for u in self.population if u.user_id not in uploaded], AFTER_THE_HOURS)
+        self._poll_for(timedelta(hours=1))
+        section = self.imports.section(before)
+        self.timings["import_s"] = self.timings.get("import_s", 0.0) + time.monotonic() - mark
         return section
+
+    def _poll_for(self, duration: timedelta) -> None:
+        """The dispatcher on its schedule for `duration` from now, every message delivered."""
+        period = timedelta(seconds=self.system.schedule_seconds())
+        tick = self.clock()
+        end = tick + duration
+        while tick < end:
+            self._advance(tick)
+            self._dispatch(tick)
+            self._drain(until=tick + period)
+            tick += period
+        self._advance(max(end, self.clock()))
+        self._drain(until=self.clock() + MAX_DRAIN)
 
     # ------------------------------------------------------------------ helpers
     def _request_counts(self) -> dict[str, Any]:

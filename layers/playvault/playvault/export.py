@@ -48,7 +48,7 @@ def csv_line(row: history.PlayRow) -> bytes:
     out = io.StringIO()
     csv.writer(out, lineterminator="\n").writerow([
         row.played_at, row.item_type, row.track_id or "", row.track_name or "", row.album_id or "",
-        row.album_name or "", ";".join(row.artist_ids), ";".join(row.artist_names),
+        row.album_name or "", ";".join(i or "" for i in row.artist_ids), ";".join(row.artist_names),
         "" if row.duration_ms is None else row.duration_ms, row.source, row.episode_id or "",
         row.episode_name or "", row.show_name or "",
     ])

@@ -1,6 +1,10 @@
 """The read side of a user's archive: plays with their track, album and artists; the figures of the
 account page. Reads are per user by key (the user id always comes from the caller's session).
 
+Every reader (/me, /me/plays, the exports) names a play through best_names: the catalog's names when
+it holds the track (episode), else the names stored on the play (an import keeps the export's names
+on the rows it writes: rows without ids, local files, tracks not looked up yet or unknown to Spotify).
+
 Catalog rows are looked up in batches (BatchGetItem, 100 keys) with a bounded per-call cache, so
 a stream of plays of any length holds at most CACHE_LIMIT catalog rows in memory.
 """
@@ -8,7 +12,7 @@ a stream of plays of any length holds at most CACHE_LIMIT catalog rows in memory
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -35,7 +39,7 @@ class PlayRow:
     track_name: str | None
     album_id: str | None
     album_name: str | None
-    artist_ids: tuple[str, ...]
+    artist_ids: tuple[str | None, ...]  # None: an artist known only by the name the play stores
     artist_names: tuple[str, ...]
     duration_ms: int | None
     source: str
@@ -56,6 +60,47 @@ class PlayRow:
         if self.item_type == "episode":
             out["episode"] = {"id": self.episode_id, "name": self.episode_name, "show": self.show_name}
         return out
+
+
+@dataclass(frozen=True)
+class Names:
+    """The names best_names chose for one play (artist ids None where only the play's name is known)."""
+
+    track_name: str | None
+    album_name: str | None
+    artist_ids: tuple[str | None, ...]
+    artist_names: tuple[str, ...]
+    episode_name: str | None
+    show_name: str | None
+
+    def title(self, item_type: str | None) -> str | None:
+        """What the play is called: the episode's name for an episode, else the track's."""
+        return self.episode_name if item_type == "episode" else self.track_name
+
+
+def best_names(play: PlayModel, track: TrackModel | None, album: AlbumModel | None,
+               artists: Mapping[str, ArtistModel | None], episode: EpisodeModel | None) -> Names:
+    """The best names known for one play: the catalog's rows (given, or None where the catalog has
+    none) first, each missing or empty name then taken from the play itself. The one place readers
+    name a play."""
+    if track is not None and track.artist_ids:
+        artist_ids: tuple[str | None, ...] = tuple(track.artist_ids)
+        found = [artists.get(a) for a in track.artist_ids]
+        artist_names = tuple(a.name if a else "" for a in found)
+        if not artist_names[0] and play.artist_name:
+            artist_names = (play.artist_name, *artist_names[1:])
+    elif play.artist_name:
+        artist_ids, artist_names = (None,), (play.artist_name,)
+    else:
+        artist_ids, artist_names = (), ()
+    return Names(
+        track_name=(track.name if track else None) or play.track_name,
+        album_name=(album.name if album else None) or play.album_name,
+        artist_ids=artist_ids,
+        artist_names=artist_names,
+        episode_name=(episode.name if episode else None) or play.episode_name,
+        show_name=(episode.show_name if episode else None) or play.show_name,
+    )
 
 
 class _Lru(OrderedDict):
@@ -97,21 +142,21 @@ class Catalog:
             track = tracks.get(play.track_id) if play.track_id else None
             episode = episodes.get(play.episode_id) if play.episode_id else None
             album = albums.get(track.album_id) if track else None
-            artist_ids = tuple(track.artist_ids) if track else ()
+            names = best_names(play, track, album, artists, episode)
             out.append(PlayRow(
                 played_at=play.played_at,
                 item_type=play.item_type or "track",
                 track_id=play.track_id,
-                track_name=track.name if track else None,
+                track_name=names.track_name,
                 album_id=track.album_id if track else None,
-                album_name=album.name if album else None,
-                artist_ids=artist_ids,
-                artist_names=tuple((artists.get(a).name if artists.get(a) else "") for a in artist_ids),
+                album_name=names.album_name,
+                artist_ids=names.artist_ids,
+                artist_names=names.artist_names,
                 duration_ms=int(track.duration_ms) if track else int(episode.duration_ms) if episode else None,
                 source=play.source or "api",
                 episode_id=play.episode_id,
-                episode_name=episode.name if episode else None,
-                show_name=episode.show_name if episode else None,
+                episode_name=names.episode_name,
+                show_name=names.show_name,
             ))
         return out
 
@@ -138,6 +183,51 @@ def iso_ms(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+OVERVIEW_ATTRIBUTES = ["played_at", "item_type", "track_id", "track_name", "artist_name"]
+
+
+def _name_key(*names: str | None) -> str:
+    """The key of a track or artist known only by name (never equal to a Spotify id)."""
+    return "\0" + "\0".join((n or "").casefold() for n in names)
+
+
+def _ranked(counts: Counter[str], titles: dict[str, str], by_name: dict[str, str]) -> list[tuple[str, int]]:
+    """The TOP most played (ties: by key), each with its title. Plays known only by name count with
+    the catalog item of that name (`by_name`: name key -> id) when there is one."""
+    merged: Counter[str] = Counter()
+    for key, n in counts.items():
+        merged[by_name.get(key, key)] += n
+    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
+    return [(titles[key], n) for key, n in ranked]
+
+
+def _top(rows: Iterable[PlayRow]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """(top tracks, top artists) of track plays, named by best_names (through Catalog.rows)."""
+    track_plays: Counter[str] = Counter()
+    artist_plays: Counter[str] = Counter()
+    track_titles: dict[str, str] = {}
+    artist_titles: dict[str, str] = {}
+    tracks_by_name: dict[str, str] = {}
+    artists_by_name: dict[str, str] = {}
+    for row in rows:
+        first_artist = row.artist_names[0] if row.artist_names else None
+        key = row.track_id or _name_key(row.track_name, first_artist)
+        track_plays[key] += 1
+        track_titles.setdefault(key, row.track_name or key)
+        if row.track_id and row.track_name:
+            tracks_by_name.setdefault(_name_key(row.track_name, first_artist), row.track_id)
+        for artist_id, name in dict.fromkeys(zip(row.artist_ids, row.artist_names, strict=True)):
+            if not (artist_id or name):
+                continue
+            key = artist_id or _name_key(name)
+            artist_plays[key] += 1
+            artist_titles.setdefault(key, name or key)
+            if artist_id and name:
+                artists_by_name.setdefault(_name_key(name), artist_id)
+    return (_ranked(track_plays, track_titles, tracks_by_name),
+            _ranked(artist_plays, artist_titles, artists_by_name))
+
+
 @dataclass
 class Overview:
     user: users.UserModel
@@ -157,22 +247,14 @@ def overview(user: users.UserModel, now: datetime, period: str = "30d") -> Overv
     chart_start = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=CHART_DAYS - 1)
     period_start = iso_ms(datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=days - 1))
     per_day: Counter[str] = Counter()
-    track_plays: Counter[str] = Counter()
+    period_tracks: list[PlayModel] = []
     for play in PlayModel.query(user.user_id, PlayModel.played_at >= iso_ms(chart_start),
-                                attributes_to_get=["played_at", "track_id"], page_size=1000):
+                                attributes_to_get=OVERVIEW_ATTRIBUTES, page_size=1000):
         per_day[play.played_at[:10]] += 1
-        if play.played_at >= period_start and play.track_id:
-            track_plays[play.track_id] += 1
+        if play.played_at >= period_start and play.item_type != "episode" and (play.track_id or play.track_name):
+            period_tracks.append(play)
+    top_tracks, top_artists = _top(enriched(period_tracks))
     first, last = plays.first_and_last(user.user_id)
-    catalog = Catalog()
-    tracks = catalog.tracks(track_plays)
-    artist_plays: Counter[str] = Counter()
-    for track_id, n in track_plays.items():
-        for artist_id in dict.fromkeys(tracks[track_id].artist_ids if track_id in tracks else ()):
-            artist_plays[artist_id] += n
-    top_track_ids = [t for t, _ in sorted(track_plays.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]]
-    top_artist_ids = [a for a, _ in sorted(artist_plays.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]]
-    artist_names = catalog.artist_names(top_artist_ids)
     chart = [((chart_start + timedelta(days=i)).date().isoformat(), 0) for i in range(CHART_DAYS)]
     return Overview(
         user=user,
@@ -181,7 +263,7 @@ def overview(user: users.UserModel, now: datetime, period: str = "30d") -> Overv
         last_play=last.played_at if last else None,
         per_day=[(day, per_day.get(day, 0)) for day, _ in chart],
         period=period,
-        top_tracks=[(tracks[t].name if t in tracks else t, track_plays[t]) for t in top_track_ids],
-        top_artists=[(artist_names.get(a, a), artist_plays[a]) for a in top_artist_ids],
+        top_tracks=top_tracks,
+        top_artists=top_artists,
         gaps=list(islice(gaps.for_user(user.user_id), 100)),
     )
