@@ -305,13 +305,15 @@ def test_episodes_go_to_the_episode_catalog(world):
     assert catalog.EpisodeModel.get("E" * 22).show_name == "The Show"
 
 
-def test_rows_newer_than_the_polling_cursor_are_left_to_polling(world):
+def test_rows_newer_than_the_polling_cursor_are_imported_too(world):
+    """No cut-off: a cursor says nothing of what Spotify still shows (reconnects, episodes)."""
     cursor = datetime(2026, 4, 30, tzinfo=UTC)
     world.user(cursor_ms=clock.to_ms(cursor))
     key = world.upload(zipped({"Streaming_History_Audio_2026.json": [
         stream(cursor - timedelta(hours=1), 1), stream(cursor + timedelta(hours=1), 2)]}))
     world.run(key)
-    assert world.job(key).skipped == {"newer_than_polling": 1} and len(world.stored()) == 1
+    assert not world.job(key).skipped and len(world.stored()) == 2
+    assert users.get("alice").has_imports  # polls merge from now on
 
 
 # ---------------------------------------------------------------- bad input
