@@ -12,7 +12,9 @@ to the S3 emulator. moto emits no S3 events, so the template's EventBridge rule 
 eventsource.S3EventRule (the new object, the "Object Created" event a real bucket sends, the rule's
 pattern), and the importer's continuation queue is drained like an event source mapping. Expected
 figures are computed here from the emulator's truth, independently of the importer: plays it should
-add, the overlap with polling it should recognise, 0 duplicated plays.
+add, the overlap with polling it should recognise, 0 duplicated plays. Then everyone is polled once
+more: the rows after the last poll (imported too: nothing is left to polling) meet the plays that
+poll writes, and the worker merges them; again nothing may be duplicated or lost.
 """
 
 from __future__ import annotations
@@ -195,6 +197,7 @@ def run_imports(sim: Any) -> dict[str, Any]:
     duplicated, added_rows, filled = _duplicated(system, plays_table, exports, api_ms)
     after = Counter(row["user_id"] for row in system.aws.table_items(plays_table, ["user_id"]))
     first = next(iter(statuses.values()))[0] if statuses and next(iter(statuses.values())) else None
+    after_poll = _poll_after_import(sim, plays_table, exports)
     return {
         "users": len(sim.population),
         "uploads": len(jobs),
@@ -217,8 +220,41 @@ def run_imports(sim: Any) -> dict[str, Any]:
         "plays_in_table_before": sum(before.values()),
         "plays_in_table_after": sum(after.values()),
         "continuations": continuations,
+        # every user polled once more after the import: the worker merges the export rows of plays it
+        # writes now (those after the last poll), and nothing may end twice or go missing
+        "after_poll": after_poll,
         "example_job": first,
     }
+
+
+def _poll_after_import(sim: Any, plays_table: str, exports: dict[str, list[ExportFile]]) -> dict[str, int]:
+    """One more dispatch an hour later (every user due), then: export rows whose play polling also
+    holds (duplicated), and kept export rows in no play at all (lost)."""
+    from datetime import timedelta
+
+    system = sim.system
+    tick = sim.clock() + timedelta(minutes=61)
+    sim._advance(tick)
+    sim._dispatch(tick)
+    sim._drain(until=tick + timedelta(minutes=15))
+    api_ms: dict[str, set[int]] = {}
+    refs: set[tuple[str, int, int]] = set()
+    merged = 0
+    for row in system.aws.table_items(plays_table, ["user_id", "played_at_ms", "source", "import_ref"]):
+        if row.get("source") != "export":
+            api_ms.setdefault(row["user_id"], set()).add(int(row["played_at_ms"]))
+            merged += bool(row.get("import_ref"))
+        if row.get("import_ref"):
+            _job, file_index, row_index = row["import_ref"].rsplit(":", 2)
+            refs.add((row["user_id"], int(file_index), int(row_index)))
+    duplicated, _written, _filled = _duplicated(system, plays_table, exports, api_ms)
+    lost = 0
+    for user_id, files in exports.items():
+        for file_index, export in enumerate(files):
+            for row_index, (truth_ms, kept) in enumerate(export.provenance):
+                if kept and (user_id, file_index, row_index) not in refs and truth_ms not in api_ms.get(user_id, ()):
+                    lost += 1
+    return {"plays_duplicated": duplicated, "plays_lost": lost, "polled_plays_holding_an_import": merged}
 
 
 def _drain(sim: Any) -> int:

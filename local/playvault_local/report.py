@@ -347,9 +347,11 @@ def import_verdict(report: dict[str, Any]) -> bool:
     section = report.get("import")
     if section is None:
         return True
+    after_poll = section.get("after_poll") or {}
     return (section["plays_duplicated"] == 0 and section["plays_added"] == section["plays_added_expected"]
             and section["duplicates_avoided"] == section["overlap_with_polling"]
-            and set(section["jobs_by_state"]) == {"done"})
+            and set(section["jobs_by_state"]) == {"done"}
+            and not after_poll.get("plays_duplicated") and not after_poll.get("plays_lost"))
 
 
 def import_summary_lines(report: dict[str, Any]) -> list[str]:
@@ -365,7 +367,10 @@ def import_summary_lines(report: dict[str, Any]) -> list[str]:
         f"  import detail : skipped {section['skipped_by_reason']}; episodes {section['episodes_added']}; "
         f"tracks resolved {section['tracks_resolved']} (left {section['tracks_still_to_resolve']}); "
         f"jobs {section['jobs_by_state']}; plays in table {section['plays_in_table_before']} -> "
-        f"{section['plays_in_table_after']}",
+        f"{section['plays_in_table_after']}; a poll after the import: duplicated "
+        f"{(section.get('after_poll') or {}).get('plays_duplicated')}, lost "
+        f"{(section.get('after_poll') or {}).get('plays_lost')}, polled plays holding an import "
+        f"{(section.get('after_poll') or {}).get('polled_plays_holding_an_import')}",
     ]
 
 

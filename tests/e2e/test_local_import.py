@@ -24,6 +24,11 @@ def test_a_run_with_imports_adds_the_history_and_duplicates_nothing(tmp_path):
     assert "newer_than_polling" not in section["skipped_by_reason"]  # nothing is left to polling
     assert section["episodes_added"] > 0 and section["tracks_still_to_resolve"] == 0
     assert "duplicates avoided" in done.stdout
+    # One more poll of everyone after the import: the rows after the last poll, imported too, are
+    # merged into the plays that poll writes: nothing twice, nothing missing.
+    after = section["after_poll"]
+    assert (after["plays_duplicated"], after["plays_lost"]) == (0, 0)
+    assert after["polled_plays_holding_an_import"] > section["duplicates_avoided"]
 
 
 def test_the_import_verdict_fails_on_a_duplicate_or_a_missed_overlap():
@@ -31,5 +36,6 @@ def test_the_import_verdict_fails_on_a_duplicate_or_a_missed_overlap():
             "overlap_with_polling": 3, "jobs_by_state": {"done": 2}}
     assert import_verdict({"import": good}) and import_verdict({})
     for change in ({"plays_duplicated": 1}, {"plays_added": 4}, {"duplicates_avoided": 2},
-                   {"jobs_by_state": {"done": 1, "paused": 1}}):
+                   {"jobs_by_state": {"done": 1, "paused": 1}}, {"after_poll": {"plays_duplicated": 1}},
+                   {"after_poll": {"plays_lost": 1}}):
         assert not import_verdict({"import": {**good, **change}})
