@@ -228,11 +228,9 @@ def test_an_import_racing_a_poll_merges_in_the_importers_post_write_read(world, 
         if not found and not world.stored():
             user = world.user()
             user.has_imports = None  # as the poll read it before the import's flag
-            monkeypatch.setattr(users, "get", lambda user_id: user)
-            try:
+            with monkeypatch.context() as patch:
+                patch.setattr(users, "get", lambda user_id: user)
                 world.poll()
-            finally:
-                monkeypatch.undo()
         return found
 
     monkeypatch.setattr(Importer, "_existing", pre_check_then_a_poll)
@@ -247,12 +245,9 @@ def test_a_poll_that_read_the_user_before_the_import_flag_is_not_recorded_and_th
     stale = world.user()  # a poll read the user now...
     world.import_rows([extended_row(i) for i in items])  # ...the import flags the user and writes...
     assert world.user().has_imports and world.user().version != stale.version
-    real_get = users.get
-    users.get = lambda user_id: stale  # ...then the poll goes on with what it read
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(users, "get", lambda user_id: stale)  # ...then the poll goes on with what it read
         assert world.poll().status == archive.SKIPPED  # its record refused: the user changed
-    finally:
-        users.get = real_get
     assert world.poll().status == archive.SUCCESS
     assert_once_with_both(world.stored(), items)
 
