@@ -424,14 +424,16 @@ def test_a_key_outside_the_import_layout_is_ignored(world):
     assert world.importer().start("imports/alice/x.json", 2, Budget.seconds(10)).status == job_mod.NOTHING
 
 
-def test_sparse_rows_cost_at_most_four_queries_per_chunk(world, monkeypatch):
-    calls = []
-    real = plays.plays_between
+def test_sparse_rows_cost_at_most_four_queries_per_chunk_before_and_four_after_the_writes(world, monkeypatch):
+    calls, merges = [], []
+    real, real_reconcile = plays.plays_between, plays.reconcile
     monkeypatch.setattr(plays, "plays_between", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(plays, "reconcile", lambda *a: merges.append(a) or real_reconcile(*a))
     rows = [stream(datetime(2015, 1, 1, tzinfo=UTC) + timedelta(days=40 * k), k) for k in range(8)]
     world.run(world.upload(zipped({"Streaming_History_Audio_2015.json": rows})), world.importer(chunk_rows=8))
     assert len(world.stored()) == 8
     assert len(calls) == 4
+    assert len(merges) == 4  # the same ranges read again after the writes (the merge with polled plays)
 
 
 # ---------------------------------------------------------------- uploads not issued to the key's user
