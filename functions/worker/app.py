@@ -66,7 +66,7 @@ archiver = Archiver(spotify, cipher, Cadence(
     max_s=settings.max_poll_cadence_minutes * 60,
     min_s=settings.dispatch_period_minutes * 60,
     busy_plays=settings.busy_plays,
-))
+), dedup_tolerance_s=settings.dedup_tolerance_s)
 # Whole messages are idempotent: a duplicate delivery costs one conditional put and returns the
 # first delivery's report. (Each user's poll is stamped with its run on the user item itself.)
 persistence = DynamoDBPersistenceLayer(table_name=settings.idempotency_table)

@@ -166,7 +166,8 @@ def test_second_poll_reads_the_whole_window_and_writes_only_unseen_plays(world):
     calls = DynamoCalls()
     result = world.archive()
     assert recorder.afters == [None]  # no cursor: Spotify's whole window, late plays included
-    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
+    assert calls.count("PutItem", plays.PlayModel) == 3  # one conditional put per unseen play
+    assert calls.count("Query", plays.PlayModel) == 0  # no imports: nothing to merge
     assert result.plays_archived == 3
     assert world.counts()["recently_played"] == 1
     assert world.stored_ms() == sorted(first + newer)
@@ -283,7 +284,7 @@ def test_known_metadata_is_not_rewritten(world):
     for model in (catalog.TrackModel, catalog.AlbumModel, catalog.ArtistModel):
         assert calls.count("PutItem", model) == 0
         assert calls.count("UpdateItem", model) == 0 and calls.count("BatchWriteItem", model) == 0
-    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
+    assert calls.count("PutItem", plays.PlayModel) == 6
 
 
 def test_tracks_this_container_met_are_not_looked_up_again(world):
@@ -297,7 +298,7 @@ def test_tracks_this_container_met_are_not_looked_up_again(world):
     calls.calls.clear()
     assert world.archive().plays_archived == 4
     assert calls.count("BatchGetItem", catalog.TrackModel) == 0  # remembered from the first poll
-    assert calls.count("BatchWriteItem", plays.PlayModel) == 1
+    assert calls.count("PutItem", plays.PlayModel) == 4
 
     catalog.forget_known_ids()  # a new container: it asks once, finds them, writes no metadata
     world.play("alice", 10, track_index=0)

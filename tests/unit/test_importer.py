@@ -309,13 +309,15 @@ def test_episodes_go_to_the_episode_catalog(world):
     assert catalog.EpisodeModel.get("E" * 22).show_name == "The Show"
 
 
-def test_rows_newer_than_the_polling_cursor_are_left_to_polling(world):
+def test_rows_newer_than_the_polling_cursor_are_imported_too(world):
+    """No cut-off: a cursor says nothing of what Spotify still shows (reconnects, episodes)."""
     cursor = datetime(2026, 4, 30, tzinfo=UTC)
     world.user(cursor_ms=clock.to_ms(cursor))
     key = world.upload(zipped({"Streaming_History_Audio_2026.json": [
         stream(cursor - timedelta(hours=1), 1), stream(cursor + timedelta(hours=1), 2)]}))
     world.run(key)
-    assert world.job(key).skipped == {"newer_than_polling": 1} and len(world.stored()) == 1
+    assert not world.job(key).skipped and len(world.stored()) == 2
+    assert users.get("alice").has_imports  # polls merge from now on
 
 
 # ---------------------------------------------------------------- bad input
@@ -426,14 +428,16 @@ def test_a_key_outside_the_import_layout_is_ignored(world):
     assert world.importer().start("imports/alice/x.json", 2, Budget.seconds(10)).status == job_mod.NOTHING
 
 
-def test_sparse_rows_cost_at_most_four_queries_per_chunk(world, monkeypatch):
-    calls = []
-    real = plays.plays_between
+def test_sparse_rows_cost_at_most_four_queries_per_chunk_before_and_four_after_the_writes(world, monkeypatch):
+    calls, merges = [], []
+    real, real_reconcile = plays.plays_between, plays.reconcile
     monkeypatch.setattr(plays, "plays_between", lambda *a: calls.append(a) or real(*a))
+    monkeypatch.setattr(plays, "reconcile", lambda *a: merges.append(a) or real_reconcile(*a))
     rows = [stream(datetime(2015, 1, 1, tzinfo=UTC) + timedelta(days=40 * k), k) for k in range(8)]
     world.run(world.upload(zipped({"Streaming_History_Audio_2015.json": rows})), world.importer(chunk_rows=8))
     assert len(world.stored()) == 8
     assert len(calls) == 4
+    assert len(merges) == 4  # the same ranges read again after the writes (the merge with polled plays)
 
 
 # ---------------------------------------------------------------- uploads not issued to the key's user

@@ -6,16 +6,24 @@ whatever their played_at: a play that shows up late, after newer ones were archi
 when it shows up. The cursor (`cursor_ms`) is now only the newest archived played_at, for display
 and gap bounds; it decides nothing.
 
-Order is the guarantee: plays first (keyed by user and played_at, so a rewrite is the same row),
-then the gap record, then one conditional UpdateItem of the user that moves `recent_played` on.
+Order is the guarantee: plays first (keyed by user and played_at, each a conditional put, so a
+rewrite finds its row and changes nothing), then, for a user with imports, the merge of the export
+rows the identity rule calls the same plays (store/plays.reconcile), then the gap record, then one
+conditional UpdateItem of the user that moves `recent_played` on.
 A crash anywhere before that update leaves the old set, and the retry writes the same rows again.
 The update is conditional on the user's version: a concurrent poll, a reconnect or a deletion in
 between makes it fail, and this poll reports the user skipped (its rows are identical to what the
 winner wrote; a play only it saw is written and counted by the next poll, which does not find it in
 the set).
 
-Requests for a poll with no new play: GetItem (user) + UpdateItem (user, 1 WRU). New plays add
-their BatchWriteItem and the catalog lookups of tracks this container has not met.
+Requests for a poll with no new play: GetItem (user) + UpdateItem (user, 1 WRU). New plays add a
+conditional PutItem each and the catalog lookups of tracks this container has not met; for a user
+with imports (`has_imports`), one Query of the window they span (and a transaction per merge).
+
+Imports: the importer flags the user (`has_imports`, bumping `version`) before its first write. A
+poll that read the user before the flag cannot record its poll (the version changed): it reports
+the user skipped and the next poll, which sees the flag, writes and merges again. The merge runs
+before the user's update, so a crash between them is redone by the next poll.
 
 Failures: a user's own failure (AUTH, AUTH_REVOKED, NETWORK, UNKNOWN) is recorded in the circuit
 breaker and returned, never raised. App-level failures (rate limits, rejected or unreadable client
@@ -195,10 +203,12 @@ SPOTIFY_CALLS_PER_POLL = 2
 
 
 class Archiver:
-    def __init__(self, spotify: SpotifyClient, cipher: TokenCipher, cadence: Cadence | None = None):
+    def __init__(self, spotify: SpotifyClient, cipher: TokenCipher, cadence: Cadence | None = None,
+                 dedup_tolerance_s: int = 90):
         self.spotify = spotify
         self.cipher = cipher
         self.cadence = cadence or Cadence()
+        self.dedup_tolerance_ms = dedup_tolerance_s * 1000  # the importer's DEDUP_TOLERANCE_S
         self.access_tokens = AccessTokens()
         self._server_errors = _Streak()
 
@@ -252,6 +262,10 @@ class Archiver:
         new_tracks = catalog.upsert_tracks(p.track for p in new_plays if p.track is not None)
         catalog.upsert_episodes(p.episode for p in new_plays if p.episode is not None)
         written = plays.write_plays(user.user_id, new_plays)
+        if user.has_imports and new_plays:
+            # Export rows an import wrote for these plays (before, or while, this poll wrote them).
+            plays.reconcile(user.user_id, min(p.played_at_ms for p in new_plays),
+                            max(p.played_at_ms for p in new_plays), self.dedup_tolerance_ms)
 
         since_ms = newest_known if newest_known is not None else (
             user.cursor_ms if user.cursor_ms is not None else (

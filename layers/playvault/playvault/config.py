@@ -119,6 +119,8 @@ class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSett
     # user's record or its failure, then the requeue): a call answering at its timeout never pushes
     # them past the deadline. A user starts only with its Spotify worst case plus this left.
     writes_reserve_ms: int = Field(default=10_000, ge=100)
+    # The importer's tolerance: a poll merges the export rows that are the plays it wrote (same rule).
+    dedup_tolerance_s: int = Field(default=90, ge=0, le=3600)
 
 
 class WebSettings(TableSettings):

@@ -1,30 +1,29 @@
-"""The de-duplication rule between imported streams and plays already archived. Pure, no I/O.
+"""The importer's use of the identity rule (playvault.identity): its rows against the plays already
+archived, before writing. Pure, no I/O.
 
-An imported row is the same play as an archived one when both are the same item (same track or
-episode id; without ids on either side, the same title and artist/show) and their times are within
-the tolerance (default +-90 s). For minute-precision rows (account data, "HH:MM") the row stands for
-the whole minute [HH:MM:00, HH:MM:59.999], and the distance is measured to that interval.
-
-Matching is one to one: an archived play absorbs at most one row, and the closest pairs are matched
-first. So the same track played twice in a row (two rows, two archived plays) stays two plays, and
-a re-import (every row at distance 0 of its own earlier copy) adds nothing. A row matched to a play
-that this very row wrote before (`import_ref` equal: a retried chunk) is "already imported", not a
-duplicate.
+A row is the same play as an archived one by playvault.identity's rule (same item, within the
+tolerance, a minute-precision row standing for its whole minute), one to one, closest first. So the
+same track played twice in a row (two rows, two archived plays) stays two plays, and a re-import
+(every row at distance 0 of its own earlier copy) adds nothing. A row matched to a play that holds
+this very row's `import_ref` (a retried chunk: the row's own earlier write, or the polled play it was
+merged into) is "already imported", not a duplicate.
 """
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from playvault.imports.formats import EPISODE, ImportRow
+from playvault import identity
+from playvault.imports.formats import ImportRow
 from playvault.normalize import canonical_played_at
 
 NEW = "new"
 DUPLICATE = "duplicate"
 ALREADY = "already"  # written by this row in an earlier attempt of the same chunk
+
+SOURCE_API = "api"
 
 
 @dataclass(frozen=True)
@@ -36,33 +35,31 @@ class ExistingPlay:
     episode_id: str | None
     name_key: str | None
     import_ref: str | None = None
+    source: str = SOURCE_API
+    precision_ms: int = 1
+
+    @property
+    def stream(self) -> identity.Stream:
+        return identity.Stream(self.played_at_ms, self.item_type, self.track_id, self.episode_id, self.name_key,
+                               self.precision_ms)
+
+    @property
+    def polled_without_import(self) -> bool:
+        """A polled play no export row has been merged into yet (it can take one)."""
+        return self.source == SOURCE_API and self.import_ref is None
 
 
 @dataclass(frozen=True)
 class Decision:
     row: ImportRow
     outcome: str
-    played_at: str | None = None  # the key a NEW row is written under
+    played_at: str | None = None  # the key a NEW row is written under; the matched play's otherwise
     played_at_ms: int | None = None
+    matched: ExistingPlay | None = None  # the archived play a DUPLICATE or ALREADY row is
 
 
-def distance_ms(row: ImportRow, played_at_ms: int) -> int:
-    start, end = row.ended_ms, row.ended_ms + row.precision_ms - 1
-    if row.precision_ms <= 1000:
-        return abs(played_at_ms - row.ended_ms)
-    if start <= played_at_ms <= end:
-        return 0
-    return start - played_at_ms if played_at_ms < start else played_at_ms - end
-
-
-def same_item(row: ImportRow, play: ExistingPlay) -> bool:
-    if (row.item_type == EPISODE) != (play.item_type == EPISODE):
-        return False
-    ids = (row.episode_id, play.episode_id) if row.item_type == EPISODE else (row.track_id, play.track_id)
-    if ids[0] and ids[1]:
-        return ids[0] == ids[1]
-    key = row.name_key
-    return key is not None and key == play.name_key
+def stream_of(row: ImportRow) -> identity.Stream:
+    return identity.Stream(row.ended_ms, row.item_type, row.track_id, row.episode_id, row.name_key, row.precision_ms)
 
 
 def decide(rows: Sequence[ImportRow], context: Sequence[ImportRow], existing: Sequence[ExistingPlay], *,
@@ -71,32 +68,10 @@ def decide(rows: Sequence[ImportRow], context: Sequence[ImportRow], existing: Se
     already decided in an earlier chunk: they claim the plays they matched then, so a play is never
     absorbed twice across a chunk boundary. `ref_of(row)` is the row's import_ref."""
     everyone = [*context, *rows]
-    pairs: list[tuple[int, int, int, int]] = []  # (priority, distance, row slot, play slot)
-    by_time = sorted(range(len(existing)), key=lambda i: existing[i].played_at_ms)
-    times = [existing[i].played_at_ms for i in by_time]
-    for slot, row in enumerate(everyone):
-        low = bisect.bisect_left(times, row.ended_ms - tolerance_ms)
-        high = bisect.bisect_right(times, row.ended_ms + row.precision_ms - 1 + tolerance_ms)
-        ref = ref_of(row)
-        for position in range(low, high):
-            play_slot = by_time[position]
-            play = existing[play_slot]
-            if play.import_ref is not None and play.import_ref == ref:
-                pairs.append((0, 0, slot, play_slot))
-                continue
-            if not same_item(row, play):
-                continue
-            gap = distance_ms(row, play.played_at_ms)
-            if gap <= tolerance_ms:
-                pairs.append((1, gap, slot, play_slot))
-    pairs.sort()
-    row_match: dict[int, int] = {}
-    claimed: set[int] = set()
-    for _priority, _gap, slot, play_slot in pairs:
-        if slot in row_match or play_slot in claimed:
-            continue
-        row_match[slot] = play_slot
-        claimed.add(play_slot)
+    refs = [ref_of(row) for row in everyone]
+    row_match = identity.match(
+        [stream_of(row) for row in everyone], [p.stream for p in existing], tolerance_ms,
+        forced=lambda i, j: existing[j].import_ref is not None and existing[j].import_ref == refs[i])
 
     occupied = {p.played_at for p in existing}
     decisions = []
@@ -104,9 +79,8 @@ def decide(rows: Sequence[ImportRow], context: Sequence[ImportRow], existing: Se
     for slot, row in enumerate(rows, start=offset):
         if slot in row_match:
             play = existing[row_match[slot]]
-            ref = ref_of(row)
-            outcome = ALREADY if play.import_ref is not None and play.import_ref == ref else DUPLICATE
-            decisions.append(Decision(row, outcome, play.played_at, play.played_at_ms))
+            outcome = ALREADY if play.import_ref is not None and play.import_ref == refs[slot] else DUPLICATE
+            decisions.append(Decision(row, outcome, play.played_at, play.played_at_ms, play))
             continue
         # A key already taken by another play (a different track at the same instant, or two
         # streams in the same minute) moves on by a millisecond: a write never replaces a play.

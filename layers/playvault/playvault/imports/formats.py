@@ -14,13 +14,13 @@ A row that cannot be read is counted under its reason and never fails the file.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from playvault.clock import to_ms
+from playvault.identity import name_key
 
 EXTENDED = "extended"
 ACCOUNT_MUSIC = "account_music"
@@ -59,7 +59,6 @@ class Skip(StrEnum):
     OTHER_ACCOUNT = "other_account"  # `username` names someone else
     INCOGNITO = "incognito"  # listening rule
     TOO_SHORT = "too_short"  # listening rule: ms_played under the minimum
-    NEWER_THAN_POLLING = "newer_than_polling"  # polling will archive it (after the user's cursor)
 
 
 @dataclass(frozen=True)
@@ -86,6 +85,7 @@ class ImportRow:
     album_name: str | None = None
     episode_name: str | None = None
     show_name: str | None = None
+    platform: str | None = None  # the extended export's device platform ("ios", "linux", ...)
 
     @property
     def resolved(self) -> bool:
@@ -96,14 +96,6 @@ class ImportRow:
         if self.item_type == EPISODE:
             return name_key(self.episode_name, self.show_name)
         return name_key(self.track_name, self.artist_name)
-
-
-def name_key(title: str | None, by: str | None) -> str | None:
-    """What identifies a play without ids: title and artist (or show), case- and width-folded."""
-    if not title:
-        return None
-    fold = lambda s: unicodedata.normalize("NFKC", s or "").casefold().strip()  # noqa: E731
-    return f"{fold(title)}\x1f{fold(by)}"
 
 
 def classify(name: str) -> str | None:
@@ -200,13 +192,14 @@ def parse_extended(row: Any, index: int, *, user_id: str, now: datetime, rule: L
         raise RowError(Skip.TOO_SHORT)
     if episode_id or (not track_uri and _text(row, "episode_name")):
         return ImportRow(index, ended_ms, 1000, EPISODE, ms_played, episode_id=episode_id,
-                         episode_name=_text(row, "episode_name"), show_name=_text(row, "episode_show_name"))
+                         episode_name=_text(row, "episode_name"), show_name=_text(row, "episode_show_name"),
+                         platform=_text(row, "platform"))
     track_name = _text(row, "master_metadata_track_name")
     if not track_id and not track_name:
         raise RowError(Skip.NO_ITEM)
     return ImportRow(index, ended_ms, 1000, TRACK, ms_played, track_id=track_id, track_name=track_name,
                      artist_name=_text(row, "master_metadata_album_artist_name"),
-                     album_name=_text(row, "master_metadata_album_album_name"))
+                     album_name=_text(row, "master_metadata_album_album_name"), platform=_text(row, "platform"))
 
 
 _END_TIME = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d$")

@@ -4,10 +4,15 @@ One job per uploaded object (`imports/<user id>/<upload id>/export`; refused unr
 when the upload id was not issued to that user). Phases:
 1. import: every streaming-history file of the upload, streamed item by item; each chunk of
    `chunk_rows` rows is validated, de-duplicated against the plays already archived
-   (playvault.imports.dedup), written (BatchWriteItem, one write per new play), and only then
-   counted on the job (one conditional UpdateItem that also moves the job's position). A crash
-   between the two re-reads the chunk: its rows are found under the keys they were written to and
-   counted once.
+   (playvault.imports.dedup: a duplicate of a polled play gives that play its ms_played and names),
+   written (BatchWriteItem, one write per new play), merged with plays polling wrote meanwhile (the
+   window is read again: store/plays.reconcile), and only then counted on the job (one conditional
+   UpdateItem that also moves the job's position). A crash in between re-reads the chunk: its rows
+   are found by their import_ref, where they were written or in the polled play they were merged
+   into, and counted once. Every qualifying row is imported, whatever the user's polling cursor or
+   status: polling never lists podcast episodes, and a reconnected or lapsed user's cursor says
+   nothing of what Spotify still shows. Before the first write the user is flagged `has_imports`
+   (store/users.flag_imports), from when on polls merge too.
 2. resolve: tracks the catalog did not know are fetched one at a time with GET /tracks/{id}
    (the batch endpoints are gone for development-mode apps), throttled, and only while the
    app-wide rate gate is open: polling comes first. A 429 closes the gate for everyone and pauses
@@ -288,11 +293,10 @@ class Importer:
             files = [{"name": f.name, "kind": f.kind, "size": f.size, "state": FILE_PENDING, "rows_read": 0,
                       "error": None} for f in upload.files]
             self._advance(job, token, imports.Progress(0, 0, 0, files=files, state=imports.RUNNING))
-        user = users.get(job.user_id)
-        cutoff = user.cursor_ms if user is not None and user.status == users.ACTIVE and user.cursor_ms else None
+        users.flag_imports(job.user_id)
         while int(job.file_index or 0) < len(files):
             index = int(job.file_index or 0)
-            if not self._import_file(job, token, upload, files, index, cutoff, budget, outcome):
+            if not self._import_file(job, token, upload, files, index, budget, outcome):
                 return False
         read = [f for f in files if f["state"] != FILE_SKIPPED]
         if read and all(f["state"] == FILE_REJECTED or (f["state"] == FILE_FAILED and not f.get("rows_read"))
@@ -305,7 +309,7 @@ class Importer:
         return True
 
     def _import_file(self, job: imports.ImportModel, token: str, upload: Any, files: list[dict[str, Any]],
-                     file_index: int, cutoff: int | None, budget: Budget, outcome: RunOutcome) -> bool:
+                     file_index: int, budget: Budget, outcome: RunOutcome) -> bool:
         entry = files[file_index]
         name = entry["name"]
         done_before = sum(int(f["size"]) for f in files[:file_index])
@@ -358,14 +362,10 @@ class Importer:
                 else:
                     accepted_any = True
                     if row_index < start_row:
-                        if cutoff is None or row.ended_ms <= cutoff:  # as its chunk saw it: decided rows only
-                            context.append(row)
+                        context.append(row)
                         continue
                     read += 1
-                    if cutoff is not None and row.ended_ms > cutoff:
-                        skipped[formats.Skip.NEWER_THAN_POLLING.value] += 1
-                    else:
-                        chunk.append(row)
+                    chunk.append(row)
                 position = row_index + 1
                 if read and read % self.settings.chunk_rows == 0 and position > start_row:
                     entry["rows_read"] = int(entry.get("rows_read") or 0) + self.settings.chunk_rows
@@ -393,7 +393,7 @@ class Importer:
                rows: list[formats.ImportRow], context: list[formats.ImportRow], skipped: Counter[str], read: int, *,
                next_position: tuple[int, int], bytes_done: int, outcome: RunOutcome,
                error: tuple[str, str | None, int | None] | None = None) -> None:
-        """De-duplicate, write, then count: the chunk's plays are durable before the job moves on."""
+        """De-duplicate, write, merge, then count: the chunk's plays are durable before the job moves on."""
         imports.hold(job, token, clock.now(), self.settings.lease)  # stops here for a user being deleted
         tolerance_ms = self.settings.tolerance_s * 1000
         existing = self._existing(job.user_id, rows, needs_names=any(not r.resolved for r in rows))
@@ -407,9 +407,26 @@ class Importer:
         track_ids = {d.row.track_id for d in own if d.row.track_id}
         # Queued by an earlier counted chunk of this run: once is enough (neither stored nor known gone).
         unknown = catalog.tracks_to_look_up(track_ids) - self._queued
+        episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
+                    for d in own if d.row.episode_id]
+        episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
+        # A duplicate of a polled play that holds no import yet: that play keeps the export's
+        # ms_played and names (first, so the merge below never hands it a second row).
+        for d in decisions:
+            if d.outcome == dedup.DUPLICATE and d.matched is not None and d.matched.polled_without_import:
+                plays.enrich(plays.PlayModel(job.user_id, d.played_at), self._play_row(job.user_id, d, ref_prefix))
+        plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
+        # Plays polling wrote since the read above: the window is read again, pairs merged.
+        merged = set()
+        for low, high in self._ranges(rows):
+            merged.update(plays.reconcile(job.user_id, low, high, tolerance_ms))
+        # A row that ended in a polled play (merged now or in a crashed attempt) added no play.
+        into_polled = sum(1 for d in decisions if d.outcome == dedup.NEW and ref_prefix + str(d.row.index) in merged)
+        into_polled += sum(1 for d in decisions if d.outcome == dedup.ALREADY and d.matched is not None
+                           and d.matched.source != plays.SOURCE_EXPORT)
+        duplicates = sum(d.outcome == dedup.DUPLICATE for d in decisions) + into_polled
         progress = imports.Progress(next_position[0], next_position[1], bytes_done, rows_read=read,
-                                    plays_added=sum(d.outcome != dedup.DUPLICATE for d in decisions),
-                                    duplicates=sum(d.outcome == dedup.DUPLICATE for d in decisions),
+                                    plays_added=len(decisions) - duplicates, duplicates=duplicates,
                                     skipped=dict(skipped), files=files, error=error)
         if rows:
             progress.first_ms = min(r.ended_ms for r in rows)
@@ -418,10 +435,7 @@ class Importer:
             imports.put_resolve_chunk(job.user_id, job.job_id, int(job.resolve_chunks or 0), unknown)
             progress.new_resolve_chunk = True
             progress.tracks_to_resolve = len(unknown)
-        episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
-                    for d in own if d.row.episode_id]
-        progress.episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
-        plays.write_rows(self._play_row(job.user_id, d, ref_prefix) for d in new)
+        progress.episodes_added = episodes_added
         self._advance(job, token, progress)
         if len(self._queued) < QUEUED_IDS_CAPACITY:  # only once counted: a retried chunk queues them again
             self._queued.update(unknown)
@@ -437,22 +451,16 @@ class Importer:
             source=plays.SOURCE_EXPORT, item_type=row.item_type, episode_id=row.episode_id,
             track_name=row.track_name, artist_name=row.artist_name, album_name=row.album_name,
             episode_name=row.episode_name, show_name=row.show_name, ms_played=row.ms_played,
-            unresolved=None if row.resolved else True, import_ref=ref_prefix + str(row.index))
+            unresolved=None if row.resolved else True, import_ref=ref_prefix + str(row.index),
+            platform=row.platform, precision_ms=row.precision_ms)
 
     def _existing(self, user_id: str, rows: list[formats.ImportRow], needs_names: bool) -> list[dedup.ExistingPlay]:
         """Plays already archived near the rows: one Query per cluster of rows close in time."""
         if not rows:
             return []
-        margin = self.settings.tolerance_s * 1000 + 60_000
-        times = sorted(r.ended_ms for r in rows)
-        # Split at the widest silences (over an hour), at most MAX_QUERIES_PER_CHUNK ranges: sparse
-        # rows (years of light listening in one chunk) cost a few Queries, not one per row.
-        splits = sorted(sorted(range(1, len(times)), key=lambda i: times[i] - times[i - 1], reverse=True)
-                        [:MAX_QUERIES_PER_CHUNK - 1])
-        splits = [i for i in splits if times[i] - times[i - 1] > CLUSTER_GAP_MS]
-        ranges = [[times[a], times[b - 1]] for a, b in zip([0, *splits], [*splits, len(times)], strict=True)]
+        margin = self.settings.tolerance_s * 1000 + plays.WINDOW_MARGIN_MS
         found = []
-        for low, high in ranges:
+        for low, high in self._ranges(rows):
             start = dedup.canonical_played_at_ms(low - margin)
             end = dedup.canonical_played_at_ms(high + margin)
             found.extend(plays.plays_between(user_id, start, end))
@@ -470,8 +478,21 @@ class Importer:
                 title, by = self._names.get(p.track_id or "", (None, None))
                 key = formats.name_key(title, by)
             out.append(dedup.ExistingPlay(p.played_at, int(p.played_at_ms), p.item_type or formats.TRACK, p.track_id,
-                                          p.episode_id, key, p.import_ref))
+                                          p.episode_id, key, p.import_ref, p.source or plays.SOURCE_API,
+                                          p.stream.precision_ms))
         return out
+
+    @staticmethod
+    def _ranges(rows: list[formats.ImportRow]) -> list[tuple[int, int]]:
+        """The rows' times as at most MAX_QUERIES_PER_CHUNK ranges: split at the widest silences (over
+        an hour), so sparse rows (years of light listening in one chunk) cost a few Queries, not one per row."""
+        if not rows:
+            return []
+        times = sorted(r.ended_ms for r in rows)
+        splits = sorted(sorted(range(1, len(times)), key=lambda i: times[i] - times[i - 1], reverse=True)
+                        [:MAX_QUERIES_PER_CHUNK - 1])
+        splits = [i for i in splits if times[i] - times[i - 1] > CLUSTER_GAP_MS]
+        return [(times[a], times[b - 1]) for a, b in zip([0, *splits], [*splits, len(times)], strict=True)]
 
     @staticmethod
     def _advance(job: imports.ImportModel, token: str, progress: imports.Progress) -> None:

@@ -89,6 +89,10 @@ class UserModel(Model):
     # Whether the user held a seat when it was marked deleting (a lapsed user gave it back already):
     # the deletion frees a seat only if this is true (absent on older marks: taken as held).
     deletion_holds_seat = BooleanAttribute(null=True)
+    # Set (bumping `version`) before an import's first write: from then on every poll merges the
+    # export rows that are the plays it wrote (store/plays.reconcile); a poll that read the user
+    # before the flag cannot record its poll.
+    has_imports = BooleanAttribute(null=True)
 
 
 # Worker writes: never resurrect a deleted user (UpdateItem would create it), never touch a user
@@ -289,6 +293,18 @@ def scan_polling_state(page_size: int = 1000) -> Iterator[PollingState]:
         yield PollingState(user.user_id, user.status, user.cooldown_until, user.next_poll_at,
                            user.authorized_at, user.authorization_expires_at,
                            frozenset(user.reminders_sent or ()), user.needs_reauth_since)
+
+
+def flag_imports(user_id: str) -> None:
+    """Before an import's first write: set `has_imports` with an update that bumps `version` (a poll
+    that read the user before it fails its conditional record and the next poll, seeing the flag,
+    redoes the merge). Nothing when already set or the user is gone."""
+    if update_current(user_id, [UserModel.has_imports.set(True)], UserModel.has_imports.does_not_exist(),
+                      lambda user: not user.has_imports):
+        return
+    user = get(user_id)
+    if user is not None and not user.has_imports:  # polls kept winning the version race: try again later
+        raise RuntimeError("the user item stayed contended: has_imports not set")
 
 
 # -- authorization lifecycle (playvault.lifecycle) ----------------------------------------------------
