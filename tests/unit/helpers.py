@@ -131,3 +131,7 @@ def ssm_refusing(code: str, message: str) -> list[str]:
     # Each loaded function reads through its own providers (its container's cache): all of them refuse.
     set_parameter_provider("ssm", SSMProvider(boto3_client=client))
     return asked
+
+
+class ProcessKilled(BaseException):
+    """The process ends (a Lambda timeout, an out-of-memory kill): no handler of the job runs."""

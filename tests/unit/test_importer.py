@@ -25,7 +25,7 @@ from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, state, users
 from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import make_spotify, ssm_refusing
+from tests.unit.helpers import ProcessKilled, make_spotify, ssm_refusing
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SEED = 7  # the conftest emulator's seed
@@ -172,10 +172,6 @@ def test_a_re_import_and_an_overlapping_export_change_nothing(world):
     assert (world.job(overlapping).plays_added, world.job(overlapping).duplicates) == (3, 6)
     after = [(p.played_at, p.track_id) for p in world.stored()]
     assert len(after) == 15 and set(before) <= set(after)
-
-
-class ProcessKilled(BaseException):
-    """The process ends (a Lambda timeout, an out-of-memory kill): no handler of the job runs."""
 
 
 def test_a_chunk_retried_after_a_crash_adds_nothing_twice(world, monkeypatch):
