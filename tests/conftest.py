@@ -19,6 +19,7 @@ import requests
 from playvault_local import provision as prov
 from playvault_local.aws_server import stop_process
 from playvault_local.lambda_runtime import context_for, load_handler
+from playvault_local.moto_transactions import install as isolate_transactions_item_by_item
 from playvault_local.strict_dynamodb import install as refuse_what_dynamodb_refuses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
 refuse_what_dynamodb_refuses()  # e.g. a reversed BETWEEN, which moto answers with an empty page
+isolate_transactions_item_by_item()  # moto copies whole tables per transaction and restores stale copies
 
 
 def free_port() -> int:

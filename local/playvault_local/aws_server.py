@@ -155,8 +155,9 @@ def make_app() -> Any:
     _speed_up_moto()
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from playvault_local import s3_post
+    from playvault_local import moto_transactions, s3_post
 
+    moto_transactions.install()  # transactions rolled back item by item, not by copying whole tables
     # The stack signs with these (provision.py gives the functions the same); moto accepts any key.
     signer = {os.environ.get("AWS_ACCESS_KEY_ID", "testing"): os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
     moto_app = s3_post.enforce(DomainDispatcherApplication(create_backend_app), signer)
