@@ -45,7 +45,7 @@ def _named_items(backend: Any, transact_items: list[dict[str, Any]]) -> list[tup
             keys = operation.get("Key") or {name: operation["Item"][name]
                                            for name in (table.hash_key_attr, table.range_key_attr) if name}
             hash_key, range_key = backend.get_keys_value(table, keys)
-        except Exception:  # noqa: BLE001  moto refuses this entry itself, before writing anything of it
+        except Exception:  # noqa: BLE001, S112  moto refuses this entry itself, before writing anything of it
             continue
         saved.append((table, hash_key, range_key, copy.deepcopy(table.get_item(hash_key, range_key))))
     return saved
