@@ -19,6 +19,10 @@ when the upload id was not issued to that user). Phases:
    the job until it reopens (hours, if Spotify says so); a paused job is not done.
 When the invocation's time runs short, or the job pauses, it asks to be continued later (an SQS
 message to itself) and releases its lease.
+
+One job per user writes at a time (store/imports: the user's import lock, taken with the job's
+lease): a job started while another of its user runs writes nothing and is continued later through
+the queue (WAITING, never failed), so its pre-check sees every row the other wrote.
 """
 
 from __future__ import annotations
@@ -81,7 +85,9 @@ PAUSED = "paused"
 DONE = "done"
 FAILED = "failed"
 BUSY = "busy"  # another delivery holds the job
+WAITING = "waiting"  # another job of the user holds the user's import lock: continued later
 NOTHING = "nothing"  # unknown or finished job
+WAIT_POLL_S = 30  # a waiting job looks again at most this far apart (the holder often ends before its lease)
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,8 @@ class Importer:
             return RunOutcome(PAUSED, delay_s=delay)
         try:
             token = imports.claim(job, now, self.settings.lease)
+        except imports.UserBusy as busy:
+            return self._wait(job, busy.until)
         except imports.LeaseLost:
             # A live holder continues it; if that holder crashed, its lease lapses and this retry takes over.
             delay = max(1.0, ((job.lease_until or now) - now).total_seconds() + 1)
@@ -221,6 +229,13 @@ class Importer:
                 pass  # the deletion removed the job already
             logger.info("import stopped: the user is being deleted", extra={"user_id": user_id, "job_id": job_id})
             return RunOutcome(NOTHING, reason="user being deleted")
+        except imports.UserBusy as busy:
+            # The lock lapsed under this run and another job took it: this chunk wrote nothing.
+            try:
+                imports.release(job, token, clock.now())
+            except imports.LeaseLost:
+                pass
+            return self._wait(job, busy.until, outcome)
         except imports.LeaseLost:
             return RunOutcome(BUSY, reason="lease lost")
         except Exception as exc:  # noqa: BLE001  every job ends: failed with a reason, or retried (AWS)
@@ -232,6 +247,19 @@ class Importer:
             self._names, self._queued, self._reading = {}, set(), None
         if outcome.status in (CONTINUE, PAUSED):
             self.continue_later(user_id, job_id, outcome.delay_s)
+        return outcome
+
+    def _wait(self, job: imports.ImportModel, until: datetime | None,
+              outcome: RunOutcome | None = None) -> RunOutcome:
+        """Another job of the user holds the lock: continued when it ends (a crashed holder's lock
+        lapses with its lease), or sooner to look again. Nothing of this job changes meanwhile."""
+        now = clock.now()
+        delay = max(1.0, min(WAIT_POLL_S, ((until or now) - now).total_seconds() + 1))
+        self.continue_later(job.user_id, job.job_id, delay)
+        logger.info("import waits for another import of the user",
+                    extra={"user_id": job.user_id, "job_id": job.job_id, "delay_s": delay})
+        outcome = outcome or RunOutcome(WAITING)
+        outcome.status, outcome.delay_s = WAITING, delay
         return outcome
 
     def _ended_by(self, job: imports.ImportModel, token: str, exc: Exception) -> RunOutcome:

@@ -4,7 +4,16 @@ Keys (ImportsTable, user_id + item): `job#<job id>` is the job's status (what /m
 rows read, plays added, duplicates, skipped by reason, tracks to resolve, state, error with file and
 row, progress for the ETA) and its position (file index + row index of the next row to read);
 `resolve#<job id>#<n>` holds the ids of tracks the catalog did not know, found by chunk n (written
-once; the job item records how far the catalog phase got: resolve_position, resolve_offset).
+once; the job item records how far the catalog phase got: resolve_position, resolve_offset);
+`lock` is the user's import lock: the job whose delivery may write plays now (holder_job, its lease
+token and lease_until), present only while a job holds its lease.
+
+One job per user writes at a time: a job's pre-check (playvault.imports.dedup) reads the plays
+already archived and the post-write merge (store/plays.reconcile) pairs export rows only with polled
+plays, so two jobs of one user that both pre-checked before either wrote would each write a row for
+the same stream. `claim` takes the lock with the job's lease in one transaction, `hold` extends both,
+and releasing the lease releases the lock; a crashed holder's lock lapses with its lease. A job that
+finds the lock taken raises UserBusy and waits (the importer continues it later through the queue).
 
 Every progress write is conditional on the caller's lease and on the position it started from, so
 two deliveries of the same job cannot both count a chunk, and a retried chunk (crash, timeout) is
@@ -33,7 +42,7 @@ from pynamodb.attributes import (
     UnicodeSetAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.exceptions import UpdateError
+from pynamodb.exceptions import DeleteError, UpdateError
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
@@ -53,6 +62,7 @@ PHASE_RESOLVE = "resolve"
 
 JOB_PREFIX = "job#"
 RESOLVE_PREFIX = "resolve#"
+LOCK_KEY = "lock"
 
 
 @table("imports_table")
@@ -99,6 +109,8 @@ class ImportModel(Model):
     lookup_failures = NumberAttribute(null=True)  # failed lookups of the track at resolve_position/offset
     lease_token = UnicodeAttribute(null=True)
     lease_until = UTCDateTimeAttribute(null=True)
+    # lock item (with lease_token, lease_until): the job holding the user's import lock
+    holder_job = UnicodeAttribute(null=True)
     # resolve item
     track_ids = UnicodeSetAttribute(null=True)
 
@@ -172,37 +184,83 @@ class LeaseLost(RuntimeError):
     """Another delivery holds the job, or moved it on: this one stops without writing."""
 
 
+class UserBusy(RuntimeError):
+    """Another job of the user holds the user's import lock (until `until`, None if it just ended):
+    this job writes nothing now and waits."""
+
+    def __init__(self, until: datetime | None) -> None:
+        super().__init__("another import job of the user is running")
+        self.until = until
+
+
+def _lock(user_id: str) -> ImportModel:
+    return ImportModel(user_id, LOCK_KEY)
+
+
+def lock_held_until(user_id: str) -> datetime | None:
+    """When the user's import lock ends (None: no lock item)."""
+    try:
+        return ImportModel.get(user_id, LOCK_KEY, consistent_read=True).lease_until
+    except ImportModel.DoesNotExist:
+        return None
+
+
 def claim(job: ImportModel, now: datetime, lease: timedelta) -> str:
-    """Take the job for `lease` (a Lambda timeout); raises LeaseLost if another holder is live."""
+    """Take the job and the user's import lock for `lease` (a Lambda timeout), in one transaction.
+    Raises LeaseLost if another delivery of the job is live, UserBusy if another job holds the lock."""
     token = secrets.token_hex(8)
     # The item must exist: an update would otherwise create one (a job a deletion just removed).
-    condition = ImportModel.item.exists() & (ImportModel.lease_until.does_not_exist() | (ImportModel.lease_until < now))
-    try:
-        job.update(actions=[ImportModel.lease_token.set(token), ImportModel.lease_until.set(now + lease),
-                            ImportModel.updated_at.set(now)], condition=condition)
-    except UpdateError as exc:
-        if condition_failed(exc):
-            raise LeaseLost("the job is being processed by another delivery") from None
-        raise
+    job_free = ImportModel.item.exists() & (ImportModel.lease_until.does_not_exist() | (ImportModel.lease_until < now))
+    # The lock: absent, lapsed (a crashed holder), or this job's (a retried delivery of it).
+    lock_free = (ImportModel.item.does_not_exist() | ImportModel.lease_until.does_not_exist()
+                 | (ImportModel.lease_until < now) | (ImportModel.holder_job == job.job_id))
+
+    def build(transaction: TransactWrite) -> None:
+        # Both updates, in this order: reasons[0] is the job, reasons[1] the lock.
+        transaction.update(job, actions=[ImportModel.lease_token.set(token), ImportModel.lease_until.set(now + lease),
+                                         ImportModel.updated_at.set(now)], condition=job_free)
+        transaction.update(_lock(job.user_id), actions=[
+            ImportModel.holder_job.set(job.job_id), ImportModel.lease_token.set(token),
+            ImportModel.lease_until.set(now + lease), ImportModel.updated_at.set(now)], condition=lock_free)
+
+    job_reason, lock_reason = (seats.transact(build, time.sleep) + [None, None])[:2]
+    if job_reason == "ConditionalCheckFailed":
+        raise LeaseLost("the job is being processed by another delivery")
+    if lock_reason == "ConditionalCheckFailed":
+        raise UserBusy(lock_held_until(job.user_id))
     return token
 
 
 def hold(job: ImportModel, token: str, now: datetime, lease: timedelta) -> None:
     """Before a chunk writes: in one transaction, check that the user exists and is not being
-    deleted, and extend this holder's lease by `lease` (over the function's timeout). Raises
-    UserBeingDeleted (the importer stops) or LeaseLost. Every write of a chunk follows a hold, so
-    after a deletion's mark the only writes still possible are those of leases live at that moment."""
+    deleted, and extend this holder's lease and the user's import lock by `lease` (over the
+    function's timeout). Raises UserBeingDeleted (the importer stops), LeaseLost or UserBusy. Every
+    write of a chunk follows a hold, so after a deletion's mark the only writes still possible are
+    those of leases live at that moment, and only the lock's holder writes plays."""
 
     def build(transaction: TransactWrite) -> None:
         transaction.condition_check(UserModel, job.user_id, condition=_USER_IMPORTABLE)
         transaction.update(job, actions=[ImportModel.lease_until.set(now + lease), ImportModel.updated_at.set(now)],
                            condition=ImportModel.lease_token == token)
+        transaction.update(_lock(job.user_id), actions=[ImportModel.lease_until.set(now + lease)],
+                           condition=ImportModel.lease_token == token)
 
-    user_reason, job_reason = (seats.transact(build, time.sleep) + [None, None])[:2]
+    user_reason, job_reason, lock_reason = (seats.transact(build, time.sleep) + [None, None, None])[:3]
     if user_reason == "ConditionalCheckFailed":
         raise UserBeingDeleted("the user is being deleted or is gone: the import stops")
     if job_reason == "ConditionalCheckFailed":
         raise LeaseLost("the job moved on under another delivery")
+    if lock_reason == "ConditionalCheckFailed":  # it lapsed and another job took it
+        raise UserBusy(lock_held_until(job.user_id))
+
+
+def release_lock(user_id: str, token: str) -> None:
+    """Give the user's import lock back if this delivery holds it (after its lease went)."""
+    try:
+        _lock(user_id).delete(condition=ImportModel.lease_token == token)
+    except DeleteError as exc:
+        if not condition_failed(exc):  # another job's lock, or none: nothing of this holder's to give back
+            raise
 
 
 def lease_held_until(user_id: str, now: datetime) -> datetime | None:
@@ -214,12 +272,16 @@ def lease_held_until(user_id: str, now: datetime) -> datetime | None:
 
 
 def delete_for_user(user_id: str) -> int:
-    """Delete every item of the user (job statuses, resolve items); returns how many jobs there were."""
+    """Delete every item of the user (job statuses, resolve items, the import lock); returns how many
+    jobs there were. The lock goes last: a claim needs its job item, so none can take it after."""
     jobs = 0
     with ImportModel.batch_write() as batch:
         for item in ImportModel.query(user_id, consistent_read=True, attributes_to_get=["user_id", "item"]):
-            batch.delete(item)
-            jobs += item.item.startswith(JOB_PREFIX)
+            if item.item != LOCK_KEY:
+                batch.delete(item)
+                jobs += item.item.startswith(JOB_PREFIX)
+    with ImportModel.batch_write() as batch:
+        batch.delete(_lock(user_id))
     return jobs
 
 
@@ -327,6 +389,8 @@ def set_state(job: ImportModel, token: str, now: datetime, state: str, *, phase:
     if release:
         actions += [ImportModel.lease_token.remove(), ImportModel.lease_until.remove()]
     _update(job, actions, ImportModel.lease_token == token)
+    if release:
+        release_lock(job.user_id, token)
 
 
 def next_attempt(job: ImportModel, position: str) -> int:
@@ -341,12 +405,14 @@ def record_attempt(job: ImportModel, token: str, now: datetime, position: str, f
     _update(job, [ImportModel.attempts.set(attempts), ImportModel.attempt_at.set(position),
                   ImportModel.last_failure.set(failure[:500]), ImportModel.updated_at.set(now),
                   ImportModel.lease_token.remove(), ImportModel.lease_until.remove()], ImportModel.lease_token == token)
+    release_lock(job.user_id, token)
     return attempts
 
 
 def release(job: ImportModel, token: str, now: datetime) -> None:
     _update(job, [ImportModel.lease_token.remove(), ImportModel.lease_until.remove(),
                   ImportModel.updated_at.set(now)], ImportModel.lease_token == token)
+    release_lock(job.user_id, token)
 
 
 # -- tracks to resolve -----------------------------------------------------------------------------
