@@ -8,14 +8,16 @@ The model, not the code under test, decides what must be in the archive:
 - polling could have seen it when it was in Spotify's last-50 window (what the emulator shows at
   that moment) during a poll of a connected, active user;
 - an import must have brought it when it is in an export whose job finished.
-Every such stream is archived exactly once, with its names on the read path (history.enriched,
-which /me/plays and the CSV and JSON Lines exports render); nothing else is archived (a stream an
+Every such stream is archived exactly once, with its names on the read path (history's catalog
+rows, which /me/plays and the CSV and JSON Lines exports render); nothing else is archived (a stream an
 unfinished import or a poll may have written is allowed, once). After delete-my-data nothing of the
 user is left in any table of template.yaml nor in the bucket; the seat counter equals the users
 holding a seat; a user being deleted stays `deleting`.
 
 The invariants read through public store and read-path functions and raw scans, never through the
-importer's or the poller's own counters. Budget: the `archive-ci` profile (`make test`); the
+importer's or the poller's own counters. Each example gets its own moto (template.yaml provisioned
+again, ~0.3 s) and its own Spotify accounts on the test's emulator. Budget: the `archive-ci`
+profile (`make test`: 8 examples of 25 steps, about 70 s on 2 busy cores when nothing fails); the
 `archive-deep` profile runs from `make test-deep` (PLAYVAULT_STATEFUL_PROFILE=archive-deep).
 """
 
