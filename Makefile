@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # `make test` runs pytest on every core (pytest-xdist): most tests wait on servers, not the CPU.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help browser-deps install test unit integration e2e lint validate build deploy run serve bench clean
+.PHONY: help browser-deps install test test-deep unit integration e2e lint validate build deploy run serve bench clean
 
 help:
 	@echo "make run       the whole system locally on the embedded emulators, then a report (about 2 min)"
@@ -29,6 +29,7 @@ help:
 	@echo "               2 (bad usage), 3 (a function made an AWS call its IAM role in template.yaml would refuse: see IAM in the report);"
 	@echo "               make prints that code and itself exits 2 on any non-zero one (GNU make's rule)"
 	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
+	@echo "make test-deep the stateful property test of the whole archive, long profile (tens of minutes)"
 	@echo "make bench     benchmarks -> bench/results.json, discussed in BENCHMARKS.md (about 6 min on 2 cores)"
 	@echo "               options: make bench ARGS=\"--latency-ms 100,300 --dispatcher-users 10000\" (lists are"
 	@echo "               comma-separated; defaults: latency 20,100,300 ms, 50 users a message, dispatcher 10000,100000"
@@ -97,6 +98,11 @@ e2e: $(VENV)/.installed
 
 test: install lint validate build
 	$(PY) -m pytest tests -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# The stateful property test (tests/integration/test_archive_stateful.py) with its long Hypothesis
+# profile: many more and longer random interleavings than `make test` runs.
+test-deep: $(VENV)/.installed
+	PLAYVAULT_STATEFUL_PROFILE=archive-deep $(PY) -m pytest tests/integration/test_archive_stateful.py $(PYTEST_ARGS)
 
 # The runner's own exit code is printed; make itself exits 2 whenever a recipe fails.
 run: $(VENV)/.installed
