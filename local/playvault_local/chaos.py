@@ -52,7 +52,7 @@ class ChaosConfig:
     app_rate_limit_minutes: int = 50  # spans several 15-minute dispatch runs
     quota_exceeded: bool = True  # the long 429 says QUOTA_EXCEEDED in its body
     bad_item_share: float = 0.02  # damaged recently-played items (track null, artists [null], ...)
-    episode_share: float = 0.02  # podcast episodes in the feed
+    episode_share: float = 0.02  # podcast episodes listened to (never listed in recently-played)
     crashes: tuple[str, ...] = ("raise", "kill")
     crash_after_hour: int = 2
     duplicate_rate: float = 0.15

@@ -82,7 +82,8 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
     revoked: dict[str, Any] = {}
     for user in sim.population:
         user_id = user.user_id
-        truth_rows = state.ground_truth(user_id)
+        # What recently-played lists (never a podcast episode: those only the data export has).
+        truth_rows = [p for p in state.ground_truth(user_id) if p.get("in_feed", True)]
         truth = {p["played_at_ms"] for p in truth_rows}
         late_ms = {p["played_at_ms"] for p in truth_rows if p.get("late_s")}
         shown_ms = {p["played_at_ms"]: p["played_at_ms"] + int(p.get("late_s", 0) * 1000) for p in truth_rows}

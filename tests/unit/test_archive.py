@@ -641,7 +641,18 @@ def test_a_bad_item_never_blocks_the_rest_of_the_page_or_later_polls(world, kind
     assert later.status == archive.SUCCESS and newer in world.stored_ms()
 
 
+def test_an_episode_spotify_never_lists_is_not_polled(world):
+    """Spotify never lists podcast episodes in recently-played (shared notes): the emulator neither."""
+    world.sign_up()
+    song = world.play("alice", 40, track_index=1)
+    world.play("alice", 20, track_index=2, episode=True)
+    assert world.archive().plays_archived == 1
+    assert [int(p.played_at_ms) for p in world.stored()] == [song]
+
+
 def test_an_episode_is_an_episode_play_not_a_track(world):
+    """Should recently-played ever list an episode (an EpisodeObject as `track`), it is kept as one."""
+    world.state.listening.update(episodes_in_feed=1)
     world.sign_up()
     song = world.play("alice", 40, track_index=1)
     episode = world.play("alice", 20, track_index=2, episode=True)

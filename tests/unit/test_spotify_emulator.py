@@ -212,7 +212,7 @@ def test_local_file_play(state):
     assert re.match(r"^spotify:local:[^:]+:[^:]+:[^:]+:\d+$", track["uri"])
     truth = state.ground_truth("alice")[0]
     assert truth == {"played_at_ms": ms(T0), "track_id": None, "track_uri": track["uri"], "is_local": True,
-                     "late_s": 0.0, "bad_kind": None, "episode": False}
+                     "late_s": 0.0, "bad_kind": None, "episode": False, "in_feed": True}
 
 
 def test_catalog_ids_are_base62_and_deterministic(clock):
@@ -618,3 +618,18 @@ def test_every_bad_item_kind_damages_tracks_and_episodes_alike(state, clock, epi
             assert images == [None]
         elif kind == "duration_not_numeric":
             assert item["track"]["duration_ms"] == "unknown"
+
+
+def test_podcast_episodes_are_never_listed_and_take_no_place_among_the_50(state, clock):
+    """Shared notes: "Podcast episodes never appear in recently-played; only the data export has them"."""
+    for k in range(50):
+        state.add_play("alice", T0 - timedelta(minutes=10 * k + 5))
+    episode = state.add_play("alice", T0 - timedelta(minutes=1), episode=True)
+    items, *_ = state.recently_played("alice", 50, None, None)
+    assert len(items) == 50 and all(i["track"]["type"] == "track" for i in items)
+    truth = {p["played_at_ms"]: p for p in state.ground_truth("alice")}
+    episode_ms = ms(datetime.fromisoformat(episode["played_at"].replace("Z", "+00:00")))
+    assert truth[episode_ms]["episode"] and not truth[episode_ms]["in_feed"]
+    state.listening.update(episodes_in_feed=1)  # only for tests of an episode in the feed
+    items, *_ = state.recently_played("alice", 50, None, None)
+    assert items[0]["track"]["type"] == "episode"
