@@ -29,7 +29,7 @@ help:
 	@echo "               2 (bad usage), 3 (a function made an AWS call its IAM role in template.yaml would refuse: see IAM in the report);"
 	@echo "               make prints that code and itself exits 2 on any non-zero one (GNU make's rule)"
 	@echo "make test      lint, sam validate + build, unit, integration and e2e tests"
-	@echo "make test-deep the stateful property test of the whole archive, long profile (tens of minutes)"
+	@echo "make test-deep the stateful property test of the whole archive, long profile (about 10 min)"
 	@echo "make bench     benchmarks -> bench/results.json, discussed in BENCHMARKS.md (about 6 min on 2 cores)"
 	@echo "               options: make bench ARGS=\"--latency-ms 100,300 --dispatcher-users 10000\" (lists are"
 	@echo "               comma-separated; defaults: latency 20,100,300 ms, 50 users a message, dispatcher 10000,100000"
