@@ -77,6 +77,12 @@ def _extended_row(ms: int, track: dict[str, Any], ms_played: int, incognito: boo
             "incognito_mode": incognito}
 
 
+def _extended_episode_row(ms: int, episode: dict[str, Any], ms_played: int) -> dict[str, Any]:
+    return {**_extended_row(ms, {"name": None, "artists": [{}], "uri": None}, ms_played),
+            "master_metadata_track_name": None, "spotify_episode_uri": episode["uri"],
+            "episode_name": episode["name"], "episode_show_name": episode["show"]["name"]}
+
+
 def build_export(state: Any, user_id: str, index: int, start: datetime, now: datetime, seed: int) -> list[ExportFile]:
     from spotify_emulator import catalog
 
@@ -111,25 +117,35 @@ def build_export(state: Any, user_id: str, index: int, start: datetime, now: dat
             music.rows.append({"endTime": _end_time(ms), "artistName": track["artists"][0]["name"],
                                "trackName": track["name"], "msPlayed": played})
             music.provenance.append((("history", ms), played >= MIN_MS))
+        podcast = ExportFile("MyData/StreamingHistory_podcast_0.json")
         for ms, track in truth:
+            if track.get("type") == "episode":  # never in recently-played: only the export has it
+                podcast.rows.append({"endTime": _end_time(ms), "podcastName": track["show"]["name"],
+                                     "episodeName": track["name"], "msPlayed": 1_500_000})
+                podcast.provenance.append((("play", ms), True))
+                continue
             music.rows.append({"endTime": _end_time(ms), "artistName": (track["artists"] or [{}])[0].get("name"),
                                "trackName": track["name"], "msPlayed": 180_000})
             music.provenance.append((("play", ms), True))
         files.append(music)
+        if podcast.rows:
+            files.append(podcast)
         return files
     audio = ExportFile("Spotify Extended Streaming History/Streaming_History_Audio_2023-2025_0.json")
     for ms, track, played, incognito in history:
         if track is None:
             episode_id = catalog.base62_id(random.Random(f"episode:{seed}:{ms}"))
-            audio.rows.append({**_extended_row(ms, {"name": None, "artists": [{}], "uri": None}, played),
-                               "master_metadata_track_name": None,
-                               "spotify_episode_uri": f"spotify:episode:{episode_id}",
-                               "episode_name": f"Episode {ms % 997}", "episode_show_name": "The Local Show"})
+            episode = {"uri": f"spotify:episode:{episode_id}", "name": f"Episode {ms % 997}",
+                       "show": {"name": "The Local Show"}}
+            audio.rows.append(_extended_episode_row(ms, episode, played))
         else:
             audio.rows.append(_extended_row(ms, track, played, incognito))
         audio.provenance.append((("history", ms), played >= MIN_MS and not incognito))
     for ms, track in truth:
-        audio.rows.append(_extended_row(ms - ms % 1000, track, 180_000))
+        if track.get("type") == "episode":
+            audio.rows.append(_extended_episode_row(ms - ms % 1000, track, 1_500_000))
+        else:
+            audio.rows.append(_extended_row(ms - ms % 1000, track, 180_000))
         audio.provenance.append((("play", ms), True))
     files.append(audio)
     if index == 0:

@@ -135,3 +135,20 @@ def ssm_refusing(code: str, message: str) -> list[str]:
 
 class ProcessKilled(BaseException):
     """The process ends (a Lambda timeout, an out-of-memory kill): no handler of the job runs."""
+
+
+def kill_at_advance(monkeypatch, call: int) -> None:
+    """The importer's process dies at its `call`-th job update (imports.advance: the files list, then
+    one per chunk): that chunk's plays are written, its count is not."""
+    from playvault.store import imports
+
+    real_advance = imports.advance
+    calls = {"n": 0}
+
+    def advance_then_die(job, token, progress, now):
+        calls["n"] += 1
+        if calls["n"] == call:
+            raise ProcessKilled("Lambda timed out")
+        return real_advance(job, token, progress, now)
+
+    monkeypatch.setattr(imports, "advance", advance_then_die)

@@ -25,7 +25,7 @@ from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, state, users
 from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import ProcessKilled, make_spotify, ssm_refusing
+from tests.unit.helpers import ProcessKilled, kill_at_advance, make_spotify, ssm_refusing
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SEED = 7  # the conftest emulator's seed
@@ -177,16 +177,7 @@ def test_a_re_import_and_an_overlapping_export_change_nothing(world):
 def test_a_chunk_retried_after_a_crash_adds_nothing_twice(world, monkeypatch):
     rows = history(datetime(2021, 6, 1, tzinfo=UTC), 10)
     key = world.upload(zipped({"Streaming_History_Audio_2021.json": rows}))
-    real_advance = imports.advance
-    calls = {"n": 0}
-
-    def crash_after_the_writes(job, token, progress, now):
-        calls["n"] += 1
-        if calls["n"] == 3:  # files list, chunk 1, then chunk 2: its plays are written, its count not
-            raise ProcessKilled("Lambda timed out")
-        return real_advance(job, token, progress, now)
-
-    monkeypatch.setattr(imports, "advance", crash_after_the_writes)
+    kill_at_advance(monkeypatch, 3)  # the files list, chunk 1, then chunk 2: its plays written, its count not
     with pytest.raises(ProcessKilled):
         world.run(key)
     assert len(world.stored()) == 8  # chunks 1 and 2 are durable

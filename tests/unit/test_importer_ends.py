@@ -14,15 +14,12 @@ from pynamodb.exceptions import PutError
 from playvault.imports import job as job_mod
 from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays
+from tests.unit.helpers import ProcessKilled, kill_at_advance
 from tests.unit.test_importer import history, stream, track, zipped
 from tests.unit.test_importer import world as world  # noqa: F401  (the fixture, shared)
 
 START = datetime(2021, 1, 1, tzinfo=UTC)
 NAME = "Streaming_History_Audio_2021.json"
-
-
-class Killed(BaseException):
-    """The process ends (a Lambda timeout, an out-of-memory kill): no handler of the job runs."""
 
 
 def ids(world, key):
@@ -218,18 +215,9 @@ def test_a_track_spotify_no_longer_has_is_asked_for_once_by_the_whole_app(world)
 def test_a_chunk_retried_in_the_same_warm_container_still_resolves_its_tracks(world, monkeypatch):
     rows = history(START, 10)
     key = world.upload(zipped({NAME: rows}))
-    real_advance = imports.advance
-    calls = {"n": 0}
-
-    def crash_after_the_writes(job, token, progress, now):
-        calls["n"] += 1
-        if calls["n"] == 3:  # files list, chunk 1, then chunk 2: its plays are written, its count not
-            raise Killed("Lambda timed out")
-        return real_advance(job, token, progress, now)
-
+    kill_at_advance(monkeypatch, 3)  # the files list, chunk 1, then chunk 2: its plays written, its count not
     warm = world.importer()
-    monkeypatch.setattr(imports, "advance", crash_after_the_writes)
-    with pytest.raises(Killed):
+    with pytest.raises(ProcessKilled):
         world.run(key, warm)
     monkeypatch.undo()
     world.now += timedelta(minutes=7)

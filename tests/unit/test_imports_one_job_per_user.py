@@ -46,6 +46,15 @@ def lock_item(user_id: str = "alice") -> imports.ImportModel | None:
         return None
 
 
+def two_uploads_of_four_plays(world):
+    """Four plays, exported twice (Extended streaming history, then Account data), both uploaded."""
+    items = [world.play(60 - 5 * k) for k in range(4)]
+    first_key = world.upload([extended_row(i) for i in items], EXTENDED)
+    second_key = world.upload([account_row(i) for i in items], ACCOUNT)
+    user_id, first_id = job_mod.job_for_key(first_key)
+    return items, first_key, second_key, user_id, first_id, job_mod.job_for_key(second_key)[1]
+
+
 @pytest.mark.parametrize("second_rows", ["extended", "account"])
 def test_a_second_job_started_while_the_first_pre_checked_waits_and_matches_every_row(world, monkeypatch,
                                                                                         second_rows):
@@ -92,11 +101,7 @@ def test_a_waiting_job_waits_as_long_as_the_holder_runs_and_is_never_failed(worl
     """The holder's invocations keep the lock (extended per chunk with the lease); the waiting job
     is sent on through the queue each time, stays queued, records no attempt, then ends done."""
     world.sign_up()
-    items = [world.play(60 - 5 * k) for k in range(4)]
-    first_key = world.upload([extended_row(i) for i in items], EXTENDED)
-    second_key = world.upload([account_row(i) for i in items], ACCOUNT)
-    user_id, first_id = job_mod.job_for_key(first_key)
-    second_id = job_mod.job_for_key(second_key)[1]
+    items, first_key, second_key, user_id, first_id, second_id = two_uploads_of_four_plays(world)
     outcomes = []
     real_hold = imports.hold
 
@@ -123,11 +128,7 @@ def test_a_crashed_holders_lock_lapses_with_its_lease(world, monkeypatch, now):
     holder's lease (and lock) ends, then runs and recognises the rows written; the crashed job's
     retry counts its own rows once."""
     world.sign_up()
-    items = [world.play(60 - 5 * k) for k in range(4)]
-    first_key = world.upload([extended_row(i) for i in items], EXTENDED)
-    second_key = world.upload([account_row(i) for i in items], ACCOUNT)
-    user_id, first_id = job_mod.job_for_key(first_key)
-    second_id = job_mod.job_for_key(second_key)[1]
+    items, first_key, second_key, user_id, first_id, second_id = two_uploads_of_four_plays(world)
     real_advance = imports.advance
 
     def killed_after_the_writes(job, token, progress, at):
@@ -181,11 +182,7 @@ def test_a_holder_whose_lock_lapsed_and_was_taken_writes_nothing_more_and_waits(
     ended: at its next chunk the holder finds the lock not its own, writes nothing, gives its job's
     lease back and waits; continued, it matches the other job's rows."""
     world.sign_up()
-    items = [world.play(60 - 5 * k) for k in range(4)]
-    first_key = world.upload([extended_row(i) for i in items], EXTENDED)
-    second_key = world.upload([account_row(i) for i in items], ACCOUNT)
-    user_id, first_id = job_mod.job_for_key(first_key)
-    second_id = job_mod.job_for_key(second_key)[1]
+    items, first_key, second_key, user_id, first_id, second_id = two_uploads_of_four_plays(world)
     real_hold = imports.hold
     holds = []
 

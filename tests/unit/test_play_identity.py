@@ -20,7 +20,7 @@ from playvault.imports.job import Importer, ImportSettings
 from playvault.normalize import parse_play
 from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, users
-from tests.unit.helpers import ProcessKilled, make_archiver, make_spotify, make_user, sign_in
+from tests.unit.helpers import ProcessKilled, kill_at_advance, make_archiver, make_spotify, make_user, sign_in
 from tests.unit.test_importer import UPLOAD_ID_KEY, zipped
 
 
@@ -283,16 +283,7 @@ def test_a_chunk_retried_after_its_rows_were_merged_counts_them_once(world, monk
     world.sign_up()
     items = [world.play(30 - 5 * k) for k in range(4)]
     world.import_rows([extended_row(i) for i in items[:1]])  # flags the user
-    real_advance = imports.advance
-    calls = {"n": 0}
-
-    def crash_once_after_the_writes(job, token, progress, now):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the files list, then the chunk: its rows written, its count not
-            raise ProcessKilled("Lambda timed out")
-        return real_advance(job, token, progress, now)
-
-    monkeypatch.setattr(imports, "advance", crash_once_after_the_writes)
+    kill_at_advance(monkeypatch, 2)  # the files list, then the chunk: its rows written, its count not
     key = world.upload([extended_row(i) for i in items[1:]], "Streaming_History_Audio_2026_1.json")
     with pytest.raises(ProcessKilled):
         world.importer(chunk_rows=10).start(key, 1, Budget.seconds(60))
