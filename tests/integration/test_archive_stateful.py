@@ -637,8 +637,10 @@ class ArchiveMachine(RuleBasedStateMachine):
     def _finish(self, account: Account, importer: Importer, user_id: str, job_id: str,
                 outcome: job_mod.RunOutcome, sids: set[int]) -> None:
         for _ in range(50):
-            if outcome.status != job_mod.CONTINUE:
+            if outcome.status not in (job_mod.CONTINUE, job_mod.WAITING, job_mod.BUSY):
                 break
+            if outcome.status != job_mod.CONTINUE:  # another job of the user (maybe a crashed one) holds it
+                self.clock.advance(seconds=outcome.delay_s or 1)  # the queue's delayed message
             outcome = importer.run(user_id, job_id, Budget.seconds(300))
         job = imports.get(user_id, job_id)
         assert outcome.status == job_mod.DONE, (
