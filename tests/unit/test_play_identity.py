@@ -294,3 +294,20 @@ def test_a_chunk_retried_after_its_rows_were_merged_counts_them_once(world, monk
     job = imports.get(user_id, job_id)
     assert (job.rows_read, job.plays_added + job.duplicates) == (3, 3)
     assert_once_with_both(world.stored(), items)
+
+
+def test_a_short_track_repeated_within_the_tolerance_is_two_streams_across_exports():
+    """Found by the stateful test: an 81 s track played again right after (87 s), one export holding
+    the first stream (Extended, whole seconds) and another the second only (Account data, a minute):
+    by time and name they match, yet they are two streams; the lengths both exports give tell them
+    apart. A polled play (no length) still matches by time alone."""
+    from playvault import identity
+
+    key = identity.name_key("Glass Garden", "Iris Skyline")
+    first = identity.Stream(1_000_000_000_000 + 41_000, identity.TRACK, "T" * 22, None, key, 1000, 81_000)
+    second = identity.Stream(1_000_000_000_000 + 60_000, identity.TRACK, None, None, key, 60_000, 87_000)
+    assert identity.match([second], [first], 90_000) == {}
+    polled = identity.Stream(first.ms + 311, identity.TRACK, "T" * 22, None, key, 1, None)
+    assert identity.match([first], [polled], 90_000) == {0: 0}
+    same_stream_again = identity.Stream(first.ms - first.ms % 60_000, identity.TRACK, None, None, key, 60_000, 81_000)
+    assert identity.match([same_stream_again], [first], 90_000) == {0: 0}

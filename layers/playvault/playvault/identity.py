@@ -23,6 +23,9 @@ from dataclasses import dataclass
 TRACK = "track"
 EPISODE = "episode"
 POINT_PRECISION_MS = 1000  # whole seconds (the extended export) are compared as instants
+# Both exports report one stream's ms_played from the same log; two records of the same item whose
+# ms_played differ by more are two streams (a short track repeated within the tolerance).
+MS_PLAYED_SLACK_MS = 1000
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Stream:
     episode_id: str | None = None
     name_key: str | None = None
     precision_ms: int = 1  # 1 (polled), 1000 (extended export), 60000 (Account data: the minute)
+    ms_played: int | None = None  # how long it played, when an export said so (polled plays: unknown)
 
 
 def name_key(title: str | None, by: str | None) -> str | None:
@@ -52,6 +56,11 @@ def same_item(a: Stream, b: Stream) -> bool:
     if ids[0] and ids[1]:
         return ids[0] == ids[1]
     return a.name_key is not None and a.name_key == b.name_key
+
+
+def same_length(a: Stream, b: Stream) -> bool:
+    """False only when both say how long they played and the lengths differ: two streams."""
+    return a.ms_played is None or b.ms_played is None or abs(a.ms_played - b.ms_played) <= MS_PLAYED_SLACK_MS
 
 
 def _interval(s: Stream) -> tuple[int, int]:
@@ -84,7 +93,7 @@ def candidate_pairs(left: Sequence[Stream], right: Sequence[Stream], tolerance_m
             if forced is not None and forced(i, j):
                 pairs.append((0, 0, i, j))
                 continue
-            if not same_item(a, right[j]):
+            if not same_item(a, right[j]) or not same_length(a, right[j]):
                 continue
             gap = distance_ms(a, right[j])
             if gap <= tolerance_ms:

@@ -37,11 +37,12 @@ class ExistingPlay:
     import_ref: str | None = None
     source: str = SOURCE_API
     precision_ms: int = 1
+    ms_played: int | None = None
 
     @property
     def stream(self) -> identity.Stream:
         return identity.Stream(self.played_at_ms, self.item_type, self.track_id, self.episode_id, self.name_key,
-                               self.precision_ms)
+                               self.precision_ms, self.ms_played)
 
     @property
     def polled_without_import(self) -> bool:
@@ -59,7 +60,8 @@ class Decision:
 
 
 def stream_of(row: ImportRow) -> identity.Stream:
-    return identity.Stream(row.ended_ms, row.item_type, row.track_id, row.episode_id, row.name_key, row.precision_ms)
+    return identity.Stream(row.ended_ms, row.item_type, row.track_id, row.episode_id, row.name_key, row.precision_ms,
+                           row.ms_played)
 
 
 def decide(rows: Sequence[ImportRow], context: Sequence[ImportRow], existing: Sequence[ExistingPlay], *,

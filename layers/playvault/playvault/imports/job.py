@@ -507,7 +507,7 @@ class Importer:
                 key = formats.name_key(title, by)
             out.append(dedup.ExistingPlay(p.played_at, int(p.played_at_ms), p.item_type or formats.TRACK, p.track_id,
                                           p.episode_id, key, p.import_ref, p.source or plays.SOURCE_API,
-                                          p.stream.precision_ms))
+                                          p.stream.precision_ms, p.stream.ms_played))
         return out
 
     @staticmethod

@@ -69,7 +69,8 @@ class PlayModel(Model):
             key = identity.name_key(self.track_name, self.artist_name)
         precision = int(self.precision_ms or 1000) if self.source == SOURCE_EXPORT else 1
         return identity.Stream(int(self.played_at_ms), self.item_type or identity.TRACK, self.track_id,
-                               self.episode_id, key, precision)
+                               self.episode_id, key, precision,
+                               int(self.ms_played) if self.ms_played is not None else None)
 
 
 # Written again by a concurrent transaction on the same rows: tried again this often.
