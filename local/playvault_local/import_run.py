@@ -250,9 +250,15 @@ class Imports:
         if answer.status_code not in (200, 201, 204):
             raise RuntimeError(f"upload for {user_id} refused: {answer.status_code} {answer.text[:200]}")
         failed_before = len(rule.failures)
-        if rule.poll_once() != 1:  # the template's rule matched the upload and the importer ran
+        succeeded = rule.poll_once()  # the template's rule matched the upload and the importer ran
+        while not succeeded and rule.retry_at:
+            # A function error (AWS throttled under --faults chaos): Lambda retries the async event
+            # 1 and then 2 minutes later; the simulated clock moves on to each retry.
+            sim._advance(datetime.fromtimestamp(min(rule.retry_at.values()), UTC))
+            succeeded = rule.poll_once()
+        if succeeded != 1:
             failures = rule.failures[failed_before:]
-            raise RuntimeError(f"the importer failed on {user_id}'s upload: {failures[0]}" if failures else
+            raise RuntimeError(f"the importer failed on {user_id}'s upload: {failures[-1]}" if failures else
                                f"the upload for {user_id} raised no import event (the importer's S3 rule)")
         return record
 
