@@ -459,6 +459,7 @@ class ArchiveMachine(RuleBasedStateMachine):
         last item, local files, episodes, skips under the minimum and private-session streams."""
         account = self.accounts[who]
         for gap_ms, kind, index, late_s, whole_second in plan:
+            previous_end_ms = clock.to_ms(self.clock.now)
             # Spotify's played_at has milliseconds: never let the simplest gaps fall on whole seconds.
             self.clock.advance(milliseconds=gap_ms + 1 + (len(account.streams) * 389) % 998)
             end_ms = clock.to_ms(self.clock.now)
@@ -473,7 +474,8 @@ class ArchiveMachine(RuleBasedStateMachine):
             if kind in ("track", "local", "episode") and ms_played >= 30_000 and not incognito:
                 if whole_second:
                     end_ms -= end_ms % 1000
-                ms_played = 30_000 + (end_ms % 170_000)  # the minimum itself is a play
+                # the minimum itself is a play; one stream at a time: never longer than since the last one ended
+                ms_played = min(30_000 + (end_ms % 170_000), end_ms - previous_end_ms)
                 self.emulator.state.add_play(account.user_id, clock.from_ms(end_ms), local=kind == "local",
                                              episode=kind == "episode", track_index=index,
                                              whole_second=whole_second, visible_after_s=late_s)

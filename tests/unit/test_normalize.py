@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from playvault import clock
+from playvault import clock, normalize
 from playvault.normalize import (
     LOCAL_PREFIX,
     PayloadError,
@@ -147,3 +147,13 @@ def test_parse_page_keeps_next_and_accepts_an_empty_page():
 def test_parse_page_rejects_a_body_without_items(body):
     with pytest.raises(PayloadError):
         parse_page(body)
+
+
+def test_milliseconds_convert_exactly_both_ways():
+    """A float timestamp turns .589 into .58899... and loses a millisecond: every ms -> time -> key
+    conversion goes through clock.from_ms and normalize.canonical_played_at_ms, both exact."""
+    for ms in (1_700_000_000_589, 1_700_000_000_001, 1_700_000_000_999, 0, 1_600_000_000_589):
+        assert clock.to_ms(clock.from_ms(ms)) == ms
+        key = normalize.canonical_played_at_ms(ms)
+        assert key.endswith(f".{ms % 1000:03d}Z")
+        assert key == normalize.canonical_played_at(clock.from_ms(ms))

@@ -311,3 +311,23 @@ def test_a_short_track_repeated_within_the_tolerance_is_two_streams_across_expor
     assert identity.match([first], [polled], 90_000) == {0: 0}
     same_stream_again = identity.Stream(first.ms - first.ms % 60_000, identity.TRACK, None, None, key, 60_000, 81_000)
     assert identity.match([same_stream_again], [first], 90_000) == {0: 0}
+
+
+def test_a_repeat_heard_right_after_a_late_play_stays_two_plays():
+    """Found by the stateful test: a track played in full (144 s, ended 08:06:55), then again for 35 s
+    (ended 08:07:30); the feed was late with the first, so polling saw only the second; an export
+    holding only the first came in. Within the old 90 s tolerance the export's stream was merged
+    into the polled repeat: one play lost. Two plays of one account end at least 30 s apart (one
+    stream at a time, each at least 30 s), so the default tolerance stays below that."""
+    from playvault import config, identity
+
+    key = identity.name_key("Quiet Satellite", "Mila River")
+    first_end = 1_772_438_815_000
+    exported_first = identity.Stream(first_end, identity.TRACK, "Q" * 22, None, key, 1000, 144_000)
+    polled_repeat = identity.Stream(first_end + 35_000, identity.TRACK, "Q" * 22, None, key, 1, None)
+    for settings in (config.WorkerSettings, config.ImporterSettings):
+        tolerance_ms = settings.model_fields["dedup_tolerance_s"].default * 1000
+        assert identity.match([exported_first], [polled_repeat], tolerance_ms) == {}
+    # the same stream, a few seconds of device clock apart, is still one play
+    polled_same = identity.Stream(first_end + 3_217, identity.TRACK, "Q" * 22, None, key, 1, None)
+    assert identity.match([exported_first], [polled_same], identity.DEFAULT_TOLERANCE_S * 1000) == {0: 0}

@@ -43,7 +43,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from playvault import breaker, clock, metrics
+from playvault import breaker, clock, identity, metrics
 from playvault.crypto import REFRESH_TOKEN, TokenCipher, TokenDecryptError
 from playvault.failures import (
     AppFailure,
@@ -204,7 +204,7 @@ SPOTIFY_CALLS_PER_POLL = 2
 
 class Archiver:
     def __init__(self, spotify: SpotifyClient, cipher: TokenCipher, cadence: Cadence | None = None,
-                 dedup_tolerance_s: int = 90):
+                 dedup_tolerance_s: int = identity.DEFAULT_TOLERANCE_S):
         self.spotify = spotify
         self.cipher = cipher
         self.cadence = cadence or Cadence()

@@ -7,7 +7,7 @@ depends on time (idempotency hour keys, cooldowns, token expiry, cursors) reads 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _source: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 
@@ -28,7 +28,8 @@ def to_ms(moment: datetime) -> int:
 
 
 def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    # Integer arithmetic, as to_ms: exact for every millisecond, whatever float rounding would do.
+    return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
 
 
 def hour_key(moment: datetime) -> str:

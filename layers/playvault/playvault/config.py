@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from playvault import identity
+
 
 class ConfigError(RuntimeError):
     """A setting is missing or malformed; the message names it."""
@@ -120,7 +122,7 @@ class WorkerSettings(TableSettings, SpotifySettings, TokenSettings, DispatchSett
     # them past the deadline. A user starts only with its Spotify worst case plus this left.
     writes_reserve_ms: int = Field(default=10_000, ge=100)
     # The importer's tolerance: a poll merges the export rows that are the plays it wrote (same rule).
-    dedup_tolerance_s: int = Field(default=90, ge=0, le=3600)
+    dedup_tolerance_s: int = Field(default=identity.DEFAULT_TOLERANCE_S, ge=0, le=identity.MAX_TOLERANCE_S)
 
 
 class WebSettings(TableSettings):
@@ -186,7 +188,7 @@ class ImporterSettings(TableSettings, SpotifySettings, UserFilesSettings):
     # The listening rule and the de-duplication tolerance (README, Import).
     min_ms_played: int = Field(default=30_000, ge=0, le=600_000)
     skip_incognito: bool = True
-    dedup_tolerance_s: int = Field(default=90, ge=0, le=3600)
+    dedup_tolerance_s: int = Field(default=identity.DEFAULT_TOLERANCE_S, ge=0, le=identity.MAX_TOLERANCE_S)
     import_chunk_rows: int = Field(default=1000, ge=10, le=20_000)
     resolve_interval_ms: int = Field(default=200, ge=0, le=60_000)
     min_remaining_ms: int = Field(default=30_000, ge=1_000)

@@ -4,7 +4,7 @@ de-duplication rule). Pure, no I/O.
 A play polled from recently-played and a stream of Spotify's data export are the same play when
 they are the same item (same track or episode id when both carry one; otherwise the same title and
 artist, or episode and show, case- and width-folded) and their times are within the tolerance
-(DEDUP_TOLERANCE_S, default 90 s). A minute-precision record (Account data, "HH:MM") stands for its
+(DEDUP_TOLERANCE_S, default 20 s). A minute-precision record (Account data, "HH:MM") stands for its
 whole minute, and the distance is measured to that interval. Matching is one to one, closest pairs
 first: a play absorbs at most one stream, so a track played twice in a row stays two plays.
 
@@ -26,6 +26,11 @@ POINT_PRECISION_MS = 1000  # whole seconds (the extended export) are compared as
 # Both exports report one stream's ms_played from the same log; two records of the same item whose
 # ms_played differ by more are two streams (a short track repeated within the tolerance).
 MS_PLAYED_SLACK_MS = 1000
+# Below the shortest play (30 s): one account plays one stream at a time and each play lasts 30 s or
+# more, so two plays end at least 30 s apart; a wider tolerance would merge a repeat heard in between
+# when polling saw only one of them (a late feed). The planes themselves differ by a few seconds.
+DEFAULT_TOLERANCE_S = 20
+MAX_TOLERANCE_S = 29
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from playvault.clock import to_ms
+from playvault.clock import from_ms, to_ms
 
 LOCAL_PREFIX = "local:"
 
@@ -119,6 +119,11 @@ def canonical_played_at(moment: datetime) -> str:
     """One canonical form with millisecond precision, so a play has exactly one key."""
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def canonical_played_at_ms(ms: int) -> str:
+    """The key of a play at this Unix millisecond."""
+    return canonical_played_at(from_ms(ms))
 
 
 def synthetic_id(*parts: str | None) -> str:

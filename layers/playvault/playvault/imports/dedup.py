@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 
 from playvault import identity
 from playvault.imports.formats import ImportRow
-from playvault.normalize import canonical_played_at
+from playvault.normalize import canonical_played_at_ms
 
 NEW = "new"
 DUPLICATE = "duplicate"
@@ -94,9 +93,3 @@ def decide(rows: Sequence[ImportRow], context: Sequence[ImportRow], existing: Se
         occupied.add(key)
         decisions.append(Decision(row, NEW, key, ms))
     return decisions
-
-
-def canonical_played_at_ms(ms: int) -> str:
-    # Integer arithmetic: a float timestamp turns .589 into .58899... and loses a millisecond.
-    moment = datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
-    return canonical_played_at(moment)

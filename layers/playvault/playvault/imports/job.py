@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from playvault import clock
+from playvault import clock, identity
 from playvault.failures import (
     AppFailure,
     RateLimited,
@@ -59,7 +59,7 @@ from playvault.imports import (
 )
 from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
 from playvault.imports.sources import Caps, UploadRejected, open_upload
-from playvault.normalize import PayloadError, parse_track
+from playvault.normalize import PayloadError, canonical_played_at_ms, parse_track
 from playvault.spotify import Budget, SpotifyClient
 from playvault.store import catalog, imports, plays, state, users
 
@@ -93,7 +93,7 @@ WAIT_POLL_S = 30  # a waiting job looks again at most this far apart (the holder
 @dataclass(frozen=True)
 class ImportSettings:
     rule: formats.ListeningRule = field(default_factory=formats.ListeningRule)
-    tolerance_s: int = 90
+    tolerance_s: int = identity.DEFAULT_TOLERANCE_S
     chunk_rows: int = 1000
     caps: Caps = field(default_factory=Caps)
     lease: timedelta = timedelta(minutes=6)  # over the function's timeout: a crashed holder's lease lapses
@@ -489,8 +489,8 @@ class Importer:
         margin = self.settings.tolerance_s * 1000 + plays.WINDOW_MARGIN_MS
         found = []
         for low, high in self._ranges(rows):
-            start = dedup.canonical_played_at_ms(low - margin)
-            end = dedup.canonical_played_at_ms(high + margin)
+            start = canonical_played_at_ms(low - margin)
+            end = canonical_played_at_ms(high + margin)
             found.extend(plays.plays_between(user_id, start, end))
         if needs_names:
             missing = {p.track_id for p in found if p.track_id and not p.track_name and p.track_id not in self._names}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
 
 from pynamodb.attributes import BooleanAttribute, NumberAttribute, UnicodeAttribute
 from pynamodb.exceptions import PutError, TransactWriteError, UpdateError
@@ -23,7 +22,7 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from playvault import identity
-from playvault.normalize import Play, canonical_played_at
+from playvault.normalize import Play, canonical_played_at_ms
 from playvault.store.base import BaseMeta, condition_failed, table
 
 SOURCE_API = "api"
@@ -117,7 +116,7 @@ def write_plays(user_id: str, plays: Iterable[Play]) -> int:
     for play in plays:
         ms = play.played_at_ms
         while True:
-            key = canonical_played_at(_from_ms(ms))
+            key = canonical_played_at_ms(ms)
             row = _polled_row(user_id, play, key)
             try:
                 row.save(condition=PlayModel.played_at.does_not_exist())
@@ -138,9 +137,9 @@ def write_plays(user_id: str, plays: Iterable[Play]) -> int:
     return written
 
 
-def _from_ms(ms: int) -> datetime:
-    # Integer arithmetic: a float timestamp turns .589 into .58899... and loses a millisecond.
-    return datetime.fromtimestamp(ms // 1000, UTC) + timedelta(milliseconds=ms % 1000)
+# The names a play can carry (an export row's, or a polled play's own).
+_NAME_ATTRIBUTES = (PlayModel.track_name, PlayModel.artist_name, PlayModel.album_name, PlayModel.episode_name,
+                    PlayModel.show_name)
 
 
 def _get(user_id: str, played_at: str) -> PlayModel | None:
@@ -162,8 +161,7 @@ def _adopt(export_row: PlayModel, play: Play) -> bool:
         value = getattr(polled, attribute.attr_name)
         if value is not None:
             actions.append(attribute.set(value))
-    for attribute in (PlayModel.track_name, PlayModel.artist_name, PlayModel.album_name, PlayModel.episode_name,
-                      PlayModel.show_name):
+    for attribute in _NAME_ATTRIBUTES:
         if getattr(export_row, attribute.attr_name) is None and getattr(polled, attribute.attr_name) is not None:
             actions.append(attribute.set(getattr(polled, attribute.attr_name)))
     try:
@@ -179,8 +177,7 @@ def _adopt(export_row: PlayModel, play: Play) -> bool:
 def _export_fields(export_row: PlayModel) -> list:
     """What a polled play takes from the export row it is merged with."""
     actions = [PlayModel.import_ref.set(export_row.import_ref)]
-    for attribute in (PlayModel.ms_played, PlayModel.platform, PlayModel.track_name, PlayModel.artist_name,
-                      PlayModel.album_name, PlayModel.episode_name, PlayModel.show_name):
+    for attribute in (PlayModel.ms_played, PlayModel.platform, *_NAME_ATTRIBUTES):
         value = getattr(export_row, attribute.attr_name)
         if value is not None:
             actions.append(attribute.set(value))
@@ -232,7 +229,7 @@ def reconcile(user_id: str, low_ms: int, high_ms: int, tolerance_ms: int) -> lis
     Returns the import_ref of each export row merged (by this call)."""
     margin = tolerance_ms + WINDOW_MARGIN_MS
     window = list(PlayModel.query(user_id, PlayModel.played_at.between(
-        canonical_played_at(_from_ms(low_ms - margin)), canonical_played_at(_from_ms(high_ms + margin))),
+        canonical_played_at_ms(low_ms - margin), canonical_played_at_ms(high_ms + margin)),
         consistent_read=True))
     exported = [p for p in window if p.source == SOURCE_EXPORT and p.import_ref]
     polled = [p for p in window if p.source != SOURCE_EXPORT and not p.import_ref]
