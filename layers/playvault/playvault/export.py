@@ -1,5 +1,12 @@
-"""Full export of a user's archive as CSV or JSON Lines: every play with played_at, track, album,
-artists (names and ids), duration and source.
+"""Full export of a user's archive: every play with played_at, track, album, artists (names and ids),
+duration and source, in one of four formats:
+
+- `csv`, `jsonl`: PlayVault's own rows (history.PlayRow).
+- `listenbrainz`: ListenBrainz's listens, one JSON object a line, as its own export holds them and its
+  importer reads them (`listened_at` = start of playback, `track_metadata`, `additional_info`).
+- `spotify`: Spotify's extended streaming history, one JSON array (`Streaming_History_Audio_*.json`).
+Both portable formats are read back by PlayVault's importer (imports/formats.py); README, Exports,
+says which tools import which and what each field holds.
 
 The file goes to the user-files bucket (exports/<user_id>/<export_id>.<fmt>, expiring after a day)
 as an S3 multipart upload written while the plays are read: one part (PART_BYTES) in memory at a
@@ -16,6 +23,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,7 +32,9 @@ from botocore.exceptions import ClientError
 from pynamodb.exceptions import UpdateError
 
 from playvault import clock, history
+from playvault.clock import to_ms
 from playvault.jobs import Continue, JobMessage, JobQueue
+from playvault.normalize import LOCAL_PREFIX
 from playvault.store import exports, plays, users
 from playvault.store.base import condition_failed
 from playvault.store.exports import ExportModel, Part
@@ -55,13 +65,136 @@ def csv_line(row: history.PlayRow) -> bytes:
     return out.getvalue().encode()
 
 
-def jsonl_line(row: history.PlayRow) -> bytes:
-    return (json.dumps(row.as_dict(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-ENCODERS: dict[str, tuple[Callable[[], bytes], Callable[[history.PlayRow], bytes]]] = {
-    "csv": (csv_header, csv_line),
-    "jsonl": (lambda: b"", jsonl_line),
+def jsonl_line(row: history.PlayRow, user_id: str = "") -> bytes:
+    return _json(row.as_dict()) + b"\n"
+
+
+SUBMISSION_CLIENT = "PlayVault"
+SPOTIFY_SERVICE = "spotify.com"  # ListenBrainz's music_service: the service's domain
+OPEN_SPOTIFY = "https://open.spotify.com"  # ListenBrainz's spotify_* fields hold these URLs, not bare ids
+
+
+def spotify_id(catalog_id: str | None) -> str | None:
+    """A catalog id when it is Spotify's: local files' ids are PlayVault's own (normalize.LOCAL_PREFIX),
+    never written where another tool expects a Spotify id (the play keeps its names)."""
+    return None if not catalog_id or catalog_id.startswith(LOCAL_PREFIX) else catalog_id
+
+
+def _played_ms(row: history.PlayRow) -> int:
+    return to_ms(datetime.fromisoformat(row.played_at.replace("Z", "+00:00")))
+
+
+def listenbrainz_listen(row: history.PlayRow) -> dict[str, Any]:
+    """One play as a ListenBrainz listen (the shape of its export's listens/<year>/<month>.jsonl lines).
+
+    PlayVault's played_at is the stream's end; ListenBrainz's listened_at its start: played_at minus
+    ms_played where an export said it, else minus the item's duration (Spotify lists a play once it
+    is over), else played_at itself. `playvault_played_at` keeps the exact end, so a re-import into
+    PlayVault restores it to the millisecond. Episodes have no place in ListenBrainz's model: the
+    episode is the track, the show the artist, no release, marked `playvault_item_type: episode`.
+    """
+    episode = row.item_type == "episode"
+    played = row.ms_played if row.ms_played is not None else row.duration_ms
+    info: dict[str, Any] = {}
+    if episode:
+        title, by, release = row.episode_name, row.show_name, None
+        info["playvault_item_type"] = "episode"
+        if row.episode_id:
+            info["origin_url"] = f"{OPEN_SPOTIFY}/episode/{row.episode_id}"
+    else:
+        title, by, release = row.track_name, ", ".join(row.artist_names), row.album_name
+        if row.artist_names:
+            info["artist_names"] = list(row.artist_names)
+        if track_id := spotify_id(row.track_id):
+            info["spotify_id"] = info["origin_url"] = f"{OPEN_SPOTIFY}/track/{track_id}"
+        if album_id := spotify_id(row.album_id):
+            info["spotify_album_id"] = f"{OPEN_SPOTIFY}/album/{album_id}"
+        if row.artist_ids and all(spotify_id(a) for a in row.artist_ids):
+            info["spotify_artist_ids"] = [f"{OPEN_SPOTIFY}/artist/{a}" for a in row.artist_ids]
+    if row.duration_ms:
+        info["duration_ms"] = row.duration_ms
+    if row.ms_played is not None:
+        info["ms_played"] = row.ms_played  # the key ListenBrainz's own Spotify importer writes
+    info.update(music_service=SPOTIFY_SERVICE, submission_client=SUBMISSION_CLIENT,
+                playvault_played_at=row.played_at)
+    metadata: dict[str, Any] = {"artist_name": by or "", "track_name": title or ""}
+    if release:
+        metadata["release_name"] = release
+    metadata["additional_info"] = info
+    return {"listened_at": (_played_ms(row) - (played or 0)) // 1000, "track_metadata": metadata}
+
+
+def listenbrainz_line(row: history.PlayRow, user_id: str = "") -> bytes:
+    return _json(listenbrainz_listen(row)) + b"\n"
+
+
+def spotify_stream(row: history.PlayRow, user_id: str) -> dict[str, Any]:
+    """One play as a row of Spotify's extended streaming history, every field of Spotify's in its order.
+
+    `ts` is the stream's end in whole seconds, which is what PlayVault's played_at is (README,
+    Import: played_at = the stream's end), so ts = played_at, truncated. `ms_played` is the export's
+    where an import brought it and null for a polled play (Spotify's recently-played does not say
+    how long a play lasted). What PlayVault never knows (country, IP address, start and end reasons,
+    shuffle, skipped, offline, incognito) is null; `username` is the user's Spotify id, which the
+    old format's `username` holds and PlayVault's importer checks.
+    """
+    episode = row.item_type == "episode"
+    return {
+        "ts": row.played_at[:19] + "Z",
+        "username": user_id,
+        "platform": row.platform,
+        "ms_played": row.ms_played,
+        "conn_country": None,
+        "ip_addr": None,
+        "master_metadata_track_name": None if episode else row.track_name,
+        "master_metadata_album_artist_name": None if episode or not row.artist_names else row.artist_names[0],
+        "master_metadata_album_album_name": None if episode else row.album_name,
+        "spotify_track_uri": f"spotify:track:{spotify_id(row.track_id)}" if spotify_id(row.track_id) and not episode
+        else None,
+        "episode_name": row.episode_name if episode else None,
+        "episode_show_name": row.show_name if episode else None,
+        "spotify_episode_uri": f"spotify:episode:{row.episode_id}" if row.episode_id and episode else None,
+        "audiobook_title": None,
+        "audiobook_uri": None,
+        "audiobook_chapter_uri": None,
+        "audiobook_chapter_title": None,
+        "reason_start": None,
+        "reason_end": None,
+        "shuffle": None,
+        "skipped": None,
+        "offline": None,
+        "offline_timestamp": None,
+        "incognito_mode": None,
+    }
+
+
+def spotify_line(row: history.PlayRow, user_id: str) -> bytes:
+    return _json(spotify_stream(row, user_id))
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How one format writes a file: a header, one piece per play (separated), a footer."""
+
+    header: bytes
+    line: Callable[[history.PlayRow, str], bytes]  # (play, user id)
+    file_name: Callable[[str], str]  # export id -> the download's file name
+    separator: bytes = b""  # between two plays (a JSON array's comma)
+    footer: bytes = b""
+
+
+ENCODINGS: dict[str, Encoding] = {
+    "csv": Encoding(csv_header(), lambda row, _user: csv_line(row), lambda i: f"playvault-{i}.csv"),
+    "jsonl": Encoding(b"", jsonl_line, lambda i: f"playvault-{i}.jsonl"),
+    # ListenBrainz's importer reads every *.jsonl in the ZIP it is given.
+    "listenbrainz": Encoding(b"", listenbrainz_line, lambda i: f"playvault-{i}-listens.jsonl"),
+    # Named as Spotify names its files: importers pick streaming history by this name.
+    "spotify": Encoding(b"[\n", spotify_line, lambda i: f"Streaming_History_Audio_playvault-{i}.json",
+                        separator=b",\n", footer=b"\n]\n"),
 }
 
 
@@ -90,7 +223,7 @@ class Exporter:
         return job
 
     def download_url(self, job: ExportModel) -> str:
-        filename = f"playvault-{job.export_id}.{job.format}"
+        filename = ENCODINGS[job.format].file_name(job.export_id)
         return self.s3.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": job.object_key,
@@ -162,14 +295,16 @@ class Exporter:
         return True
 
     def _continue(self, job: ExportModel, budget: Any) -> Continue | None:
-        header, encode = ENCODERS[job.format]
+        encoding = ENCODINGS[job.format]
         parts = [{"PartNumber": int(p.number), "ETag": p.etag} for p in job.parts]
         rows, size, cursor = int(job.rows), int(job.size_bytes), job.cursor
-        buffer = bytearray(header() if not parts else b"")
+        buffer = bytearray(encoding.header if not parts else b"")
         pending = 0
         part_started = time.monotonic()
         for row in history.enriched(plays.plays_after(job.user_id, cursor)):
-            buffer += encode(row)
+            if rows + pending:
+                buffer += encoding.separator
+            buffer += encoding.line(row, job.user_id)
             pending += 1
             cursor = row.played_at
             if len(buffer) >= self.part_bytes:
@@ -183,6 +318,7 @@ class Exporter:
                 part_s, part_started = time.monotonic() - part_started, time.monotonic()
                 if budget.remaining_s() < max(self.min_remaining_s, 1.5 * part_s):
                     return Continue(0)
+        buffer += encoding.footer
         if buffer or not parts:
             parts.append(self._upload(job, len(parts) + 1, bytes(buffer)))
             rows, size = rows + pending, size + len(buffer)

@@ -24,7 +24,10 @@ from pynamodb.models import Model
 from playvault.store.base import BaseMeta, table
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8",
+           "listenbrainz": "application/x-ndjson; charset=utf-8", "spotify": "application/json; charset=utf-8"}
+LABELS = {"csv": "CSV", "jsonl": "JSON Lines", "listenbrainz": "ListenBrainz listens",
+          "spotify": "Spotify streaming history"}
 LIFETIME = timedelta(days=1)  # the bucket's lifecycle rule for exports/ says the same
 
 
