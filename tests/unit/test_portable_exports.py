@@ -116,7 +116,7 @@ def test_export_delete_sign_up_again_import_gives_the_same_plays_with_the_same_n
     assert len(before) >= 10 and {p[1] for p in before} == {"track", "episode"}
     assert any(p[10] is None for p in before) and any(p[10] is not None for p in before)  # ms_played both ways
     body = _export(browser, site, fmt)
-    name = "playvault-listens.jsonl" if fmt == "listenbrainz" else "Streaming_History_Audio_playvault.json"
+    name = "playvault-listenbrainz.zip" if fmt == "listenbrainz" else "Streaming_History_Audio_playvault.json"
 
     delete_my_data(browser, site)
     browser = signed_in(site, aws_env, emulator, "alice")
@@ -134,7 +134,7 @@ def test_importing_an_export_of_the_archive_merges_every_row_and_adds_no_play(si
     before = the_plays("alice", to_the_second=False)
     polled = {p.played_at for p in plays.all_plays("alice") if p.source == plays.SOURCE_API}
     body = _export(browser, site, fmt)
-    name = "playvault-listens.jsonl" if fmt == "listenbrainz" else "Streaming_History_Audio_playvault.json"
+    name = "playvault-listenbrainz.zip" if fmt == "listenbrainz" else "Streaming_History_Audio_playvault.json"
 
     job = import_file(aws_env, emulator, body, name)
 
@@ -145,7 +145,18 @@ def test_importing_an_export_of_the_archive_merges_every_row_and_adds_no_play(si
 
 
 # ---------------------------------------------------------------- the files
-def test_the_spotify_export_is_one_json_array_whatever_the_parts(site, aws_env, emulator, monkeypatch):
+def listens_in(body: bytes) -> list[dict[str, Any]]:
+    """The listens of a ListenBrainz export: a ZIP whose one member is listens/playvault.jsonl, its
+    CRC right (zipfile checks it), as ListenBrainz's and Koito's importers read it."""
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        assert archive.namelist() == ["listens/playvault.jsonl"] and archive.testzip() is None
+        [member] = archive.infolist()
+        assert member.compress_type == zipfile.ZIP_STORED
+        return [json.loads(line) for line in archive.read(member).decode().splitlines()]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_file_is_whole_whatever_the_parts(site, aws_env, emulator, monkeypatch, fmt):
     import moto.s3.models
 
     from playvault.export import Exporter
@@ -153,11 +164,11 @@ def test_the_spotify_export_is_one_json_array_whatever_the_parts(site, aws_env, 
     monkeypatch.setattr(moto.s3.models, "S3_UPLOAD_PART_MIN_SIZE", 256)
     an_archive(site, aws_env, emulator)
     exporter = Exporter(site.s3, site.bucket, None, part_bytes=700, min_remaining_s=30)
-    job = exporter.start("alice", "spotify")
+    job = exporter.start("alice", fmt)
 
     class NoTime:
         def remaining_s(self) -> float:
-            return 0.0  # stop after every part: the array is written across invocations
+            return 0.0  # stop after every part: the file is written across invocations
 
     rounds = 0
     while exporter.run("alice", job.export_id, NoTime()) is not None:
@@ -165,16 +176,24 @@ def test_the_spotify_export_is_one_json_array_whatever_the_parts(site, aws_env, 
         assert rounds < 100
     finished = exports.get("alice", job.export_id)
     body = site.s3.get_object(Bucket=site.bucket, Key=finished.object_key)["Body"].read()
-    rows = json.loads(body)
-    assert rounds >= 3 and len(rows) == int(finished.rows) == plays.count("alice")
-    assert [r["ts"] for r in rows] == [p.played_at[:19] + "Z" for p in plays.all_plays("alice")]
-    assert "Streaming_History_Audio_playvault-" in exporter.download_url(finished)
+    every = list(plays.all_plays("alice"))
+    if fmt == "spotify":
+        rows = json.loads(body)
+        assert [r["ts"] for r in rows] == [p.played_at[:19] + "Z" for p in every]
+        assert "Streaming_History_Audio_playvault-" in exporter.download_url(finished)
+    else:
+        rows = listens_in(body)
+        assert [r["track_metadata"]["additional_info"]["playvault_played_at"] for r in rows] == [
+            p.played_at for p in every]
+        assert "-listenbrainz.zip" in exporter.download_url(finished)
+    assert rounds >= 3 and len(rows) == int(finished.rows) == len(every)
+    assert int(finished.size_bytes) == len(body)
 
 
 def test_an_empty_archive_exports_an_empty_array_and_no_listens(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
     assert json.loads(_export(browser, site, "spotify")) == []
-    assert _export(browser, site, "listenbrainz") == b""
+    assert listens_in(_export(browser, site, "listenbrainz")) == []
 
 
 def test_me_offers_both_formats_and_refuses_an_unknown_one_naming_the_choices(site, aws_env, emulator):
@@ -267,13 +286,14 @@ def test_a_single_file_of_another_name_is_read_by_its_content(world):
     assert int(world.job(key).plays_added) == 1 and world.job(key).files[0]["kind"] == "listenbrainz"
 
 
-def test_a_zip_of_playvaults_listens_is_read_as_listenbrainz_reads_it(world):
-    """ListenBrainz's importer takes a ZIP and reads every *.jsonl in it: the same ZIP imports here."""
-    rows = [listen(datetime(2024, 3, 1, tzinfo=UTC), 1, submission_client="PlayVault",
-                   playvault_played_at="2024-03-01T00:04:00.123Z")]
+def test_playvaults_listens_re_imported_by_listenbrainz_and_exported_again_keep_their_exact_end(world):
+    """ListenBrainz's archive importer keeps additional_info but for its msids and submission_client:
+    a PlayVault listen that went through ListenBrainz still says where it ended."""
+    rows = [listen(datetime(2024, 3, 1, tzinfo=UTC), 1, submission_client="ListenBrainz Archive Importer",
+                   music_service="spotify.com", ms_played=240_000, playvault_played_at="2024-03-01T00:04:00.123Z")]
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("playvault-20261203T070000Z-0a1b2c3d-listens.jsonl", jsonl(rows))
+        archive.writestr("listens/2024/3.jsonl", jsonl(rows))
     key = world.upload(buffer.getvalue())
     world.run(key)
     assert [p.played_at for p in world.stored()] == ["2024-03-01T00:04:00.123Z"]  # the exact end, kept

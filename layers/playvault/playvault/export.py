@@ -3,7 +3,8 @@ duration and source, in one of four formats:
 
 - `csv`, `jsonl`: PlayVault's own rows (history.PlayRow).
 - `listenbrainz`: ListenBrainz's listens, one JSON object a line, as its own export holds them and its
-  importer reads them (`listened_at` = start of playback, `track_metadata`, `additional_info`).
+  importer reads them (`listened_at` = start of playback, `track_metadata`, `additional_info`), in a
+  ZIP as `listens/playvault.jsonl` (the ZIP is what ListenBrainz's and Koito's importers take).
 - `spotify`: Spotify's extended streaming history, one JSON array (`Streaming_History_Audio_*.json`).
 Both portable formats are read back by PlayVault's importer (imports/formats.py); README, Exports,
 says which tools import which and what each field holds.
@@ -21,7 +22,9 @@ import csv
 import io
 import json
 import secrets
+import struct
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -176,22 +179,59 @@ def spotify_line(row: history.PlayRow, user_id: str) -> bytes:
     return _json(spotify_stream(row, user_id))
 
 
+# -- a ZIP of one member, written part by part ----------------------------------------------
+# ListenBrainz's and Koito's importers take a ZIP of `listens/*.jsonl`: the listens are written as
+# its one member, stored (not deflated: a compressor's state cannot be checkpointed between
+# invocations, a CRC-32 can), sizes and CRC in a data descriptor after the data (bit 3), so the
+# member is streamed like any export. No Zip64: up to 4 GiB, millions of plays.
+_ZIP_FLAGS = 0x0808  # bit 3: sizes and CRC follow the data; bit 11: the name is UTF-8
+_ZIP_VERSION = 20
+
+
+def _dos_time(moment: datetime) -> tuple[int, int]:
+    return (moment.hour << 11 | moment.minute << 5 | moment.second // 2,
+            (moment.year - 1980) << 9 | moment.month << 5 | moment.day)
+
+
+def zip_local_header(name: str, moment: datetime) -> bytes:
+    raw = name.encode()
+    dos_time, dos_date = _dos_time(moment)
+    return struct.pack("<IHHHHHIIIHH", 0x04034B50, _ZIP_VERSION, _ZIP_FLAGS, 0, dos_time, dos_date, 0, 0, 0,
+                       len(raw), 0) + raw
+
+
+def zip_trailer(name: str, moment: datetime, crc: int, data_bytes: int, data_end: int) -> bytes:
+    """Data descriptor, central directory and its end, for the member whose data ends at `data_end`."""
+    if data_end > 0xFFFFFFFF:
+        raise ValueError("an export ZIP over 4 GiB needs Zip64, which this writer does not write")
+    raw = name.encode()
+    dos_time, dos_date = _dos_time(moment)
+    descriptor = struct.pack("<IIII", 0x08074B50, crc, data_bytes, data_bytes)
+    directory = struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, _ZIP_VERSION, _ZIP_VERSION, _ZIP_FLAGS, 0, dos_time,
+                            dos_date, crc, data_bytes, data_bytes, len(raw), 0, 0, 0, 0, 0, 0) + raw
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 1, 1, len(directory), data_end + len(descriptor), 0)
+    return descriptor + directory + end
+
+
 @dataclass(frozen=True)
 class Encoding:
-    """How one format writes a file: a header, one piece per play (separated), a footer."""
+    """How one format writes a file: a header, one piece per play (separated), a footer; optionally
+    all of it as the one member of a ZIP."""
 
     header: bytes
     line: Callable[[history.PlayRow, str], bytes]  # (play, user id)
     file_name: Callable[[str], str]  # export id -> the download's file name
     separator: bytes = b""  # between two plays (a JSON array's comma)
     footer: bytes = b""
+    zip_member: str | None = None  # the file's name inside the ZIP it is written as
 
 
 ENCODINGS: dict[str, Encoding] = {
     "csv": Encoding(csv_header(), lambda row, _user: csv_line(row), lambda i: f"playvault-{i}.csv"),
     "jsonl": Encoding(b"", jsonl_line, lambda i: f"playvault-{i}.jsonl"),
-    # ListenBrainz's importer reads every *.jsonl in the ZIP it is given.
-    "listenbrainz": Encoding(b"", listenbrainz_line, lambda i: f"playvault-{i}-listens.jsonl"),
+    # ListenBrainz's importer reads every *.jsonl of the ZIP it is given, Koito's every listens/*.jsonl.
+    "listenbrainz": Encoding(b"", listenbrainz_line, lambda i: f"playvault-{i}-listenbrainz.zip",
+                             zip_member="listens/playvault.jsonl"),
     # Named as Spotify names its files: importers pick streaming history by this name.
     "spotify": Encoding(b"[\n", spotify_line, lambda i: f"Streaming_History_Audio_playvault-{i}.json",
                         separator=b",\n", footer=b"\n]\n"),
@@ -296,20 +336,30 @@ class Exporter:
 
     def _continue(self, job: ExportModel, budget: Any) -> Continue | None:
         encoding = ENCODINGS[job.format]
+        member = encoding.zip_member
+        lead = zip_local_header(member, job.created_at) if member else b""
         parts = [{"PartNumber": int(p.number), "ETag": p.etag} for p in job.parts]
         rows, size, cursor = int(job.rows), int(job.size_bytes), job.cursor
-        buffer = bytearray(encoding.header if not parts else b"")
+        crc = int(job.crc32 or 0)  # of the ZIP member's data in the uploaded parts
+        buffer = bytearray(lead if not parts else b"")
         pending = 0
         part_started = time.monotonic()
+
+        def add(data: bytes) -> None:
+            nonlocal crc
+            buffer.extend(data)
+            if member:
+                crc = zlib.crc32(data, crc)
+
+        if not parts:
+            add(encoding.header)
         for row in history.enriched(plays.plays_after(job.user_id, cursor)):
-            if rows + pending:
-                buffer += encoding.separator
-            buffer += encoding.line(row, job.user_id)
+            add((encoding.separator if rows + pending else b"") + encoding.line(row, job.user_id))
             pending += 1
             cursor = row.played_at
             if len(buffer) >= self.part_bytes:
                 parts.append(self._upload(job, len(parts) + 1, bytes(buffer)))
-                if not self._checkpoint(job, parts, rows, rows + pending, size + len(buffer), cursor):
+                if not self._checkpoint(job, parts, rows, rows + pending, size + len(buffer), cursor, crc):
                     return None
                 rows, size = rows + pending, size + len(buffer)
                 buffer, pending = bytearray(), 0
@@ -318,7 +368,10 @@ class Exporter:
                 part_s, part_started = time.monotonic() - part_started, time.monotonic()
                 if budget.remaining_s() < max(self.min_remaining_s, 1.5 * part_s):
                     return Continue(0)
-        buffer += encoding.footer
+        add(encoding.footer)
+        if member:
+            end = size + len(buffer)
+            buffer += zip_trailer(member, job.created_at, crc, end - len(lead), end)
         if buffer or not parts:
             parts.append(self._upload(job, len(parts) + 1, bytes(buffer)))
             rows, size = rows + pending, size + len(buffer)
@@ -337,12 +390,12 @@ class Exporter:
         return {"PartNumber": number, "ETag": answer["ETag"]}
 
     def _checkpoint(self, job: ExportModel, parts: list[dict[str, Any]], rows_before: int, rows: int, size: int,
-                    cursor: str) -> bool:
+                    cursor: str, crc: int) -> bool:
         """Record the uploaded parts; False if another delivery of this job got there first."""
         try:
             job.update(actions=[ExportModel.parts.set([Part(number=p["PartNumber"], etag=p["ETag"]) for p in parts]),
                                 ExportModel.rows.set(rows), ExportModel.size_bytes.set(size),
-                                ExportModel.cursor.set(cursor)],
+                                ExportModel.cursor.set(cursor), ExportModel.crc32.set(crc)],
                        condition=ExportModel.rows == rows_before)
         except UpdateError as exc:
             if condition_failed(exc):
