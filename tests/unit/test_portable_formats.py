@@ -121,6 +121,22 @@ def test_a_listen_of_listenbrainz_spotify_reader_ends_at_listened_at():
     assert back.ended_ms == 1709632800_000 and back.track_id == TRACK and back.artist_name == "Ivy"
 
 
+def test_an_older_listen_of_listenbrainz_spotify_reader_ends_at_listened_at_too():
+    listen = {"listened_at": 1609459200, "track_metadata": {
+        "artist_name": "Ivy", "track_name": "Velvet Garden",
+        "additional_info": {"listening_from": "spotify", "duration_ms": 240_000}}}
+    assert read_back(listen).ended_ms == 1609459200_000
+
+
+def test_listenbrainz_import_of_spotifys_export_ends_at_listened_at():
+    listen = {"listened_at": 1609459200, "track_metadata": {
+        "artist_name": "Ivy", "track_name": "Velvet Garden",
+        "additional_info": {"submission_client": "ListenBrainz Archive Importer", "music_service": "spotify.com",
+                            "ms_played": 200_000, "origin_url": f"https://open.spotify.com/track/{TRACK}"}}}
+    back = read_back(listen)
+    assert back.ended_ms == 1609459200_000 and back.ms_played == 200_000 and back.track_id == TRACK
+
+
 def test_a_listen_of_another_player_ends_its_length_after_it_started():
     listen = {"listened_at": 1709632800, "track_metadata": {
         "artist_name": "Ivy", "track_name": "Velvet Garden",

@@ -246,14 +246,19 @@ def parse_account(row: Any, index: int, *, kind: str, now: datetime, rule: Liste
 _OPEN_SPOTIFY = re.compile(r"^(?:https?://open\.spotify\.com/(?:intl-[a-z-]+/)?(track|episode)/([0-9A-Za-z]{22})"
                            r"(?:[/?#].*)?|spotify:(track|episode):([0-9A-Za-z]{22}))$")
 # ListenBrainz's own readers of Spotify put Spotify's timestamp in listened_at as it comes: its
-# Spotify reader ("listenbrainz") the recently-played played_at, its importer of Spotify's export
-# (the archive importer, the only one writing ms_played) the export's ts. Both are the stream's
-# end, as PlayVault's played_at.
-_LB_SPOTIFY_READER = "listenbrainz"
+# Spotify reader the recently-played played_at (submission_client "listenbrainz"; before 2022,
+# listening_from "spotify"), its importer of Spotify's export (the archive importer, the only one
+# writing ms_played) the export's ts. Both are the stream's end, as PlayVault's played_at.
 _LB_ARCHIVE_IMPORTER = "ListenBrainz Archive Importer"
 
 
-def _spotify_item(value: Any) -> tuple[str, str] | None:
+def _ends_at_listened_at(info: dict[str, Any], ms_played: int | None) -> bool:
+    return (info.get("submission_client") == "listenbrainz" or info.get("listening_from") == "spotify"
+            or (info.get("submission_client") == _LB_ARCHIVE_IMPORTER and info.get("music_service") == "spotify.com"
+                and ms_played is not None))
+
+
+def _spotify_item(value: Any) -> tuple[str, str]:
     """("track" | "episode", id) of an open.spotify.com URL or a spotify: URI; BAD_URI otherwise."""
     match = _OPEN_SPOTIFY.match(value) if isinstance(value, str) else None
     if match is None:
@@ -274,7 +279,7 @@ def parse_listenbrainz(row: Any, index: int, *, now: datetime, rule: ListeningRu
     The play's end (PlayVault's played_at): `additional_info.playvault_played_at` when PlayVault
     wrote the listen (exact to the millisecond, within a day of listened_at); else `listened_at`
     itself for a listen of Spotify that ListenBrainz's own readers wrote (they put Spotify's end time
-    there: see _LB_SPOTIFY_READER); else listened_at (the start, as
+    there: see _ends_at_listened_at); else listened_at (the start, as
     ListenBrainz's clients submit it) plus ms_played, or the duration, when the listen says one.
     Episodes: `playvault_item_type: episode` or an episode URL, the track name being the episode's
     and the artist name the show's.
@@ -307,9 +312,7 @@ def parse_listenbrainz(row: Any, index: int, *, now: datetime, rule: ListeningRu
             end = None
         if end is None or end.tzinfo is None or not timedelta(seconds=-1) <= end - start <= timedelta(days=1):
             raise RowError(Skip.BAD_TIME)
-    elif info.get("submission_client") == _LB_SPOTIFY_READER or (
-            info.get("submission_client") == _LB_ARCHIVE_IMPORTER and info.get("music_service") == "spotify.com"
-            and ms_played is not None):
+    elif _ends_at_listened_at(info, ms_played):
         end = start
     else:
         end = start + timedelta(milliseconds=ms_played if ms_played is not None else duration_ms or 0)
@@ -326,12 +329,12 @@ def parse_listenbrainz(row: Any, index: int, *, now: datetime, rule: ListeningRu
         return ImportRow(index, ended_ms, 1000, EPISODE, ms_played,
                          episode_id=item[1] if item and item[0] == EPISODE else None,
                          episode_name=title, show_name=_text(metadata, "artist_name"))
+    # The first artist, as polled plays carry it (artist_name joins them all: "A, B").
     names = info.get("artist_names")
-    first_artist = names[0].strip() or None if isinstance(names, list) and names and isinstance(names[0], str) \
-        else _text(metadata, "artist_name")
+    first_artist = (names[0].strip() or None if isinstance(names, list) and names and isinstance(names[0], str)
+                    else _text(metadata, "artist_name"))
     return ImportRow(index, ended_ms, 1000, TRACK, ms_played, track_id=item[1] if item else None,
-                     track_name=title,
-                     artist_name=first_artist, album_name=_text(metadata, "release_name"))
+                     track_name=title, artist_name=first_artist, album_name=_text(metadata, "release_name"))
 
 
 def parse_row(kind: str, row: Any, index: int, *, user_id: str, now: datetime, rule: ListeningRule) -> ImportRow:
