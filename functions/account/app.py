@@ -3,7 +3,7 @@
 GET  /                              303 to /me when signed in, else to sign-in
 GET  /me                            the user's page (status, polls, counts, chart, top lists, gaps)
 GET  /me/plays                      JSON, paginated: ?from=&to=&cursor=&limit= (validated by Powertools)
-POST /me/exports                    start a full export (format=csv|jsonl): a job; 303 to its status page
+POST /me/exports                    a full export (format=csv|jsonl|listenbrainz|spotify): a job; 303 to its status page
 GET  /me/exports/{export_id}        the export's progress; a download link when done
 GET  /me/exports/{export_id}/file   303 to a short-lived presigned URL of the file
 GET  /me/delete                     confirmation page;  POST: start the deletion job, 303 to its receipt
@@ -207,7 +207,7 @@ def start_export():
     _csrf(session, fields.get("csrf"))
     fmt = fields.get("format")
     if fmt not in exports.FORMATS:
-        raise web.RequestRejected(400, "Bad form field 'format': choose csv or jsonl.")
+        raise web.RequestRejected(400, f"Bad form field 'format': choose one of {', '.join(exports.FORMATS)}.")
     user = _user(session)
     if user.status == users.DELETING:
         raise web.RequestRejected(400, "Your data is being deleted: there is nothing left to export.")

@@ -46,6 +46,8 @@ class PlayRow:
     episode_id: str | None = None
     episode_name: str | None = None
     show_name: str | None = None
+    ms_played: int | None = None  # how long it played, when an export said so (polled plays: unknown)
+    platform: str | None = None  # the export's device platform, when imported
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -157,6 +159,8 @@ class Catalog:
                 episode_id=play.episode_id,
                 episode_name=names.episode_name,
                 show_name=names.show_name,
+                ms_played=int(play.ms_played) if play.ms_played is not None else None,
+                platform=play.platform,
             ))
         return out
 

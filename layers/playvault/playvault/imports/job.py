@@ -57,7 +57,7 @@ from playvault.imports import (
     upload_issued_to,
     upload_key_parts,
 )
-from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_array
+from playvault.imports.jsonstream import CountingReader, NotJsonArray, iter_items
 from playvault.imports.sources import Caps, UploadRejected, open_upload
 from playvault.normalize import PayloadError, canonical_played_at_ms, parse_track
 from playvault.spotify import Budget, SpotifyClient
@@ -365,11 +365,13 @@ class Importer:
                         error=(f"{name}: {error}", name, row) if error else None, outcome=outcome)
 
         try:
-            for row_index, raw in enumerate(iter_array(stream)):
+            lines = None if kind is None else kind == formats.LISTENBRAINZ  # None: by its first character
+            for row_index, raw in enumerate(iter_items(stream, lines=lines)):
                 self._reading = (name, row_index)
                 if row_index == 0:
                     kind = kind or formats.sniff(raw)
-                    problem = ("not a Spotify streaming history (unknown file name and content)" if kind is None
+                    problem = ("not a Spotify streaming history nor ListenBrainz listens (unknown file name and "
+                               "content)" if kind is None
                                else formats.shape_problem(kind, raw))
                     if problem:
                         finish(FILE_REJECTED, problem, 0)

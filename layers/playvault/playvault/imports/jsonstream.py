@@ -134,3 +134,74 @@ def iter_array(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars
     skip_whitespace()
     if pos < len(buffer):
         raise NotJsonArray("invalid JSON: text after the end of the array", index)
+
+
+def iter_lines(stream: BinaryIO, *, chunk_bytes: int = 64 * 1024, max_item_chars: int = 1 << 20) -> Iterator[Any]:
+    """Yield the JSON value of each non-blank line of `stream` (JSON Lines: ListenBrainz's listens).
+
+    Lines are split as bytes and decoded one by one, so an error names its line: NotJsonArray (the
+    error of a file that cannot be read as JSON) for a line that is not UTF-8 or not JSON, a line
+    over `max_item_chars`, or a file without any value. `item_index` is the number of values before.
+    """
+    buffer = b""
+    line_no = index = 0
+    eof = False
+    while not eof:
+        data = stream.read(chunk_bytes)
+        eof = not data
+        buffer += data
+        lines = buffer.split(b"\n")
+        buffer = b"" if eof else lines.pop()
+        if len(buffer) > 4 * max_item_chars:  # UTF-8: at most 4 bytes a character
+            raise NotJsonArray(f"line {line_no + len(lines) + 1} is longer than {max_item_chars} characters", index)
+        for raw in lines:
+            line_no += 1
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):  # a byte order mark is accepted
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise NotJsonArray(f"not UTF-8 text on line {line_no}", index) from None
+            if not text.strip():
+                continue
+            if len(text) > max_item_chars:
+                raise NotJsonArray(f"line {line_no} is longer than {max_item_chars} characters", index)
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise NotJsonArray(f"invalid JSON on line {line_no}: {exc.msg}", index) from None
+            except RecursionError:
+                raise NotJsonArray(f"invalid JSON on line {line_no}: nested too deeply", index) from None
+            except ValueError:  # int() refuses over sys.get_int_max_str_digits() digits
+                raise NotJsonArray(f"invalid JSON on line {line_no}: a number with too many digits", index) from None
+            yield value
+            index += 1
+    if index == 0:
+        raise NotJsonArray("not JSON: the file holds no JSON value (empty or whitespace only)", 0)
+
+
+class _Prefixed:
+    """A stream whose first bytes were read already (to look at them) and are handed out again."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self._head, self._stream = head, stream
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._stream.read(size)
+        if size < 0:
+            data, self._head = self._head + self._stream.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        return data
+
+
+def iter_items(stream: BinaryIO, *, lines: bool | None = None) -> Iterator[Any]:
+    """The items of a file: a JSON array's elements, or JSON Lines' values (`lines`; None: JSON Lines
+    when the first character that is not whitespace opens an object, else an array)."""
+    if lines is None:
+        head = stream.read(4096)
+        start = head.removeprefix(codecs.BOM_UTF8).lstrip(b" \t\r\n")[:1]
+        lines = start == b"{"
+        stream = _Prefixed(head, stream)  # type: ignore[assignment]
+    return iter_lines(stream) if lines else iter_array(stream)

@@ -24,7 +24,10 @@ from pynamodb.models import Model
 from playvault.store.base import BaseMeta, table
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8",
+           "listenbrainz": "application/zip", "spotify": "application/json; charset=utf-8"}
+LABELS = {"csv": "CSV", "jsonl": "JSON Lines", "listenbrainz": "ListenBrainz listens",
+          "spotify": "Spotify streaming history"}
 LIFETIME = timedelta(days=1)  # the bucket's lifecycle rule for exports/ says the same
 
 
@@ -52,6 +55,7 @@ class ExportModel(Model):
     upload_id = UnicodeAttribute(null=True)
     parts = ListAttribute(of=Part, default=list)
     cursor = UnicodeAttribute(null=True)  # played_at of the last play in the uploaded parts
+    crc32 = NumberAttribute(null=True)  # a zipped export: CRC-32 of its member's data in the uploaded parts
 
 
 def object_key(user_id: str, export_id: str, fmt: str) -> str:

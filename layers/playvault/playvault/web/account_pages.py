@@ -105,7 +105,7 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
     gaps_html = (f'<table id="gaps"><tr><th>from</th><th>to</th><th>plays lost</th></tr>{gap_rows}</table>'
                  if view.gaps else '<p id="gaps" class="muted">No gaps: every play was archived.</p>')
     export_rows = "".join(
-        f'<li><a href="/me/exports/{esc(e.export_id)}">{esc(e.format.upper())} export of '
+        f'<li><a href="/me/exports/{esc(e.export_id)}">{esc(exports.LABELS.get(e.format, e.format))} export of '
         f"{_when(e.created_at)}</a> ({esc(e.status)})</li>" for e in recent_exports)
     return f"""{greeting}
 <nav><a href="/me">My archive</a><a href="/me/plays">JSON</a>
@@ -133,7 +133,10 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
 <h2>Your data</h2>
 <form method="post" action="/me/exports">{csrf_field(csrf)}
 <button type="submit" name="format" value="csv" id="export-csv">Export everything as CSV</button>
-<button type="submit" name="format" value="jsonl" id="export-jsonl">Export everything as JSON Lines</button></form>
+<button type="submit" name="format" value="jsonl" id="export-jsonl">Export everything as JSON Lines</button>
+<button type="submit" name="format" value="listenbrainz" id="export-listenbrainz">Export for ListenBrainz</button>
+<button type="submit" name="format" value="spotify" id="export-spotify">Export as Spotify streaming history</button>
+</form>
 {f'<ul id="exports">{export_rows}</ul>' if export_rows else ""}
 {imports_html}
 <p><a href="/me/delete" id="delete-link" class="danger">Delete my data</a></p>"""
@@ -144,7 +147,7 @@ def export_status(job: ExportModel) -> tuple[str, bool]:
     if job.status == exports.DONE:
         return (f'<p id="export-status">Ready: {int(job.rows)} plays, {int(job.size_bytes):,} bytes.</p>'
                 f'<p><a id="download" href="/me/exports/{esc(job.export_id)}/file">Download '
-                f"{esc(job.format.upper())}</a></p>"
+                f"{esc(exports.LABELS.get(job.format, job.format))}</a></p>"
                 '<p class="muted">The file is kept for one day. <a href="/me">Back</a></p>', False)
     if job.status == exports.FAILED:
         return '<p id="export-status">This export stopped. <a href="/me">Back</a></p>', False
