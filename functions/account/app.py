@@ -1,6 +1,6 @@
 """HttpApi (payload 2.0) routes of a signed-in user's account -> playvault.history / export / deletion.
 
-GET  /                              303 to /me when signed in, else to sign-in
+GET  /                              303 to /me when signed in, else the landing page (what is kept, sign in)
 GET  /me                            the user's page (status, polls, counts, chart, top lists, gaps)
 GET  /me/plays                      JSON, paginated: ?from=&to=&cursor=&limit= (validated by Powertools)
 POST /me/exports                    start a full export (format=csv|jsonl): a job; 303 to its status page
@@ -117,7 +117,9 @@ def _csrf(session: web_sessions.Session, submitted: str | None) -> None:
 # -- routes -----------------------------------------------------------------------------------------
 @app.get("/")
 def root():
-    return redirect("/me" if _current() is not None else "/auth/login")
+    if _current() is not None:
+        return redirect("/me")
+    return page(200, "PlayVault", "PlayVault: every play you make on Spotify, kept", account_pages.landing())
 
 
 @app.get("/me")

@@ -255,14 +255,15 @@ def test_replayed_state_is_refused_and_writes_nothing(auth: Auth) -> None:
 
     replay = auth.call("GET", "/auth/callback", query)
 
-    assert_html(replay, 400, "already used")
+    # The back button to the consent page and on again: this browser is signed in, so its archive.
+    assert replay["statusCode"] == 303 and replay["headers"]["Location"] == "/me", replay
     assert users.get("alice").attribute_values == snapshot
     assert seats.seats_taken() == 1
 
 
 def test_unknown_state_is_refused_and_writes_nothing(auth: Auth, emulator) -> None:
     response = auth.call("GET", "/auth/callback", {"state": "x" * 43, "code": "whatever"})
-    assert_html(response, 400, "unknown, expired or already used")
+    assert_html(response, 200, "unknown, expired or already used", 'href="/auth/login"')
     assert all_users() == [] and state_items() == []
     assert emulator.state.request_counts().get("token", 0) == 0
 
@@ -273,7 +274,7 @@ def test_expired_state_is_refused(auth: Auth) -> None:
     later = datetime.now(UTC) + timedelta(minutes=11)
     clock.set_clock(lambda: later)  # TTL deletion is lazy: the expiry is checked on use
 
-    assert_html(auth.call("GET", "/auth/callback", query), 400)
+    assert_html(auth.call("GET", "/auth/callback", query), 200, 'href="/auth/login"')
     assert all_users() == []
 
 
@@ -284,7 +285,7 @@ def test_access_denied_consumes_the_state(auth: Auth) -> None:
 
     assert_html(auth.call("GET", "/auth/callback", query), 200, "chose not to connect")
     assert state_items() == [] and all_users() == []
-    assert auth.call("GET", "/auth/callback", query)["statusCode"] == 400  # consumed
+    assert "already used" in auth.call("GET", "/auth/callback", query)["body"]  # consumed
 
 
 def test_token_endpoint_failing_answers_502_and_writes_nothing(auth: Auth, emulator) -> None:

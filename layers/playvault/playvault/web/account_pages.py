@@ -28,6 +28,29 @@ def _when(moment: datetime | str | None) -> str:
     return esc(text)
 
 
+def landing() -> str:
+    """The page a signed-out visitor meets at /: what PlayVault keeps, and the way in."""
+    return """<p class="lead">Spotify remembers only your last 50 plays. PlayVault keeps every play you make,
+for as long as you want it, and shows you your listening.</p>
+<p><a class="button" id="sign-in" href="/auth/login">Sign in with Spotify</a></p>
+<h2>What PlayVault keeps</h2>
+<ul id="what-is-kept">
+<li>Every play: the track (or podcast episode), its artists and album, and when you played it. PlayVault
+asks Spotify for your recent plays about every hour, more often while you listen a lot.</li>
+<li>The years before you signed up, from Spotify's data export, if you import it.</li>
+<li>Your Spotify user id, your display name and your e-mail address (sealed, only to remind you before
+Spotify's six-month authorization ends), and the authorization itself (encrypted).</li>
+</ul>
+<h2>What you can do with it</h2>
+<ul>
+<li>See your plays per day, your top artists and tracks, and which periods your archive covers.</li>
+<li>Export everything, any time, as CSV or JSON Lines.</li>
+<li>Delete everything: your plays, imports, exports and the authorization, in one step.</li>
+</ul>
+<p class="muted">PlayVault reads only your recently played tracks and your e-mail address from Spotify.
+It never plays, changes or shares anything.</p>"""
+
+
 def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
 
