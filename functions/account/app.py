@@ -150,7 +150,7 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
                                                  coverage.render_svg(coverage.timeline(user.user_id, now)),
                                                  received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
-                               imports_html)
+                               imports_html, account_pages.next_poll(user, now, settings.dispatch_period_minutes))
     bucket_origin = " " + "/".join(upload["url"].split("/")[:3]) if upload else ""  # the form posts straight to S3
     return page(200, "My archive", f"My archive{', ' + user.display_name if user.display_name else ''}", content,
                 {"Content-Security-Policy": csp(f"'self'{bucket_origin}")}, wide=True)

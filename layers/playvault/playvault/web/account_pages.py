@@ -14,7 +14,8 @@ from playvault.web.pages import esc
 STATUS_TEXT = {
     users.ACTIVE: ("Archiving", "PlayVault archives every play you make on Spotify."),
     users.NEEDS_REAUTH: ("Needs reconnect", "Spotify no longer lets PlayVault read your plays. Reconnect to resume."),
-    "lapsed": ("Waiting for a seat", "Your seat lapsed; PlayVault resumes archiving when a seat is free."),
+    users.LAPSED: ("Waiting for a seat", "Your Spotify authorization ended and your seat was given back. "
+                   "Reconnect to take a seat again (when one is free) and resume archiving."),
     users.DELETING: ("Being deleted", "Your data is being deleted."),
 }
 
@@ -49,6 +50,17 @@ Spotify's six-month authorization ends), and the authorization itself (encrypted
 </ul>
 <p class="muted">PlayVault reads only your recently played tracks and your e-mail address from Spotify.
 It never plays, changes or shares anything.</p>"""
+
+
+def next_poll(user: users.UserModel, now: datetime, dispatch_period_minutes: int) -> str:
+    """When PlayVault next asks Spotify for the user's plays: the user's due time, or (not due yet
+    known, or overdue) the dispatcher's next run, which comes within its period."""
+    if user.status != users.ACTIVE:
+        return '<span class="muted">not polled until you reconnect Spotify</span>'
+    due = getattr(user, "next_poll_at", None)
+    if due is None or due <= now:
+        return f"within {dispatch_period_minutes} minutes (the next scheduled run)"
+    return f"about {_when(due)}"
 
 
 def csrf_field(token: str) -> str:
@@ -108,13 +120,12 @@ page to follow the import.</p>
 
 
 def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None,
-       imports_html: str = "") -> str:
+       imports_html: str = "", next_poll_html: str = "") -> str:
     user = view.user
     label, explanation = STATUS_TEXT.get(user.status, (user.status, ""))
     reconnect = ('<form class="inline" method="get" action="/auth/login"><input type="hidden" name="reconnect" '
                  'value="1"><button type="submit" id="reconnect">Reconnect Spotify</button></form>'
-                 if user.status == users.NEEDS_REAUTH else "")
-    next_poll = getattr(user, "next_poll_at", None)
+                 if user.status in (users.NEEDS_REAUTH, users.LAPSED) else "")
     greeting = ""
     if welcome == "new":
         greeting = "<p id=\"welcome\">You're in! PlayVault now archives every song you play on Spotify.</p>"
@@ -137,7 +148,7 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
 <table id="summary">
 <tr><th>Status</th><td><span class="status" id="status">{esc(label)}</span> {esc(explanation)} {reconnect}</td></tr>
 <tr><th>Last poll</th><td id="last-poll">{_when(user.last_polled_at)}</td></tr>
-<tr><th>Next poll</th><td id="next-poll">{_when(next_poll) if next_poll else "at the next hourly run"}</td></tr>
+<tr><th>Next poll</th><td id="next-poll">{next_poll_html}</td></tr>
 <tr><th>Plays archived</th><td id="plays-total">{view.plays_total}</td></tr>
 <tr><th>First play</th><td id="first-play">{_when(view.first_play)}</td></tr>
 <tr><th>Last play</th><td id="last-play">{_when(view.last_play)}</td></tr>
