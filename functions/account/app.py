@@ -145,7 +145,7 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     jobs = imports.status_for_user(user.user_id, now)
     # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own
     # file once its import job has it (the key itself never carries the name).
-    received = imports.uploaded_file_name(user.user_id, key, jobs) if uploaded else None
+    received = imports.upload_notice(user.user_id, key, jobs) if uploaded else None
     imports_html = account_pages.imports_section(upload, jobs,
                                                  coverage.render_svg(coverage.timeline(user.user_id, now)),
                                                  received=received)

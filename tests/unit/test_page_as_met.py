@@ -155,8 +155,17 @@ def test_import_states_and_skip_reasons_are_in_words(site, aws_env, emulator):
     text = _text(row.group(1))
     assert "Done" in text and "done " not in text
     assert "too_short" not in text and "incognito" not in text and "bad_uri" not in text
-    assert "3 shorter than 30 s" in text and "1 in a private session" in text, text
+    assert "3 too short to count as a play" in text and "1 in a private session" in text, text
     assert "2 with an unreadable Spotify link" in text, text
+
+
+def test_every_skip_reason_and_import_state_has_words():
+    from playvault.imports.formats import Skip
+    from playvault.web.account_pages import IMPORT_STATES, SKIP_WORDS
+
+    assert set(SKIP_WORDS) == set(Skip)
+    assert set(IMPORT_STATES) == {imports_store.QUEUED, imports_store.RUNNING, imports_store.PAUSED,
+                                  imports_store.DONE, imports_store.FAILED}
 
 
 # ------------------------------------------------------------------ why a deletion waits

@@ -6,7 +6,9 @@ from datetime import datetime
 
 from playvault import history
 from playvault.imports import MAX_UPLOAD_BYTES
+from playvault.imports.formats import Skip
 from playvault.store import deletions, exports, users
+from playvault.store import imports as imports_store
 from playvault.store.exports import ExportModel
 from playvault.web.charts import plays_per_day, top_bars
 from playvault.web.pages import esc
@@ -67,6 +69,48 @@ def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
 
 
+# An import job's state and a skipped row's reason, as the page says them (keys: store/imports.py's
+# states, imports/formats.Skip).
+IMPORT_STATES = {
+    imports_store.QUEUED: "Waiting to start",
+    imports_store.RUNNING: "Importing",
+    imports_store.PAUSED: "Paused: Spotify asked PlayVault to wait; it resumes by itself",
+    imports_store.DONE: "Done",
+    imports_store.FAILED: "Stopped",
+}
+SKIP_WORDS = {
+    Skip.TOO_SHORT: "too short to count as a play",
+    Skip.INCOGNITO: "in a private session",
+    Skip.NOT_AN_OBJECT: "not a stream record",
+    Skip.MISSING_TIME: "without a time",
+    Skip.BAD_TIME: "with an unreadable time",
+    Skip.IMPLAUSIBLE_TIME: "with a time before Spotify existed or in the future",
+    Skip.BAD_MS_PLAYED: "with an unreadable listening time",
+    Skip.BAD_URI: "with an unreadable Spotify link",
+    Skip.MISSING_NAME: "without a track or episode name",
+    Skip.NO_ITEM: "neither a track nor an episode",
+    Skip.AUDIOBOOK: "audiobook chapters (not imported)",
+    Skip.OTHER_ACCOUNT: "from another Spotify account",
+}
+
+
+def _import_state(job: dict) -> str:
+    state = job["state"]
+    words = IMPORT_STATES.get(state, state)
+    if state == imports_store.RUNNING and job.get("phase") == imports_store.PHASE_RESOLVE:
+        words = "Looking up tracks at Spotify"
+    if state in (imports_store.RUNNING, imports_store.PAUSED):
+        words += f", {int(100 * (job.get('progress') or 0))} %"
+        if job.get("eta_s"):
+            words += f", about {int(job['eta_s'] // 60) + 1} min left"
+    return words
+
+
+def _skipped(job: dict) -> str:
+    counts = sorted((job.get("skipped") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return "; ".join(f"{int(n)} {SKIP_WORDS.get(reason, reason.replace('_', ' '))}" for reason, n in counts) or "none"
+
+
 def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, received: str | None = None,
                     max_bytes: int = MAX_UPLOAD_BYTES) -> str:
     """Import Spotify's data export: the upload form (a presigned POST straight to S3: no file passes
@@ -85,21 +129,21 @@ def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, re
                 '<button type="submit" id="import-upload">Upload</button></form>')
         max_bytes = upload["max_bytes"]
     rows = []
+    columns = ("File", "State", "Rows read", "Plays added", "Already archived", "Skipped", "Tracks to look up")
     for job in jobs[:5]:
-        skipped = ", ".join(f"{esc(k)} {n}" for k, n in sorted((job.get("skipped") or {}).items())) or "none"
         error = job.get("error") or {}
         problem = (f' <span class="danger">{esc(str(error.get("message", "")))}'
                    f'{" (" + esc(str(error.get("file"))) + ")" if error.get("file") else ""}</span>' if error else "")
-        eta = f", about {int(job['eta_s'] // 60) + 1} min left" if job.get("eta_s") else ""
-        rows.append(
-            f'<tr class="import" data-state="{esc(job["state"])}"><td>{esc(job.get("file_name") or "")}</td>'
-            f'<td class="import-state">{esc(job["state"])} {int(100 * (job.get("progress") or 0))} %'
-            f'{esc(eta)}{problem}</td>'
-            f'<td>{int(job.get("rows_read") or 0)}</td><td class="import-added">{int(job.get("plays_added") or 0)}</td>'
-            f'<td>{int(job.get("duplicates") or 0)}</td><td>{skipped}</td>'
-            f'<td>{int(job.get("tracks_to_resolve") or 0)}</td></tr>')
-    table = ('<table id="imports"><tr><th>file</th><th>state</th><th>rows read</th><th>plays added</th>'
-             '<th>already archived</th><th>skipped</th><th>tracks to look up</th></tr>' + "".join(rows) + "</table>"
+        cells = (esc(job.get("file_name") or ""), esc(_import_state(job)) + problem, str(int(job.get("rows_read") or 0)),
+                 str(int(job.get("plays_added") or 0)), str(int(job.get("duplicates") or 0)), esc(_skipped(job)),
+                 str(int(job.get("tracks_to_resolve") or 0)))
+        classes = ("", ' class="import-state"', "", ' class="import-added"', "", "", "")
+        # data-label: on a narrow screen each row is a card of "label: value" lines (page.html's CSS).
+        rows.append(f'<tr class="import" data-state="{esc(job["state"])}">'
+                    + "".join(f'<td{cls} data-label="{label}">{cell}</td>'
+                              for label, cls, cell in zip(columns, classes, cells, strict=True)) + "</tr>")
+    table = ('<table id="imports" class="cards"><thead><tr>' + "".join(f'<th scope="col">{c}</th>' for c in columns)
+             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
              if rows else '<p id="imports" class="muted">No import yet.</p>')
     notice = ""
     if received is not None:
