@@ -41,6 +41,7 @@ from playvault.jobs import JobQueue
 from playvault.metrics import metrics
 from playvault.spotify import ssm_credentials
 from playvault.store import deletions, exports, plays, users
+from playvault.store import imports as imports_store
 from playvault.web import account_pages
 from playvault.web import http as web
 from playvault.web import sessions as web_sessions
@@ -265,7 +266,11 @@ def deletion_status(receipt: str):
     found = deletions.get(deletions.receipt_key(receipt)) if _RECEIPT.fullmatch(receipt) else None
     if found is None:
         raise web.RequestRejected(404, "There is no such deletion (receipts are kept for 7 days).")
-    content, running = account_pages.deletion_status(found)
+    now = clock.now()
+    # Why it waits: the grace time after the request, then any import of the user still holding its lease.
+    lease = (imports_store.lease_held_until(found.user_id, now)
+             if found.status == deletions.RUNNING and found.user_id else None)
+    content, running = account_pages.deletion_status(found, now, settings.deletion_grace_seconds, lease)
     refresh = '<meta http-equiv="refresh" content="3">' if running else ""
     return page(200, "Deleting your data", "Delete my data", refresh + content)
 

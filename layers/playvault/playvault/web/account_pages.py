@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from playvault import history
 from playvault.imports import MAX_UPLOAD_BYTES
@@ -134,8 +134,8 @@ def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, re
         error = job.get("error") or {}
         problem = (f' <span class="danger">{esc(str(error.get("message", "")))}'
                    f'{" (" + esc(str(error.get("file"))) + ")" if error.get("file") else ""}</span>' if error else "")
-        cells = (esc(job.get("file_name") or ""), esc(_import_state(job)) + problem, str(int(job.get("rows_read") or 0)),
-                 str(int(job.get("plays_added") or 0)), str(int(job.get("duplicates") or 0)), esc(_skipped(job)),
+        counts = [str(int(job.get(name) or 0)) for name in ("rows_read", "plays_added", "duplicates")]
+        cells = (esc(job.get("file_name") or ""), esc(_import_state(job)) + problem, *counts, esc(_skipped(job)),
                  str(int(job.get("tracks_to_resolve") or 0)))
         classes = ("", ' class="import-state"', "", ' class="import-added"', "", "", "")
         # data-label: on a narrow screen each row is a card of "label: value" lines (page.html's CSS).
@@ -241,7 +241,23 @@ Spotify authorization (tokens). Your seat is freed. Signing in waits until it is
 <button type="submit" id="confirm-delete" class="danger">Delete my data</button> <a href="/me">Cancel</a></form>"""
 
 
-def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
+def _waiting(deletion: deletions.Deletion, now: datetime, grace_s: int, import_lease_until: datetime | None) -> str:
+    """Why a running deletion has not deleted yet (deletion.py: the grace time, then live import leases)."""
+    grace_ends = deletion.created_at + timedelta(seconds=grace_s) if deletion.created_at else None
+    if grace_ends is not None and now < grace_ends:
+        minutes = max(1, -(-int((grace_ends - now).total_seconds()) // 60))
+        return (f'<p id="deletion-wait">Waiting until {esc(grace_ends.strftime("%H:%M:%S"))} UTC (about {minutes} '
+                f"minute{'s' if minutes > 1 else ''}): a poll of your Spotify plays that started just before you "
+                "asked may still be writing. PlayVault deletes after it, so nothing it writes is left behind.</p>")
+    if import_lease_until is not None and now < import_lease_until:
+        return (f'<p id="deletion-wait">Waiting for your import to stop (by '
+                f'{esc(import_lease_until.strftime("%H:%M:%S"))} UTC): it may be writing plays right now. Nothing '
+                "more is imported for you; PlayVault deletes once it has stopped.</p>")
+    return '<p id="deletion-wait">Deleting now.</p>'
+
+
+def deletion_status(deletion: deletions.Deletion, now: datetime | None = None, grace_s: int = 0,
+                    import_lease_until: datetime | None = None) -> tuple[str, bool]:
     counts = deletion.counts
     listing = (f'<ul id="deleted"><li><span id="deleted-plays">{counts["plays"]}</span> plays</li>'
                f'<li>{counts["gaps"]} gaps</li><li>{counts["sessions"]} sessions</li>'
@@ -251,5 +267,6 @@ def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
     if deletion.status == deletions.DONE:
         return (f'<p id="deletion-status">Done: your data is deleted, your Spotify authorization is removed and '
                 f"your seat is free.</p>{listing}{backups}", False)
+    waiting = _waiting(deletion, now, grace_s, import_lease_until) if now is not None else ""
     return (f'<p id="deletion-status">Deleting your data. Nothing more is archived for you. This page '
-            f"refreshes by itself.</p>{listing}{backups}", True)
+            f"refreshes by itself.</p>{waiting}{listing}{backups}", True)
