@@ -148,7 +148,7 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     # file once its import job has it (the key itself never carries the name).
     received = imports.upload_notice(user.user_id, key, jobs) if uploaded else None
     imports_html = account_pages.imports_section(upload, jobs,
-                                                 coverage.render_svg(coverage.timeline(user.user_id, now)),
+                                                 coverage.render(coverage.timeline(user.user_id, now)),
                                                  received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
                                imports_html, account_pages.next_poll(user, now, settings.dispatch_period_minutes))

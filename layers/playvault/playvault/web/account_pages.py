@@ -74,7 +74,7 @@ def csrf_field(token: str) -> str:
 IMPORT_STATES = {
     imports_store.QUEUED: "Waiting to start",
     imports_store.RUNNING: "Importing",
-    imports_store.PAUSED: "Paused: Spotify asked PlayVault to wait; it resumes by itself",
+    imports_store.PAUSED: "Paused: Spotify asked to wait; resumes by itself",
     imports_store.DONE: "Done",
     imports_store.FAILED: "Stopped",
 }
@@ -124,7 +124,8 @@ def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, re
         hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
                          for k, v in upload["fields"].items())
         form = (f'<form id="import-form" method="post" action="{esc(upload["url"])}" '
-                f'enctype="multipart/form-data">{hidden}\n<input type="file" name="file" id="import-file" '
+                f'enctype="multipart/form-data">{hidden}\n<label for="import-file">Your Spotify data export (the ZIP, '
+                'or one of its JSON files)</label><input type="file" name="file" id="import-file" '
                 'accept=".zip,.json,application/zip,application/json" required>\n'
                 '<button type="submit" id="import-upload">Upload</button></form>')
         max_bytes = upload["max_bytes"]
@@ -137,7 +138,7 @@ def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, re
         counts = [str(int(job.get(name) or 0)) for name in ("rows_read", "plays_added", "duplicates")]
         cells = (esc(job.get("file_name") or ""), esc(_import_state(job)) + problem, *counts, esc(_skipped(job)),
                  str(int(job.get("tracks_to_resolve") or 0)))
-        classes = ("", ' class="import-state"', "", ' class="import-added"', "", "", "")
+        classes = (' class="file"', ' class="import-state"', "", ' class="import-added"', "", "", "")
         # data-label: on a narrow screen each row is a card of "label: value" lines (page.html's CSS).
         rows.append(f'<tr class="import" data-state="{esc(job["state"])}">'
                     + "".join(f'<td{cls} data-label="{label}">{cell}</td>'
@@ -229,7 +230,7 @@ def export_status(job: ExportModel) -> tuple[str, bool]:
     done, total = int(job.rows), job.total
     progress = f"{done} of {int(total)} plays" if total is not None else "starting"
     return (f'<p id="export-status">Exporting: {esc(progress)}. This page refreshes by itself.</p>'
-            f'<progress max="{int(total or 1)}" value="{done}"></progress>', True)
+            f'<progress max="{int(total or 1)}" value="{done}" aria-label="Export progress"></progress>', True)
 
 
 def delete_confirm(csrf: str, plays_total: int) -> str:
