@@ -213,20 +213,26 @@ def _waitlist_email() -> object:
 
 
 # -- routes -----------------------------------------------------------------------------------------
-def _signed_in_and_archiving() -> bool:
-    """A live session of a user PlayVault archives: signing in again has nothing to do."""
+def _to_my_archive(session: web_sessions.Session) -> Response:
+    """303 to /me, carrying the session cookie's new Max-Age if reading the session moved its expiry."""
+    return web_pages.redirect("/me", cookies=web_sessions.with_renewal([], session))
+
+
+def _archiving_session() -> web_sessions.Session | None:
+    """A live session of a user PlayVault archives (signing in again has nothing to do), else None."""
     session = web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE)
     if session is None:
-        return False
+        return None
     user = users.get(session.user_id)
-    return user is not None and user.status == users.ACTIVE
+    return session if user is not None and user.status == users.ACTIVE else None
 
 
 @app.get("/auth/login")
 def login() -> Response:
     returning = web_http.query(app).get("reconnect") in ("1", "true", "yes")
-    if not returning and _signed_in_and_archiving():  # e.g. back to the sign-in link after signing in
-        return web_pages.redirect("/me")
+    session = None if returning else _archiving_session()
+    if session is not None:  # e.g. back to the sign-in link after signing in
+        return _to_my_archive(session)
     binding, login_cookie = web_sessions.new_login_binding()
     result = onboarding.begin_login(returning=returning, browser_hash=web_sessions.hash_value(binding))
     if isinstance(result, WaitlistRequired):
@@ -251,8 +257,9 @@ def callback() -> Response:
         # A link carried from another browser stays refused (OtherBrowser says why).
         if isinstance(exc, OtherBrowser):
             raise
-        if web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE) is not None:
-            return web_pages.redirect("/me")
+        session = web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE)
+        if session is not None:
+            return _to_my_archive(session)
         return message_page(200, "Sign in again", exc.public_message + " Nothing was stored.", start_again=True)
     if isinstance(result, WaitlistRequired):
         return waitlist_page()

@@ -16,7 +16,7 @@ from playvault import clock
 from playvault.imports.job import job_for_key
 from playvault.store import deletions, sessions, users
 from playvault.store import imports as imports_store
-from tests.unit.test_account import Browser, Site, signed_in
+from tests.unit.test_account import SESSION, Browser, Site, signed_in
 
 
 @pytest.fixture
@@ -56,6 +56,16 @@ def test_sign_in_when_signed_in_goes_to_my_archive(site, aws_env, emulator):
     assert again["statusCode"] == 303 and again["headers"]["Location"] == "/me"
     # a reconnect still goes to Spotify (the reconnect button, the reminder e-mail's link)
     assert browser.get("/auth/login", {"reconnect": "1"})["statusCode"] == 302
+
+
+def test_sign_in_when_signed_in_renews_the_session_cookie_as_every_answer_does(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    start = clock.now()
+    clock.set_clock(lambda: start + timedelta(days=2))  # reading the session moves its idle expiry
+    again = browser.get("/auth/login")
+    assert again["statusCode"] == 303
+    renewed = [c for c in again.get("cookies") or [] if c.startswith(SESSION + "=")]
+    assert len(renewed) == 1 and "Max-Age=0" not in renewed[0], again
 
 
 def test_sign_in_when_signed_in_but_access_lost_goes_to_spotify(site, aws_env, emulator):
