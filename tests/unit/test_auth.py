@@ -243,6 +243,7 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
 
 def test_returning_user_without_reconnect_flag_also_keeps_its_seat(auth: Auth) -> None:
     auth.sign_in("alice")
+    auth.jar.clear()  # another browser (signed in, this one would go straight to /me)
     assert_signed_in(auth.sign_in("alice"), "back")
     assert seats.seats_taken() == 1
 
@@ -341,6 +342,7 @@ def test_rejected_code_answers_400(auth: Auth, emulator) -> None:
 def test_cap_reached_offers_the_waitlist(auth: Auth) -> None:
     auth.sign_in("alice")
 
+    auth.jar.clear()  # a newcomer's browser
     full = auth.login()
     assert_html(full, 200, 'action="/auth/waitlist"', 'name="email"', "reconnect=1")
     assert len(state_items()) == 1  # no state created: only the seat counter
@@ -483,9 +485,9 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     verifier = StateModel.get(oauth_states.state_key(state)).code_verifier
     query = auth.consent(start["headers"]["Location"], "alice")
     assert auth.call("GET", "/auth/callback", query)["statusCode"] == 303
-    auth.sign_in("alice")  # a re-authorization as well
+    auth.sign_in("alice", reconnect=True)  # a re-authorization as well (signed in: a reconnect)
     emulator.state.inject("/api/token", status=500, times=10)
-    auth.sign_in("alice")  # and a failed exchange
+    auth.sign_in("alice", reconnect=True)  # and a failed exchange
     emulator.state.clear_injections()
 
     # ...then an archive run of that user through the worker, with a token refresh on the way.
