@@ -103,6 +103,10 @@ class Auth:
         return dict(parse_qsl(back.query))
 
     def sign_in(self, user_id: str, *, reconnect: bool = False) -> dict[str, Any]:
+        """Sign in as user_id from a browser without a session (a signed-in one would be sent to /me
+        by /auth/login, unless it reconnects): the session cookie is dropped first, as signing out would."""
+        if not reconnect:
+            self.jar.pop("__Host-playvault_session", None)
         start = self.login(**({"reconnect": "1"} if reconnect else {}))
         assert start["statusCode"] == 302, start
         return self.call("GET", "/auth/callback", self.consent(start["headers"]["Location"], user_id))
