@@ -129,6 +129,15 @@ def test_next_poll_when_due_says_the_time(site, aws_env, emulator):
     assert "within 15 minutes" in _next_poll(browser)
 
 
+def test_next_poll_after_failures_waits_for_the_cooldown(site, aws_env, emulator):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    cooldown = clock.now().replace(microsecond=0) + timedelta(hours=2)
+    users.get("alice").update(actions=[users.UserModel.next_poll_at.set(clock.now() + timedelta(minutes=5)),
+                                       users.UserModel.cooldown_until.set(cooldown)])
+    said = _next_poll(browser)
+    assert cooldown.strftime("%Y-%m-%d %H:%M UTC") in said and "fail" in said, said
+
+
 def test_next_poll_of_a_user_who_is_not_polled_says_so(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
     users.get("alice").update(actions=[users.UserModel.status.set(users.NEEDS_REAUTH)])

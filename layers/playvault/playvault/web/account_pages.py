@@ -60,6 +60,9 @@ def next_poll(user: users.UserModel, now: datetime, dispatch_period_minutes: int
     if user.status != users.ACTIVE:
         return '<span class="muted">not polled until you reconnect Spotify</span>'
     due = getattr(user, "next_poll_at", None)
+    cooldown = getattr(user, "cooldown_until", None)
+    if cooldown is not None and cooldown > now and (due is None or due < cooldown):  # the dispatcher skips it
+        return f"about {_when(cooldown)} (polls pause after failed ones)"
     if due is None or due <= now:
         return f"within {dispatch_period_minutes} minutes (the next scheduled run)"
     return f"about {_when(due)}"
