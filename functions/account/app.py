@@ -1,6 +1,6 @@
 """HttpApi (payload 2.0) routes of a signed-in user's account -> playvault.history / export / deletion.
 
-GET  /                              303 to /me when signed in, else to sign-in
+GET  /                              303 to /me when signed in, else the landing page (what is kept, sign in)
 GET  /me                            the user's page (status, polls, counts, chart, top lists, gaps)
 GET  /me/plays                      JSON, paginated: ?from=&to=&cursor=&limit= (validated by Powertools)
 POST /me/exports                    a full export (format=csv|jsonl|listenbrainz|spotify): a job; 303 to its status page
@@ -41,6 +41,7 @@ from playvault.jobs import JobQueue
 from playvault.metrics import metrics
 from playvault.spotify import ssm_credentials
 from playvault.store import deletions, exports, plays, users
+from playvault.store import imports as imports_store
 from playvault.web import account_pages
 from playvault.web import http as web
 from playvault.web import sessions as web_sessions
@@ -117,7 +118,9 @@ def _csrf(session: web_sessions.Session, submitted: str | None) -> None:
 # -- routes -----------------------------------------------------------------------------------------
 @app.get("/")
 def root():
-    return redirect("/me" if _current() is not None else "/auth/login")
+    if _current() is not None:
+        return redirect("/me")
+    return page(200, "PlayVault", "PlayVault: every play you make on Spotify, kept", account_pages.landing())
 
 
 @app.get("/me")
@@ -143,12 +146,12 @@ def me(period: Annotated[str, Query(pattern="^(7d|30d|90d)$")] = "30d",
     jobs = imports.status_for_user(user.user_id, now)
     # S3 sends the browser back here after an upload (with bucket, key and etag): name the user's own
     # file once its import job has it (the key itself never carries the name).
-    received = imports.uploaded_file_name(user.user_id, key, jobs) if uploaded else None
+    received = imports.upload_notice(user.user_id, key, jobs) if uploaded else None
     imports_html = account_pages.imports_section(upload, jobs,
-                                                 coverage.render_svg(coverage.timeline(user.user_id, now)),
+                                                 coverage.render(coverage.timeline(user.user_id, now)),
                                                  received=received)
     content = account_pages.me(view, session.csrf_token, list(exports.for_user(user.user_id, 5)), welcome,
-                               imports_html)
+                               imports_html, account_pages.next_poll(user, now, settings.dispatch_period_minutes))
     bucket_origin = " " + "/".join(upload["url"].split("/")[:3]) if upload else ""  # the form posts straight to S3
     return page(200, "My archive", f"My archive{', ' + user.display_name if user.display_name else ''}", content,
                 {"Content-Security-Policy": csp(f"'self'{bucket_origin}")}, wide=True)
@@ -263,7 +266,11 @@ def deletion_status(receipt: str):
     found = deletions.get(deletions.receipt_key(receipt)) if _RECEIPT.fullmatch(receipt) else None
     if found is None:
         raise web.RequestRejected(404, "There is no such deletion (receipts are kept for 7 days).")
-    content, running = account_pages.deletion_status(found)
+    now = clock.now()
+    # Why it waits: the grace time after the request, then any import of the user still holding its lease.
+    lease = (imports_store.lease_held_until(found.user_id, now)
+             if found.status == deletions.RUNNING and found.user_id else None)
+    content, running = account_pages.deletion_status(found, now, settings.deletion_grace_seconds, lease)
     refresh = '<meta http-equiv="refresh" content="3">' if running else ""
     return page(200, "Deleting your data", "Delete my data", refresh + content)
 

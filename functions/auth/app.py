@@ -1,9 +1,11 @@
 """HttpApi (payload 2.0) routes -> playvault.onboarding. Thin: parse, call, render; errors map here.
 
 GET  /auth/login      302 to Spotify's consent page (or the waitlist page when every seat is taken);
-                      sets the login cookie that binds the sign-in to this browser
+                      sets the login cookie that binds the sign-in to this browser; 303 to /me when
+                      signed in and archived already (unless reconnect=1)
 GET  /auth/callback   consume the one-time state (same browser only), exchange the code, create or
-                      re-authorize the user, start a session and 303 to /me (the code leaves the address bar)
+                      re-authorize the user, start a session and 303 to /me (the code leaves the address bar);
+                      a used state (the back button to the consent page) 303s to /me, or offers a fresh sign-in
 POST /auth/waitlist   form or JSON {"email": ...}
 POST /auth/logout     end the session (CSRF-checked)
 """
@@ -40,11 +42,13 @@ from playvault.onboarding import (
     NotAllowListed,
     Onboarding,
     OnboardingError,
+    OtherBrowser,
     SeatAvailable,
     SpotifyUnavailable,
     WaitlistRequired,
 )
 from playvault.spotify import Budget, SpotifyClient, ssm_credentials
+from playvault.store import users
 from playvault.store.seats import SeatsBusy
 from playvault.web import http as web_http
 from playvault.web import pages as web_pages
@@ -209,9 +213,26 @@ def _waitlist_email() -> object:
 
 
 # -- routes -----------------------------------------------------------------------------------------
+def _to_my_archive(session: web_sessions.Session) -> Response:
+    """303 to /me, carrying the session cookie's new Max-Age if reading the session moved its expiry."""
+    return web_pages.redirect("/me", cookies=web_sessions.with_renewal([], session))
+
+
+def _archiving_session() -> web_sessions.Session | None:
+    """A live session of a user PlayVault archives (signing in again has nothing to do), else None."""
+    session = web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE)
+    if session is None:
+        return None
+    user = users.get(session.user_id)
+    return session if user is not None and user.status == users.ACTIVE else None
+
+
 @app.get("/auth/login")
 def login() -> Response:
     returning = web_http.query(app).get("reconnect") in ("1", "true", "yes")
+    session = None if returning else _archiving_session()
+    if session is not None:  # e.g. back to the sign-in link after signing in
+        return _to_my_archive(session)
     binding, login_cookie = web_sessions.new_login_binding()
     result = onboarding.begin_login(returning=returning, browser_hash=web_sessions.hash_value(binding))
     if isinstance(result, WaitlistRequired):
@@ -224,10 +245,22 @@ def login() -> Response:
 def callback() -> Response:
     query = web_http.query(app)
     binding = web_sessions.read_cookie(app.current_event.cookies, web_sessions.LOGIN_COOKIE)
-    result = onboarding.complete_login(
-        state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget(),
-        browser_hash=web_sessions.hash_value(binding) if binding else None,
-    )
+    try:
+        result = onboarding.complete_login(
+            state=query.get("state"), code=query.get("code"), error=query.get("error"), budget=_budget(),
+            browser_hash=web_sessions.hash_value(binding) if binding else None,
+        )
+    except InvalidState as exc:
+        # The browser's back button to Spotify's consent page, and on again: a used state. Nothing
+        # is signed in by it; a signed-in browser goes back to its archive, any other is offered a
+        # fresh sign-in (a page, not an error: never an OAuth round trip nobody asked for).
+        # A link carried from another browser stays refused (OtherBrowser says why).
+        if isinstance(exc, OtherBrowser):
+            raise
+        session = web_sessions.current(app.current_event.cookies, clock.now(), SESSION_IDLE)
+        if session is not None:
+            return _to_my_archive(session)
+        return message_page(200, "Sign in again", exc.public_message + " Nothing was stored.", start_again=True)
     if isinstance(result, WaitlistRequired):
         return waitlist_page()
     assert isinstance(result, Connected)

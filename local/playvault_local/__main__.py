@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "DispatchPeriodMinutes = 2 here)")
     serve.add_argument("--no-listening", action="store_true",
                        help="no simulated listening for the emulator's users (add plays by hand)")
+    serve.add_argument("--log", type=_writable, metavar="FILE",
+                       help="write the functions' JSON log and EMF lines here (default: a new file in the "
+                            "temporary directory, named at start), keeping the terminal for the sign-in URL")
     return parser
 
 
@@ -247,7 +250,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          spotify_api_url=args.spotify_api_url, spotify_accounts_url=args.spotify_accounts_url,
                          client_id=args.client_id, client_secret=args.client_secret, seed=args.seed,
                          poll_seconds=args.poll_seconds, dispatch_every_s=args.dispatch_every or None,
-                         listening=not args.no_listening)
+                         listening=not args.no_listening, log_path=args.log)
     try:
         return serve(config)
     except StartupError as exc:

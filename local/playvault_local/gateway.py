@@ -14,20 +14,24 @@ metrics buffer of this one process).
 
 Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
 the real clock (LISTEN_PER_HOUR plays an hour, seeded; the hour before the sign-up too), so /me
-fills up. Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now;
+fills up. The functions' log lines go to a file (ServeConfig.log_path), not the terminal.
+Development-only routes of this gateway: POST /_local/dispatch runs the dispatcher now;
 GET /_local/iam answers what the local IAM check found so far (calls checked, denied, grants unused).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
@@ -59,6 +63,7 @@ class ServeConfig:
     dispatch_every_s: float | None = None
     quiet: bool = False
     listening: bool = True
+    log_path: Path | None = None  # the functions' log lines; None: a new file in the temporary directory
 
 
 class Gateway:
@@ -173,13 +178,15 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
     port = probe.getsockname()[1]
     probe.close()
     redirect_uri = f"http://{config.host}:{port}/auth/callback"
+    # The functions' JSON log lines go to a file: on the terminal they would bury the sign-in URL.
+    log_file = None if config.quiet else _log_file(config.log_path)
     system = LocalSystem(SystemConfig(
         template_path=config.template_path, parameters={**SERVE_PARAMETERS, **config.parameters},
         redirect_uri=redirect_uri,
         seed=config.seed, clock=RealClock(), spotify_api_url=config.spotify_api_url,
         spotify_accounts_url=config.spotify_accounts_url,
         client_id=config.client_id or prov.DEV_CLIENT_ID, client_secret=config.client_secret or prov.DEV_CLIENT_SECRET,
-        log_file=None if config.quiet else sys.stderr,
+        log_file=log_file,
     ))
     stop = stop or threading.Event()
     lock = threading.Lock()
@@ -223,6 +230,7 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             f"  schedule       : dispatcher every {every:g} s; worker polls the queue every {config.poll_seconds:g} s",
             f"  listening      : {listening_line}",
             f"  IAM check      : every AWS call checked against its function's role; findings: {base}/_local/iam",
+            f"  function logs  : {log_file.name if log_file else 'off'} (JSON lines; tail -f it)",
             f"  poll by hand   : curl -X POST {base}/_local/dispatch",
         ]
         print("\n".join(lines), file=real, flush=True)
@@ -242,6 +250,15 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
         for thread in threads:
             thread.join(timeout=5)
         system.stop()
+        if log_file is not None:
+            log_file.close()
+
+
+def _log_file(path: Path | None) -> TextIO:
+    if path is None:
+        handle, name = tempfile.mkstemp(prefix="playvault-serve-", suffix=".log")
+        return os.fdopen(handle, "w", encoding="utf-8", buffering=1)
+    return path.open("w", encoding="utf-8", buffering=1)  # line-buffered: tail -f shows each line
 
 
 def _started(system: LocalSystem) -> LocalSystem:
@@ -268,6 +285,11 @@ def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule], lock
 
 LISTEN_PER_HOUR = 15.0  # about a song every 4 minutes
 LISTEN_TICK_S = 5.0
+# Listening is planned in whole hours (one simulate_listening call each, so the emulator's own gaps
+# between plays hold): a call over a 5-second tick would place a play in every tick (its first play
+# falls inside the window it is given), ~720 an hour. Planned plays lie ahead of the clock; the
+# emulator lists a play only from its played_at on.
+LISTEN_PLAN = timedelta(hours=1)
 
 
 class Listening:
@@ -275,19 +297,18 @@ class Listening:
 
     def __init__(self, state: Any):
         self.state = state
-        self.heard: dict[str, Any] = {}
+        self.planned_until: dict[str, datetime] = {}
         self.lock = threading.Lock()
 
     def tick(self) -> None:
-        from datetime import timedelta
-
         with self.lock:
             now = self.state.now()
             for user_id in self.state.user_ids():
-                since = self.heard.get(user_id, now - timedelta(hours=1))
-                if now > since:
-                    self.state.simulate_listening(user_id, since, now, LISTEN_PER_HOUR)
-                    self.heard[user_id] = now
+                until = self.planned_until.get(user_id, now - LISTEN_PLAN)
+                while until <= now:  # always an hour planned ahead of the clock
+                    self.state.simulate_listening(user_id, until, until + LISTEN_PLAN, LISTEN_PER_HOUR)
+                    until += LISTEN_PLAN
+                self.planned_until[user_id] = until
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

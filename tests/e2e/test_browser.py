@@ -1,7 +1,9 @@
 """A real browser against a served local stack: sign in through the consent page; the waitlist at the
-cap; a user's whole account (/me after a poll, CSV and JSON Lines exports equal to the plays table,
-sign-out, sign-in again, delete my data: nothing of the user left in any table or bucket, another
-user untouched); importing a Spotify data export from /me (the ZIP posted straight to S3, the job
+cap; a user's whole account (the landing page, /me after a poll, the back button to the consent page,
+CSV and JSON Lines exports equal to the plays table, sign-out, sign-in again, delete my data: nothing
+of the user left in any table or bucket, another user untouched; axe-core finds no serious or
+critical violation on the landing page, /me, the export, delete and deletion pages at 1280 and 390
+px, and at 390 px nothing overflows); importing a Spotify data export from /me (the ZIP posted straight to S3, the job
 paused by a 429 and resumed, its progress to completion, the coverage timeline); an upload pointed
 into another user's prefix (refused by the local S3's policy check; planted directly, a failed job).
 
@@ -110,6 +112,60 @@ def browser():
             instance.close()
 
 
+# ---------------------------------------------------------------- accessibility and the phone layout
+WIDTHS = (1280, 390)  # a laptop, a phone
+BLOCKING = ("serious", "critical")  # axe-core's impacts that fail the test
+
+
+def _axe_or_fail():
+    try:
+        from axe_playwright_python.sync_playwright import Axe
+    except ImportError:
+        pytest.fail("axe-playwright-python is not installed: pip install -r requirements-dev.txt")
+    return Axe()
+
+
+def _page_fits(page, width: int) -> list[str]:
+    """What does not fit a `width`-pixel screen: horizontal overflow, text under 12 px, and text of
+    the coverage timeline under 12 px (its labels are drawn in pixels, never scaled down)."""
+    return page.evaluate("""width => {
+        const found = [];
+        const wide = document.documentElement.scrollWidth;
+        if (wide > width) found.push(`page ${wide} px wide`);
+        for (const el of document.querySelectorAll('main *')) {
+            if (el.closest('svg') || !el.childNodes.length) continue;
+            const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+            const rect = el.getBoundingClientRect();
+            const name = `${el.tagName}#${el.id}`;
+            if (own && rect.width > 0 && rect.right > width + 1) found.push(`${name} ends at ${rect.right}`);
+            if (own && parseFloat(getComputedStyle(el).fontSize) < 12) found.push(`${name} text under 12 px`);
+        }
+        for (const t of document.querySelectorAll('#coverage svg text')) {
+            const box = t.getBoundingClientRect();
+            if (box.height < 12) found.push(`coverage label ${t.textContent} ${box.height} px high`);
+            if (box.left < 0 || box.right > width + 1) found.push(`coverage label ${t.textContent} outside`);
+        }
+        return found;
+    }""", width)
+
+
+def _accessible(page, what: str) -> None:
+    """axe-core (through Playwright) finds no violation of serious or critical impact on the page at
+    either width, and at the phone's width the page fits (no sideways scrolling, readable text)."""
+    axe = _axe_or_fail()
+    try:
+        for width in WIDTHS:
+            page.set_viewport_size({"width": width, "height": 900})
+            violations = axe.run(page).response["violations"]
+            blocking = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
+                        for v in violations if v.get("impact") in BLOCKING]
+            assert blocking == [], f"{what} at {width} px: {blocking}"
+            if width < 600:
+                assert _page_fits(page, width) == [], f"{what} at {width} px"
+    finally:
+        page.set_viewport_size({"width": 1280, "height": 900})
+
+
 def _sign_in(page, login_url: str, user_id: str) -> None:
     page.goto(login_url)
     page.wait_for_selector("#agree")
@@ -180,6 +236,7 @@ def _download(page, button: str) -> str:
     page.wait_for_load_state()
     assert "/me/exports/" in page.url, page.content()[:1500]
     _wait_for(page, lambda: page.locator("#download").count() == 1, "the export")
+    _accessible(page, "the export page")
     with page.expect_download() as download:
         page.click("#download")
     return Path(download.value.path()).read_text()
@@ -207,11 +264,24 @@ def test_my_archive_export_sign_out_and_delete(browser, served):
 
     login_url = served["sign in"]
     base = login_url.rsplit("/auth/login", 1)[0]
+    visitor = browser.new_context().new_page()  # signed out: the landing page, then sign-in
+    visitor.goto(f"{base}/")
+    assert visitor.url == f"{base}/" and visitor.locator("#sign-in").get_attribute("href") == "/auth/login"
+    _accessible(visitor, "the landing page")
     bystander = browser.new_context().new_page()
     _sign_in(bystander, login_url, OTHER)
     page = browser.new_context(accept_downloads=True).new_page()
     _sign_in(page, login_url, USER)
     assert page.url.startswith(f"{base}/me")
+    # back from /me (the callback and /auth/login were redirects) to Spotify's consent page, and on
+    # again: the callback gets a used state, and the browser is signed in: its archive, no error
+    page.go_back()
+    assert "asks for access" in page.content(), page.url
+    page.click("#agree")
+    page.wait_for_load_state()
+    assert page.url == f"{base}/me", page.url
+    page.goto(login_url)  # the sign-in link, signed in
+    assert page.url == f"{base}/me", page.url
 
     # /me after the first poll: a sign-in dispatches at once, and two sign-ups in a row are both
     # overdue, so neither waits for the other's moment (the user listened the hour before)
@@ -222,6 +292,8 @@ def test_my_archive_export_sign_out_and_delete(browser, served):
     assert page.locator("#plays-per-day rect.day").count() == 90
     assert page.locator("#top-tracks g.item").count() >= 1 and page.locator("#top-artists g.item").count() >= 1
     assert page.locator("#first-play").inner_text() == stored[0]["played_at"]["S"][:16].replace("T", " ") + " UTC"
+    _accessible(page, "/me")
+
 
     # the exports hold exactly the plays table (the listening goes on: compare with the table afterwards)
     rows = list(csv.DictReader(io.StringIO(_download(page, "#export-csv"))))
@@ -248,10 +320,13 @@ def test_my_archive_export_sign_out_and_delete(browser, served):
     page.click("#delete-link")
     page.wait_for_load_state()
     assert "35 days" in page.content()
+    _accessible(page, "the delete page")
     page.click("#confirm-delete")
     page.wait_for_load_state()
     assert "/deletions/" in page.url
+    assert "poll" in page.locator("#deletion-wait").inner_text()  # why it waits: the grace time
     _wait_for(page, lambda: "Done" in page.locator("#deletion-status").inner_text(), "the deletion", 60)
+    _accessible(page, "the deletion page")
     assert int(page.locator("#deleted-plays").inner_text()) >= len(stored)
     assert _everything_mentioning(served, USER) == []
     assert len(_plays(served, OTHER)) >= other_before > 0
@@ -365,10 +440,10 @@ def test_import_a_data_export_from_my_page(browser, served):
     assert int(paused["to_look_up"]) > 0 and "100 %" not in paused["state"] and "left" in paused["state"]
     _wait_for(page, lambda: state() == "done", "the import to resume and finish", 90)
     done = seen[-1]
-    assert done["state"].startswith("done 100 %")
+    assert done["state"] == "Done"
     assert int(done["rows_read"]) == to_add + 2 + already
     assert (int(done["plays_added"]), int(done["already_archived"])) == (to_add, already)
-    assert done["skipped"] == "incognito 1, too_short 1"
+    assert done["skipped"] == "1 in a private session; 1 too short to count as a play"  # in words
 
     # The plays table: the export's plays added once each, every polled play still once.
     table = _plays(served, IMPORTER_USER)

@@ -103,6 +103,10 @@ class Auth:
         return dict(parse_qsl(back.query))
 
     def sign_in(self, user_id: str, *, reconnect: bool = False) -> dict[str, Any]:
+        """Sign in as user_id from a browser without a session (a signed-in one would be sent to /me
+        by /auth/login, unless it reconnects): the session cookie is dropped first, as signing out would."""
+        if not reconnect:
+            self.jar.pop("__Host-playvault_session", None)
         start = self.login(**({"reconnect": "1"} if reconnect else {}))
         assert start["statusCode"] == 302, start
         return self.call("GET", "/auth/callback", self.consent(start["headers"]["Location"], user_id))
@@ -243,6 +247,7 @@ def test_returning_user_is_reauthorized_without_a_second_seat(auth: Auth) -> Non
 
 def test_returning_user_without_reconnect_flag_also_keeps_its_seat(auth: Auth) -> None:
     auth.sign_in("alice")
+    auth.jar.clear()  # another browser (signed in, this one would go straight to /me)
     assert_signed_in(auth.sign_in("alice"), "back")
     assert seats.seats_taken() == 1
 
@@ -255,14 +260,15 @@ def test_replayed_state_is_refused_and_writes_nothing(auth: Auth) -> None:
 
     replay = auth.call("GET", "/auth/callback", query)
 
-    assert_html(replay, 400, "already used")
+    # The back button to the consent page and on again: this browser is signed in, so its archive.
+    assert replay["statusCode"] == 303 and replay["headers"]["Location"] == "/me", replay
     assert users.get("alice").attribute_values == snapshot
     assert seats.seats_taken() == 1
 
 
 def test_unknown_state_is_refused_and_writes_nothing(auth: Auth, emulator) -> None:
     response = auth.call("GET", "/auth/callback", {"state": "x" * 43, "code": "whatever"})
-    assert_html(response, 400, "unknown, expired or already used")
+    assert_html(response, 200, "unknown, expired or already used", 'href="/auth/login"')
     assert all_users() == [] and state_items() == []
     assert emulator.state.request_counts().get("token", 0) == 0
 
@@ -273,7 +279,7 @@ def test_expired_state_is_refused(auth: Auth) -> None:
     later = datetime.now(UTC) + timedelta(minutes=11)
     clock.set_clock(lambda: later)  # TTL deletion is lazy: the expiry is checked on use
 
-    assert_html(auth.call("GET", "/auth/callback", query), 400)
+    assert_html(auth.call("GET", "/auth/callback", query), 200, 'href="/auth/login"')
     assert all_users() == []
 
 
@@ -284,7 +290,7 @@ def test_access_denied_consumes_the_state(auth: Auth) -> None:
 
     assert_html(auth.call("GET", "/auth/callback", query), 200, "chose not to connect")
     assert state_items() == [] and all_users() == []
-    assert auth.call("GET", "/auth/callback", query)["statusCode"] == 400  # consumed
+    assert "already used" in auth.call("GET", "/auth/callback", query)["body"]  # consumed
 
 
 def test_token_endpoint_failing_answers_502_and_writes_nothing(auth: Auth, emulator) -> None:
@@ -340,6 +346,7 @@ def test_rejected_code_answers_400(auth: Auth, emulator) -> None:
 def test_cap_reached_offers_the_waitlist(auth: Auth) -> None:
     auth.sign_in("alice")
 
+    auth.jar.clear()  # a newcomer's browser
     full = auth.login()
     assert_html(full, 200, 'action="/auth/waitlist"', 'name="email"', "reconnect=1")
     assert len(state_items()) == 1  # no state created: only the seat counter
@@ -482,9 +489,9 @@ def test_no_secret_reaches_a_log_line_or_a_response(
     verifier = StateModel.get(oauth_states.state_key(state)).code_verifier
     query = auth.consent(start["headers"]["Location"], "alice")
     assert auth.call("GET", "/auth/callback", query)["statusCode"] == 303
-    auth.sign_in("alice")  # a re-authorization as well
+    auth.sign_in("alice", reconnect=True)  # a re-authorization as well (signed in: a reconnect)
     emulator.state.inject("/api/token", status=500, times=10)
-    auth.sign_in("alice")  # and a failed exchange
+    auth.sign_in("alice", reconnect=True)  # and a failed exchange
     emulator.state.clear_injections()
 
     # ...then an archive run of that user through the worker, with a token refresh on the way.

@@ -164,6 +164,7 @@ def test_coverage_shows_polling_import_and_neither(aws_env, monkeypatch):
     store.bind(ImportStatusSettings.from_env())
     signed_up = datetime(2026, 1, 1, tzinfo=UTC)
     users.UserModel("alice", status=users.ACTIVE, created_at=signed_up).save()
+    plays.PlayModel("alice", "2026-01-01T00:00:00.000Z", played_at_ms=clock.to_ms(signed_up), track_id="t" * 22).save()
     gap = (clock.to_ms(datetime(2026, 2, 1, tzinfo=UTC)), clock.to_ms(datetime(2026, 2, 3, tzinfo=UTC)))
     gaps.GapModel("alice", "2026-02-01T00:00:00.000Z", to_at="2026-02-03T00:00:00.000Z", from_ms=gap[0],
                   to_ms=gap[1]).save()

@@ -145,8 +145,9 @@ class JobSettings(TableSettings):
     deletion_grace_seconds: int = Field(default=150, ge=0, le=900)
 
 
-class AccountSettings(WebSettings, JobSettings, SpotifySettings):
+class AccountSettings(WebSettings, JobSettings, SpotifySettings, DispatchSettings):
     imports_table: str = Field(min_length=3)  # the user's import jobs, shown on /me
+    # DispatchSettings: /me says when the next poll comes (a user not yet due waits for the next run).
     # SpotifySettings: the client secret keys the MAC of upload ids (playvault.imports.upload_id_key).
 
 

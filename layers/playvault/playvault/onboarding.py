@@ -67,7 +67,7 @@ class InvalidEmail(InvalidRequest):
 
 
 class InvalidState(OnboardingError):
-    public_message = "This sign-in link is unknown, expired or already used. Please start again."
+    public_message = "This sign-in link is unknown, expired or already used. Please sign in again."
 
 
 class OtherBrowser(InvalidState):

@@ -141,14 +141,29 @@ def file_name_from_metadata(metadata: dict[str, str] | None) -> str:
     return "".join(c for c in name if c.isprintable())[:MAX_FILE_NAME]
 
 
+def _uploaded_job(user_id: str, key: str | None, jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    parts = upload_key_parts(key or "")
+    if parts is None or parts[0] != user_id:
+        return None
+    job_id = job_id_for(parts[1], parts[2])
+    return next((job for job in jobs if job.get("job_id") == job_id), None)
+
+
 def uploaded_file_name(user_id: str, key: str | None, jobs: list[dict[str, Any]]) -> str:
     """The name of the file S3 reports back (by its key) when the key is the user's own upload and
     its job has started (the page only names back what it knows); "" otherwise."""
-    parts = upload_key_parts(key or "")
-    if parts is None or parts[0] != user_id:
-        return ""
-    job_id = job_id_for(parts[1], parts[2])
-    return next((str(job.get("file_name") or "") for job in jobs if job.get("job_id") == job_id), "")
+    job = _uploaded_job(user_id, key, jobs)
+    return str(job.get("file_name") or "") if job else ""
+
+
+def upload_notice(user_id: str, key: str | None, jobs: list[dict[str, Any]]) -> str | None:
+    """What /me says when S3 sends the browser back after an upload: the file's name ("" when not
+    known yet), or None once the upload's job is over (done or failed: its row says how it went), so
+    a reload of that address later does not announce the upload again."""
+    job = _uploaded_job(user_id, key, jobs)
+    if job is not None and job.get("state") in store.TERMINAL:
+        return None
+    return str(job.get("file_name") or "") if job else ""
 
 
 def _eta_s(job: store.ImportModel, now: datetime) -> float | None:

@@ -461,6 +461,7 @@ class Importer:
         if rows:
             progress.first_ms = min(r.ended_ms for r in rows)
             progress.last_ms = max(r.ended_ms for r in rows)
+            progress.stream_weeks = {imports.week_of(r.ended_ms) for r in rows}
         if unknown:
             imports.put_resolve_chunk(job.user_id, job.job_id, int(job.resolve_chunks or 0), unknown)
             progress.new_resolve_chunk = True

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from playvault import history
 from playvault.imports import MAX_UPLOAD_BYTES
+from playvault.imports.formats import Skip
 from playvault.store import deletions, exports, users
+from playvault.store import imports as imports_store
 from playvault.store.exports import ExportModel
 from playvault.web.charts import plays_per_day, top_bars
 from playvault.web.pages import esc
@@ -14,7 +16,8 @@ from playvault.web.pages import esc
 STATUS_TEXT = {
     users.ACTIVE: ("Archiving", "PlayVault archives every play you make on Spotify."),
     users.NEEDS_REAUTH: ("Needs reconnect", "Spotify no longer lets PlayVault read your plays. Reconnect to resume."),
-    "lapsed": ("Waiting for a seat", "Your seat lapsed; PlayVault resumes archiving when a seat is free."),
+    users.LAPSED: ("Waiting for a seat", "Your Spotify authorization ended and your seat was given back. "
+                   "Reconnect to take a seat again (when one is free) and resume archiving."),
     users.DELETING: ("Being deleted", "Your data is being deleted."),
 }
 
@@ -28,8 +31,87 @@ def _when(moment: datetime | str | None) -> str:
     return esc(text)
 
 
+def landing() -> str:
+    """The page a signed-out visitor meets at /: what PlayVault keeps, and the way in."""
+    return """<p class="lead">Spotify remembers only your last 50 plays. PlayVault keeps every play you make,
+for as long as you want it, and shows you your listening.</p>
+<p><a class="button" id="sign-in" href="/auth/login">Sign in with Spotify</a></p>
+<h2>What PlayVault keeps</h2>
+<ul id="what-is-kept">
+<li>Every play: the track (or podcast episode), its artists and album, and when you played it. PlayVault
+asks Spotify for your recent plays about every hour, more often while you listen a lot.</li>
+<li>The years before you signed up, from Spotify's data export, if you import it.</li>
+<li>Your Spotify user id, your display name and your e-mail address (sealed, only to remind you before
+Spotify's six-month authorization ends), and the authorization itself (encrypted).</li>
+</ul>
+<h2>What you can do with it</h2>
+<ul>
+<li>See your plays per day, your top artists and tracks, and which periods your archive covers.</li>
+<li>Export everything, any time, as CSV or JSON Lines.</li>
+<li>Delete everything: your plays, imports, exports and the authorization, in one step.</li>
+</ul>
+<p class="muted">PlayVault reads only your recently played tracks and your e-mail address from Spotify.
+It never plays, changes or shares anything.</p>"""
+
+
+def next_poll(user: users.UserModel, now: datetime, dispatch_period_minutes: int) -> str:
+    """When PlayVault next asks Spotify for the user's plays: the user's due time, or (not due yet
+    known, or overdue) the dispatcher's next run, which comes within its period."""
+    if user.status != users.ACTIVE:
+        return '<span class="muted">not polled until you reconnect Spotify</span>'
+    due = getattr(user, "next_poll_at", None)
+    cooldown = getattr(user, "cooldown_until", None)
+    if cooldown is not None and cooldown > now and (due is None or due < cooldown):  # the dispatcher skips it
+        return f"about {_when(cooldown)} (polls pause after failed ones)"
+    if due is None or due <= now:
+        return f"within {dispatch_period_minutes} minutes (the next scheduled run)"
+    return f"about {_when(due)}"
+
+
 def csrf_field(token: str) -> str:
     return f'<input type="hidden" name="csrf" value="{esc(token)}">'
+
+
+# An import job's state and a skipped row's reason, as the page says them (keys: store/imports.py's
+# states, imports/formats.Skip).
+IMPORT_STATES = {
+    imports_store.QUEUED: "Waiting to start",
+    imports_store.RUNNING: "Importing",
+    imports_store.PAUSED: "Paused: Spotify asked to wait; resumes by itself",
+    imports_store.DONE: "Done",
+    imports_store.FAILED: "Stopped",
+}
+SKIP_WORDS = {
+    Skip.TOO_SHORT: "too short to count as a play",
+    Skip.INCOGNITO: "in a private session",
+    Skip.NOT_AN_OBJECT: "not a stream record",
+    Skip.MISSING_TIME: "without a time",
+    Skip.BAD_TIME: "with an unreadable time",
+    Skip.IMPLAUSIBLE_TIME: "with a time before Spotify existed or in the future",
+    Skip.BAD_MS_PLAYED: "with an unreadable listening time",
+    Skip.BAD_URI: "with an unreadable Spotify link",
+    Skip.MISSING_NAME: "without a track or episode name",
+    Skip.NO_ITEM: "neither a track nor an episode",
+    Skip.AUDIOBOOK: "audiobook chapters (not imported)",
+    Skip.OTHER_ACCOUNT: "from another Spotify account",
+}
+
+
+def _import_state(job: dict) -> str:
+    state = job["state"]
+    words = IMPORT_STATES.get(state, state)
+    if state == imports_store.RUNNING and job.get("phase") == imports_store.PHASE_RESOLVE:
+        words = "Looking up tracks at Spotify"
+    if state in (imports_store.RUNNING, imports_store.PAUSED):
+        words += f", {int(100 * (job.get('progress') or 0))} %"
+        if job.get("eta_s"):
+            words += f", about {int(job['eta_s'] // 60) + 1} min left"
+    return words
+
+
+def _skipped(job: dict) -> str:
+    counts = sorted((job.get("skipped") or {}).items(), key=lambda kv: (-kv[1], kv[0]))
+    return "; ".join(f"{int(n)} {SKIP_WORDS.get(reason, reason.replace('_', ' '))}" for reason, n in counts) or "none"
 
 
 def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, received: str | None = None,
@@ -45,26 +127,27 @@ def imports_section(upload: dict | None, jobs: list[dict], coverage_svg: str, re
         hidden = "".join(f'<input type="hidden" name="{esc(k)}" value="{esc(str(v))}">'
                          for k, v in upload["fields"].items())
         form = (f'<form id="import-form" method="post" action="{esc(upload["url"])}" '
-                f'enctype="multipart/form-data">{hidden}\n<input type="file" name="file" id="import-file" '
+                f'enctype="multipart/form-data">{hidden}\n<label for="import-file">Your Spotify data export (the ZIP, '
+                'or one of its JSON files)</label><input type="file" name="file" id="import-file" '
                 'accept=".zip,.json,application/zip,application/json" required>\n'
                 '<button type="submit" id="import-upload">Upload</button></form>')
         max_bytes = upload["max_bytes"]
     rows = []
+    columns = ("File", "State", "Rows read", "Plays added", "Already archived", "Skipped", "Tracks to look up")
     for job in jobs[:5]:
-        skipped = ", ".join(f"{esc(k)} {n}" for k, n in sorted((job.get("skipped") or {}).items())) or "none"
         error = job.get("error") or {}
         problem = (f' <span class="danger">{esc(str(error.get("message", "")))}'
                    f'{" (" + esc(str(error.get("file"))) + ")" if error.get("file") else ""}</span>' if error else "")
-        eta = f", about {int(job['eta_s'] // 60) + 1} min left" if job.get("eta_s") else ""
-        rows.append(
-            f'<tr class="import" data-state="{esc(job["state"])}"><td>{esc(job.get("file_name") or "")}</td>'
-            f'<td class="import-state">{esc(job["state"])} {int(100 * (job.get("progress") or 0))} %'
-            f'{esc(eta)}{problem}</td>'
-            f'<td>{int(job.get("rows_read") or 0)}</td><td class="import-added">{int(job.get("plays_added") or 0)}</td>'
-            f'<td>{int(job.get("duplicates") or 0)}</td><td>{skipped}</td>'
-            f'<td>{int(job.get("tracks_to_resolve") or 0)}</td></tr>')
-    table = ('<table id="imports"><tr><th>file</th><th>state</th><th>rows read</th><th>plays added</th>'
-             '<th>already archived</th><th>skipped</th><th>tracks to look up</th></tr>' + "".join(rows) + "</table>"
+        counts = [str(int(job.get(name) or 0)) for name in ("rows_read", "plays_added", "duplicates")]
+        cells = (esc(job.get("file_name") or ""), esc(_import_state(job)) + problem, *counts, esc(_skipped(job)),
+                 str(int(job.get("tracks_to_resolve") or 0)))
+        classes = (' class="file"', ' class="import-state"', "", ' class="import-added"', "", "", "")
+        # data-label: on a narrow screen each row is a card of "label: value" lines (page.html's CSS).
+        rows.append(f'<tr class="import" data-state="{esc(job["state"])}">'
+                    + "".join(f'<td{cls} data-label="{label}">{cell}</td>'
+                              for label, cls, cell in zip(columns, classes, cells, strict=True)) + "</tr>")
+    table = ('<table id="imports" class="cards"><thead><tr>' + "".join(f'<th scope="col">{c}</th>' for c in columns)
+             + "</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
              if rows else '<p id="imports" class="muted">No import yet.</p>')
     notice = ""
     if received is not None:
@@ -85,13 +168,12 @@ page to follow the import.</p>
 
 
 def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None,
-       imports_html: str = "") -> str:
+       imports_html: str = "", next_poll_html: str = "") -> str:
     user = view.user
     label, explanation = STATUS_TEXT.get(user.status, (user.status, ""))
     reconnect = ('<form class="inline" method="get" action="/auth/login"><input type="hidden" name="reconnect" '
                  'value="1"><button type="submit" id="reconnect">Reconnect Spotify</button></form>'
-                 if user.status == users.NEEDS_REAUTH else "")
-    next_poll = getattr(user, "next_poll_at", None)
+                 if user.status in (users.NEEDS_REAUTH, users.LAPSED) else "")
     greeting = ""
     if welcome == "new":
         greeting = "<p id=\"welcome\">You're in! PlayVault now archives every song you play on Spotify.</p>"
@@ -114,7 +196,7 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
 <table id="summary">
 <tr><th>Status</th><td><span class="status" id="status">{esc(label)}</span> {esc(explanation)} {reconnect}</td></tr>
 <tr><th>Last poll</th><td id="last-poll">{_when(user.last_polled_at)}</td></tr>
-<tr><th>Next poll</th><td id="next-poll">{_when(next_poll) if next_poll else "at the next hourly run"}</td></tr>
+<tr><th>Next poll</th><td id="next-poll">{next_poll_html}</td></tr>
 <tr><th>Plays archived</th><td id="plays-total">{view.plays_total}</td></tr>
 <tr><th>First play</th><td id="first-play">{_when(view.first_play)}</td></tr>
 <tr><th>Last play</th><td id="last-play">{_when(view.last_play)}</td></tr>
@@ -154,7 +236,7 @@ def export_status(job: ExportModel) -> tuple[str, bool]:
     done, total = int(job.rows), job.total
     progress = f"{done} of {int(total)} plays" if total is not None else "starting"
     return (f'<p id="export-status">Exporting: {esc(progress)}. This page refreshes by itself.</p>'
-            f'<progress max="{int(total or 1)}" value="{done}"></progress>', True)
+            f'<progress max="{int(total or 1)}" value="{done}" aria-label="Export progress"></progress>', True)
 
 
 def delete_confirm(csrf: str, plays_total: int) -> str:
@@ -166,7 +248,23 @@ Spotify authorization (tokens). Your seat is freed. Signing in waits until it is
 <button type="submit" id="confirm-delete" class="danger">Delete my data</button> <a href="/me">Cancel</a></form>"""
 
 
-def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
+def _waiting(deletion: deletions.Deletion, now: datetime, grace_s: int, import_lease_until: datetime | None) -> str:
+    """Why a running deletion has not deleted yet (deletion.py: the grace time, then live import leases)."""
+    grace_ends = deletion.created_at + timedelta(seconds=grace_s) if deletion.created_at else None
+    if grace_ends is not None and now < grace_ends:
+        minutes = max(1, -(-int((grace_ends - now).total_seconds()) // 60))
+        return (f'<p id="deletion-wait">Waiting until {esc(grace_ends.strftime("%H:%M:%S"))} UTC (about {minutes} '
+                f"minute{'s' if minutes > 1 else ''}): a poll of your Spotify plays that started just before you "
+                "asked may still be writing. PlayVault deletes after it, so nothing it writes is left behind.</p>")
+    if import_lease_until is not None and now < import_lease_until:
+        return (f'<p id="deletion-wait">Waiting for your import to stop (by '
+                f'{esc(import_lease_until.strftime("%H:%M:%S"))} UTC): it may be writing plays right now. Nothing '
+                "more is imported for you; PlayVault deletes once it has stopped.</p>")
+    return '<p id="deletion-wait">Deleting now.</p>'
+
+
+def deletion_status(deletion: deletions.Deletion, now: datetime | None = None, grace_s: int = 0,
+                    import_lease_until: datetime | None = None) -> tuple[str, bool]:
     counts = deletion.counts
     listing = (f'<ul id="deleted"><li><span id="deleted-plays">{counts["plays"]}</span> plays</li>'
                f'<li>{counts["gaps"]} gaps</li><li>{counts["sessions"]} sessions</li>'
@@ -176,5 +274,6 @@ def deletion_status(deletion: deletions.Deletion) -> tuple[str, bool]:
     if deletion.status == deletions.DONE:
         return (f'<p id="deletion-status">Done: your data is deleted, your Spotify authorization is removed and '
                 f"your seat is free.</p>{listing}{backups}", False)
+    waiting = _waiting(deletion, now, grace_s, import_lease_until) if now is not None else ""
     return (f'<p id="deletion-status">Deleting your data. Nothing more is archived for you. This page '
-            f"refreshes by itself.</p>{listing}{backups}", True)
+            f"refreshes by itself.</p>{waiting}{listing}{backups}", True)
