@@ -33,15 +33,16 @@ HTML_HEADERS = {
 esc = html.escape
 
 
-def render(title: str, heading: str, content_html: str, *, wide: bool = False) -> str:
+def render(title: str, heading: str, content_html: str, *, wide: bool = False, style: str = "") -> str:
+    """`style`: CSS of this page's own parts (the stats pages' charts), added to the head."""
     return _PAGE.substitute(title=esc(title), heading=esc(heading), content=content_html,
-                            main_class="wide" if wide else "")
+                            main_class="wide" if wide else "", head=f"<style>{style}</style>" if style else "")
 
 
 def page(status: int, title: str, heading: str, content_html: str, headers: dict[str, str] | None = None,
-         *, cookies: list | None = None, wide: bool = False) -> Response:
+         *, cookies: list | None = None, wide: bool = False, style: str = "") -> Response:
     return Response(status_code=status, content_type="text/html; charset=utf-8",
-                    body=render(title, heading, content_html, wide=wide),
+                    body=render(title, heading, content_html, wide=wide, style=style),
                     headers={**HTML_HEADERS, **(headers or {})}, cookies=cookies or [])
 
 
