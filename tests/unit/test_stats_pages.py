@@ -79,6 +79,15 @@ def test_bars_are_proportional_with_an_axis_and_values():
     assert ">d0<" in html and ">d3<" in html and "<figcaption>Plays per day</figcaption>" in html
 
 
+def test_values_over_bars_stay_short():
+    assert [charts.compact(v) for v in (7, 0.44, 3.25, 12, 999, 1234, 35_400)] == \
+        ["7", "0.4", "3.2", "12", "999", "1.2k", "35k"]
+    hours = [charts.Point(f"M{i}", f"M{i}", h, f"2024-{i + 1:02d}-01") for i, h in enumerate([0.25, 3.5, 12.0])]
+    html = charts.columns("t", "Hours", hours, unit=" h", value_text=lambda h: sp.duration(round(h * 3_600_000)))
+    assert re.findall(r'<span class="v">([^<]+)</span>', html) == ["0.2", "3.5", "12"]
+    assert 'title="M1: 3 h 30 min"' in html
+
+
 def test_many_bars_keep_their_values_in_tooltips_and_the_table():
     buckets = [stats.Bucket(f"2024-W{i:02d}", date(2024, 1, 1) + timedelta(weeks=i), i, i * 60_000)
                for i in range(53)]

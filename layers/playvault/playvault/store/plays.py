@@ -280,6 +280,13 @@ def page(user_id: str, start: str, end: str, limit: int, after: str | None = Non
     return rows
 
 
+def newest_first(user_id: str, limit: int, before: str | None = None) -> list[PlayModel]:
+    """Up to `limit` of the user's plays strictly before `before` (all when None), newest first: one
+    Query reading `limit` items (the history list's page)."""
+    condition = PlayModel.played_at < before if before is not None else None
+    return list(PlayModel.query(user_id, condition, scan_index_forward=False, limit=limit, page_size=limit))
+
+
 def plays_after(user_id: str, after: str | None) -> Iterator[PlayModel]:
     """Every play newer than `after` (all when None), oldest first, read page by page."""
     if after is None:

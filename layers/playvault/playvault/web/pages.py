@@ -47,8 +47,9 @@ def page(status: int, title: str, heading: str, content_html: str, headers: dict
 
 
 def message_page(status: int, title: str, text: str, headers: dict[str, str] | None = None, *,
-                 start_again: bool = False) -> Response:
-    more = '<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again else ""
+                 start_again: bool = False, home: bool = False) -> Response:
+    more = ('<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again
+            else '<p><a href="/me">Back to my archive</a></p>' if home else "")
     return page(status, title, title, f"<p>{esc(text)}</p>{more}", headers)
 
 

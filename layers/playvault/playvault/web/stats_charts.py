@@ -37,7 +37,9 @@ STYLE = """
 table.values td, table.values th, table.heat td, table.heat th { padding: .1rem .5rem .1rem 0; }
 table.values td, table.heat td { text-align: right; }
 table.heat { font-size: .85rem; }
-table.heat td { min-width: 2.2rem; text-align: center; padding: .1rem 0; }
+table.heat td { min-width: 2.2rem; text-align: center; padding: .1rem 0; border: 1px solid #eee; }
+table.top td:nth-child(n+3), table.top th:nth-child(n+3) { text-align: right; white-space: nowrap; }
+h3 .more { font-size: .9rem; font-weight: normal; margin-left: .5rem; }
 .sr-only { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 """
 
@@ -68,10 +70,20 @@ def _tick_text(value: float, unit: str) -> str:
     return f"{text}{unit}"
 
 
+def compact(value: float) -> str:
+    """A value short enough to stand over a narrow bar: 7, 0.4, 12, 1.2k, 35k."""
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 1000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:.1f}" if value < 1 or (value < 10 and value != int(value)) else f"{value:.0f}"
+
+
 def columns(element_id: str, caption: str, points: Sequence[Point], *, unit: str = "",
             value_text: Callable[[float], str] | None = None) -> str:
     """Vertical bars, oldest left, on a y axis with round ticks (`unit` follows each tick: " h").
-    `value_text` formats a bar's value for its tooltip and label (default: the integer)."""
+    `value_text` formats a bar's value for its tooltip (default: the integer); over the bar (when
+    there are few) it stands compact, in the axis's unit."""
     shown = value_text or (lambda v: f"{v:,.0f}")
     ticks = nice_ticks(max((p.value for p in points), default=0))
     top = ticks[-1]
@@ -81,7 +93,7 @@ def columns(element_id: str, caption: str, points: Sequence[Point], *, unit: str
     bars = []
     for p in points:
         value = shown(p.value)
-        on_bar = f'<span class="v">{escape(value)}</span>' if labelled and p.value else ""
+        on_bar = f'<span class="v">{escape(compact(p.value))}</span>' if labelled and p.value else ""
         bars.append(f'<span class="bar" style="height:{100 * p.value / top:.4g}%" data-start="{escape(p.start)}" '
                     f'data-value="{p.value:g}" title="{escape(p.label)}: {escape(value)}">{on_bar}</span>')
     x_axis = ""
