@@ -52,6 +52,7 @@ class TableSettings(EnvSettings):
     state_table: str = Field(min_length=3)
     gaps_table: str = Field(min_length=3)
     episodes_table: str = Field(min_length=3)
+    rollups_table: str = Field(min_length=3)
 
 
 class SpotifySettings(EnvSettings):

@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from playvault import clock
+from playvault import clock, rollups
 from playvault.failures import (
     AppFailure,
     RateLimited,
@@ -438,6 +438,11 @@ class Importer:
         episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
                     for d in own if d.row.episode_id]
         episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
+        # Rollups: the dates of every play this chunk writes or enriches are marked dirty first, and
+        # recomputed from the plays once the chunk is counted (a retried chunk recomputes the same).
+        touched = [d.played_at_ms for d in new] + [d.matched.played_at_ms for d in decisions if d.outcome ==
+                                                    dedup.DUPLICATE and d.matched is not None]
+        marked = rollups.mark(job.user_id, touched) if touched else []
         # A duplicate of a polled play that holds no import yet: that play keeps the export's
         # ms_played and names (first, so the merge below never hands it a second row).
         for d in decisions:
@@ -465,6 +470,11 @@ class Importer:
             progress.tracks_to_resolve = len(unknown)
         progress.episodes_added = episodes_added
         self._advance(job, token, progress)
+        if marked:
+            try:
+                rollups.settle(job.user_id, only=marked)
+            except rollups.Contended:
+                pass  # recomputed by others meanwhile: left dirty, the page view settles them
         if len(self._queued) < QUEUED_IDS_CAPACITY:  # only once counted: a retried chunk queues them again
             self._queued.update(unknown)
         outcome.chunks += 1

@@ -24,6 +24,7 @@ from pynamodb.transactions import TransactWrite
 
 from playvault import identity
 from playvault.normalize import Play, canonical_played_at
+from playvault.store import rollups
 from playvault.store.base import BaseMeta, condition_failed, table
 
 SOURCE_API = "api"
@@ -239,6 +240,9 @@ def reconcile(user_id: str, low_ms: int, high_ms: int, tolerance_ms: int) -> lis
     if not exported or not polled:
         return []
     pairs = identity.match([p.stream for p in exported], [p.stream for p in polled], tolerance_ms)
+    if pairs:
+        # The rollups of both rows' dates are recomputed from the plays: marked before the merge.
+        rollups.mark_dirty(user_id, {p.played_at[:10] for i, j in pairs.items() for p in (exported[i], polled[j])})
     return [exported[i].import_ref for i, j in sorted(pairs.items()) if merge(exported[i], polled[j])]
 
 
