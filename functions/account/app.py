@@ -134,6 +134,7 @@ def root():
 # A period in the URL: validated by playvault.rollups.resolve_period, whose message names the bad value.
 PeriodParam = Annotated[str | None, Query(max_length=40, description="week, month, year, YYYY or all")]
 DateParam = Annotated[str | None, Query(max_length=40, description="YYYY-MM-DD, inclusive")]
+FromParam = Annotated[str | None, Query(alias="from", max_length=40, description="YYYY-MM-DD, inclusive")]
 
 
 def _tz(user: users.UserModel) -> str:
@@ -173,7 +174,7 @@ def _years(figures: stats.Figures) -> list[int]:
 
 @app.get("/me")
 def me(period: PeriodParam = None,
-       from_: Annotated[DateParam, Query(alias="from")] = None,
+       from_: FromParam = None,
        to: DateParam = None,
        welcome: Annotated[str | None, Query(pattern="^(new|back)$")] = None,
        uploaded: Annotated[str | None, Query(pattern="^1$")] = None,
@@ -217,7 +218,7 @@ def me(period: PeriodParam = None,
 
 
 @app.get("/me/top/<list_name>")
-def top_list(list_name: str, period: PeriodParam = None, from_: Annotated[DateParam, Query(alias="from")] = None,
+def top_list(list_name: str, period: PeriodParam = None, from_: FromParam = None,
              to: DateParam = None):
     session = _session()
     user = _user(session)

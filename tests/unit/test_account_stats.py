@@ -16,8 +16,10 @@ import pytest
 
 from playvault import clock
 from playvault.history import Catalog
+from playvault.spotify import Budget
 from playvault.store import plays, users
-from tests.unit.test_account import Browser, Site, listen_and_archive, signed_in
+from tests.unit.helpers import make_archiver
+from tests.unit.test_account import Browser, Site, signed_in
 
 
 @pytest.fixture
@@ -59,8 +61,13 @@ def top_rows(body: str, element_id: str) -> list[tuple[str, int]]:
 
 @pytest.fixture
 def alice(site, aws_env, emulator) -> Browser:
+    """Alice with more than one history page of plays (Spotify answers the last 50: two polls)."""
     browser = signed_in(site, aws_env, emulator, "alice")
-    assert listen_and_archive(aws_env, emulator, "alice", hours=5) > 50
+    now = datetime.now(UTC)
+    for start, end in ((now - timedelta(hours=8), now - timedelta(hours=4)), (now - timedelta(hours=4), now)):
+        emulator.state.simulate_listening("alice", start, end - timedelta(minutes=1), 11)
+        assert make_archiver(aws_env, emulator).archive_user("alice", Budget.seconds(30)).status == "success"
+    assert plays.count("alice") > 50
     return browser
 
 
@@ -123,8 +130,11 @@ def test_each_period_counts_the_plays_of_its_local_days(alice):
         expected = sum(1 for moment, _, _ in everything
                        if start <= moment.date() and (end is None or moment.date() < end))
         assert total(page["body"], "plays") == expected, query
-    custom = alice.get("/me", {"from": "2024-01-01", "to": "2024-01-31"})["body"]
-    assert 'name="from" value="2024-01-01"' in custom and len(bars(custom, "series-plays")) == 31
+    month_ago = (today - timedelta(days=30)).isoformat()
+    custom = alice.get("/me", {"from": month_ago, "to": today.isoformat()})["body"]
+    assert f'name="from" value="{month_ago}"' in custom and len(bars(custom, "series-plays")) == 31
+    empty = alice.get("/me", {"from": "2024-01-01", "to": "2024-01-31"})["body"]
+    assert 'id="no-plays"' in empty and 'name="to" value="2024-01-31"' in empty and total(empty, "plays") == 0
     for query, bad in [({"period": "fortnight"}, "fortnight"), ({"from": "2024-02-30", "to": "2024-03-01"},
                                                                 "2024-02-30"),
                        ({"from": "2024-03-02", "to": "2024-03-01"}, "2024-03-0")]:

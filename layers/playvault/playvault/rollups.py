@@ -43,8 +43,8 @@ RECOMPUTE_ATTEMPTS = 4
 WINDOW_MARGIN = timedelta(hours=3)  # around a local day's midnights (DST moves them by an hour at most)
 SWEEP_LIMIT = 14  # dirty dates the worker settles at once
 KINDS = ("tracks", "artists", "albums", "shows")
-TRACK_LINK = "/me/tracks/{}"
-ARTIST_LINK = "/me/artists/{}"
+TRACK_LINK = "/me/track?key={}"  # routes of functions/account: a key may hold "/", so it is a query value
+ARTIST_LINK = "/me/artist?key={}"
 SERIES_DAY_MAX = 62
 SERIES_WEEK_MAX = 371
 PLAYS, MS, FIRST, LAST, MASK = range(5)  # a key's value: [plays, ms, first day, last day (ordinals), months]
