@@ -28,7 +28,6 @@ import binascii
 import json
 import re
 from datetime import datetime, timedelta
-from itertools import islice
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, available_timezones
@@ -49,7 +48,7 @@ from playvault.failures import CredentialsUnavailable
 from playvault.jobs import JobQueue
 from playvault.metrics import metrics
 from playvault.spotify import ssm_credentials
-from playvault.store import deletions, exports, gaps, plays, users
+from playvault.store import deletions, exports, plays, users
 from playvault.web import account_pages, stats_pages
 from playvault.web import http as web
 from playvault.web import sessions as web_sessions
@@ -186,15 +185,7 @@ def me(period: PeriodParam = None,
                     "<p id=\"deletion-status\">Your data is being deleted. Nothing more is archived for you.</p>")
     now = clock.now()
     figures, figures_html = _figures(user, period, from_, to, now)
-    first, last = plays.first_and_last(user.user_id)
-    if figures is not None and figures.archive_plays is not None:
-        total = figures.archive_plays
-    else:  # not known from the rollups (rebuilding): counted
-        total = plays.count(user.user_id)
-    view = history.Overview(user=user, plays_total=total, first_play=first.played_at if first else None,
-                            last_play=last.played_at if last else None, per_day=[],
-                            period=figures.period.spec if figures else "",
-                            gaps=list(islice(gaps.for_user(user.user_id), 100)))
+    view = history.overview(user, figures.archive_plays if figures is not None else None)
     try:
         upload_key = imports.upload_id_key(credentials().client_secret)
     except CredentialsUnavailable:  # SSM throttled or unreachable: the page still works, uploading waits a reload

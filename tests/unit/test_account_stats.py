@@ -113,6 +113,14 @@ def test_all_time_figures_top_lists_and_their_pages_match_the_plays(alice):
     assert missing["statusCode"] == 404 and "/auth/login" not in missing["body"]
 
 
+def test_me_reads_the_rollups_not_every_play(alice, monkeypatch):
+    """Its totals come from the rollups: a COUNT of the plays (which reads all of them) never runs."""
+    expected = plays.count("alice")
+    monkeypatch.setattr(plays, "count", lambda user_id: pytest.fail("/me counted every play"))
+    page = alice.get("/me")
+    assert page["statusCode"] == 200 and f'id="plays-total">{expected}<' in page["body"]
+
+
 def test_each_period_counts_the_plays_of_its_local_days(alice):
     everything = archive("alice")
     today = datetime.now(UTC).date()

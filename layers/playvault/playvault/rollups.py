@@ -617,7 +617,8 @@ def _figures(view: _View, period: stats.Period, unit: str | None = None) -> stat
         period=period, totals=_totals(agg), previous=previous,
         top_tracks=_ranked(agg, "tracks"), top_artists=_ranked(agg, "artists"), top_albums=_ranked(agg, "albums"),
         top_shows=_ranked(agg, "shows"), series_unit=unit, series=_series(agg, period.start, period.end, unit),
-        heatmap=[list(row) for row in agg["heat"]], first_play=first, last_play=last)
+        heatmap=[list(row) for row in agg["heat"]], first_play=first, last_play=last,
+        archive_plays=everything["plays"])
 
 
 def figures(user: Any, period: stats.Period, now: datetime) -> stats.Figures:
