@@ -119,7 +119,9 @@ def test_totals_compare_with_the_previous_period_of_the_same_length():
     assert 'id="total-plays" data-value="465">465<' in html  # 0 + 1 + ... + 30
     assert "+16 %" in html and "(from 400)" in html
     assert "no change" in html and "\u221212 %" in html and ">new <" in html  # tracks, artists, albums
-    assert "vs 30 Jan 2024 to 29 Feb 2024" in html  # the 31 days before March (2024 is a leap year)
+    assert "vs February 2024" in html  # a month against the month before
+    week = period(stats.WEEK, date(2024, 3, 4), date(2024, 3, 11), "This week", "week")
+    assert "vs 26 Feb 2024 to 3 Mar 2024" in sp.totals(figures(week, previous=previous, buckets=7))
     assert "about 25 h 50 min" in html and "(estimate)" in html and 'id="estimate-note"' in html
 
 

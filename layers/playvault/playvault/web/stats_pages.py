@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 from playvault import stats
+from playvault.rollups import previous_period
 from playvault.web.pages import esc
 from playvault.web.stats_charts import Point, columns, heatmap, values_table
 
@@ -137,11 +138,6 @@ def rebuilding(tz: str, percent: int) -> str:
 
 
 # -- figures ------------------------------------------------------------------------------------
-def _previous_range(period: stats.Period) -> tuple[date, date]:
-    """The previous period of the same length, inclusive dates."""
-    return period.start - timedelta(days=period.days), period.start - timedelta(days=1)
-
-
 def totals(figures: stats.Figures) -> str:
     t, p = figures.totals, figures.previous
     rows = [("Plays", "plays", t.plays, p.plays if p else None, f"{t.plays:,}"),
@@ -150,12 +146,12 @@ def totals(figures: stats.Figures) -> str:
             ("Tracks", "tracks", t.tracks, p.tracks if p else None, f"{t.tracks:,}"),
             ("Artists", "artists", t.artists, p.artists if p else None, f"{t.artists:,}"),
             ("Albums", "albums", t.albums, p.albums if p else None, f"{t.albums:,}")]
-    if p is not None:
-        before, last = _previous_range(figures.period)
-        head = (f'<tr><th scope="col"></th><th scope="col">{esc(figures.period.label)}</th>'
-                f'<th scope="col">vs {esc(day_text(before))} to {esc(day_text(last))}</th></tr>')
-    else:
-        head = f'<tr><th scope="col"></th><th scope="col">{esc(figures.period.label)}</th></tr>'
+    corner = '<th scope="col"><span class="sr-only">Figure</span></th>'
+    head = f'<tr>{corner}<th scope="col">{esc(figures.period.label)}</th>'
+    before = previous_period(figures.period) if p is not None else None
+    if before is not None:
+        head += f'<th scope="col">vs {esc(before.label)}</th>'
+    head += "</tr>"
     body = []
     for label, name, value, previous, text in rows:
         estimate = ' <span class="estimate">(estimate)</span>' if name == "ms" and t.ms_estimated else ""
@@ -300,7 +296,10 @@ def item_page(item: stats.ItemPage) -> str:
     top = ""
     if item.kind == "artist" and item.top_tracks:
         top = "<h2>Most played tracks</h2>" + top_table("tracks", item.top_tracks, stats.TOP_MORE)
-    return f'{by}<table id="item-facts">{table}</table>{chart}{top}<p><a href="/me">Back to my archive</a></p>'
+    note = ('<p class="muted">Listening time counts the time played where an import gave it, else the '
+            "track's length (an estimate).</p>")
+    return (f'{by}<table id="item-facts">{table}</table>{note}{chart}{top}'
+            '<p><a href="/me">Back to my archive</a></p>')
 
 
 # -- the year in review -------------------------------------------------------------------------
