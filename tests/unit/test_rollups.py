@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from playvault import history, rollups, stats
+from playvault import clock, history, rollups, stats
 from playvault.normalize import Album, Artist, Episode, Play, Track, canonical_played_at
 from playvault.store import catalog, plays, users
 from playvault.store import rollups as store
@@ -433,7 +433,6 @@ def test_a_rollups_message_without_a_generation_starts_a_rebuild(aws_env, load_f
 
 # ------------------------------------------------------------------------ year review, item pages
 def test_year_review_and_item_pages_equal_the_plays(aws_env):
-    from playvault import coverage  # noqa: F401 - its models (imports, gaps) bound below
     from playvault import store as models
     from playvault.config import AccountSettings
 
@@ -468,3 +467,40 @@ def test_year_review_and_item_pages_equal_the_plays(aws_env):
     assert artist.plays == len([p for p in everything if p.track_id in ("tr2", "tr3")])
     assert [(t.key, t.plays) for t in artist.top_tracks] == [("tr2", 4), ("tr3", 1)]
     assert rollups.track_page(user, "nope", START) is None
+
+
+def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_function, lambda_context):
+    """Through the importer and jobs functions: the chunks recompute their dates as they go, with the
+    export's names (the tracks unknown yet); the lookups then give them albums and artist ids, so
+    the import ends by starting a rebuild, after which the figures equal the plays again."""
+    import boto3
+
+    from playvault import imports
+    from playvault_local.events import s3_object_created_event
+    from tests.unit.test_account import Site
+    from tests.unit.test_importer_function import UPLOAD_ID_KEY, export_zip
+    from tests.unit.test_worker import sqs_event
+
+    clock.set_clock(lambda: START)
+    importer = load_function("ImporterFunction")
+    user = new_user()
+    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    bucket = aws_env.name("UserFilesBucket")
+    key = f"imports/{user.user_id}/{imports.issue_upload_id(user.user_id, START, UPLOAD_ID_KEY)}/export"
+    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(12), Metadata={"file-name": "export.zip"})
+    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    context = lambda_context("ImporterFunction")
+    importer(s3_object_created_event(bucket, key, size, put["ETag"], START), context)
+    queue_url, queue_arn = aws_env.queue_url("ImportQueue"), aws_env.physical["ImportQueue"]["Arn"]
+    for _ in range(30):
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
+        if not got:
+            break
+        assert importer(sqs_event(got, queue_arn), context) == {"batchItemFailures": []}
+        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=got[0]["ReceiptHandle"])
+    assert imports.status_for_user(user.user_id, START)[0]["state"] == "done"
+    assert rollups.rebuild_state(user).rebuilding
+    assert Site(load_function, lambda_context, aws_env).run_jobs() == 1
+    figures = rollups.figures(user, rollups.resolve_period("all", None, None, "UTC", TODAY), START)
+    assert figures.totals.plays == 12 and figures.top_albums and not figures.top_albums[0].key.startswith("n:")
+    assert_matches(figures, user.user_id, "UTC")

@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from playvault import clock, history, stats
+from playvault import clock, coverage, history, stats
 from playvault.normalize import canonical_played_at
 from playvault.store import plays
 from playvault.store import rollups as store
@@ -652,8 +652,6 @@ def _streak(days: list[date]) -> stats.Streak:
 
 def year_coverage(user_id: str, year: int, where_zone: ZoneInfo, now: datetime) -> stats.Coverage:
     """Days of the year (up to today) by what covered their local noon: polling, an import, neither."""
-    from playvault import coverage  # reads the user, gaps and imports: only the year page needs it
-
     timeline = coverage.timeline(user_id, now)
     segments = timeline["segments"]
     counts = {coverage.POLLING: 0, coverage.IMPORT: 0, coverage.NONE: 0}
