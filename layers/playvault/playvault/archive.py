@@ -74,6 +74,8 @@ TOKEN_MARGIN = timedelta(minutes=5)
 DUE_SLACK = timedelta(seconds=60)
 # Consecutive polls in this container failing on Spotify server errors before it is an outage.
 OUTAGE_STREAK = 3
+# The rollups' daily sweep runs after a poll only with this much of the invocation left.
+SWEEP_MIN_REMAINING_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -299,9 +301,10 @@ class Archiver:
         if not recorded:
             return ArchiveResult(user.user_id, SKIPPED, reason="changed meanwhile (concurrent poll, reconnect "
                                  "or deletion): not recorded", bad_items=len(page.bad_items))
-        if fresh:
+        if fresh and budget.remaining_s() >= SWEEP_MIN_REMAINING_S:
             # A date marked for the first time since it was recomputed: a new day for this user, so
             # the days before its local today are settled now (about once a day), keeping views cheap.
+            # Only with time to spare: a page view settles whatever is left.
             try:
                 rollups.sweep(user.user_id, fresh, now)
             except rollups.Contended:

@@ -1,6 +1,6 @@
 """Account jobs (export, delete, rebuild of the rollups): the message schema, the queue they travel
-on, and the one entry point that runs a message's next chunk. functions/jobs drives it from SQS; tests and the local
-runner call the same `run`.
+on, and the one entry point that runs a message's next chunk. functions/jobs drives it from SQS;
+tests and the local runner call the same `run`.
 
 A job is a status item (store/exports.py, store/deletions.py) plus a message naming it. Each run
 does a bounded chunk and checkpoints; when it is not finished it answers `Continue` and the
@@ -26,14 +26,17 @@ class JobMessage(BaseModel):
     user_id: str = Field(min_length=1, max_length=256)
     export_id: str | None = Field(default=None, pattern=r"^[0-9TZ]{16}-[0-9a-f]{8}$")
     receipt_key: str | None = Field(default=None, pattern=r"^deletion#[0-9a-f]{64}$")
-    rollup_gen: int | None = Field(default=None, ge=1)  # rollups: the generation to rebuild
+    # rollups: the generation to rebuild; absent: start a rebuild of the user (the migration)
+    rollup_gen: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
 class Continue:
-    """Not finished: run the job again after `delay_s` seconds."""
+    """Not finished: run the job again after `delay_s` seconds (`message`: the message to send
+    instead of the one that ran, when the job learnt something it must carry on)."""
 
     delay_s: int = 0
+    message: JobMessage | None = None
 
 
 class JobQueue:
@@ -56,8 +59,13 @@ def run(message: JobMessage, *, exporter: Any, deleter: Any, budget: Any) -> Con
         from playvault import rollups  # the rollups read the plays and the catalog: only this job needs them
 
         if message.rollup_gen is None:
-            raise ValueError("a rollups message needs rollup_gen")
-        return rollups.rebuild(message.user_id, message.rollup_gen, budget)
+            # "Rebuild this user" (the migration, an operator's repair): a new generation, then its steps.
+            gen = rollups.start_rebuild(message.user_id, None)
+            if gen is None:
+                return None
+            message = message.model_copy(update={"rollup_gen": gen})
+        outcome = rollups.rebuild(message.user_id, message.rollup_gen, budget)
+        return None if outcome is None else Continue(outcome.delay_s, message)
     if message.receipt_key is None:
         raise ValueError("a delete message needs receipt_key")
     return deleter.run(message.user_id, message.receipt_key, budget)

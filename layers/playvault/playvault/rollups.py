@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from playvault import clock, history, stats
+from playvault import clock, coverage, history, stats
 from playvault.normalize import canonical_played_at
 from playvault.store import plays
 from playvault.store import rollups as store
@@ -41,7 +41,7 @@ MAX_YEARS = 100  # a custom period spans at most this
 ALL_START = date(1970, 1, 1)  # "all" before the archive's first play is known
 RECOMPUTE_ATTEMPTS = 4
 WINDOW_MARGIN = timedelta(hours=3)  # around a local day's midnights (DST moves them by an hour at most)
-SWEEP_LIMIT = 14  # dirty dates the worker settles at once
+SWEEP_LIMIT = 7  # dirty dates the worker settles at once
 KINDS = ("tracks", "artists", "albums", "shows")
 TRACK_LINK = "/me/track?key={}"  # routes of functions/account: a key may hold "/", so it is a query value
 ARTIST_LINK = "/me/artist?key={}"
@@ -446,12 +446,12 @@ def current(user_id: str) -> tuple[Where, store.RollupModel]:
     return Where(user_id, int(state.gen or 0), state.tz or DEFAULT_TZ), state
 
 
-def settle(user_id: str, *, before: date | None = None, only: Iterable[str] | None = None,
-           limit: int | None = None) -> int:
-    """Recompute the user's dirty dates (those before the local day `before`, those in `only`, at
-    most `limit`, oldest first) and clear them. Nothing while a rebuild runs. Returns how many
-    dates were cleared."""
-    where, state = current(user_id)
+def settle(user_id: str, *, before_today_at: datetime | None = None, only: Iterable[str] | None = None,
+           limit: int | None = None, known: tuple[Where, store.RollupModel] | None = None) -> int:
+    """Recompute the user's dirty dates (those wholly before the user's local today at
+    `before_today_at`, those in `only`, at most `limit`, oldest first) and clear them. Nothing while a
+    rebuild runs. Returns how many dates were cleared. `known`: current(user_id), read already."""
+    where, state = known or current(user_id)
     if state.status == store.REBUILDING:
         return 0
     marks = store.dirty(user_id)
@@ -459,6 +459,7 @@ def settle(user_id: str, *, before: date | None = None, only: Iterable[str] | No
         wanted = set(only)
         marks = {d: m for d, m in marks.items() if d in wanted}
     where_zone = where.zone
+    before = before_today_at.astimezone(where_zone).date() if before_today_at is not None else None
     chosen: dict[str, tuple[int, list[date]]] = {}
     for utc_date in sorted(marks):
         days = local_days_of_utc_date(date.fromisoformat(utc_date), where_zone)
@@ -482,11 +483,11 @@ def mark(user_id: str, ms_values: Iterable[int]) -> list[str]:
 
 def sweep(user_id: str, fresh: list[str], now: datetime) -> int:
     """The worker's share, after a poll whose marks were fresh (at most about once a UTC day per
-    user): the dirty dates before the user's local today, SWEEP_LIMIT at most."""
+    user while nobody views): the dirty dates before the user's local today, SWEEP_LIMIT at most.
+    A GetItem (the state) and a Query (the marks) when nothing is due."""
     if not fresh:
         return 0
-    where, _state = current(user_id)
-    return settle(user_id, before=now.astimezone(where.zone).date(), limit=SWEEP_LIMIT)
+    return settle(user_id, before_today_at=now, limit=SWEEP_LIMIT)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -547,7 +548,7 @@ def _open(user_id: str) -> tuple[Where, bool]:
     where, state = current(user_id)
     if state.status == store.REBUILDING:
         raise Recomputing(f"the rollups are being recomputed for {state.tz}")
-    settled = settle(user_id)
+    settled = settle(user_id, known=(where, state))
     return where, settled > 0
 
 
@@ -652,8 +653,6 @@ def _streak(days: list[date]) -> stats.Streak:
 
 def year_coverage(user_id: str, year: int, where_zone: ZoneInfo, now: datetime) -> stats.Coverage:
     """Days of the year (up to today) by what covered their local noon: polling, an import, neither."""
-    from playvault import coverage  # reads the user, gaps and imports: only the year page needs it
-
     timeline = coverage.timeline(user_id, now)
     segments = timeline["segments"]
     counts = {coverage.POLLING: 0, coverage.IMPORT: 0, coverage.NONE: 0}
@@ -855,6 +854,7 @@ def _rebuild_days(where: Where, state: store.RollupModel, low: Callable[[], bool
     done = int(state.plays_done or 0)
     pending: dict[date, list[PlayModel]] = {}
     read: list[str] = []  # played_at of every play read this run, in order
+    closed_at_start = closed
 
     def progress(**more: Any) -> bool:
         return store.save_progress(state, now(), plays_done=done, closed_through=closed.isoformat() if closed else None,
@@ -885,7 +885,8 @@ def _rebuild_days(where: Where, state: store.RollupModel, low: Callable[[], bool
         if not whole:
             return progress(phase=store.PHASE_LEVELS, cursor=None)
         cursor = page[-1].played_at
-        if low():
+        # Out of time, and at least one day written by this run (else the next would read the same again).
+        if low() and closed != closed_at_start:
             oldest = min((p.played_at for rows in pending.values() for p in rows), default=None)
             if oldest is not None:
                 earlier = [r for r in read if r < oldest]

@@ -129,13 +129,16 @@ NOT_ISSUED = ("this upload was not issued to this user (its key does not carry a
 class Importer:
     def __init__(self, s3: Any, bucket: str, spotify: SpotifyClient | None, settings: ImportSettings,
                  continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep,
-                 *, upload_id_key: Callable[[], bytes]):
+                 *, upload_id_key: Callable[[], bytes], after_lookups: Callable[[str], Any] | None = None):
         self.s3 = s3
         self.upload_id_key = upload_id_key  # playvault.imports.upload_id_key of the client secret
         self.bucket = bucket
         self.spotify = spotify
         self.settings = settings
         self.continue_later = continue_later
+        # Called before a job that looked tracks up is done (playvault.rollups.start_rebuild): the
+        # names, albums and artists its rows counted by are known now. Again if the job is retried.
+        self.after_lookups = after_lookups
         self.sleep = sleep
         self._app_token: tuple[str, datetime] | None = None
         self._last_lookup = 0.0
@@ -586,6 +589,8 @@ class Importer:
                     self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index)
                     since_saved = 0
             self._save_resolved(job, token, imports.RUNNING, since_saved, chunk + 1, 0)
+        if self.after_lookups is not None and int(job.resolve_chunks or 0):
+            self.after_lookups(job.user_id)
         imports.set_state(job, token, clock.now(), imports.DONE, release=True)
         outcome.status = DONE
         logger.info("import done", extra={"user_id": job.user_id, "job_id": job.job_id})
