@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # `make test` runs pytest on every core (pytest-xdist): most tests wait on servers, not the CPU.
 PYTEST_WORKERS ?= auto
 
-.PHONY: help browser-deps install test test-deep unit integration e2e lint validate build deploy run serve bench clean
+.PHONY: help browser-deps install test test-deep unit integration e2e lint validate build deploy run serve bench rebuild-rollups clean
 
 help:
 	@echo "make run       the whole system locally on the embedded emulators, then a report (about 2 min)"
@@ -35,6 +35,8 @@ help:
 	@echo "               comma-separated; defaults: latency 20,100,300 ms, 50 users a message, dispatcher 10000,100000"
 	@echo "               users, 7 cold-start runs, both DynamoDB emulators); every option: make bench ARGS=--help"
 	@echo "make serve     keep the local stack up with the sign-in page on 127.0.0.1 (make serve ARGS=--help)"
+	@echo "make rebuild-rollups ARGS=\"--user ID | --all --endpoint-url URL\"   recompute rollups from the plays"
+	@echo "               on the local stack at URL (make serve prints it as AWS (moto))"
 	@echo "make validate | build | deploy   SAM template checks, build, deploy (ARGS passed to sam deploy)"
 
 $(VENV)/.installed: requirements-dev.txt layers/playvault/requirements.txt
@@ -119,6 +121,9 @@ serve: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m bench $(ARGS)
+
+rebuild-rollups: $(VENV)/.installed
+	$(PY) -m playvault_local rebuild-rollups $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(VENV_SAM) .aws-sam .pytest_cache .ruff_cache

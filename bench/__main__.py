@@ -75,6 +75,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only-import", action="store_true", help="run the import benchmark alone")
     parser.add_argument("--export-plays", type=int, default=100_000, metavar="N",
                         help="plays of the full-export benchmark (bench/export.py); 0 skips it (default: 100000)")
+    parser.add_argument("--rollup-sizes", type=ints, default=[1_000, 20_000, 200_000], metavar="LIST",
+                        help="history sizes (plays over ten years) of the rollups' page views (bench/rollups.py); "
+                             "empty skips them (default: 1000,20000,200000)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.json"), metavar="FILE",
                         help="where the results go (default: bench/results.json)")
     return parser.parse_args(argv)
@@ -713,6 +716,16 @@ def main(argv: list[str] | None = None) -> int:
 
             _say(f"export: {args.export_plays} plays, JSON Lines and CSV")
             bench.results["export"] = export_bench.run(aws_url, args.export_plays)
+        if args.rollup_sizes:
+            from bench import rollups as rollups_bench
+
+            _say(f"rollups: page views of users with {args.rollup_sizes} plays, rollup write units per play")
+            measured = rollups_bench.run(bench.recorder, aws_url, tuple(args.rollup_sizes))
+            bench.results["page_view"] = measured["page_view"]
+            bench.results["rollup_wru_per_play"] = measured["rollup_wru_per_play"]
+            bench.results["rollups"] = {k: v for k, v in measured.items()
+                                        if k not in ("page_view", "rollup_wru_per_play")}
+            _say(rollups_bench.summary(measured))
     finally:
         if dynalite is not None:
             dynalite.stop()

@@ -388,7 +388,13 @@ def table_problems(template: dict[str, Any]) -> list[str]:
             problems.append(f"{logical}: BillingMode is not PAY_PER_REQUEST (on-demand)")
         if not holds_user_data(props):
             continue
-        if not (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled"):
+        # A read model recomputed from another table (Metadata DerivedFrom: that table, itself
+        # recoverable) needs no backup of its own.
+        source = ((res.get("Metadata") or {}).get("DerivedFrom"))
+        source_props = (_resources(template, "AWS::DynamoDB::Table").get(source) or {}).get("Properties") or {}
+        recoverable = (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") or (
+            (source_props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled"))
+        if not recoverable:
             problems.append(f"{logical}: holds user data without point-in-time recovery")
         for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
             if res.get(policy) != "Retain":

@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import S3EventNotificationEventBridgeModel
 
-from playvault import clock, store
+from playvault import clock, jobs, rollups, store
 from playvault.aws import LazyClient
 from playvault.config import ImporterSettings
 from playvault.imports import event_key, formats, upload_id_key
@@ -50,6 +50,8 @@ importer = Importer(
                    resolve_interval_s=settings.resolve_interval_ms / 1000, min_remaining_ms=settings.min_remaining_ms),
     continue_later=send_later,
     upload_id_key=lambda: upload_id_key(credentials().client_secret),  # checks each upload was issued to its user
+    # Tracks looked up change the names, albums and artists the rollups counted: rebuilt by a job.
+    after_lookups=lambda user_id: rollups.start_rebuild(user_id, jobs.JobQueue(sqs, settings.jobs_queue_url)),
 )
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 

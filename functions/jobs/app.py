@@ -1,4 +1,4 @@
-"""Jobs: SQS job messages -> the next chunk of an account job (playvault.jobs: export, delete).
+"""Jobs: SQS job messages -> the next chunk of an account job (playvault.jobs: export, delete, rollups).
 
 Thin: parse the message (Powertools parser, playvault.jobs.JobMessage), run one bounded chunk,
 and send the message again when the job is not finished (with its delay). Partial batch failures:
@@ -40,7 +40,7 @@ def record_handler(record: SQSRecord, lambda_context: Any) -> str:
     outcome = jobs.run(message, exporter=exporter, deleter=deleter, budget=budget)
     if outcome is None:
         return "done"
-    queue.send(message, delay_s=outcome.delay_s)
+    queue.send(outcome.message or message, delay_s=outcome.delay_s)
     return "continued"
 
 

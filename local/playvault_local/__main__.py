@@ -6,6 +6,7 @@ run    the whole system on the embedded emulators through simulated hours; print
        role would refuse on AWS).
 serve  keep the local stack up behind a local API gateway (the template's HttpApi routes) and
        print the sign-in URL; Ctrl-C stops everything.
+rebuild-rollups  recompute users' rollups from their plays on a local stack (playvault_local.rollups_cli).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="python -m playvault_local", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", metavar="{run,serve}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{run,serve,rebuild-rollups}", parser_class=_Parser)
     commands.required = True
 
     run = commands.add_parser("run", help="simulate users and hours end to end, then report",
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log", type=_writable, metavar="FILE",
                        help="write the functions' JSON log and EMF lines here (default: a new file in the "
                             "temporary directory, named at start), keeping the terminal for the sign-in URL")
+    rebuild = commands.add_parser("rebuild-rollups", help="recompute users' rollups from their plays",
+                                  description="Rebuild users' rollups from their plays (a new generation in "
+                                              "each user's time zone) on a local stack.")
+    who = rebuild.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="the user id to rebuild")
+    who.add_argument("--all", action="store_true", help="every user")
+    rebuild.add_argument("--endpoint-url", help="the local stack's AWS endpoint (make serve prints it)")
+    rebuild.add_argument("--prefix", default="playvault-local",
+                         help="its table names' prefix (default playvault-local)")
     return parser
 
 
@@ -265,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.command == "rebuild-rollups":
+            from playvault_local import rollups_cli
+
+            return rollups_cli.main(args.user, args.all, args.endpoint_url, args.prefix)
         return cmd_run(args) if args.command == "run" else cmd_serve(args)
     except KeyboardInterrupt:
         print("playvault_local: interrupted; everything stopped", file=sys.stderr)

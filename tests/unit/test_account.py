@@ -263,22 +263,23 @@ def test_me_shows_status_counts_chart_top_lists_and_gaps(site, aws_env, emulator
     add_gap("alice")
     first, last = plays.first_and_last("alice")
 
-    page = browser.get("/me", {"period": "7d"})
+    page = browser.get("/me", {"period": "all"})
     body = page["body"]
     assert page["statusCode"] == 200
     assert 'id="status">Archiving<' in body
     assert f'id="plays-total">{total}<' in body and total > 10
     assert first.played_at[:16].replace("T", " ") in body and last.played_at[:16].replace("T", " ") in body
-    days = re.findall(r'data-day="([0-9-]{10})" data-plays="(\d+)"', body)
-    assert len(days) == 90 and sum(int(n) for _, n in days) == total
+    assert f'id="total-plays" data-value="{total}"' in body
+    days = re.findall(r'data-start="([0-9-]{10})" data-value="(\d+)"', body.split('id="series-plays"')[1])
+    assert sum(int(n) for _, n in days) == total
     track_counts: dict[str, int] = {}
     for play in plays.all_plays("alice"):
-        track_counts[play.track_id] = track_counts.get(play.track_id, 0) + 1
-    best = min(track_counts, key=lambda t: (-track_counts[t], t))  # the ties rule of the page
-    name = Catalog().track_names([best])[best]
-    top_tracks = body.split('id="top-tracks"', 1)[1].split("</svg>", 1)[0]
-    assert re.sub("&#x27;", "'", top_tracks).count("<g class=\"item\">") == min(10, len(track_counts))
-    assert name.replace("&", "&amp;").replace("'", "&#x27;")[:60] in top_tracks
+        if play.track_id:
+            track_counts[play.track_id] = track_counts.get(play.track_id, 0) + 1
+    best = max(track_counts.values())
+    top_tracks = body.split('id="top-tracks"', 1)[1].split("</table>", 1)[0]
+    assert top_tracks.count('<tr class="item"') == min(10, len(track_counts))
+    assert f'data-plays="{best}"><td>1</td>' in top_tracks
     assert 'id="top-artists"' in body
     assert "2026-01-02 03:04 UTC" in body  # the gap
     assert 'href="/me/delete"' in body and 'value="csv"' in body and 'value="jsonl"' in body
@@ -296,6 +297,25 @@ def test_a_bad_period_is_a_400_naming_it(site, aws_env, emulator):
     browser = signed_in(site, aws_env, emulator, "alice")
     answer = browser.get("/me", {"period": "forever"})
     assert answer["statusCode"] == 400 and "period" in answer["body"]
+
+
+@pytest.mark.parametrize(("query", "named"), [
+    ({"welcome": "<b>soon</b>"}, ["welcome", "&#x27;&lt;b&gt;soon&lt;/b&gt;&#x27;"]),
+    ({"period": "2024-13"}, ["period", "&#x27;2024-13&#x27;"]),
+    ({"from": "2024-01-01"}, ["from", " to "]),  # what is missing
+])
+def test_a_bad_parameter_names_its_value_never_a_pattern_and_a_signed_in_user_is_sent_back_not_to_sign_in(
+        site, aws_env, emulator, query, named):
+    browser = signed_in(site, aws_env, emulator, "alice")
+    answer = browser.get("/me", query)
+    body = answer["body"].split("<main", 1)[1]
+    assert answer["statusCode"] == 400
+    assert all(part in body for part in named), body
+    assert "<b>" not in body
+    assert "^" not in body and "pattern" not in body  # what was wrong, not how the check is written
+    assert "/auth/login" not in body and 'href="/me"' in body
+    signed_out = Browser(site).get("/me", {"welcome": "x"})
+    assert signed_out["statusCode"] == 400 and "/auth/login" in signed_out["body"]
 
 
 def test_an_active_session_outlives_its_first_cookie(site, aws_env, emulator, capsys, caplog):

@@ -28,6 +28,7 @@ TABLES = {
     "STATE_TABLE": "t-state",
     "GAPS_TABLE": "t-gaps",
     "EPISODES_TABLE": "t-episodes",
+    "ROLLUPS_TABLE": "t-rollups",
 }
 SPOTIFY = {"SPOTIFY_CLIENT_ID_PARAM": "/playvault/client-id", "SPOTIFY_CLIENT_SECRET_PARAM": "/playvault/secret"}
 WORKER = {**TABLES, **SPOTIFY, "TOKEN_KEY_ID": "arn:aws:kms:us-east-1:1:key/k", "WORK_QUEUE_URL": "http://q",

@@ -120,11 +120,14 @@ def test_a_deleted_user_leaves_nothing_in_the_table(archive, table):
 
 
 def test_every_table_keyed_by_user_had_the_users_data_before(archive):
-    keyed = ["UsersTable", "PlaysTable", "GapsTable", "SessionsTable", "ExportsTable", "ImportsTable"]
+    keyed = ["UsersTable", "PlaysTable", "GapsTable", "SessionsTable", "ExportsTable", "ImportsTable", "RollupsTable"]
     assert all(mentions(archive.before[t], GONE) and mentions(archive.before[t], KEPT) for t in keyed)
     # job# and resolve# items: what the imports table held for the user
     assert any('"job#' in i for i in mentions(archive.before["ImportsTable"], GONE))
     assert any('"resolve#' in i for i in mentions(archive.before["ImportsTable"], GONE))
+    # dirty marks (the polls'), and day to all items (the import recomputed its dates)
+    assert any('"dirty#' in i for i in mentions(archive.before["RollupsTable"], GONE))
+    assert any('"g0#all' in i for i in mentions(archive.before["RollupsTable"], GONE))
 
 
 def test_a_deleted_user_leaves_nothing_in_the_bucket(archive):

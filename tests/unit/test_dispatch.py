@@ -35,7 +35,7 @@ NOW = datetime(2025, 3, 14, 10, 0, 7, tzinfo=UTC)
 def settings(**overrides: Any) -> DispatcherSettings:
     values = {name: f"tbl-{name}" for name in ("users_table", "artists_table", "albums_table", "tracks_table",
                                                "plays_table", "state_table", "gaps_table",
-                                               "episodes_table")}
+                                               "episodes_table", "rollups_table")}
     values.update(work_queue_url="https://sqs.local/q", batch_size=10, dispatch_period_minutes=60)
     values.update(overrides)
     return DispatcherSettings(**values)

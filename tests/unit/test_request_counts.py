@@ -86,6 +86,8 @@ def counts(aws_env: Any, emulator: Any, recorder: Recorder, load_function: Any, 
 
 
 PER_USER = {"GetItem UsersTable": 1, "UpdateItem UsersTable": 1}
+# The dirty mark of the plays' date (UpdateItem); the date's first mark: the state and the marks read.
+ROLLUPS_FIRST_MARK = {"UpdateItem RollupsTable": 1, "GetItem RollupsTable": 1, "Query RollupsTable": 1}
 
 
 def test_request_counts_per_poll(counts: dict[str, dict[str, Any]]) -> None:
@@ -104,19 +106,22 @@ def test_request_counts_per_poll(counts: dict[str, dict[str, Any]]) -> None:
     assert idle["dynamodb_rru"] == 1.5  # consistent user read 1, plus the per-message gate read 0.5
 
     # Tracks this container has met (the warm-up user played them): no lookup, only the play rows
-    # (a conditional put each: never over an existing row; no imports, so no merge read).
+    # (a conditional put each: never over an existing row; no imports, so no merge read), after the
+    # rollups' dirty mark of their date. The mark is the date's first (a new user), so the poll also
+    # looks for earlier dirty dates to recompute (the rollups' state and marks; none here).
     for name, plays in (("1_play_known_track", 1), ("20_plays_known_tracks", 20)):
         poll = counts[name]
         assert poll["spotify_requests"] == 1, name
-        assert poll["dynamodb_by_operation"] == {**PER_USER, "PutItem PlaysTable": plays}, name
+        assert poll["dynamodb_by_operation"] == {**PER_USER, "PutItem PlaysTable": plays, **ROLLUPS_FIRST_MARK}, name
         assert poll["dynamodb_wru_by_table"]["PlaysTable"] == plays, name
-        assert poll["dynamodb_wru"] == 3 + plays, name
+        assert poll["dynamodb_wru_by_table"]["RollupsTable"] == 1, name
+        assert poll["dynamodb_wru"] == 3 + plays + 1, name
         assert poll["kms_requests"] == 0, name
     # The same tracks seen by a container that has not met them: one keys-only lookup, no catalog write.
     cold = counts["20_plays_known_tracks_new_container"]
     assert cold["dynamodb_by_operation"] == {**PER_USER, "BatchGetItem TracksTable": 1,
-                                             "PutItem PlaysTable": 20}
-    assert cold["dynamodb_wru"] == 3 + 20
+                                             "PutItem PlaysTable": 20, **ROLLUPS_FIRST_MARK}
+    assert cold["dynamodb_wru"] == 3 + 20 + 1
 
     fresh = counts["20_plays_unknown_tracks"]
     ops = fresh["dynamodb_by_operation"]
@@ -125,7 +130,8 @@ def test_request_counts_per_poll(counts: dict[str, dict[str, Any]]) -> None:
         "BatchGetItem TracksTable": 1, "BatchGetItem AlbumsTable": 1, "BatchGetItem ArtistsTable": 1}
     assert ops["PutItem TracksTable"] == 20  # one conditional put per unknown track
     assert ops["PutItem PlaysTable"] == 20
-    assert fresh["dynamodb_requests"] == 2 + 3 + 20 + ops["PutItem AlbumsTable"] + ops["PutItem ArtistsTable"] + 20
+    assert fresh["dynamodb_requests"] == (2 + 3 + 20 + ops["PutItem AlbumsTable"] + ops["PutItem ArtistsTable"] + 20
+                                          + sum(ROLLUPS_FIRST_MARK.values()))
     assert fresh["dynamodb_wru_by_table"]["TracksTable"] == 20
 
     expired = counts["idle_token_expired"]

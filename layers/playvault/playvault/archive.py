@@ -16,7 +16,8 @@ between makes it fail, and this poll reports the user skipped (its rows are iden
 winner wrote; a play only it saw is written and counted by the next poll, which does not find it in
 the set).
 
-Requests for a poll with no new play: GetItem (user) + UpdateItem (user, 1 WRU). New plays add a
+Requests for a poll with no new play: GetItem (user) + UpdateItem (user, 1 WRU). New plays add an
+UpdateItem of the rollups' dirty mark per UTC date they fall on (playvault.rollups), a
 conditional PutItem each and the catalog lookups of tracks this container has not met; for a user
 with imports (`has_imports`), one Query of the window they span (and a transaction per merge).
 
@@ -43,7 +44,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from playvault import breaker, clock, identity, metrics
+from playvault import breaker, clock, identity, metrics, rollups
 from playvault.crypto import REFRESH_TOKEN, TokenCipher, TokenDecryptError
 from playvault.failures import (
     AppFailure,
@@ -73,6 +74,8 @@ TOKEN_MARGIN = timedelta(minutes=5)
 DUE_SLACK = timedelta(seconds=60)
 # Consecutive polls in this container failing on Spotify server errors before it is an outage.
 OUTAGE_STREAK = 3
+# The rollups' daily sweep runs after a poll only with this much of the invocation left.
+SWEEP_MIN_REMAINING_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,9 @@ class Archiver:
                            extra={"user_id": user.user_id, "played_at": bad.played_at, "reason": bad.reason})
         new_tracks = catalog.upsert_tracks(p.track for p in new_plays if p.track is not None)
         catalog.upsert_episodes(p.episode for p in new_plays if p.episode is not None)
+        # Rollups: the dates these plays change are marked dirty before any is written (recomputed
+        # from the plays later: a replayed poll can never count twice, a crash leaves them dirty).
+        fresh = rollups.mark(user.user_id, [p.played_at_ms for p in new_plays]) if new_plays else []
         written = plays.write_plays(user.user_id, new_plays)
         if user.has_imports and new_plays:
             # Export rows an import wrote for these plays (before, or while, this poll wrote them).
@@ -295,6 +301,14 @@ class Archiver:
         if not recorded:
             return ArchiveResult(user.user_id, SKIPPED, reason="changed meanwhile (concurrent poll, reconnect "
                                  "or deletion): not recorded", bad_items=len(page.bad_items))
+        if fresh and budget.remaining_s() >= SWEEP_MIN_REMAINING_S:
+            # A date marked for the first time since it was recomputed: a new day for this user, so
+            # the days before its local today are settled now (about once a day), keeping views cheap.
+            # Only with time to spare: a page view settles whatever is left.
+            try:
+                rollups.sweep(user.user_id, fresh, now)
+            except rollups.Contended:
+                pass  # recomputed by others meanwhile: left dirty, the page view settles them
         return ArchiveResult(user.user_id, SUCCESS, plays_archived=written, late_plays=late,
                              bad_items=len(page.bad_items), new_tracks=new_tracks, gap_detected=bool(gap))
 

@@ -54,6 +54,7 @@ class TableSettings(EnvSettings):
     state_table: str = Field(min_length=3)
     gaps_table: str = Field(min_length=3)
     episodes_table: str = Field(min_length=3)
+    rollups_table: str = Field(min_length=3)
 
 
 class SpotifySettings(EnvSettings):
@@ -185,6 +186,8 @@ class ImporterSettings(TableSettings, SpotifySettings, UserFilesSettings):
     imports_table: str = Field(min_length=3)
     episodes_table: str = Field(min_length=3)
     import_queue_url: str = Field(min_length=1)
+    # An import that looked tracks up (names, albums, artists now known) has its rollups rebuilt: a job.
+    jobs_queue_url: str = Field(min_length=1)
     import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     # The listening rule and the de-duplication tolerance (README, Import).
     min_ms_played: int = Field(default=30_000, ge=0, le=600_000)

@@ -1,7 +1,8 @@
 """Delete my data: everything keyed by the user, in every table of template.yaml and the bucket.
 
 What goes: plays, gaps, sessions, export jobs and their files, import jobs and their resolve items
-(the imports table), imported files (the bucket's imports/ and exports/ prefixes of the user), and
+(the imports table), the rollups (every generation, the dirty marks, the rebuild state), imported
+files (the bucket's imports/ and exports/ prefixes of the user), and
 the user item with its sealed tokens and e-mail; the seat is freed in the same transaction, if the
 user held one (store/seats.remove_user: a lapsed user gave it back already). What stays names
 nobody: the catalog tables (tracks, albums, artists, episodes: Spotify's public data, shared), the
@@ -41,7 +42,7 @@ from botocore.exceptions import ClientError
 
 from playvault import clock
 from playvault.jobs import Continue, JobMessage, JobQueue
-from playvault.store import deletions, exports, gaps, imports, plays, seats, sessions, users
+from playvault.store import deletions, exports, gaps, imports, plays, rollups, seats, sessions, users
 
 logger = Logger(child=True)
 
@@ -110,6 +111,8 @@ class Deleter:
         if self._plays(user_id, key, low):
             return Continue(0)
         deletions.add_counts(key, gaps=gaps.delete_for_user(user_id), imports=imports.delete_for_user(user_id))
+        # Every rollup item (days, months, years, dirty marks, the rebuild state): after the last plays.
+        rollups.delete_for_user(user_id)
         seats.remove_user(user_id)  # the user item (tokens included) and its seat, in one transaction
         deletions.finish(key, clock.now())
         logger.info("deletion done", extra={"user_id": user_id})

@@ -1,5 +1,6 @@
-"""The read side of a user's archive: plays with their track, album and artists; the figures of the
-account page. Reads are per user by key (the user id always comes from the caller's session).
+"""The read side of a user's archive: plays with their track, album and artists; the summary of the
+account page (its figures: playvault.rollups). Reads are per user by key (the user id always comes
+from the caller's session).
 
 Every reader (/me, /me/plays, the exports) names a play through best_names: the catalog's names when
 it holds the track (episode), else the names stored on the play (an import keeps the export's names
@@ -11,10 +12,10 @@ a stream of plays of any length holds at most CACHE_LIMIT catalog rows in memory
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
 
@@ -24,9 +25,6 @@ from playvault.store.plays import PlayModel
 
 CACHE_LIMIT = 20_000  # catalog rows kept while streaming (~100 bytes each)
 CHUNK = 500  # plays enriched at a time
-CHART_DAYS = 90
-PERIODS = {"7d": 7, "30d": 30, "90d": 90}
-TOP = 10
 
 
 @dataclass(frozen=True)
@@ -187,87 +185,25 @@ def iso_ms(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-OVERVIEW_ATTRIBUTES = ["played_at", "item_type", "track_id", "track_name", "artist_name"]
-
-
-def _name_key(*names: str | None) -> str:
-    """The key of a track or artist known only by name (never equal to a Spotify id)."""
-    return "\0" + "\0".join((n or "").casefold() for n in names)
-
-
-def _ranked(counts: Counter[str], titles: dict[str, str], by_name: dict[str, str]) -> list[tuple[str, int]]:
-    """The TOP most played (ties: by key), each with its title. Plays known only by name count with
-    the catalog item of that name (`by_name`: name key -> id) when there is one."""
-    merged: Counter[str] = Counter()
-    for key, n in counts.items():
-        merged[by_name.get(key, key)] += n
-    ranked = sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
-    return [(titles[key], n) for key, n in ranked]
-
-
-def _top(rows: Iterable[PlayRow]) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
-    """(top tracks, top artists) of track plays, named by best_names (through Catalog.rows)."""
-    track_plays: Counter[str] = Counter()
-    artist_plays: Counter[str] = Counter()
-    track_titles: dict[str, str] = {}
-    artist_titles: dict[str, str] = {}
-    tracks_by_name: dict[str, str] = {}
-    artists_by_name: dict[str, str] = {}
-    for row in rows:
-        first_artist = row.artist_names[0] if row.artist_names else None
-        key = row.track_id or _name_key(row.track_name, first_artist)
-        track_plays[key] += 1
-        track_titles.setdefault(key, row.track_name or key)
-        if row.track_id and row.track_name:
-            tracks_by_name.setdefault(_name_key(row.track_name, first_artist), row.track_id)
-        for artist_id, name in dict.fromkeys(zip(row.artist_ids, row.artist_names, strict=True)):
-            if not (artist_id or name):
-                continue
-            key = artist_id or _name_key(name)
-            artist_plays[key] += 1
-            artist_titles.setdefault(key, name or key)
-            if artist_id and name:
-                artists_by_name.setdefault(_name_key(name), artist_id)
-    return (_ranked(track_plays, track_titles, tracks_by_name),
-            _ranked(artist_plays, artist_titles, artists_by_name))
-
-
 @dataclass
 class Overview:
+    """The summary of /me (its figures come from playvault.rollups, never from the plays)."""
+
     user: users.UserModel
     plays_total: int
     first_play: str | None
     last_play: str | None
-    per_day: list[tuple[str, int]]  # (YYYY-MM-DD, plays), oldest first, CHART_DAYS days ending today
-    period: str
-    top_tracks: list[tuple[str, int]] = field(default_factory=list)  # (name, plays)
-    top_artists: list[tuple[str, int]] = field(default_factory=list)
     gaps: list[gaps.GapModel] = field(default_factory=list)
 
 
-def overview(user: users.UserModel, now: datetime, period: str = "30d") -> Overview:
-    days = PERIODS[period]
-    today = now.astimezone(UTC).date()
-    chart_start = datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=CHART_DAYS - 1)
-    period_start = iso_ms(datetime(today.year, today.month, today.day, tzinfo=UTC) - timedelta(days=days - 1))
-    per_day: Counter[str] = Counter()
-    period_tracks: list[PlayModel] = []
-    for play in PlayModel.query(user.user_id, PlayModel.played_at >= iso_ms(chart_start),
-                                attributes_to_get=OVERVIEW_ATTRIBUTES, page_size=1000):
-        per_day[play.played_at[:10]] += 1
-        if play.played_at >= period_start and play.item_type != "episode" and (play.track_id or play.track_name):
-            period_tracks.append(play)
-    top_tracks, top_artists = _top(enriched(period_tracks))
+def overview(user: users.UserModel, plays_total: int | None) -> Overview:
+    """Two one-item Queries (first and last play) and up to 100 gaps. `plays_total`: from the rollups;
+    None (they are being rebuilt) counts the plays, a COUNT that reads every play."""
     first, last = plays.first_and_last(user.user_id)
-    chart = [((chart_start + timedelta(days=i)).date().isoformat(), 0) for i in range(CHART_DAYS)]
     return Overview(
         user=user,
-        plays_total=plays.count(user.user_id),
+        plays_total=plays_total if plays_total is not None else plays.count(user.user_id),
         first_play=first.played_at if first else None,
         last_play=last.played_at if last else None,
-        per_day=[(day, per_day.get(day, 0)) for day, _ in chart],
-        period=period,
-        top_tracks=top_tracks,
-        top_artists=top_artists,
         gaps=list(islice(gaps.for_user(user.user_id), 100)),
     )

@@ -1,6 +1,6 @@
-"""Account jobs (export, delete): the message schema, the queue they travel on, and the one entry
-point that runs a message's next chunk. functions/jobs drives it from SQS; tests and the local
-runner call the same `run`.
+"""Account jobs (export, delete, rebuild of the rollups): the message schema, the queue they travel
+on, and the one entry point that runs a message's next chunk. functions/jobs drives it from SQS;
+tests and the local runner call the same `run`.
 
 A job is a status item (store/exports.py, store/deletions.py) plus a message naming it. Each run
 does a bounded chunk and checkpoints; when it is not finished it answers `Continue` and the
@@ -22,17 +22,21 @@ MAX_DELAY_S = 900  # SQS's DelaySeconds cap; a job that must wait longer checks 
 class JobMessage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["export", "delete"]
+    kind: Literal["export", "delete", "rollups"]
     user_id: str = Field(min_length=1, max_length=256)
     export_id: str | None = Field(default=None, pattern=r"^[0-9TZ]{16}-[0-9a-f]{8}$")
     receipt_key: str | None = Field(default=None, pattern=r"^deletion#[0-9a-f]{64}$")
+    # rollups: the generation to rebuild; absent: start a rebuild of the user (the migration)
+    rollup_gen: int | None = Field(default=None, ge=1)
 
 
 @dataclass(frozen=True)
 class Continue:
-    """Not finished: run the job again after `delay_s` seconds."""
+    """Not finished: run the job again after `delay_s` seconds (`message`: the message to send
+    instead of the one that ran, when the job learnt something it must carry on)."""
 
     delay_s: int = 0
+    message: JobMessage | None = None
 
 
 class JobQueue:
@@ -51,6 +55,17 @@ def run(message: JobMessage, *, exporter: Any, deleter: Any, budget: Any) -> Con
         if message.export_id is None:
             raise ValueError("an export message needs export_id")
         return exporter.run(message.user_id, message.export_id, budget)
+    if message.kind == "rollups":
+        from playvault import rollups  # the rollups read the plays and the catalog: only this job needs them
+
+        if message.rollup_gen is None:
+            # "Rebuild this user" (the migration, an operator's repair): a new generation, then its steps.
+            gen = rollups.start_rebuild(message.user_id, None)
+            if gen is None:
+                return None
+            message = message.model_copy(update={"rollup_gen": gen})
+        outcome = rollups.rebuild(message.user_id, message.rollup_gen, budget)
+        return None if outcome is None else Continue(outcome.delay_s, message)
     if message.receipt_key is None:
         raise ValueError("a delete message needs receipt_key")
     return deleter.run(message.user_id, message.receipt_key, budget)

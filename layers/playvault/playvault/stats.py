@@ -88,6 +88,7 @@ class Figures:
     heatmap: list[list[int]]  # [weekday 0=Monday..6][local hour 0..23] -> plays
     first_play: date | None  # of the whole archive (local day)
     last_play: date | None
+    archive_plays: int | None = None  # every play of the archive (the /me summary), None where not known
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from playvault import clock, identity
+from playvault import clock, identity, rollups
 from playvault.failures import (
     AppFailure,
     RateLimited,
@@ -129,13 +129,16 @@ NOT_ISSUED = ("this upload was not issued to this user (its key does not carry a
 class Importer:
     def __init__(self, s3: Any, bucket: str, spotify: SpotifyClient | None, settings: ImportSettings,
                  continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep,
-                 *, upload_id_key: Callable[[], bytes]):
+                 *, upload_id_key: Callable[[], bytes], after_lookups: Callable[[str], Any] | None = None):
         self.s3 = s3
         self.upload_id_key = upload_id_key  # playvault.imports.upload_id_key of the client secret
         self.bucket = bucket
         self.spotify = spotify
         self.settings = settings
         self.continue_later = continue_later
+        # Called before a job that looked tracks up is done (playvault.rollups.start_rebuild): the
+        # names, albums and artists its rows counted by are known now. Again if the job is retried.
+        self.after_lookups = after_lookups
         self.sleep = sleep
         self._app_token: tuple[str, datetime] | None = None
         self._last_lookup = 0.0
@@ -440,6 +443,11 @@ class Importer:
         episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
                     for d in own if d.row.episode_id]
         episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
+        # Rollups: the dates of every play this chunk writes or enriches are marked dirty first, and
+        # recomputed from the plays once the chunk is counted (a retried chunk recomputes the same).
+        touched = [d.played_at_ms for d in new] + [d.matched.played_at_ms for d in decisions if d.outcome ==
+                                                    dedup.DUPLICATE and d.matched is not None]
+        marked = rollups.mark(job.user_id, touched) if touched else []
         # A duplicate of a polled play that holds no import yet: that play keeps the export's
         # ms_played and names (first, so the merge below never hands it a second row).
         for d in decisions:
@@ -468,6 +476,11 @@ class Importer:
             progress.tracks_to_resolve = len(unknown)
         progress.episodes_added = episodes_added
         self._advance(job, token, progress)
+        if marked:
+            try:
+                rollups.settle(job.user_id, only=marked)
+            except rollups.Contended:
+                pass  # recomputed by others meanwhile: left dirty, the page view settles them
         if len(self._queued) < QUEUED_IDS_CAPACITY:  # only once counted: a retried chunk queues them again
             self._queued.update(unknown)
         outcome.chunks += 1
@@ -579,6 +592,8 @@ class Importer:
                     self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index)
                     since_saved = 0
             self._save_resolved(job, token, imports.RUNNING, since_saved, chunk + 1, 0)
+        if self.after_lookups is not None and int(job.resolve_chunks or 0):
+            self.after_lookups(job.user_id)
         imports.set_state(job, token, clock.now(), imports.DONE, release=True)
         outcome.status = DONE
         logger.info("import done", extra={"user_id": job.user_id, "job_id": job.job_id})

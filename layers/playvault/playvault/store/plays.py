@@ -23,6 +23,7 @@ from pynamodb.transactions import TransactWrite
 
 from playvault import identity
 from playvault.normalize import Play, canonical_played_at_ms
+from playvault.store import rollups
 from playvault.store.base import BaseMeta, condition_failed, table
 
 SOURCE_API = "api"
@@ -236,6 +237,9 @@ def reconcile(user_id: str, low_ms: int, high_ms: int, tolerance_ms: int) -> lis
     if not exported or not polled:
         return []
     pairs = identity.match([p.stream for p in exported], [p.stream for p in polled], tolerance_ms)
+    if pairs:
+        # The rollups of both rows' dates are recomputed from the plays: marked before the merge.
+        rollups.mark_dirty(user_id, {p.played_at[:10] for i, j in pairs.items() for p in (exported[i], polled[j])})
     return [exported[i].import_ref for i, j in sorted(pairs.items()) if merge(exported[i], polled[j])]
 
 
@@ -275,6 +279,13 @@ def page(user_id: str, start: str, end: str, limit: int, after: str | None = Non
         if len(rows) == limit:
             break
     return rows
+
+
+def newest_first(user_id: str, limit: int, before: str | None = None) -> list[PlayModel]:
+    """Up to `limit` of the user's plays strictly before `before` (all when None), newest first: one
+    Query reading `limit` items (the history list's page)."""
+    condition = PlayModel.played_at < before if before is not None else None
+    return list(PlayModel.query(user_id, condition, scan_index_forward=False, limit=limit, page_size=limit))
 
 
 def plays_after(user_id: str, after: str | None) -> Iterator[PlayModel]:

@@ -93,6 +93,9 @@ class UserModel(Model):
     # export rows that are the plays it wrote (store/plays.reconcile); a poll that read the user
     # before the flag cannot record its poll.
     has_imports = BooleanAttribute(null=True)
+    # The IANA time zone the user picked for their pages (absent: UTC); playvault.rollups validates it
+    # and rebuilds the rollups in it.
+    time_zone = UnicodeAttribute(null=True)
 
 
 # Worker writes: never resurrect a deleted user (UpdateItem would create it), never touch a user
@@ -305,6 +308,11 @@ def flag_imports(user_id: str) -> None:
     user = get(user_id)
     if user is not None and not user.has_imports:  # polls kept winning the version race: try again later
         raise RuntimeError("the user item stayed contended: has_imports not set")
+
+
+def set_time_zone(user_id: str, tz: str) -> bool:
+    """Store the user's time zone (validated by the caller); False when the user is gone."""
+    return update_current(user_id, [UserModel.time_zone.set(tz)], UserModel.user_id.exists(), lambda user: True)
 
 
 # -- authorization lifecycle (playvault.lifecycle) ----------------------------------------------------

@@ -10,7 +10,6 @@ from playvault.imports.formats import Skip
 from playvault.store import deletions, exports, users
 from playvault.store import imports as imports_store
 from playvault.store.exports import ExportModel
-from playvault.web.charts import plays_per_day, top_bars
 from playvault.web.pages import esc
 
 STATUS_TEXT = {
@@ -168,7 +167,8 @@ page to follow the import.</p>
 
 
 def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], welcome: str | None,
-       imports_html: str = "", next_poll_html: str = "") -> str:
+       imports_html: str = "", next_poll_html: str = "", figures_html: str = "") -> str:
+    """`figures_html`: the figures of the period shown (web.stats_pages.figures_section)."""
     user = view.user
     label, explanation = STATUS_TEXT.get(user.status, (user.status, ""))
     reconnect = ('<form class="inline" method="get" action="/auth/login"><input type="hidden" name="reconnect" '
@@ -179,8 +179,6 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
         greeting = "<p id=\"welcome\">You're in! PlayVault now archives every song you play on Spotify.</p>"
     elif welcome == "back":
         greeting = '<p id="welcome">Welcome back! Your Spotify account is reconnected.</p>'
-    periods = " ".join(
-        f'<a href="/me?period={p}"{" aria-current=page" if p == view.period else ""}>{p}</a>' for p in history.PERIODS)
     gap_rows = "".join(
         f"<tr><td>{_when(g.from_at)}</td><td>{_when(g.to_at)}</td>"
         f"<td>{'unknown' if g.plays_lost is None else int(g.plays_lost)}</td></tr>" for g in view.gaps)
@@ -201,14 +199,7 @@ def me(view: history.Overview, csrf: str, recent_exports: list[ExportModel], wel
 <tr><th>First play</th><td id="first-play">{_when(view.first_play)}</td></tr>
 <tr><th>Last play</th><td id="last-play">{_when(view.last_play)}</td></tr>
 </table>
-<h2>Plays per day, last {history.CHART_DAYS} days</h2>
-{plays_per_day(view.per_day)}
-<h2>Top of the last {esc(view.period)}</h2>
-<p>Period: {periods}</p>
-<h3>Artists</h3>
-{top_bars("top-artists", "Top 10 artists", view.top_artists)}
-<h3>Tracks</h3>
-{top_bars("top-tracks", "Top 10 tracks", view.top_tracks)}
+{figures_html}
 <h2>Gaps</h2>
 <p class="muted">Spotify remembers only your last 50 plays: when more happen between two polls, the oldest are lost.</p>
 {gaps_html}

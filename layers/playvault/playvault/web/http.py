@@ -36,6 +36,12 @@ API_ROUTES: dict[str, tuple[str, ...]] = {
     "/me/exports/{export_id}": ("GET",),
     "/me/exports/{export_id}/file": ("GET",),
     "/me/delete": ("GET", "POST"),
+    "/me/top/{list_name}": ("GET",),
+    "/me/history": ("GET",),
+    "/me/track": ("GET",),
+    "/me/artist": ("GET",),
+    "/me/years/{year}": ("GET",),
+    "/me/time-zone": ("GET", "POST"),
     "/deletions/{receipt}": ("GET",),
 }
 CATCH_ALL = "/{proxy+}"
@@ -83,40 +89,53 @@ def wants_json(app: APIGatewayHttpResolver) -> bool:
 
 
 def error_response(app: APIGatewayHttpResolver, status: int, message: str,
-                   headers: dict[str, str] | None = None) -> Response:
+                   headers: dict[str, str] | None = None, *, session_cookie: str | None = None) -> Response:
+    """JSON or an HTML page. A page for a request carrying `session_cookie` links back to /me (a
+    signed-in user is never asked to sign in), else to sign-in."""
     if wants_json(app):
         return Response(status_code=status, content_type="application/json", body=json.dumps({"error": message}),
                         headers={**NO_STORE, **(headers or {})})
+    signed_in = session_cookie is not None and any(
+        c.split("=", 1)[0].strip() == session_cookie for c in app.current_event.cookies or [])
     return message_page(status, _TITLES.get(status, "Error"), message, headers,
-                        start_again=status in (400, 500, 502, 503))
+                        start_again=status in (400, 500, 502, 503) and not signed_in, home=signed_in)
 
 
 def _parameter_problem(exc: RequestValidationError) -> str:
+    """Which parameter, the value given, and what is wanted in words (a pattern's regular expression
+    means nothing to a person)."""
     problems = []
     for error in exc.errors():
         location = [str(part) for part in error.get("loc", ())]
         name = location[-1] if location else "request"
         where = location[0] if location else ""
         kind = {"query": "query parameter", "path": "path parameter", "body": "body"}.get(where, "parameter")
-        problems.append(f"{kind} '{name}': {error.get('msg', 'invalid')}")
+        given = error.get("input")
+        value = f" {str(given)[:80]!r}" if isinstance(given, str | int | float) else ""
+        why = ("is not one of the values this page offers" if error.get("type") == "string_pattern_mismatch"
+               else error.get("msg", "invalid"))
+        problems.append(f"{kind} '{name}'{value}: {why}")
     return "Bad " + "; ".join(problems or ["request"]) + "."
 
 
-def install_error_handlers(app: APIGatewayHttpResolver) -> None:
+def install_error_handlers(app: APIGatewayHttpResolver, *, session_cookie: str | None = None) -> None:
     """Register the mapping every HTTP function shares (404/405, validation 400, rejections, 500)."""
+
+    def answer(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+        return error_response(app, status, message, headers, session_cookie=session_cookie)
 
     @app.exception_handler(RequestRejected)
     def _rejected(exc: RequestRejected) -> Response:
-        return error_response(app, exc.status, exc.message, exc.headers)
+        return answer(exc.status, exc.message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     def _invalid(exc: RequestValidationError) -> Response:
-        return error_response(app, 400, _parameter_problem(exc))
+        return answer(400, _parameter_problem(exc))
 
     @app.exception_handler(Exception)
     def _unexpected(exc: Exception) -> Response:
         logger.exception("unexpected error")  # the message and trace go to the log, never to the visitor
-        return error_response(app, 500, "Something went wrong on our side. Nothing was changed; please try again.")
+        return answer(500, "Something went wrong on our side. Nothing was changed; please try again.")
 
     @app.not_found
     def _not_found(exc: NotFoundError) -> Response:
@@ -124,8 +143,8 @@ def install_error_handlers(app: APIGatewayHttpResolver) -> None:
         methods = allowed_methods(path)
         if methods is not None:
             allow = ", ".join(methods)
-            return error_response(app, 405, f"{path} accepts {allow} only.", {"Allow": allow})
-        return error_response(app, 404, "There is nothing here.")
+            return answer(405, f"{path} accepts {allow} only.", {"Allow": allow})
+        return answer(404, "There is nothing here.")
 
 
 def query(app: APIGatewayHttpResolver) -> dict[str, str]:

@@ -33,21 +33,23 @@ HTML_HEADERS = {
 esc = html.escape
 
 
-def render(title: str, heading: str, content_html: str, *, wide: bool = False) -> str:
+def render(title: str, heading: str, content_html: str, *, wide: bool = False, style: str = "") -> str:
+    """`style`: CSS of this page's own parts (the stats pages' charts), added to the head."""
     return _PAGE.substitute(title=esc(title), heading=esc(heading), content=content_html,
-                            main_class="wide" if wide else "")
+                            main_class="wide" if wide else "", head=f"<style>{style}</style>" if style else "")
 
 
 def page(status: int, title: str, heading: str, content_html: str, headers: dict[str, str] | None = None,
-         *, cookies: list | None = None, wide: bool = False) -> Response:
+         *, cookies: list | None = None, wide: bool = False, style: str = "") -> Response:
     return Response(status_code=status, content_type="text/html; charset=utf-8",
-                    body=render(title, heading, content_html, wide=wide),
+                    body=render(title, heading, content_html, wide=wide, style=style),
                     headers={**HTML_HEADERS, **(headers or {})}, cookies=cookies or [])
 
 
 def message_page(status: int, title: str, text: str, headers: dict[str, str] | None = None, *,
-                 start_again: bool = False) -> Response:
-    more = '<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again else ""
+                 start_again: bool = False, home: bool = False) -> Response:
+    more = ('<p><a href="/auth/login">Sign in with Spotify</a></p>' if start_again
+            else '<p><a href="/me">Back to my archive</a></p>' if home else "")
     return page(status, title, title, f"<p>{esc(text)}</p>{more}", headers)
 
 
