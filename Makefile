@@ -98,8 +98,12 @@ integration: $(VENV)/.installed
 e2e: $(VENV)/.installed
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: install lint validate build
-	$(PY) -m pytest tests -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+# Everything before pytest two at a time (the virtualenvs side by side, then validate beside build:
+# pip and sam build mostly wait on downloads); one make runs them, so no target is built twice at once.
+# validate has just run tests/unit/test_template_deploys.py: pytest does not run it again.
+test:
+	@$(MAKE) --no-print-directory -j2 --output-sync=target install lint validate build
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --ignore=tests/unit/test_template_deploys.py $(PYTEST_ARGS)
 
 # The stateful property test (tests/integration/test_archive_stateful.py) with its long Hypothesis
 # profile: many more and longer random interleavings than `make test` runs.

@@ -57,6 +57,24 @@ def _loopback_only(self: socket.socket, address: Any) -> Any:
 
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign]
+
+
+def _share_botocore_models() -> None:
+    """Every mock_aws starts a fresh boto3 session, whose loader would parse botocore's JSON service
+    models again (about a third of provisioning a test's stack): all loaders share one cache of them."""
+    import botocore.loaders
+
+    models: dict[Any, Any] = {}
+    init = botocore.loaders.Loader.__init__
+
+    def init_sharing_models(self: botocore.loaders.Loader, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self._cache = models  # what botocore's instance_cache decorator fills
+
+    botocore.loaders.Loader.__init__ = init_sharing_models  # type: ignore[method-assign]
+
+
+_share_botocore_models()
 refuse_what_dynamodb_refuses()  # e.g. a reversed BETWEEN, which moto answers with an empty page
 isolate_transactions_item_by_item()  # moto copies whole tables per transaction and restores stale copies
 

@@ -163,7 +163,10 @@ class Simulation:
         if self.chaos is not None:
             state.listening.update(bad_share=self.chaos.bad_item_share, episode_share=self.chaos.episode_share)
         if self.config.days:
-            self.population = build_lifecycle_population(self.config.users, self.config.days, self.config.seed)
+            # The quitter's lapse and the newcomer are timed on the stack's own ReclaimSeatAfterDays.
+            reclaim_days = int(self.system.stack.resolver.parameters["ReclaimSeatAfterDays"])
+            self.population = build_lifecycle_population(self.config.users, self.config.days, self.config.seed,
+                                                         reclaim_days=reclaim_days)
         else:
             self.population = build_population(self.config.users, self.config.hours, self.config.seed)
         for user in self.population:

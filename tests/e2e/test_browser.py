@@ -85,9 +85,8 @@ def _serve(*extra: str) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-def login_url() -> Iterator[str]:
-    for info in _serve():
-        yield info["sign in"]
+def login_url(served: dict[str, str]) -> str:
+    return served["sign in"]
 
 
 @pytest.fixture
@@ -96,14 +95,21 @@ def full_login_url() -> Iterator[str]:
         yield info["sign in"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served() -> Iterator[dict[str, str]]:
-    # Deletion waits the worker's timeout (150 s) after marking the user; here 5 s keeps the test short.
+    # One stack for the tests of this module that use it (each has its own users; the IAM check covers
+    # them all). Deletion waits the worker's timeout (150 s) after marking the user; here 5 s keeps the test short.
     yield from _serve("--parameter", "DeletionGraceSeconds=5")
 
 
 @pytest.fixture
-def browser():
+def served_alone() -> Iterator[dict[str, str]]:
+    """A stack of its own: the import's counts are compared with the plays polled just before it."""
+    yield from _serve("--parameter", "DeletionGraceSeconds=5")
+
+
+@pytest.fixture(scope="module")
+def browser():  # each test opens its own contexts
     sync_playwright = _browser_or_fail()
     with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
@@ -394,8 +400,10 @@ def _import_row(page) -> dict[str, str]:
             "data_state": page.locator("#imports tr.import").first.get_attribute("data-state")}
 
 
-def test_import_a_data_export_from_my_page(browser, served):
+def test_import_a_data_export_from_my_page(browser, served_alone):
     import requests
+
+    served = served_alone
 
     login_url = served["sign in"]
     base = login_url.rsplit("/auth/login", 1)[0]

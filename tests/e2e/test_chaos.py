@@ -15,8 +15,9 @@ from playvault_local.runner import RunConfig, Simulation
 USERS, HOURS = 20, 8
 
 
-def chaos_run(seed: int = 11, on_ready: Any = None, chaos: ChaosConfig | None = None) -> dict[str, Any]:
-    config = RunConfig(users=USERS, hours=HOURS, seed=seed, faults="chaos",
+def chaos_run(seed: int = 11, on_ready: Any = None, chaos: ChaosConfig | None = None, users: int = USERS,
+              hours: int = HOURS) -> dict[str, Any]:
+    config = RunConfig(users=users, hours=hours, seed=seed, faults="chaos",
                        chaos=chaos or ChaosConfig(app_rate_limit_hour=4),
                        # smaller work messages than production's 50 users: more messages, more redeliveries
                        parameters={"BatchSize": "5"}, on_ready=on_ready)
@@ -111,7 +112,9 @@ def test_the_report_catches_a_cursor_advanced_before_the_plays(monkeypatch):
 
         monkeypatch.setattr(archive, "plays", types.SimpleNamespace(write_plays=cursor_first_then_plays))
 
-    broken = chaos_run(on_ready=break_ordering, chaos=ChaosConfig(app_rate_limit_hour=4, crashes=("kill",)))
+    # Smaller than the module's run: the kill crash (armed from hour 2) needs only a few users and hours.
+    broken = chaos_run(on_ready=break_ordering, chaos=ChaosConfig(app_rate_limit_hour=2, crashes=("kill",)),
+                       users=5, hours=4)
     assert broken["plays_lost"] > 0
     assert not verdict(broken)
 
