@@ -539,8 +539,11 @@ class _View:
         self.fetch([bucket])
         return self._items[bucket]
 
+    def buckets(self, start: date, end: date) -> list[str]:
+        return [_bucket(self.where, level, label) for level, label in _cover(start, end)]
+
     def period(self, start: date, end: date) -> dict[str, Any]:
-        buckets = [_bucket(self.where, level, label) for level, label in _cover(start, end)]
+        buckets = self.buckets(start, end)
         # Years of a long period that hold no play are absent: asking for them costs nothing per item.
         self.fetch(buckets)
         return merge(agg for agg in (self._items[b] for b in buckets) if agg is not None)
@@ -604,6 +607,10 @@ def _series(agg: dict[str, Any], start: date, end: date, unit: str) -> list[stat
 
 
 def _figures(view: _View, period: stats.Period, unit: str | None = None) -> stats.Figures:
+    if period.kind != stats.ALL:  # everything this view reads, in one BatchGetItem (100 keys a request)
+        before = previous_period(period)
+        view.fetch([view.where.all, *view.buckets(period.start, period.end),
+                    *(view.buckets(before.start, before.end) if before is not None else [])])
     everything = view.item(view.where.all) or empty()
     first = min((date.fromisoformat(d) for d in everything["series"]), default=None)
     last = max((date.fromisoformat(d) for d in everything["series"]), default=None)
