@@ -9,8 +9,9 @@ one page view as functions/account makes it: `default` (this month, /me), `all` 
 
 `rollup_wru_per_play`: the 20,000-play user then listens 16 hours a day, 15 plays an hour, polled
 hourly, for three days: each poll marks its dates dirty before writing its plays and the first poll
-of a UTC day settles the days before (the worker's sweep), as the worker does. The rollups table's
-write units over the plays written is the figure (the plays' own units are not in it).
+of a UTC day settles the days before (the worker's sweep), as the worker does; the last day is
+settled at the end. The rollups table's write units over the plays written is the figure (the
+plays' own units are not in it).
 Standalone: `python -m bench.rollups --sizes 1000,20000`.
 """
 
@@ -141,6 +142,7 @@ def run(recorder: Any, aws_url: str, sizes: tuple[int, ...] = SIZES, days: int =
                 fresh = rollups.mark(listener, [p.played_at_ms for p in new])
                 written += plays.write_plays(listener, new)
                 rollups.sweep(listener, fresh, polled_at)
+        rollups.settle(listener)  # the last day too (a page view, or the next day's sweep)
         snapshot = recorder.snapshot()
         rollup_wru = sum(n for table, n in snapshot["wru"].items() if "Rollups" in table)
         play_wru = sum(n for table, n in snapshot["wru"].items() if "Plays" in table)

@@ -50,8 +50,8 @@ importer = Importer(
                    resolve_interval_s=settings.resolve_interval_ms / 1000, min_remaining_ms=settings.min_remaining_ms),
     continue_later=send_later,
     upload_id_key=lambda: upload_id_key(credentials().client_secret),  # checks each upload was issued to its user
-    # Tracks looked up change the names, albums and artists the rollups counted: rebuilt by a job.
-    after_lookups=lambda user_id: rollups.start_rebuild(user_id, jobs.JobQueue(sqs, settings.jobs_queue_url)),
+    # The rollups are rebuilt from the plays by a job (with the names, albums and artists looked up).
+    after_import=lambda user_id: rollups.start_rebuild(user_id, jobs.JobQueue(sqs, settings.jobs_queue_url)),
 )
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 

@@ -76,6 +76,7 @@ def build_archive(stack: prov.Stack, emulator: Any) -> Archive:
         size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
         importer(s3_object_created_event(bucket, key, size, put["ETag"], now),
                  context_for(stack.functions["ImporterFunction"]))
+    site.run_jobs()  # each import ended by starting a rebuild of its user's rollups
     before, keys_before = snapshot(stack)
     gone = browsers[GONE]
     assert gone.post("/me/delete", {"csrf": gone.csrf()})["statusCode"] == 303
@@ -125,9 +126,9 @@ def test_every_table_keyed_by_user_had_the_users_data_before(archive):
     # job# and resolve# items: what the imports table held for the user
     assert any('"job#' in i for i in mentions(archive.before["ImportsTable"], GONE))
     assert any('"resolve#' in i for i in mentions(archive.before["ImportsTable"], GONE))
-    # dirty marks (the polls'), and day to all items (the import recomputed its dates)
-    assert any('"dirty#' in i for i in mentions(archive.before["RollupsTable"], GONE))
-    assert any('"g0#all' in i for i in mentions(archive.before["RollupsTable"], GONE))
+    # the rebuild's state, and its day to all items (each import ended with a rebuild)
+    assert any('"state"' in i for i in mentions(archive.before["RollupsTable"], GONE))
+    assert any('#all"' in i for i in mentions(archive.before["RollupsTable"], GONE))
 
 
 def test_a_deleted_user_leaves_nothing_in_the_bucket(archive):

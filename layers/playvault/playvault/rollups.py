@@ -42,6 +42,9 @@ ALL_START = date(1970, 1, 1)  # "all" before the archive's first play is known
 RECOMPUTE_ATTEMPTS = 4
 WINDOW_MARGIN = timedelta(hours=3)  # around a local day's midnights (DST moves them by an hour at most)
 SWEEP_LIMIT = 7  # dirty dates the worker settles at once
+# Dirty dates a page view settles before reading (oldest first). More are left only by an import
+# still running (its chunks mark their dates; it ends with a rebuild, which clears them).
+VIEW_SETTLE_LIMIT = 62
 KINDS = ("tracks", "artists", "albums", "shows")
 TRACK_LINK = "/me/track?key={}"  # routes of functions/account: a key may hold "/", so it is a query value
 ARTIST_LINK = "/me/artist?key={}"
@@ -536,8 +539,11 @@ class _View:
         self.fetch([bucket])
         return self._items[bucket]
 
+    def buckets(self, start: date, end: date) -> list[str]:
+        return [_bucket(self.where, level, label) for level, label in _cover(start, end)]
+
     def period(self, start: date, end: date) -> dict[str, Any]:
-        buckets = [_bucket(self.where, level, label) for level, label in _cover(start, end)]
+        buckets = self.buckets(start, end)
         # Years of a long period that hold no play are absent: asking for them costs nothing per item.
         self.fetch(buckets)
         return merge(agg for agg in (self._items[b] for b in buckets) if agg is not None)
@@ -548,7 +554,7 @@ def _open(user_id: str) -> tuple[Where, bool]:
     where, state = current(user_id)
     if state.status == store.REBUILDING:
         raise Recomputing(f"the rollups are being recomputed for {state.tz}")
-    settled = settle(user_id, known=(where, state))
+    settled = settle(user_id, known=(where, state), limit=VIEW_SETTLE_LIMIT)
     return where, settled > 0
 
 
@@ -601,6 +607,10 @@ def _series(agg: dict[str, Any], start: date, end: date, unit: str) -> list[stat
 
 
 def _figures(view: _View, period: stats.Period, unit: str | None = None) -> stats.Figures:
+    if period.kind != stats.ALL:  # everything this view reads, in one BatchGetItem (100 keys a request)
+        before = previous_period(period)
+        view.fetch([view.where.all, *view.buckets(period.start, period.end),
+                    *(view.buckets(before.start, before.end) if before is not None else [])])
     everything = view.item(view.where.all) or empty()
     first = min((date.fromisoformat(d) for d in everything["series"]), default=None)
     last = max((date.fromisoformat(d) for d in everything["series"]), default=None)
@@ -778,6 +788,11 @@ def rebuild_state(user: Any, now: datetime | None = None) -> RebuildState:
 def start_rebuild(user_id: str, queue: Any | None, tz: str | None = None, now: datetime | None = None) -> int | None:
     """A new generation (in `tz`, else the current zone) rebuilt from the plays by a job; the old
     one is deleted after. Returns the new generation (None: another change won the race)."""
+    from playvault.store import users
+
+    user = users.get(user_id)
+    if user is None or user.status == users.DELETING:
+        return None
     state = store.state(user_id)
     tz = tz or state.tz or DEFAULT_TZ
     zone(tz)
@@ -817,7 +832,11 @@ def rebuild(user_id: str, gen: int, budget: Any, now: Callable[[], datetime] = c
     """One bounded step of the rebuild of generation `gen` (a job: playvault.jobs). Returns
     jobs.Continue while there is more, None when done (or superseded by another generation)."""
     from playvault.jobs import Continue
+    from playvault.store import users
 
+    user = users.get(user_id)
+    if user is None or user.status == users.DELETING:
+        return None  # the deletion removes every rollup item: nothing is written for a user going away
     state = store.state(user_id)
     if int(state.gen or 0) != gen or (state.status != store.REBUILDING and state.phase != store.PHASE_CLEANUP):
         return None
@@ -830,11 +849,13 @@ def rebuild(user_id: str, gen: int, budget: Any, now: Callable[[], datetime] = c
         if not _rebuild_levels(where, state, low, now):
             return Continue(0)
     if state.phase == store.PHASE_CLEANUP:
+        for utc_date, marks in (store.decode(state.covered) or {}).items():
+            store.clear_dirty(user_id, utc_date, marks, gen)  # refused where marked again meanwhile
         old = int(state.old_gen) if state.old_gen is not None else None
         while old is not None and store.delete_prefix(user_id, store.bucket_key(old, ""), limit=1000):
             if low():
                 return Continue(0)
-        store.save_progress(state, now(), phase=None, old_gen=None)
+        store.save_progress(state, now(), phase=None, old_gen=None, covered=None)
     return None
 
 
@@ -846,7 +867,9 @@ def _rebuild_days(where: Where, state: store.RollupModel, low: Callable[[], bool
     where_zone = where.zone
     catalog = history.Catalog()
     if state.plays_total is None:
-        store.save_progress(state, now(), plays_total=plays.count(where.user_id))
+        # Before the first play is read: every mark made so far is covered by what this rebuild reads.
+        store.save_progress(state, now(), plays_total=plays.count(where.user_id),
+                            covered=store.encode(store.dirty(where.user_id)))
     checkpoint = cursor = state.cursor
     closed = date.fromisoformat(state.closed_through) if state.closed_through else None
     first = date.fromisoformat(state.first_day) if state.first_day else None

@@ -129,16 +129,17 @@ NOT_ISSUED = ("this upload was not issued to this user (its key does not carry a
 class Importer:
     def __init__(self, s3: Any, bucket: str, spotify: SpotifyClient | None, settings: ImportSettings,
                  continue_later: Callable[[str, str, float], None], sleep: Callable[[float], None] = time.sleep,
-                 *, upload_id_key: Callable[[], bytes], after_lookups: Callable[[str], Any] | None = None):
+                 *, upload_id_key: Callable[[], bytes], after_import: Callable[[str], Any] | None = None):
         self.s3 = s3
         self.upload_id_key = upload_id_key  # playvault.imports.upload_id_key of the client secret
         self.bucket = bucket
         self.spotify = spotify
         self.settings = settings
         self.continue_later = continue_later
-        # Called before a job that looked tracks up is done (playvault.rollups.start_rebuild): the
-        # names, albums and artists its rows counted by are known now. Again if the job is retried.
-        self.after_lookups = after_lookups
+        # Called before a job that added plays or looked tracks up is done (playvault.rollups
+        # .start_rebuild): the rollups are recomputed from the plays, with the names, albums and
+        # artists the lookups found. Again if the job is retried.
+        self.after_import = after_import
         self.sleep = sleep
         self._app_token: tuple[str, datetime] | None = None
         self._last_lookup = 0.0
@@ -443,11 +444,12 @@ class Importer:
         episodes = [catalog.EpisodeModel(d.row.episode_id, name=d.row.episode_name or "", show_name=d.row.show_name)
                     for d in own if d.row.episode_id]
         episodes_added = catalog.put_new_episode_rows(episodes) if episodes else 0
-        # Rollups: the dates of every play this chunk writes or enriches are marked dirty first, and
-        # recomputed from the plays once the chunk is counted (a retried chunk recomputes the same).
+        # Rollups: the dates of every play this chunk writes or enriches are marked dirty first (a
+        # page view settles them meanwhile; the job ends by rebuilding the user's rollups).
         touched = [d.played_at_ms for d in new] + [d.matched.played_at_ms for d in decisions if d.outcome ==
                                                     dedup.DUPLICATE and d.matched is not None]
-        marked = rollups.mark(job.user_id, touched) if touched else []
+        if touched:
+            rollups.mark(job.user_id, touched)
         # A duplicate of a polled play that holds no import yet: that play keeps the export's
         # ms_played and names (first, so the merge below never hands it a second row).
         for d in decisions:
@@ -476,11 +478,6 @@ class Importer:
             progress.tracks_to_resolve = len(unknown)
         progress.episodes_added = episodes_added
         self._advance(job, token, progress)
-        if marked:
-            try:
-                rollups.settle(job.user_id, only=marked)
-            except rollups.Contended:
-                pass  # recomputed by others meanwhile: left dirty, the page view settles them
         if len(self._queued) < QUEUED_IDS_CAPACITY:  # only once counted: a retried chunk queues them again
             self._queued.update(unknown)
         outcome.chunks += 1
@@ -592,8 +589,8 @@ class Importer:
                     self._save_resolved(job, token, imports.RUNNING, since_saved, chunk, index)
                     since_saved = 0
             self._save_resolved(job, token, imports.RUNNING, since_saved, chunk + 1, 0)
-        if self.after_lookups is not None and int(job.resolve_chunks or 0):
-            self.after_lookups(job.user_id)
+        if self.after_import is not None and (int(job.resolve_chunks or 0) or int(job.plays_added or 0)):
+            self.after_import(job.user_id)
         imports.set_state(job, token, clock.now(), imports.DONE, release=True)
         outcome.status = DONE
         logger.info("import done", extra={"user_id": job.user_id, "job_id": job.job_id})

@@ -59,6 +59,9 @@ class RollupModel(Model):
     plays_done = NumberAttribute(null=True)
     plays_total = NumberAttribute(null=True)
     updated_at = UTCDateTimeAttribute(null=True)
+    # The dirty marks when the rebuild began reading the plays (zlib JSON {date: marks}): it covers
+    # them, so they are cleared once it is done (unless marked again meanwhile).
+    covered = BinaryAttribute(null=True, legacy_encoding=False)
 
 
 def bucket_key(gen: int, *parts: str) -> str:
