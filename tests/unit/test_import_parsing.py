@@ -11,6 +11,7 @@ import pytest
 
 from playvault.imports import dedup, formats
 from playvault.imports.jsonstream import NotJsonArray, iter_array
+from playvault.normalize import canonical_played_at_ms
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 RULE = formats.ListeningRule()
@@ -210,7 +211,7 @@ def row(ms, track=TRACK_A, index=0, precision=1000, name=None):
 
 
 def polled(ms, track=TRACK_A, name_key=None, ref=None):
-    return dedup.ExistingPlay(dedup.canonical_played_at_ms(ms), ms, "track", track, None, name_key, ref)
+    return dedup.ExistingPlay(canonical_played_at_ms(ms), ms, "track", track, None, name_key, ref)
 
 
 def decide(rows, existing, context=()):

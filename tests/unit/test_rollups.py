@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from playvault import clock, history, rollups, stats
-from playvault.normalize import Album, Artist, Episode, Play, Track, canonical_played_at
+from playvault.normalize import Album, Artist, Episode, Play, Track, canonical_played_at, canonical_played_at_ms
 from playvault.store import catalog, plays, users
 from playvault.store import rollups as store
 
@@ -129,7 +129,7 @@ def _polled(ms: int, what: tuple) -> Play:
 
 
 def _export_row(user_id: str, ms: int, what: tuple, ref: str) -> plays.PlayModel:
-    key = canonical_played_at(plays._from_ms(ms))
+    key = canonical_played_at_ms(ms)
     if what[0] == "named":
         return plays.PlayModel(user_id, key, played_at_ms=ms, source=plays.SOURCE_EXPORT, track_name="Paper Boats",
                                artist_name="Mira Holt", album_name="Paper", ms_played=what[1], unresolved=True,

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from playvault import clock, coverage, history, stats
-from playvault.normalize import canonical_played_at
+from playvault.normalize import canonical_played_at_ms
 from playvault.store import plays
 from playvault.store import rollups as store
 from playvault.store.plays import PlayModel
@@ -376,8 +376,8 @@ def _day_rows(user_id: str, day: date, where_zone: ZoneInfo, catalog: history.Ca
               ) -> list[tuple[PlayModel, history.PlayRow]]:
     low, high = day_window(day, where_zone)
     found = [p for p in plays.PlayModel.query(
-        user_id, PlayModel.played_at.between(canonical_played_at(plays._from_ms(low)),
-                                             canonical_played_at(plays._from_ms(high))), consistent_read=True)
+        user_id, PlayModel.played_at.between(canonical_played_at_ms(low),
+                                             canonical_played_at_ms(high)), consistent_read=True)
         if local_day(int(p.played_at_ms), where_zone) == day]
     return list(zip(found, catalog.rows(found), strict=True)) if found else []
 
