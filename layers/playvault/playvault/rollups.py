@@ -275,7 +275,7 @@ def day_aggregate(rows: list[tuple[PlayModel, history.PlayRow]], where: ZoneInfo
             album = row.album_id or name_key(row.album_name, first_artist)
             _bump(agg["albums"], album, ms, ordinal, mask)
             meta.setdefault(album, [row.album_name or "", artist_names, artist_keys])
-    return agg
+    return fold_names(agg)
 
 
 def merge(aggregates: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -299,16 +299,41 @@ def merge(aggregates: Iterable[dict[str, Any]]) -> dict[str, Any]:
                 if mine is None:
                     values[key] = list(value)
                 else:
-                    mine[PLAYS] += value[PLAYS]
-                    mine[MS] += value[MS]
-                    mine[FIRST] = min(mine[FIRST], value[FIRST])
-                    mine[LAST] = max(mine[LAST], value[LAST])
-                    mine[MASK] |= value[MASK]
+                    _add(mine, value)
         for key, meta in agg["meta"].items():
             out["meta"].setdefault(key, meta)
         if "distinct" in agg:  # an all item is never merged with another bucket
             out["distinct"] = dict(agg["distinct"])
-    return out
+    return fold_names(out)
+
+
+def _add(mine: list[int], value: list[int]) -> None:
+    mine[PLAYS] += value[PLAYS]
+    mine[MS] += value[MS]
+    mine[FIRST] = min(mine[FIRST], value[FIRST])
+    mine[LAST] = max(mine[LAST], value[LAST])
+    mine[MASK] |= value[MASK]
+
+
+def fold_names(agg: dict[str, Any]) -> dict[str, Any]:
+    """Plays kept by name count with the catalog item of that name (README, My archive): an "n:" key
+    whose names are those of an id key of the aggregate is added to it. Each bucket names its own
+    keys, so the fold happens wherever buckets meet."""
+    meta = agg["meta"]
+    for kind in ("tracks", "artists", "albums"):
+        values = agg[kind]
+        by_name: dict[str, str] = {}
+        for key in values:
+            if key.startswith("n:") or key not in meta:
+                continue
+            name, artist_names = meta[key][0], meta[key][1]
+            names = (name,) if kind == "artists" else (name, artist_names[0] if artist_names else None)
+            by_name.setdefault(name_key(*names), key)
+        for key in [k for k in values if k.startswith("n:") and k in by_name]:
+            target = by_name[key]
+            _add(values[target], values.pop(key))
+            meta.pop(key, None)
+    return agg
 
 
 def _ranked_keys(values: dict[str, list[int]], meta: dict[str, list], limit: int) -> list[str]:
