@@ -504,3 +504,20 @@ def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_f
     figures = rollups.figures(user, rollups.resolve_period("all", None, None, "UTC", TODAY), START)
     assert figures.totals.plays == 12 and figures.top_albums and not figures.top_albums[0].key.startswith("n:")
     assert_matches(figures, user.user_id, "UTC")
+
+
+def test_a_day_counts_as_covered_by_what_covered_any_of_it(monkeypatch):
+    """Found on the year page: a user who signed up this morning read "0 days polled" (each day was
+    judged by its local noon). A day counts as polled when polling covered any of it, else as
+    imported when an import did, else neither."""
+    where = ZoneInfo("Europe/Berlin")
+    now = datetime(2026, 3, 10, 9, 30, tzinfo=UTC)  # 10:30 in Berlin
+    signed_up = clock.to_ms(datetime(2026, 3, 10, 7, 0, tzinfo=UTC))
+    imported = (clock.to_ms(datetime(2026, 3, 2, 20, 0, tzinfo=UTC)),
+                clock.to_ms(datetime(2026, 3, 3, 1, 0, tzinfo=UTC)))
+    segments = [{"from_ms": imported[0], "to_ms": imported[1], "kind": "import"},
+                {"from_ms": signed_up, "to_ms": clock.to_ms(now), "kind": "polling"}]
+    monkeypatch.setattr(rollups.coverage, "timeline", lambda user_id, now: {"segments": segments})
+    got = rollups.year_coverage("u", 2026, where, now)
+    # 1 Jan to 10 Mar in Berlin: 69 days; 10 Mar polled; 2 and 3 Mar (21:00 to 02:00 local) imported
+    assert (got.polled_days, got.imported_days, got.neither_days) == (1, 2, 66)

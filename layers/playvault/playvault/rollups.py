@@ -687,15 +687,18 @@ def _streak(days: list[date]) -> stats.Streak:
 
 
 def year_coverage(user_id: str, year: int, where_zone: ZoneInfo, now: datetime) -> stats.Coverage:
-    """Days of the year (up to today) by what covered their local noon: polling, an import, neither."""
+    """Days of the year (up to today) by what covered any of the local day: polling first, then an
+    import, else neither."""
     timeline = coverage.timeline(user_id, now)
     segments = timeline["segments"]
     counts = {coverage.POLLING: 0, coverage.IMPORT: 0, coverage.NONE: 0}
     day = date(year, 1, 1)
     end = min(date(year + 1, 1, 1), now.astimezone(where_zone).date() + timedelta(days=1))
     while day < end:
-        noon = clock.to_ms(datetime(day.year, day.month, day.day, 12, tzinfo=where_zone).astimezone(UTC))
-        kind = next((s["kind"] for s in segments if s["from_ms"] <= noon < s["to_ms"]), coverage.NONE)
+        start_ms = _midnight_ms(day, where_zone, 0)
+        end_ms = _midnight_ms(day + timedelta(days=1), where_zone, 0)
+        kinds = {s["kind"] for s in segments if s["from_ms"] < end_ms and start_ms < s["to_ms"]}
+        kind = next((k for k in (coverage.POLLING, coverage.IMPORT) if k in kinds), coverage.NONE)
         counts[kind] += 1
         day += timedelta(days=1)
     return stats.Coverage(counts[coverage.POLLING], counts[coverage.IMPORT], counts[coverage.NONE])
