@@ -141,9 +141,13 @@ def _page_fits(page, width: int) -> list[str]:
         if (wide > width) found.push(`page ${wide} px wide`);
         for (const el of document.querySelectorAll('main *')) {
             if (el.closest('svg') || !el.childNodes.length) continue;
+            // visually hidden for screen readers only (table.cards' header row on a phone): not on screen
+            let hidden = false;
+            for (let up = el; up && !hidden; up = up.parentElement) hidden = getComputedStyle(up).clipPath !== 'none';
+            if (hidden) continue;
             const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
             const rect = el.getBoundingClientRect();
-            const name = `${el.tagName}#${el.id}`;
+            const name = `${el.tagName}#${el.id} in #${(el.parentElement.closest('[id]') || {}).id}`;
             if (own && rect.width > 0 && rect.right > width + 1) found.push(`${name} ends at ${rect.right}`);
             if (own && parseFloat(getComputedStyle(el).fontSize) < 12) found.push(`${name} text under 12 px`);
         }

@@ -16,7 +16,17 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.e2e.test_browser import CHROMIUM, LAUNCH_ARGS, _aws, _browser_or_fail, _plays, _serve, _sign_in, _wait_for
+from tests.e2e.test_browser import (
+    CHROMIUM,
+    LAUNCH_ARGS,
+    _accessible,
+    _aws,
+    _browser_or_fail,
+    _plays,
+    _serve,
+    _sign_in,
+    _wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -126,6 +136,7 @@ def test_ten_years_on_the_figures_pages(browser, served):
     years = page.locator("#periods a").all_inner_texts()
     assert [str(y) for y in range(2025, 2015, -1)] <= years
     assert page.locator("#series-plays .bar").count() > 100  # per month
+    _accessible(page, "all time")
 
     # One past year, picked from the links.
     page.click("#periods a:text-is('2019')")
@@ -139,6 +150,7 @@ def test_ten_years_on_the_figures_pages(browser, served):
     assert page.locator("#year-minutes").inner_text() == f"{minutes:,}"
     busiest = max(sum(1 for p in in_2019 if p[0].date() == d) for d in {p[0].date() for p in in_2019})
     assert f"({busiest:,} plays)" in page.locator("#year-busiest-day").inner_text()
+    _accessible(page, "the year in review")
 
     # A custom range through the form.
     page.goto(f"{base}/me")
@@ -157,15 +169,18 @@ def test_ten_years_on_the_figures_pages(browser, served):
     page.wait_for_load_state()
     assert int(page.locator("#item-plays").inner_text().replace(",", "")) == sum(
         1 for _, t, _ in table.plays if t == track_id)
+    _accessible(page, "a track's page")
     artist_id = table.tracks[track_id]["artist_ids"]["L"][0]["S"]
     page.locator("#by a").first.click()
     page.wait_for_load_state()
     heard = sum(1 for _, t, _ in table.plays if t in table.tracks
                 and artist_id in [a["S"] for a in table.tracks[t]["artist_ids"]["L"]])
     assert int(page.locator("#item-plays").inner_text().replace(",", "")) == heard
+    _accessible(page, "an artist's page")
 
     # The history list, three pages back: newest first, contiguous.
     page.goto(f"{base}/me/history")
+    _accessible(page, "the history")
     seen: list[str] = []
     for _ in range(3):
         seen += [row.get_attribute("data-played-at") for row in page.locator("#history tr.play").all()]
@@ -190,6 +205,7 @@ def test_ten_years_on_the_figures_pages(browser, served):
     page.set_viewport_size({"width": 1280, "height": 800})
     # A time zone far east: the New Year's Eve play moves into 2020, once the figures are recomputed.
     page.goto(f"{base}/me/time-zone")
+    _accessible(page, "the time zone form")
     page.select_option("#zone", ZONE)
     page.click("#time-zone-form button")
     page.wait_for_load_state()
