@@ -721,10 +721,7 @@ def main(argv: list[str] | None = None) -> int:
 
             _say(f"rollups: page views of users with {args.rollup_sizes} plays, rollup write units per play")
             measured = rollups_bench.run(bench.recorder, aws_url, tuple(args.rollup_sizes))
-            bench.results["page_view"] = measured["page_view"]
-            bench.results["rollup_wru_per_play"] = measured["rollup_wru_per_play"]
-            bench.results["rollups"] = {k: v for k, v in measured.items()
-                                        if k not in ("page_view", "rollup_wru_per_play")}
+            bench.results.update(rollups_bench.results_keys(measured))
             _say(rollups_bench.summary(measured))
     finally:
         if dynalite is not None:
