@@ -27,7 +27,7 @@ def _state(user_id: str) -> dict:
     return {name: getattr(state, name) for name in STATE_FIELDS}
 
 
-@pytest.mark.parametrize("tz", ["UTC", "America/St_Johns"])
+@pytest.mark.parametrize("tz", ["America/St_Johns"])  # a half-hour zone with DST: local days are not UTC days
 def test_seeding_in_process_writes_what_the_rebuild_from_the_plays_writes(aws_env, tz):
     now = bench_rollups.NOW
     clock.set_clock(lambda: now)
@@ -35,20 +35,20 @@ def test_seeding_in_process_writes_what_the_rebuild_from_the_plays_writes(aws_en
     by_rebuild, in_process = "bench-rebuilt", "bench-seeded"
     for user_id in (by_rebuild, in_process):
         users.UserModel(user_id, status=users.ACTIVE, created_at=now - timedelta(days=400)).save()
-    # 1,500 plays over ten years: several plays most days, some near midnight, both sources.
-    rebuilt_rows = bench_rollups.synthetic_plays(by_rebuild, 1_500)
+    # 400 plays over ten years: days near midnight, both sources (kept small: make test runs it).
+    rebuilt_rows = bench_rollups.synthetic_plays(by_rebuild, 400)
     bench_rollups._write_plays(rebuilt_rows)
     gen = rollups.start_rebuild(by_rebuild, None, tz, now)
     while rollups.rebuild(by_rebuild, gen, bench_rollups._Unlimited(), now=lambda: now) is not None:
         pass
 
-    seeded_gen = bench_rollups.seed_in_process(in_process, bench_rollups.synthetic_plays(in_process, 1_500), now, tz)
+    seeded_gen = bench_rollups.seed_in_process(in_process, bench_rollups.synthetic_plays(in_process, 400), now, tz)
 
     assert seeded_gen == gen
     rebuilt, seeded = _items(by_rebuild, gen), _items(in_process, seeded_gen)
-    assert sum(1 for bucket in rebuilt if bucket.startswith("day#")) > 1_000
+    assert sum(1 for bucket in rebuilt if bucket.startswith("day#")) > 300
     assert {"all", "firsts", "year#2020", "month#2020-02"} <= set(rebuilt)
-    assert rebuilt["all"][1]["plays"] == 1_500
+    assert rebuilt["all"][1]["plays"] == 400
     assert seeded == rebuilt
     assert _state(in_process) == _state(by_rebuild)
     assert _state(in_process)["status"] == store.READY
