@@ -29,17 +29,10 @@ class _Unlimited:
 
 
 def _seed(plays: int) -> None:
-    from playvault.store.catalog import AlbumModel, ArtistModel, TrackModel
+    from bench import catalog
     from playvault.store.plays import PlayModel
 
-    with ArtistModel.batch_write() as artists, AlbumModel.batch_write() as albums, \
-            TrackModel.batch_write() as tracks:
-        for i in range(TRACKS):
-            artists.save(ArtistModel(f"artist{i:05d}", name=f"Artist {i}"))
-            albums.save(AlbumModel(f"album{i:05d}", name=f"Album {i}", artist_ids=[f"artist{i:05d}"]))
-            tracks.save(TrackModel(f"track{i:05d}", name=f"Track number {i}", album_id=f"album{i:05d}",
-                                   artist_ids=[f"artist{i:05d}", f"artist{(i * 7) % TRACKS:05d}"],
-                                   duration_ms=180_000 + i))
+    catalog.seed(TRACKS)
     start = datetime(2020, 1, 1, tzinfo=UTC)
     with PlayModel.batch_write() as batch:
         for i in range(plays):

@@ -43,16 +43,9 @@ class _Unlimited:
 
 
 def _seed_catalog() -> None:
-    from playvault.store.catalog import AlbumModel, ArtistModel, TrackModel
+    from bench import catalog
 
-    with ArtistModel.batch_write() as artists, AlbumModel.batch_write() as albums, \
-            TrackModel.batch_write() as tracks:
-        for i in range(TRACKS):
-            artists.save(ArtistModel(f"artist{i:05d}", name=f"Artist {i}"))
-            albums.save(AlbumModel(f"album{i:05d}", name=f"Album {i}", artist_ids=[f"artist{i:05d}"]))
-            tracks.save(TrackModel(f"track{i:05d}", name=f"Track number {i}", album_id=f"album{i:05d}",
-                                   artist_ids=[f"artist{i % 500:05d}", f"artist{(i * 7) % TRACKS:05d}"],
-                                   duration_ms=180_000 + i))
+    catalog.seed(TRACKS, first_artist=lambda i: i % 500)  # 500 artists: each recurs across tracks
 
 
 def synthetic_plays(user_id: str, plays: int, now: datetime = NOW) -> list[Any]:
