@@ -17,8 +17,10 @@ import requests
 from playvault import clock
 from playvault.archive import Archiver
 from playvault.crypto import REFRESH_TOKEN, TokenCipher
+from playvault.imports import issue_upload_id, upload_id_key
 from playvault.spotify import Credentials, SpotifyClient
 from playvault.store import users
+from playvault_local.events import s3_object_created_event
 from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
 from tests.conftest import REDIRECT_URI
 
@@ -152,3 +154,17 @@ def kill_at_advance(monkeypatch, call: int) -> None:
         return real_advance(job, token, progress, now)
 
     monkeypatch.setattr(imports, "advance", advance_then_die)
+
+
+# Upload ids carry a MAC keyed as the functions derive it from the stack's client secret.
+UPLOAD_ID_KEY = upload_id_key(DEV_CLIENT_SECRET)
+
+
+def upload_export(s3: Any, bucket: str, user_id: str, now: datetime, body: bytes,
+                  file_name: str = "export.zip") -> tuple[str, dict[str, Any]]:
+    """An export uploaded where the page's form puts it (a fresh upload id), and the S3 event the
+    upload sends the importer: (key, event)."""
+    key = f"imports/{user_id}/{issue_upload_id(user_id, now, UPLOAD_ID_KEY)}/export"
+    put = s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"file-name": file_name})
+    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    return key, s3_object_created_event(bucket, key, size, put["ETag"], now)

@@ -15,17 +15,16 @@ from typing import Any
 import boto3
 import pytest
 
-from playvault import imports as import_ids
 from playvault import store
 from playvault.config import AccountSettings, ImporterSettings
 from playvault.store import users
 from playvault_local import provision as prov
 from playvault_local import template as tpl
-from playvault_local.events import s3_object_created_event
 from playvault_local.lambda_runtime import context_for, load_handler
 from tests.conftest import REDIRECT_URI, iam_checked, stack_parameters
+from tests.unit.helpers import upload_export
 from tests.unit.test_account import Browser, Site, add_gap
-from tests.unit.test_importer_function import UPLOAD_ID_KEY, export_zip
+from tests.unit.test_importer_function import export_zip
 from tests.unit.test_worker import sqs_event, sqs_record, work_body
 
 GONE, KEPT = "u-deleted-7f3a", "u-kept-91bc"  # ids no catalog name or hash can contain by chance
@@ -71,11 +70,8 @@ def build_archive(stack: prov.Stack, emulator: Any) -> Archive:
         add_gap(user_id)
         browser.post("/me/exports", {"csrf": browser.csrf(), "format": "csv"})
         site.run_jobs()
-        key = f"imports/{user_id}/{import_ids.issue_upload_id(user_id, now, UPLOAD_ID_KEY)}/export"
-        put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(12), Metadata={"file-name": "export.zip"})
-        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        importer(s3_object_created_event(bucket, key, size, put["ETag"], now),
-                 context_for(stack.functions["ImporterFunction"]))
+        _key, event = upload_export(s3, bucket, user_id, now, export_zip(12))
+        importer(event, context_for(stack.functions["ImporterFunction"]))
     site.run_jobs()  # each import ended by starting a rebuild of its user's rollups
     before, keys_before = snapshot(stack)
     gone = browsers[GONE]

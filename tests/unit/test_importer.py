@@ -23,13 +23,11 @@ from playvault.imports.sources import Caps
 from playvault.normalize import canonical_played_at, parse_track
 from playvault.spotify import Budget
 from playvault.store import catalog, imports, plays, state, users
-from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import ProcessKilled, kill_at_advance, make_spotify, ssm_refusing
+from tests.unit.helpers import UPLOAD_ID_KEY, ProcessKilled, kill_at_advance, make_spotify, ssm_refusing
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SEED = 7  # the conftest emulator's seed
-UPLOAD_ID_KEY = upload_id_key(DEV_CLIENT_SECRET)  # as the functions derive it from the stack's client secret
 
 
 def track(i: int) -> dict:

@@ -260,11 +260,11 @@ def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_whe
     import boto3
 
     from playvault import clock, store
-    from playvault import imports as upload_api
     from playvault.config import ImporterSettings
     from playvault.store import users
-    from playvault_local.events import s3_object_created_event, sqs_event
-    from tests.unit.test_importer import NOW, UPLOAD_ID_KEY
+    from playvault_local.events import sqs_event
+    from tests.unit.helpers import upload_export
+    from tests.unit.test_importer import NOW
 
     clock.set_clock(lambda: NOW)
     handler = load_function("ImporterFunction")
@@ -274,10 +274,7 @@ def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_whe
     bucket = aws_env.name("UserFilesBucket")
 
     def upload(body: bytes) -> tuple[str, dict]:
-        key = f"imports/alice/{upload_api.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
-        put = s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"file-name": NAME})
-        size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-        return key, s3_object_created_event(bucket, key, size, put["ETag"], NOW)
+        return upload_export(s3, bucket, "alice", NOW, body, NAME)
 
     key, event = upload(b"[" + b"[" * 3000 + b"]" * 3000 + b"]")
     answer = handler(event, lambda_context("ImporterFunction"))  # no exception: Lambda does not retry it

@@ -15,11 +15,10 @@ from playvault import clock, coverage, imports, store
 from playvault.config import ImporterSettings
 from playvault.store import gaps, plays, users
 from playvault_local.events import s3_object_created_event, sqs_event
-from playvault_local.provision import DEV_CLIENT_SECRET
 from spotify_emulator import catalog as emulator_catalog
+from tests.unit.helpers import UPLOAD_ID_KEY, upload_export
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-UPLOAD_ID_KEY = imports.upload_id_key(DEV_CLIENT_SECRET)  # the stack's client secret, as the functions derive it
 
 
 def export_zip(n: int) -> bytes:
@@ -42,14 +41,12 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
     users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     bucket = aws_env.name("UserFilesBucket")
-    key = f"imports/alice/{imports.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
-    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(30), Metadata={"file-name": "my_spotify_data.zip"})
-    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    _key, event = upload_export(s3, bucket, "alice", NOW, export_zip(30), "my_spotify_data.zip")
     # Under MIN_REMAINING_MS from the start: one step (a chunk, a track) per invocation, the rest
     # continued through the import queue.
     context = lambda_context("ImporterFunction")
     context.get_remaining_time_in_millis = lambda: 29_000
-    answer = handler(s3_object_created_event(bucket, key, size, put["ETag"], NOW), context)
+    answer = handler(event, context)
     assert answer["status"] == "continue"
     queue_url, queue_arn = aws_env.queue_url("ImportQueue"), aws_env.physical["ImportQueue"]["Arn"]
     continued = 0
@@ -67,7 +64,7 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
     assert continued >= 29
     assert len(list(plays.all_plays("alice"))) == 30
     # The same event again (EventBridge delivers at least once): the job exists, nothing changes.
-    handler(s3_object_created_event(bucket, key, size, put["ETag"], NOW), lambda_context("ImporterFunction"))
+    handler(event, lambda_context("ImporterFunction"))
     assert len(list(plays.all_plays("alice"))) == 30
     assert imports.status_for_user("alice", NOW)[0]["plays_added"] == 30
 

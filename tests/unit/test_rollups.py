@@ -482,9 +482,9 @@ def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_f
     import boto3
 
     from playvault import imports
-    from playvault_local.events import s3_object_created_event
+    from tests.unit.helpers import upload_export
     from tests.unit.test_account import Site
-    from tests.unit.test_importer_function import UPLOAD_ID_KEY, export_zip
+    from tests.unit.test_importer_function import export_zip
     from tests.unit.test_worker import sqs_event
 
     clock.set_clock(lambda: START)
@@ -492,11 +492,9 @@ def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_f
     user = new_user()
     s3, sqs = boto3.client("s3"), boto3.client("sqs")
     bucket = aws_env.name("UserFilesBucket")
-    key = f"imports/{user.user_id}/{imports.issue_upload_id(user.user_id, START, UPLOAD_ID_KEY)}/export"
-    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(12), Metadata={"file-name": "export.zip"})
-    size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+    _key, event = upload_export(s3, bucket, user.user_id, START, export_zip(12))
     context = lambda_context("ImporterFunction")
-    importer(s3_object_created_event(bucket, key, size, put["ETag"], START), context)
+    importer(event, context)
     queue_url, queue_arn = aws_env.queue_url("ImportQueue"), aws_env.physical["ImportQueue"]["Arn"]
     for _ in range(30):
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
