@@ -236,7 +236,8 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         "app_faults": app_faults_section(sim),
         "chaos": chaos_mod.summary(chaos, sim.crash, sim.duplicator, system.hooks.throttled,
                                     getattr(system.emulator, "timeouts_injected", 0),
-                                    system.hooks.retried_throttles) if chaos else None,
+                                    system.hooks.retried_throttles,
+                                    getattr(system.emulator, "late_answers_dropped", 0)) if chaos else None,
         "time": {
             "clock": "one simulated clock for the domain, the Spotify emulator, SQS (moto) and idempotency expiry",
             "scaling": "none: DelaySeconds, visibility timeouts and the spread window are the template's, in "

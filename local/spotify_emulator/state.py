@@ -268,6 +268,7 @@ class EmulatorState:
         self._counts: dict[str, int] = dict.fromkeys(ENDPOINTS, 0)
         self._lose_rotations = 0  # the next n rotating refreshes lose their answer
         self._track_index: dict[str, int] | None = None
+        self._held = threading.local()  # exposures of the answer this thread is preparing (hold_exposures)
 
     # ------------------------------------------------------------------ setup
     def now(self) -> datetime:
@@ -416,6 +417,26 @@ class EmulatorState:
                 for p in user.plays if p.ms <= now_ms
             ]
 
+    def hold_exposures(self) -> None:
+        """Until `release_exposures`, recently-played answers prepared by this thread expose nothing
+        yet: a server that may drop its answer (held past the client's timeout) decides then."""
+        self._held.pending = []
+
+    def release_exposures(self, delivered: bool) -> None:
+        """Expose what this thread's held answers listed if the answer was delivered; else forget it."""
+        pending, self._held.pending = getattr(self._held, "pending", None) or [], None
+        if delivered:
+            with self._lock:
+                for user, played_ms in pending:
+                    user.exposed.update(played_ms)
+
+    def _expose(self, user: _User, played_ms: list[int]) -> None:
+        pending = getattr(self._held, "pending", None)
+        if pending is None:
+            user.exposed.update(played_ms)
+        else:
+            pending.append((user, played_ms))
+
     def exposed_play_ms(self, user_id: str) -> set[int]:
         with self._lock:
             return set(self._user(user_id).exposed)
@@ -440,7 +461,7 @@ class EmulatorState:
         with self._lock:
             user = self._user(user_id)
             window = self._window(user)
-            user.exposed.update(p.ms for p in window)
+            self._expose(user, [p.ms for p in window])
             if after is not None:
                 newer = [p for p in window if p.ms > after]
                 page = newer[:limit]

@@ -1,0 +1,66 @@
+"""The local run's Spotify wrapper (playvault_local.spotify.LocalSpotify): a play counts as exposed
+only when Spotify's answer reached a client that was still waiting for it.
+
+Why: the run's report calls a play lost when it was exposed and never archived. Under a loaded
+machine the emulator can answer recently-played after the worker's read timeout (0.6 s in chaos
+runs); the worker has given up (a NETWORK failure), yet the emulator had marked the window
+exposed, so plays nobody received were reported lost (a 103-play "loss" in one loaded chaos run)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+
+from playvault_local.spotify import LocalSpotify
+from spotify_emulator import EmulatorState
+from tests.unit.test_spotify_emulator import CLIENT_ID, CLIENT_SECRET, REDIRECT, RP, Clock, api, sign_in
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock(T0)
+
+
+@pytest.fixture
+def state(clock: Clock) -> EmulatorState:
+    st = EmulatorState(clock=clock, seed=1)
+    st.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT])
+    st.add_user("alice")
+    for i in range(5):
+        st.add_play("alice", T0 - timedelta(minutes=4 * (i + 1)))
+    return st
+
+
+@pytest.fixture
+def server(state: EmulatorState):
+    srv = LocalSpotify(state).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_an_answer_in_time_exposes_the_window(state, server):
+    server.client_read_timeout_s = 2.0
+    token = sign_in(server)["access_token"]
+    answer = api(server, token)
+    assert answer.status_code == 200 and len(answer.json()["items"]) == 5
+    assert len(state.exposed_play_ms("alice")) == 5
+    assert server.late_answers_dropped == 0
+
+
+def test_an_answer_later_than_the_clients_timeout_exposes_nothing(state, server):
+    server.client_read_timeout_s = 0.4
+    token = sign_in(server)["access_token"]
+    state.faults.latency_ms = 300  # past half the client's read timeout: too late to count as received
+    answer = requests.get(f"{server.api_url}{RP}", headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert answer.status_code == 504
+    assert state.exposed_play_ms("alice") == set()
+    assert server.late_answers_dropped == 1
+    state.faults.latency_ms = 0
+    assert api(server, token).status_code == 200
+    assert len(state.exposed_play_ms("alice")) == 5
