@@ -222,7 +222,7 @@ def summary(config: ChaosConfig, crash: CrashHook | None, duplicator: Duplicator
             throttled: Counter[str], timeouts: int = 0, retried: int = 0, late_answers: int = 0) -> dict[str, Any]:
     return {
         "spotify_timeouts": timeouts,
-        "spotify_answers_too_late": late_answers,  # dropped: the client had given up (machine load)
+        "spotify_answers_not_received": late_answers,  # the client had given up (machine load): nothing exposed
         "spotify": {"error_5xx_rate": config.error_5xx_rate, "rate_429_rate": config.rate_429_rate,
                     "retry_after_s": config.retry_after_s, "timeout_rate": config.timeout_rate,
                     "expire_token_rate": config.expire_token_rate,

@@ -143,7 +143,9 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
                              "recoverable": len(recoverable),
                              "duplicated": duplicate_rows + len(phantom), "gap_plays": len(gap),
                              "gaps_detected": gaps_detected, "pending": len(pending),
-                             "late_missed": len(late_missed)}
+                             "late_missed": len(late_missed),
+                             # Where to start reading the logs (--log) when a play is lost.
+                             "lost_examples": [_ms_iso(m) for m in sorted(lost)[:5]]}
         if user.revoke_at_hour is not None:
             flipped = item.get("last_failed_at", {}).get("S") if item else None
             flipped_at = _parse_time(flipped) if status == "needs_reauth" else None
@@ -237,7 +239,7 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
         "chaos": chaos_mod.summary(chaos, sim.crash, sim.duplicator, system.hooks.throttled,
                                     getattr(system.emulator, "timeouts_injected", 0),
                                     system.hooks.retried_throttles,
-                                    getattr(system.emulator, "late_answers_dropped", 0)) if chaos else None,
+                                    getattr(system.emulator, "answers_not_received", 0)) if chaos else None,
         "time": {
             "clock": "one simulated clock for the domain, the Spotify emulator, SQS (moto) and idempotency expiry",
             "scaling": "none: DelaySeconds, visibility timeouts and the spread window are the template's, in "
@@ -333,6 +335,10 @@ def lifecycle_lines(report: dict[str, Any]) -> list[str]:
         f"  seats         : reconnected {life['reconnected']}, lapsed {life['lapsed']}, late sign-ups "
         f"{life['late_sign_ups']}, sent to the waitlist on sign-in {life['waitlisted_on_sign_in']}",
     ]
+
+
+def _ms_iso(played_ms: int) -> str:
+    return datetime.fromtimestamp(played_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_time(value: str | None) -> float | None:

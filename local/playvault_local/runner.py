@@ -239,7 +239,6 @@ class Simulation:
         # Timeouts are dropped requests (see playvault_local.spotify), held past the client's timeout.
         self.system.emulator.timeout_rate = chaos.timeout_rate
         self.system.emulator.timeout_s = chaos.client_read_timeout_s + 0.4
-        self.system.emulator.client_read_timeout_s = chaos.client_read_timeout_s
         worker = self._worker_module()
         spotify = getattr(worker, "spotify", None)
         if spotify is not None and hasattr(spotify, "_timeouts"):

@@ -7,10 +7,11 @@ spotify_emulator's EmulatorServer with its app behind a wrapper and its own requ
   token nobody receives). For the report, exposed must mean "Spotify delivered it", so chaos runs
   inject timeouts here instead: the request is held past the client's timeout and then dropped
   (504) without reaching the emulator;
-- answers too late to be received: a recently-played answer ready only after half the client's read
-  timeout (`client_read_timeout_s`: the worker's, shortened in chaos runs) is dropped (504) and
-  exposes nothing, since under a loaded machine the client may already have given up on it (half:
-  the slack for the answer's own way back);
+- exposure on receipt: a recently-played answer marks its plays exposed only when the client has
+  received it (the run's clients are in this process: `requests.Session.send` is wrapped to confirm
+  the answers carrying this server's answer header). Under a loaded machine the worker's read
+  timeout (0.6 s in chaos runs) can pass before an answer arrives; the worker has given up on it,
+  and plays it listed must not count as exposed (the report would call them lost);
 - an in-flight count: the runner waits for held requests before it moves the simulated clock.
 """
 
@@ -19,12 +20,42 @@ from __future__ import annotations
 import random
 import threading
 import time
+import uuid
 from typing import Any
 
+import requests
 from werkzeug.serving import WSGIRequestHandler
 
 from playvault_local.keepalive import KeepAliveQuiet
 from spotify_emulator.server import EmulatorServer
+
+ANSWER_HEADER = "X-Emulator-Answer"
+_SERVERS: dict[str, LocalSpotify] = {}  # by port: the answer id starts with it
+_SERVERS_LOCK = threading.Lock()
+_installed = False
+
+
+def _confirm_receipts_in_this_process() -> None:
+    """Wrap requests.Session.send once: a response that reached its caller (body read, no timeout)
+    confirms the answer it carries. Responses without the header pass untouched."""
+    global _installed
+    with _SERVERS_LOCK:
+        if _installed:
+            return
+        _installed = True
+    send = requests.Session.send
+
+    def send_and_confirm(session: requests.Session, request: Any, **kwargs: Any) -> Any:
+        response = send(session, request, **kwargs)
+        answer_id = response.headers.get(ANSWER_HEADER)
+        if answer_id:
+            with _SERVERS_LOCK:
+                server = _SERVERS.get(answer_id.split("-", 1)[0])
+            if server is not None:
+                server.confirm_received(answer_id)
+        return response
+
+    requests.Session.send = send_and_confirm  # type: ignore[method-assign]
 
 
 class _Handler(KeepAliveQuiet, WSGIRequestHandler):
@@ -39,8 +70,7 @@ class LocalSpotify(EmulatorServer):
         self.timeout_rate = 0.0
         self.timeout_s = 1.0
         self.timeouts_injected = 0
-        self.client_read_timeout_s = 10.0  # the worker's Spotify read timeout (playvault.spotify)
-        self.late_answers_dropped = 0
+        self._not_received: dict[str, list[Any]] = {}  # answer id -> exposures held until received
         self._rng = random.Random(f"timeouts:{getattr(state, 'seed', 0)}")
         self._rng_lock = threading.Lock()
         self._idle = threading.Condition()
@@ -61,30 +91,50 @@ class LocalSpotify(EmulatorServer):
                                                            ("Content-Length", "2")])
                     return [b"{}"]
             if path.endswith("/player/recently-played"):
-                return self._answer_in_time(environ, start_response)
+                return self._answer_exposed_on_receipt(environ, start_response)
             return list(self.app(environ, start_response))
         finally:
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
 
-    def _answer_in_time(self, environ: dict[str, Any], start_response: Any) -> Any:
-        started = time.monotonic()
+    def start(self) -> LocalSpotify:
+        _confirm_receipts_in_this_process()
+        with _SERVERS_LOCK:
+            _SERVERS[str(self.port)] = self
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        with _SERVERS_LOCK:
+            _SERVERS.pop(str(self.port), None)
+        super().stop()
+
+    @property
+    def answers_not_received(self) -> int:
+        """Recently-played answers sent that no client received (it had given up)."""
+        with self._rng_lock:
+            return len(self._not_received)
+
+    def _answer_exposed_on_receipt(self, environ: dict[str, Any], start_response: Any) -> Any:
         answer: list[Any] = []
         self.state.hold_exposures()
-        delivered = False
         try:
             body = list(self.app(environ, lambda status, headers, exc_info=None: answer.extend((status, headers))))
-            delivered = time.monotonic() - started <= self.client_read_timeout_s / 2
         finally:
-            self.state.release_exposures(delivered)
-        if not delivered:
-            with self._rng_lock:
-                self.late_answers_dropped += 1
-            start_response("504 Gateway Timeout", [("Content-Type", "application/json"), ("Content-Length", "2")])
-            return [b"{}"]
-        start_response(*answer)
+            held = self.state.take_held_exposures()
+        answer_id = f"{self.port}-{uuid.uuid4().hex}"
+        with self._rng_lock:
+            self._not_received[answer_id] = held
+        status, headers = answer
+        start_response(status, [*headers, (ANSWER_HEADER, answer_id)])
         return body
+
+    def confirm_received(self, answer_id: str) -> None:
+        with self._rng_lock:
+            held = self._not_received.pop(answer_id, None)
+        if held:
+            self.state.expose_held(held)
 
     def wait_idle(self, timeout_s: float = 15.0) -> bool:
         """Block until no request is being answered (late answers to timed-out requests included)."""

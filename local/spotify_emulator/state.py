@@ -418,17 +418,19 @@ class EmulatorState:
             ]
 
     def hold_exposures(self) -> None:
-        """Until `release_exposures`, recently-played answers prepared by this thread expose nothing
-        yet: a server that may drop its answer (held past the client's timeout) decides then."""
+        """Until `take_held_exposures`, recently-played answers prepared by this thread expose nothing:
+        a server that knows when its answer was received (playvault_local.spotify) exposes it then."""
         self._held.pending = []
 
-    def release_exposures(self, delivered: bool) -> None:
-        """Expose what this thread's held answers listed if the answer was delivered; else forget it."""
+    def take_held_exposures(self) -> list[tuple[Any, list[int]]]:
+        """What this thread's held answers listed (for `expose_held`), and stop holding."""
         pending, self._held.pending = getattr(self._held, "pending", None) or [], None
-        if delivered:
-            with self._lock:
-                for user, played_ms in pending:
-                    user.exposed.update(played_ms)
+        return pending
+
+    def expose_held(self, held: list[tuple[Any, list[int]]]) -> None:
+        with self._lock:
+            for user, played_ms in held:
+                user.exposed.update(played_ms)
 
     def _expose(self, user: _User, played_ms: list[int]) -> None:
         pending = getattr(self._held, "pending", None)
