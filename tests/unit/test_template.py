@@ -189,7 +189,9 @@ def test_without_detailed_metrics_at_most_10_custom_metrics_and_only_core_ones_a
     assert metrics.CORE_FAILURE_TYPES <= {t.value for t in FailureType}
     refs = rules.dashboard_metrics(template, DETAILED_OFF) + rules.alarm_metrics(template, DETAILED_OFF)
     assert _custom_series(refs) <= core, sorted(_custom_series(refs) - core)
-    assert len(rules.alarms(template, DETAILED_OFF)) <= 10
+    # CloudWatch bills (and the allowance counts) alarm metrics: a metric-math alarm pays for every
+    # metric it reads, so the count is of metrics, not of alarms.
+    assert len(rules.alarm_metrics(template, DETAILED_OFF)) <= 10, rules.alarm_metrics(template, DETAILED_OFF)
 
 
 def test_the_detailed_set_is_what_detailed_metrics_adds(template):
@@ -376,6 +378,20 @@ def test_every_alarm_notifies_the_alarm_topic(template):
     subscription = template["Resources"]["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+
+
+def test_one_account_wide_errors_alarm_and_the_dashboard_names_the_failing_function(template):
+    errors = [ref for ref in rules.alarm_metrics(template) if (ref.namespace, ref.name) == ("AWS/Lambda", "Errors")]
+    assert [(ref.where, ref.dimensions) for ref in errors] == [("FunctionErrorsAlarm", ())]
+    props = template["Resources"]["FunctionErrorsAlarm"]["Properties"]
+    # Any error in a 5-minute period: what each of the per-function alarms it replaces fired on, or sooner.
+    assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 300, 1)
+    assert (props["ComparisonOperator"], props["Threshold"], props["TreatMissingData"]) == (
+        "GreaterThanThreshold", 0, "notBreaching")
+    functions = set(tpl.resources_of_type(template, "AWS::Serverless::Function"))
+    shown = {dict(ref.dimensions).get("FunctionName") for ref in rules.dashboard_metrics(template, DETAILED_OFF)
+             if (ref.namespace, ref.name) == ("AWS/Lambda", "Errors")}
+    assert shown == functions, shown
 
 
 def test_dead_letter_queue_alarm_watches_every_dead_letter_queue(template):
