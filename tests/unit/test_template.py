@@ -495,3 +495,11 @@ def test_account_functions_reach_user_files_only_under_their_prefixes(template):
                 assert "UserFilesBucket" in text, (logical, target)
                 if object_action:
                     assert "/exports/*" in text or "/imports/*" in text, (logical, target)
+
+
+def test_token_key_rotation_is_a_parameter_off_by_default(template):
+    # Each of the first two rotations adds $1 a month to the key's $1 (README.md, Tokens at rest: why off).
+    assert template["Parameters"]["TokenKeyRotation"]["Default"] == "false"
+    rotation = template["Resources"]["TokenKey"]["Properties"]["EnableKeyRotation"]
+    assert rules.resolver(template, {}).value(rotation) is False
+    assert rules.resolver(template, {"TokenKeyRotation": "true"}).value(rotation) is True
