@@ -350,6 +350,18 @@ def test_tables_on_demand_and_user_data_protected(template):
     assert {"UsersTable", "PlaysTable"} <= user_data
 
 
+def test_tables_use_the_free_aws_owned_key_and_the_plays_table_class_is_a_parameter(template):
+    # SSEEnabled true (the AWS managed key) bills KMS requests: README.md, Cost levers in BENCHMARKS.md.
+    tables = tpl.resources_of_type(template, "AWS::DynamoDB::Table")
+    assert [name for name, res in tables.items()
+            if (res["Properties"].get("SSESpecification") or {}).get("SSEEnabled") not in (None, False)] == []
+    assert template["Parameters"]["PlaysTableClass"]["Default"] == "STANDARD"
+    table_class = tables["PlaysTable"]["Properties"]["TableClass"]
+    assert rules.resolver(template, {}).value(table_class) == "STANDARD"
+    ia = "STANDARD_INFREQUENT_ACCESS"
+    assert rules.resolver(template, {"PlaysTableClass": ia}).value(table_class) == ia
+
+
 def test_ephemeral_tables_expire_their_items(template):
     assert rules.ttl_problems(template, ["IdempotencyTable", "StateTable"]) == []
     assert rules.ttl_problems(fragment({"T": {"Type": "AWS::DynamoDB::Table", "Properties": {}}}), ["T"])
@@ -362,8 +374,15 @@ def test_table_checker_catches_bad_fragment(template):
     res["UsersTable"]["DeletionPolicy"] = "Delete"
     del res["UsersTable"]["Properties"]["DeletionProtectionEnabled"]
     res["TracksTable"]["Properties"]["BillingMode"] = "PROVISIONED"
+    del res["AlbumsTable"]["Metadata"]["NoBackup"]
+    res["ExportsTable"]["Metadata"]["NoBackup"] = " "
     problems = rules.table_problems(bad)
     assert "PlaysTable: holds user data without point-in-time recovery" in problems
+    assert "AlbumsTable: no reason (Metadata NoBackup) given without point-in-time recovery" in problems
+    assert "ExportsTable: holds user data without point-in-time recovery" in problems
+    # derived from the plays, whose backup is gone here
+    assert "RollupsTable: holds user data without point-in-time recovery" in problems
+    assert not any(p.startswith(("ArtistsTable", "SessionsTable", "GapsTable")) for p in problems), problems
     assert "UsersTable: holds user data, DeletionPolicy is not Retain" in problems
     assert "UsersTable: holds user data without DeletionProtectionEnabled" in problems
     assert "TracksTable: BillingMode is not PAY_PER_REQUEST (on-demand)" in problems
