@@ -80,10 +80,13 @@ CLOUDFORMATION_WORDS = {"Ref", "GetAtt", "Sub", "Join", "If", "FindInMap", "Depe
 
 
 def _template_names(template: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
-    """(parameters, outputs, other names: resources, sections, Metadata keys, CloudFormation's words)."""
+    """(parameters, outputs, other names: resources, sections, Metadata keys (the template's and its
+    resources'), CloudFormation's words)."""
+    resources = template.get("Resources") or {}
+    resource_metadata = {key for res in resources.values() for key in ((res or {}).get("Metadata") or {})}
     return (set(template.get("Parameters") or {}), set(template.get("Outputs") or {}),
-            set(template.get("Resources") or {}) | TEMPLATE_SECTIONS | CLOUDFORMATION_WORDS
-            | set(template.get("Metadata") or {}))
+            set(resources) | TEMPLATE_SECTIONS | CLOUDFORMATION_WORDS
+            | set(template.get("Metadata") or {}) | resource_metadata)
 
 
 def _samconfig_sections(samconfig: dict[str, Any]) -> dict[str, dict[str, Any]]:

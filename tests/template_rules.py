@@ -380,22 +380,28 @@ def holds_user_data(props: dict[str, Any]) -> bool:
     return any(k.get("AttributeName") == "user_id" for k in _as_list(props.get("KeySchema")))
 
 
+def _pitr(props: dict[str, Any]) -> bool:
+    return (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is True
+
+
 def table_problems(template: dict[str, Any]) -> list[str]:
     problems = []
-    for logical, res in _resources(template, "AWS::DynamoDB::Table").items():
+    tables = _resources(template, "AWS::DynamoDB::Table")
+    for logical, res in tables.items():
         props = res.get("Properties") or {}
         if props.get("BillingMode") != "PAY_PER_REQUEST":
             problems.append(f"{logical}: BillingMode is not PAY_PER_REQUEST (on-demand)")
+        # Point-in-time recovery is billed per GB: a table goes without it only for a stated reason,
+        # Metadata NoBackup (why nothing is lost), or DerivedFrom a recoverable table it is recomputed from.
+        metadata = res.get("Metadata") or {}
+        source = metadata.get("DerivedFrom")
+        derived = source is not None and _pitr((tables.get(source) or {}).get("Properties") or {})
+        reason = str(metadata.get("NoBackup") or "").strip()
+        if not (_pitr(props) or derived or reason):
+            kind = "holds user data" if holds_user_data(props) else "no reason (Metadata NoBackup) given"
+            problems.append(f"{logical}: {kind} without point-in-time recovery")
         if not holds_user_data(props):
             continue
-        # A read model recomputed from another table (Metadata DerivedFrom: that table, itself
-        # recoverable) needs no backup of its own.
-        source = ((res.get("Metadata") or {}).get("DerivedFrom"))
-        source_props = (_resources(template, "AWS::DynamoDB::Table").get(source) or {}).get("Properties") or {}
-        recoverable = (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") or (
-            (source_props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled"))
-        if not recoverable:
-            problems.append(f"{logical}: holds user data without point-in-time recovery")
         for policy in ("DeletionPolicy", "UpdateReplacePolicy"):
             if res.get(policy) != "Retain":
                 problems.append(f"{logical}: holds user data, {policy} is not Retain")

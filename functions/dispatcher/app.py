@@ -1,5 +1,6 @@
 """Dispatcher: the EventBridge schedule -> playvault.dispatch (pick due users, batch, spread, send),
-then playvault.lifecycle once per run (authorization expiry counts and reminders, seat reclaim)."""
+then playvault.lifecycle once per run (authorization expiry counts and reminders, seat reclaim), both
+from one Scan of the users table."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     scheduled = parse(event=event, model=EventBridgeModel)
     logger.info("scheduled dispatch", extra={"event_time": scheduled.time.isoformat(),
                                              "rule": scheduled.resources[:1]})
-    report = dispatch(clock.now(), settings, sqs)
-    # After the dispatch: a lifecycle failure must not keep anyone from being polled this hour.
-    lifecycle_report = lifecycle.run(clock.now(), users.scan_polling_state(),
+    now = clock.now()
+    for_lifecycle: list[users.PollingState] = []
+    report = dispatch(now, settings, sqs, lifecycle.set_aside(now, users.scan_polling_state(), for_lifecycle))
+    # After the dispatch: a lifecycle failure must not keep anyone from being polled this run.
+    lifecycle_report = lifecycle.run(now, for_lifecycle,
                                      out_of_time=lambda: context.get_remaining_time_in_millis() < LIFECYCLE_RESERVE_MS)
     return {**report.to_dict(), "lifecycle": lifecycle_report.to_dict()}

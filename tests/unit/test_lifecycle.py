@@ -289,3 +289,35 @@ def test_the_dispatcher_without_a_sender_sends_nothing_and_still_counts(
     assert answer["notifications"] is False and answer["expiring_soon"] == 1
     assert (answer["reminders_sent"], answer["reminders_failed"]) == ({}, 0)
     assert sent() == [] and users.get("alice").reminders_sent is None
+
+
+@pytest.mark.parametrize("stack_overrides", [{"NotificationSender": SENDER, "MaxUsers": "5"}])
+def test_one_dispatcher_run_scans_the_users_table_once_for_the_dispatch_and_the_lifecycle(
+    auth: Auth, aws_env, load_function, lambda_context, monkeypatch
+) -> None:
+    from pynamodb.connection.base import Connection
+
+    auth.sign_in("alice")  # authorization ends at day 182: the 14-day reminder is due at day 170
+    auth.sign_in("bob")
+    users.mark_needs_reauth(users.get("bob"), at(100))  # signed out for 70 days at day 170: lapses
+    clock.set_clock(lambda: at(100))
+    auth.sign_in("carol")  # ends at day 282: nothing for the lifecycle at day 170
+    clock.set_clock(lambda: at(170))
+    requests: list[tuple[str, str]] = []
+    make_api_call = Connection._make_api_call
+
+    def counted(self: Connection, operation_name: str, operation_kwargs: dict) -> dict:
+        requests.append((operation_name, operation_kwargs.get("TableName", "")))
+        return make_api_call(self, operation_name, operation_kwargs)
+
+    monkeypatch.setattr(Connection, "_make_api_call", counted)
+    dispatcher = load_function("DispatcherFunction")
+    answer = dispatcher(scheduled_event(at(170)), lambda_context("DispatcherFunction"))
+
+    assert [request for request in requests if request[0] == "Scan"] == [("Scan", aws_env.env["USERS_TABLE"])]
+    assert (answer["considered"], answer["dispatched"], answer["needs_reauth"]) == (3, 2, 1)
+    lifecycle_report = answer["lifecycle"]
+    assert (lifecycle_report["expiring_soon"], lifecycle_report["lapsed"]) == (1, 1)
+    assert lifecycle_report["reminders_sent"] == {REMIND_14_DAYS: 1}
+    assert [message.destinations["ToAddresses"] for message in sent()] == [["alice@example.com"]]
+    assert users.get("bob").status == users.LAPSED and users.get("carol").reminders_sent is None

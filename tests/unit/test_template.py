@@ -189,7 +189,9 @@ def test_without_detailed_metrics_at_most_10_custom_metrics_and_only_core_ones_a
     assert metrics.CORE_FAILURE_TYPES <= {t.value for t in FailureType}
     refs = rules.dashboard_metrics(template, DETAILED_OFF) + rules.alarm_metrics(template, DETAILED_OFF)
     assert _custom_series(refs) <= core, sorted(_custom_series(refs) - core)
-    assert len(rules.alarms(template, DETAILED_OFF)) <= 10
+    # CloudWatch bills (and the allowance counts) alarm metrics: a metric-math alarm pays for every
+    # metric it reads, so the count is of metrics, not of alarms.
+    assert len(rules.alarm_metrics(template, DETAILED_OFF)) <= 10, rules.alarm_metrics(template, DETAILED_OFF)
 
 
 def test_the_detailed_set_is_what_detailed_metrics_adds(template):
@@ -348,6 +350,18 @@ def test_tables_on_demand_and_user_data_protected(template):
     assert {"UsersTable", "PlaysTable"} <= user_data
 
 
+def test_tables_use_the_free_aws_owned_key_and_the_plays_table_class_is_a_parameter(template):
+    # SSEEnabled true (the AWS managed key) bills KMS requests: README.md, Cost levers in BENCHMARKS.md.
+    tables = tpl.resources_of_type(template, "AWS::DynamoDB::Table")
+    assert [name for name, res in tables.items()
+            if (res["Properties"].get("SSESpecification") or {}).get("SSEEnabled") not in (None, False)] == []
+    assert template["Parameters"]["PlaysTableClass"]["Default"] == "STANDARD"
+    table_class = tables["PlaysTable"]["Properties"]["TableClass"]
+    assert rules.resolver(template, {}).value(table_class) == "STANDARD"
+    ia = "STANDARD_INFREQUENT_ACCESS"
+    assert rules.resolver(template, {"PlaysTableClass": ia}).value(table_class) == ia
+
+
 def test_ephemeral_tables_expire_their_items(template):
     assert rules.ttl_problems(template, ["IdempotencyTable", "StateTable"]) == []
     assert rules.ttl_problems(fragment({"T": {"Type": "AWS::DynamoDB::Table", "Properties": {}}}), ["T"])
@@ -360,8 +374,15 @@ def test_table_checker_catches_bad_fragment(template):
     res["UsersTable"]["DeletionPolicy"] = "Delete"
     del res["UsersTable"]["Properties"]["DeletionProtectionEnabled"]
     res["TracksTable"]["Properties"]["BillingMode"] = "PROVISIONED"
+    del res["AlbumsTable"]["Metadata"]["NoBackup"]
+    res["ExportsTable"]["Metadata"]["NoBackup"] = " "
     problems = rules.table_problems(bad)
     assert "PlaysTable: holds user data without point-in-time recovery" in problems
+    assert "AlbumsTable: no reason (Metadata NoBackup) given without point-in-time recovery" in problems
+    assert "ExportsTable: holds user data without point-in-time recovery" in problems
+    # derived from the plays, whose backup is gone here
+    assert "RollupsTable: holds user data without point-in-time recovery" in problems
+    assert not any(p.startswith(("ArtistsTable", "SessionsTable", "GapsTable")) for p in problems), problems
     assert "UsersTable: holds user data, DeletionPolicy is not Retain" in problems
     assert "UsersTable: holds user data without DeletionProtectionEnabled" in problems
     assert "TracksTable: BillingMode is not PAY_PER_REQUEST (on-demand)" in problems
@@ -376,6 +397,20 @@ def test_every_alarm_notifies_the_alarm_topic(template):
     subscription = template["Resources"]["AlarmEmailSubscription"]
     assert subscription["Condition"] == "HasAlarmEmail"
     assert subscription["Properties"]["TopicArn"] == {"Ref": "AlarmTopic"}
+
+
+def test_one_account_wide_errors_alarm_and_the_dashboard_names_the_failing_function(template):
+    errors = [ref for ref in rules.alarm_metrics(template) if (ref.namespace, ref.name) == ("AWS/Lambda", "Errors")]
+    assert [(ref.where, ref.dimensions) for ref in errors] == [("FunctionErrorsAlarm", ())]
+    props = template["Resources"]["FunctionErrorsAlarm"]["Properties"]
+    # Any error in a 5-minute period: what each of the per-function alarms it replaces fired on, or sooner.
+    assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 300, 1)
+    assert (props["ComparisonOperator"], props["Threshold"], props["TreatMissingData"]) == (
+        "GreaterThanThreshold", 0, "notBreaching")
+    functions = set(tpl.resources_of_type(template, "AWS::Serverless::Function"))
+    shown = {dict(ref.dimensions).get("FunctionName") for ref in rules.dashboard_metrics(template, DETAILED_OFF)
+             if (ref.namespace, ref.name) == ("AWS/Lambda", "Errors")}
+    assert shown == functions, shown
 
 
 def test_dead_letter_queue_alarm_watches_every_dead_letter_queue(template):
@@ -479,3 +514,11 @@ def test_account_functions_reach_user_files_only_under_their_prefixes(template):
                 assert "UserFilesBucket" in text, (logical, target)
                 if object_action:
                     assert "/exports/*" in text or "/imports/*" in text, (logical, target)
+
+
+def test_token_key_rotation_is_a_parameter_off_by_default(template):
+    # Each of the first two rotations adds $1 a month to the key's $1 (README.md, Tokens at rest: why off).
+    assert template["Parameters"]["TokenKeyRotation"]["Default"] == "false"
+    rotation = template["Resources"]["TokenKey"]["Properties"]["EnableKeyRotation"]
+    assert rules.resolver(template, {}).value(rotation) is False
+    assert rules.resolver(template, {"TokenKeyRotation": "true"}).value(rotation) is True

@@ -23,8 +23,10 @@ Spreading past SQS's 15-minute DelaySeconds cap: each message carries `not_befor
 + its offset and is sent with DelaySeconds = min(offset, 900); a worker receiving it early sends it
 back with the rest of the delay. Periods over 15 minutes therefore still poll everyone on time.
 
-Scale: the users table is scanned with a 4-attribute projection, page by page; only the due users'
-ids and offsets are kept (about 100 bytes a user). Messages are built and sent 10 at a time.
+Scale: the users table is scanned with a projection, page by page, once per run (the dispatcher
+passes the same Scan through `Lifecycle.set_aside`: a second Scan would bill every user item's read
+units again); only the due users' ids and offsets are kept (about 100 bytes a user). Messages are
+built and sent 10 at a time.
 
 Redelivery safety: if sending fails half-way the invocation fails and EventBridge retries it;
 users already sent are sent again, and the worker's run stamp on each user makes the second poll a
@@ -33,7 +35,7 @@ no-op.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
@@ -77,13 +79,14 @@ def offsets(batches: int, window_s: int) -> Iterator[int]:
         yield index * window_s // batches
 
 
-def _due_users(now: datetime, period_s: int, report: DispatchReport) -> tuple[list[tuple[int, str]], list[str]]:
+def _due_users(now: datetime, period_s: int, report: DispatchReport,
+               states: Iterable[users.PollingState]) -> tuple[list[tuple[int, str]], list[str]]:
     """(timed, overdue): (offset, user id) of the users due later in the period, in order of offset,
     and the ids of those already due."""
     horizon = now.timestamp() + period_s
     timed: list[tuple[int, str]] = []
     overdue: list[str] = []
-    for user in users.scan_polling_state():
+    for user in states:
         report.considered += 1
         if user.status != users.ACTIVE:
             if user.status == users.NEEDS_REAUTH:
@@ -116,8 +119,11 @@ def plan_batches(timed: list[tuple[int, str]], overdue: list[str], size: int,
     return sorted(plan, key=lambda entry: entry[0])
 
 
-def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> DispatchReport:
-    """Send every due user to the work queue, batched and spread over the period."""
+def dispatch(now: datetime, settings: DispatcherSettings, sqs_client,
+             states: Iterable[users.PollingState] | None = None) -> DispatchReport:
+    """Send every due user to the work queue, batched and spread over the period. `states`: every
+    user's polling state (default: a Scan of the users table), read to the end even when the gate is
+    closed."""
     period_s = settings.dispatch_period_minutes * 60
     report = DispatchReport(
         dispatched_at=now.astimezone(UTC).isoformat(),
@@ -125,7 +131,8 @@ def dispatch(now: datetime, settings: DispatcherSettings, sqs_client) -> Dispatc
         period_seconds=period_s,
         batch_size=settings.batch_size,
     )
-    timed, overdue = _due_users(now, period_s, report)
+    timed, overdue = _due_users(now, period_s, report,
+                                users.scan_polling_state() if states is None else states)
     gate = state.rate_limited_until(now)
     if gate is not None:
         report.gate_closed_until = gate.isoformat()

@@ -4,7 +4,8 @@ seats given back by users who stay signed out.
 Facts it works from: a refresh token dies `AuthorizationLifetimeDays` (182) after the sign-in,
 whatever the refreshes (then `invalid_grant`, and only a new sign-in helps). Each sign-in and
 reconnect records `authorized_at` and `authorization_expires_at` on the user; the dispatcher calls
-`Lifecycle.run` once per run with every user's polling state, which:
+`Lifecycle.run` once per run with the polling states `set_aside` kept from the dispatch's own Scan
+(the users `concerns` names: every other user is one the run would skip), which:
 
 - counts the users whose authorization ends within 14 days (`AuthorizationsExpiringSoon`) and
   those whose authorization has ended and who still hold a seat (`AuthorizationsExpired`);
@@ -26,7 +27,7 @@ tokens (purpose EMAIL in the associated data) and is opened here only to send.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -142,6 +143,24 @@ class Lifecycle:
         if state.authorization_expires_at is not None:
             return state.authorization_expires_at
         return state.authorized_at + self.lifetime if state.authorized_at is not None else None
+
+    def concerns(self, state: users.PollingState, now: datetime) -> bool:
+        """Whether `run` acts on or counts this user at `now`: needs_reauth (the reclaim clock), or
+        active with the authorization ending within 14 days or ended."""
+        if state.status == users.NEEDS_REAUTH:
+            return True
+        expires_at = self.expires_at(state) if state.status == users.ACTIVE else None
+        return expires_at is not None and reminder_stage(expires_at, now) is not None
+
+    def set_aside(self, now: datetime, states: Iterable[users.PollingState],
+                  into: list[users.PollingState]) -> Iterator[users.PollingState]:
+        """Pass `states` through (to the dispatch), appending to `into` those `run` concerns at `now`:
+        one Scan of the users table serves both, and only the few users near expiry or signed out
+        are kept in memory."""
+        for state in states:
+            if self.concerns(state, now):
+                into.append(state)
+            yield state
 
     def run(self, now: datetime, states: Iterable[users.PollingState],
             out_of_time: Callable[[], bool] = lambda: False) -> LifecycleReport:
