@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import socket
 import subprocess
@@ -138,7 +139,15 @@ def stack_overrides() -> dict[str, str]:
 
 
 @pytest.fixture
-def aws_env(emulator: Any, stack_overrides: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[prov.Stack]:
+def lambda_invocations() -> list[tuple[str, str, Any]]:
+    """The Lambda Invokes the functions made under aws_env, as (function name, invocation type,
+    event): moto runs no function, so a test delivers them (e.g. to the importer) itself."""
+    return []
+
+
+@pytest.fixture
+def aws_env(emulator: Any, stack_overrides: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+            lambda_invocations: list[tuple[str, str, Any]]) -> Iterator[prov.Stack]:
     """moto's mock_aws with every resource of template.yaml provisioned and the functions' env set."""
     from moto import mock_aws
 
@@ -151,20 +160,27 @@ def aws_env(emulator: Any, stack_overrides: dict[str, str], monkeypatch: pytest.
             monkeypatch.setenv(key, value)
         store.bind(TableSettings.from_env())
         _clear_powertools_caches()
-        with iam_checked(stack):
+        with iam_checked(stack, lambda_invocations):
             yield stack
 
 
 @contextmanager
-def iam_checked(stack: prov.Stack) -> Iterator[Any]:
+def iam_checked(stack: prov.Stack, invocations: list[tuple[str, str, Any]] | None = None) -> Iterator[Any]:
     """Every AWS call a function (a handler from load_handler) makes is checked against the role the
     translated template gives it (playvault_local.iam): a call the role would refuse raises
-    AccessDenied, as on AWS, and fails the test here, naming the function, action and resource."""
+    AccessDenied, as on AWS, and fails the test here, naming the function, action and resource.
+    Lambda Invokes (after their check) are appended to `invocations` and answered 202."""
     from playvault_local.iam import IamCheck
     from playvault_local.telemetry import AwsCallHooks
 
+    def invoke(name: str, invocation_type: str, payload: bytes) -> int:
+        if invocations is None:
+            raise AssertionError(f"a Lambda Invoke of {name} where the test collects none")
+        invocations.append((name, invocation_type, json.loads(payload)))
+        return 202
+
     check = IamCheck.for_stack(stack)
-    hooks = AwsCallHooks(iam=check)
+    hooks = AwsCallHooks(iam=check, invoke=invoke)
     hooks.install()
     try:
         yield check

@@ -1,5 +1,6 @@
-"""The functions' event sources, as AWS runs them: SQS event source mappings (SqsEventSource) and
-EventBridge rules on S3 "Object Created" events (S3EventRule).
+"""The functions' event sources, as AWS runs them: SQS event source mappings (SqsEventSource),
+EventBridge rules on S3 "Object Created" events (S3EventRule) and asynchronous invocations of one
+function by another (AsyncInvocations).
 
 SQS, as Lambda's event source mapping runs it.
 
@@ -14,6 +15,7 @@ Receive up to the mapping's BatchSize, invoke the function with a real SQS event
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -280,3 +282,90 @@ def _field_matches(rule: Any, value: Any, present: bool) -> bool:
         elif present and condition in values:
             return True
     return False
+
+
+@dataclass
+class Invocation:
+    function: str  # logical id
+    event: dict[str, Any]
+    due: float  # simulated epoch seconds
+    attempts: int = 0
+
+
+class AsyncInvocations:
+    """Lambda's asynchronous invocations (InvocationType=Event) that the functions make, as Lambda
+    runs them: accepted at once (202) into the function's event queue, run later (`poll_once`, one at
+    a time like everything here), a function error retried twice, a minute and then two minutes
+    later, then the invocation record sent to the function's on-failure destination
+    (EventInvokeConfig; dropped without one). moto cannot run a function: the telemetry hook hands
+    every Invoke here (AwsCallHooks.invoke). Functions are named as Lambda names them: the template's
+    FunctionName (the physical name) or their ARN.
+    """
+
+    def __init__(self, system: LocalSystem):
+        assert system.stack is not None
+        self.system = system
+        self.names: dict[str, str] = {}
+        for logical in system.stack.functions:
+            ids = system.stack.physical[logical]
+            self.names[ids["Ref"]] = self.names[ids["Arn"]] = logical
+        self.pending: list[Invocation] = []
+        self.stats = EventSourceStats()
+        self.failures: list[str] = []  # "<function>: <error>" per failed invocation
+        self.dead_lettered: list[dict[str, Any]] = []  # the events whose record went to a destination
+        self._lock = threading.Lock()
+
+    def accept(self, name: str, invocation_type: str, payload: bytes) -> int:
+        """The hook's side: queue the event; 202 as Lambda answers an accepted asynchronous event."""
+        from botocore.exceptions import ClientError
+
+        logical = self.names.get(name) or self.names.get(name.split(":$LATEST")[0])
+        if logical is None:
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": f"Function not found: {name}"},
+                               "ResponseMetadata": {"HTTPStatusCode": 404}}, "Invoke")
+        if invocation_type != "Event":
+            raise RuntimeError(f"Invoke of {logical} as {invocation_type}: the local run emulates asynchronous "
+                               "invocations (InvocationType=Event) only")
+        event = json.loads(payload or b"{}")
+        with self._lock:
+            self.pending.append(Invocation(logical, event, self.system.now().timestamp()))
+        return 202
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return min((i.due for i in self.pending), default=None)
+
+    def poll_once(self) -> int:
+        """Run every invocation due now (and the ones they queue that are due too); returns how many ran."""
+        ran = 0
+        while True:
+            now = self.system.now().timestamp()
+            with self._lock:
+                due = [i for i in self.pending if i.due <= now]
+                if not due:
+                    return ran
+                invocation = min(due, key=lambda i: i.due)
+                self.pending.remove(invocation)
+            ran += 1
+            self._run(invocation, now)
+
+    def _run(self, invocation: Invocation, now: float) -> None:
+        invocation.attempts += 1
+        self.stats.invocations += 1
+        try:
+            self.system.handlers[invocation.function](invocation.event, self.system.context(invocation.function))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a function error: Lambda retries the async event
+            self.stats.function_errors[type(exc).__name__] += 1
+            self.failures.append(f"{invocation.function}: {type(exc).__name__}: {exc}")
+            if invocation.attempts <= len(ASYNC_RETRY_DELAYS_S):
+                invocation.due = now + ASYNC_RETRY_DELAYS_S[invocation.attempts - 1]
+                with self._lock:
+                    self.pending.append(invocation)
+                return
+            target = self.system.on_failure_target(invocation.function)
+            if target is not None:
+                record = on_failure_record(invocation.event, exc, invocation.attempts, invocation.function)
+                self.system.sqs.send_message(QueueUrl=target, MessageBody=json.dumps(record))
+                self.dead_lettered.append(invocation.event)

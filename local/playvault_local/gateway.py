@@ -7,9 +7,10 @@ greedy {proxy+}; a route's method must match (ANY matches every method). Request
 answer 404 {"message": "Not Found"}, as HttpApi does. The RedirectUri parameter is this
 gateway's /auth/callback. In the background the schedule ticks the dispatcher (its Schedule event,
 or --dispatch-every; serve sets DispatchPeriodMinutes and the poll cadence to 2 minutes, and a
-sign-in dispatches at once), the SQS event sources feed the worker, the jobs function and the
-importer, and an upload to the user-files bucket starts the importer (the template's EventBridge
-rule on S3, eventsource.S3EventRule), on the real clock. One function runs at a time (the functions share the Powertools
+sign-in dispatches at once), the SQS event sources feed the worker and the jobs function (which
+hands import continuations to the importer: asynchronous invocations, run in-process), and an
+upload to the user-files bucket starts the importer (the template's EventBridge rule on S3,
+eventsource.S3EventRule), on the real clock. One function runs at a time (the functions share the Powertools
 metrics buffer of this one process).
 
 Listening: with the built-in emulator, every user who signs up in the browser listens steadily on
@@ -39,7 +40,7 @@ from werkzeug.wrappers import Request, Response
 from playvault_local import provision as prov
 from playvault_local import template as tpl
 from playvault_local.events import http_api_event, http_response, scheduled_event
-from playvault_local.eventsource import S3EventRule, SqsEventSource
+from playvault_local.eventsource import AsyncInvocations, S3EventRule, SqsEventSource
 from playvault_local.simclock import RealClock
 from playvault_local.system import LocalSystem, StartupError, SystemConfig
 
@@ -203,9 +204,10 @@ def serve(config: ServeConfig, ready: threading.Event | None = None, stop: threa
             system.iam.on_denial = lambda denial: print(f"playvault_local: IAM denied: {denial}", file=sys.stderr)
         threads.append(threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
                                         name="gateway", daemon=True))
-        sources: list[SqsEventSource | S3EventRule] = [SqsEventSource(system, spec=spec)
+        sources: list[SqsEventSource | S3EventRule | AsyncInvocations] = [SqsEventSource(system, spec=spec)
                                                        for spec in system.event_sources]
         sources += [S3EventRule(system, spec) for spec in system.s3_rules]  # uploads start the importer
+        sources.append(system.invocations)  # the jobs function hands import continuations to the importer
         every = config.dispatch_every_s or system.schedule_seconds()
         threads.append(threading.Thread(target=_poll, args=(system, sources, lock, stop, config.poll_seconds),
                                         name="sqs-event-sources", daemon=True))
@@ -266,8 +268,8 @@ def _started(system: LocalSystem) -> LocalSystem:
     return system
 
 
-def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule], lock: threading.Lock, stop: threading.Event,
-          every: float) -> None:
+def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule | AsyncInvocations],
+          lock: threading.Lock, stop: threading.Event, every: float) -> None:
     while not stop.is_set():
         got = 0
         for source in sources:
@@ -278,7 +280,10 @@ def _poll(system: LocalSystem, sources: list[SqsEventSource | S3EventRule], lock
             except Exception as exc:  # noqa: BLE001 - keep polling; say why
                 print(f"playvault_local: event source poll failed: {exc}", file=sys.stderr)
             for failure in getattr(source, "failures", [])[failed_before:]:  # the importer raised
-                print(f"playvault_local: {source.spec.function} failed on {failure}", file=sys.stderr)
+                if isinstance(source, AsyncInvocations):  # "<function>: <error>"
+                    print(f"playvault_local: asynchronous invocation failed: {failure}", file=sys.stderr)
+                else:
+                    print(f"playvault_local: {source.spec.function} failed on {failure}", file=sys.stderr)
         if not got:
             stop.wait(every)
 

@@ -379,6 +379,12 @@ class Locator:
                 return self.kms_keys[embedded]
         return "*"
 
+    def function(self, name: str) -> str:
+        """A Lambda FunctionName (name, partial or full ARN, with or without a qualifier) -> its ARN."""
+        if name.startswith("arn:"):
+            return name
+        return f"arn:aws:lambda:{self.region}:{self.account}:function:{name}"
+
     def parameter(self, name: str) -> str:
         if name.startswith("arn:"):
             return name
@@ -412,6 +418,8 @@ def requests_for(service: str, operation: str, params: dict[str, Any], where: Lo
         if "Name" in params:
             return [Request(f"ssm:{operation}", where.parameter(params["Name"]))]
         return [Request(f"ssm:{operation}", "*")]
+    if service == "lambda" and operation == "Invoke":
+        return [Request("lambda:InvokeFunction", where.function(str(params.get("FunctionName", ""))))]
     if service == "ses" and operation in ("SendEmail", "SendRawEmail", "SendTemplatedEmail"):
         source = str(params.get("Source") or params.get("FromEmailAddress") or "")
         found = _EMAIL.search(source)

@@ -16,7 +16,9 @@ quick "Account data" format instead (minute precision, names only), one user add
 The upload goes the way a browser's does: playvault.imports.presigned_upload, then a multipart POST
 to the S3 emulator. moto emits no S3 events, so the template's EventBridge rule is played by
 eventsource.S3EventRule (the new object, the "Object Created" event a real bucket sends, the rule's
-pattern), and the importer's continuation queue is drained like an event source mapping. Expected
+pattern), and the importer's continuations are delivered as on AWS: the jobs queue drained like its
+event source mapping, the jobs function's asynchronous invocations of the importer run in-process
+(eventsource.AsyncInvocations).
 The accounting (section()) is computed from the emulator's truth and the table, independently of the
 importer and of the rule of identity: every qualifying stream (a play polling saw, a kept export row;
 one stream however many exports or planes report it) must be in the table exactly once, and every
@@ -38,8 +40,7 @@ import boto3
 import requests
 from botocore.config import Config
 
-from playvault_local.events import sqs_event
-from playvault_local.eventsource import S3EventRule
+from playvault_local.eventsource import S3EventRule, SqsEventSource
 from spotify_emulator.state import UNREADABLE_KINDS
 
 HISTORY_YEARS = 2
@@ -218,7 +219,7 @@ class Imports:
         if self._browser is None:
             system = self.sim.system
             if system.import_function is None or system.import_source is None:
-                raise RuntimeError("template: no importer (EventBridge rule on S3 + its SQS queue)")
+                raise RuntimeError("template: no importer (EventBridge rule on S3 + the queue of its continuations)")
             # Signed as the account function signs its forms (SigV4); the local S3 checks the policy.
             s3 = boto3.session.Session().client("s3", endpoint_url=system.aws.url,
                                                 config=Config(signature_version="s3v4"))
@@ -434,27 +435,20 @@ def _ms_text(ms: int) -> str:
 
 
 def _drain(sim: Any) -> int:
-    """Deliver the importer's continuation messages like its event source (BatchSize from the
-    template), jumping the simulated clock to the next delayed one."""
+    """Deliver the importer's continuations as AWS would: the jobs queue like its event source (the
+    template's BatchSize), the importer invocations the jobs function makes, jumping the simulated
+    clock to the next delayed message or retry. Returns the importer invocations that continued a job."""
     system = sim.system
-    source = system.import_source
-    url, arn, name = (system.queue_url(source.queue_logical_id), system.queue_arn(source.queue_logical_id),
-                      system.queue_name(source.queue_logical_id))
-    delivered = 0
+    source = SqsEventSource(system, spec=system.import_source)
+    invocations = system.invocations
+    handed_over = invocations.stats.invocations
     for _ in range(MAX_QUEUE_ROUNDS):
-        got = system.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=source.batch_size,
-                                         AttributeNames=["All"], WaitTimeSeconds=0).get("Messages") or []
-        if not got:
-            state = system.aws.queue_state(name)
-            if not state["messages"] or state["next_visible_at"] is None:
-                return delivered
-            sim._advance(datetime.fromtimestamp(max(state["next_visible_at"] + 0.001,
-                                                    sim.clock().timestamp() + 0.001), UTC))
+        if source.poll_once() or invocations.poll_once():
             continue
-        answer = system.invoke(source.function, sqs_event(got, arn)) or {}
-        failed = {f["itemIdentifier"] for f in answer.get("batchItemFailures", [])}
-        for message in got:
-            delivered += 1
-            if message["MessageId"] not in failed:
-                system.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-    raise RuntimeError("the import queue does not drain")
+        state = system.aws.queue_state(source.queue_name)
+        due = [t for t in (state["next_visible_at"] if state["messages"] else None, invocations.next_due())
+               if t is not None]
+        if not due:
+            return invocations.stats.invocations - handed_over
+        sim._advance(datetime.fromtimestamp(max(min(due) + 0.001, sim.clock().timestamp() + 0.001), UTC))
+    raise RuntimeError("the importer's continuations do not drain")

@@ -144,6 +144,12 @@ def provision(
         props = resolver.value(queues[logical].get("Properties") or {})
         physical[logical] = _create_queue(sqs, f"{prefix}-{logical}", props)
 
+    # Functions run in-process; their name and ARN are what Lambda would give them (the jobs function
+    # invokes the importer by name, and its role names the importer's ARN).
+    for logical, res in tpl.resources_of_type(template, "AWS::Serverless::Function").items():
+        name = str(resolver.value((res.get("Properties") or {}).get("FunctionName") or f"{prefix}-{logical}"))
+        physical[logical] = {"Ref": name, "Arn": f"arn:aws:lambda:{region}:{LOCAL_ACCOUNT}:function:{name}"}
+
     for logical in resources:  # placeholders for what has no local counterpart
         physical.setdefault(logical, {"Ref": f"{prefix}-{logical}",
                                       "Arn": f"arn:aws:local:{region}:{LOCAL_ACCOUNT}:{logical}"})

@@ -9,6 +9,8 @@ what it had done before raising):
   functions' modules imported from their CodeUri (their cold start).
 Functions are found by their event sources in the template: a Schedule event (the dispatcher), an
 SQS event (the worker, with the mapping's BatchSize), HttpApi events (routes of the local gateway).
+A Lambda Invoke a function makes is queued in-process (`invocations`, eventsource.AsyncInvocations):
+moto never runs a function.
 """
 
 from __future__ import annotations
@@ -112,9 +114,11 @@ class LocalSystem:
         self.event_source: EventSourceSpec | None = None  # the worker's (the first SQS event source)
         self.event_sources: list[EventSourceSpec] = []  # every SQS event source (the jobs function's too)
         self.routes: list[Route] = []
-        # The importer: started by S3 "Object Created" (EventBridge rule), continued from its own queue.
+        # The importer: started by S3 "Object Created" (EventBridge rule); its continuations travel on a
+        # queue it sends to (the jobs queue), whose function invokes it when they are due.
         self.import_function: str | None = None
-        self.import_source: EventSourceSpec | None = None
+        self.import_source: EventSourceSpec | None = None  # the event source of the importer's continuations
+        self.invocations: Any = None  # eventsource.AsyncInvocations, set at start
         self.s3_rules: list[S3RuleSpec] = []  # EventBridge rules on S3 events (the importer's "Uploaded")
 
     # ------------------------------------------------------------------ start / stop
@@ -190,6 +194,10 @@ class LocalSystem:
         except (tpl.TemplateError, IamError) as exc:
             raise StartupError(f"template: the functions' roles: {exc}") from None
         self.hooks.iam = self.iam
+        from playvault_local.eventsource import AsyncInvocations
+
+        self.invocations = AsyncInvocations(self)
+        self.hooks.invoke = self.invocations.accept
         self.hooks.install()
         self._undo.append(self.hooks.uninstall)
         boto3.setup_default_session()  # fresh default session: the functions' clients see the env above
@@ -236,10 +244,14 @@ class LocalSystem:
                     self.routes.append(Route(str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/")),
                                              logical_id))
         self.event_sources = list(sqs_sources)  # every SQS event source (the jobs function's too)
+        resources = template.get("Resources") or {}
+        importer_env = ((resources.get(self.import_function or "", {}).get("Properties") or {}).get("Environment")
+                        or {}).get("Variables") or {}
+        importer_refs = {v["Ref"] for v in importer_env.values() if isinstance(v, dict) and "Ref" in v}
         for source in sqs_sources:
-            if source.function == self.import_function:
+            if source.queue_logical_id in importer_refs:  # the queue the importer continues itself through
                 self.import_source = source
-            elif self.event_source is None:  # the worker's: the first in the template
+            if self.event_source is None:  # the worker's: the first in the template
                 self.event_source = source
         if self.schedule_function is None or self.event_source is None:
             raise StartupError("template: no Schedule-triggered function or no SQS-triggered function")
@@ -334,6 +346,18 @@ class LocalSystem:
 
     def invoke(self, logical_id: str, event: dict[str, Any]) -> Any:
         return self.handlers[logical_id](event, self.context(logical_id))
+
+    def on_failure_target(self, logical_id: str) -> str | None:
+        """The URL of the queue where Lambda sends the record of an asynchronous invocation of this
+        function whose retries all failed (EventInvokeConfig's OnFailure destination), None without one."""
+        assert self.stack is not None
+        props = self.stack.template["Resources"][logical_id].get("Properties") or {}
+        destination = (((props.get("EventInvokeConfig") or {}).get("DestinationConfig") or {}).get("OnFailure")
+                       or {}).get("Destination")
+        if destination is None:
+            return None
+        arn = str(self.stack.resolver.value(destination))
+        return str(self.sqs.get_queue_url(QueueName=arn.rsplit(":", 1)[-1])["QueueUrl"])
 
     def queue_url(self, logical_id: str) -> str:
         assert self.stack is not None

@@ -7,6 +7,8 @@
   default session, Powertools' own sessions, pynamodb's per-thread sessions): it counts DynamoDB
   and SSM calls, can inject faults (DynamoDB and SSM throttling) before a call is sent, and hands
   every call (and every presigned URL or POST) to the local IAM check (playvault_local.iam) when one is set.
+  A Lambda Invoke never reaches the emulator (moto cannot run the functions): it goes to `invoke`
+  (the local system's asynchronous invocations, eventsource.AsyncInvocations).
 """
 
 from __future__ import annotations
@@ -195,6 +197,9 @@ class AwsCallHooks:
     on_fault: Callable[[str], None] | None = None
     enabled: bool = False  # throttling only while the simulated hours run
     iam: Any = None  # playvault_local.iam.IamCheck: every call checked against its function's role
+    # Where a Lambda Invoke goes: (function name, invocation type, payload) -> the HTTP status Lambda
+    # answers (202 for an accepted asynchronous event). None: an Invoke is an error (nothing runs it).
+    invoke: Callable[[str, str, bytes], int] | None = None
     calls: Counter[str] = field(default_factory=Counter)
     throttled: Counter[str] = field(default_factory=Counter)
     retried_throttles: int = 0
@@ -223,6 +228,8 @@ class AwsCallHooks:
                 client.meta.events.register("before-send.dynamodb", hooks.before_send)
             elif service_name == "ssm":
                 client.meta.events.register("before-call.ssm", hooks.before_call_ssm)
+            elif service_name == "lambda":
+                client.meta.events.register("before-call.lambda", hooks.before_call_lambda)
             # The API parameters (before serialization) of every call and every presigned URL.
             client.meta.events.register("before-parameter-build", hooks.before_parameter_build)
             if service_name == "s3":
@@ -294,6 +301,26 @@ class AwsCallHooks:
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
                                "ResponseMetadata": {"HTTPStatusCode": 400}}, operation)
 
+    def before_call_lambda(self, model: Any, params: Any, **kwargs: Any) -> Any:
+        """Answer a Lambda Invoke here, after the IAM check (before-parameter-build), without sending it."""
+        from urllib.parse import unquote
+
+        from botocore.awsrequest import AWSResponse
+
+        if model.name != "Invoke":
+            raise RuntimeError(f"lambda {model.name}: the local run emulates only Invoke")
+        if self.invoke is None:
+            raise RuntimeError("a Lambda Invoke with nothing local to run it (no LocalSystem's asynchronous "
+                               "invocations, or a test that does not collect them)")
+        name = unquote(str(params["url_path"]).split("/functions/", 1)[1].split("/", 1)[0])
+        headers = params.get("headers") or {}
+        kind = headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        body = params.get("body") or b""
+        status = self.invoke(name, kind, body.encode() if isinstance(body, str) else bytes(body))
+        response = AWSResponse(f"local://lambda/{name}", status, {}, _RawBody(b""))
+        return response, {"StatusCode": status, "Payload": _streaming_body(b""),
+                          "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": {}}}
+
     def before_send(self, request: Any, **kwargs: Any) -> Any:
         if not self.enabled or self.retried_throttle_rate <= 0:
             return None
@@ -324,6 +351,14 @@ def _check_presigned_posts(client: Any, hooks: AwsCallHooks) -> None:
         return sign(Bucket, Key, *args, **kwargs)
 
     client.generate_presigned_post = generate_presigned_post
+
+
+def _streaming_body(data: bytes) -> Any:
+    import io
+
+    from botocore.response import StreamingBody
+
+    return StreamingBody(io.BytesIO(data), len(data))
 
 
 class _RawBody:

@@ -106,7 +106,7 @@ def test_every_emulated_play_is_archived_exactly_once(stack, emulator):
     sqs = boto3.client("sqs")
     queue_url = stack.queue_url("WorkQueue")
     queue_arn = stack.physical["WorkQueue"]["Arn"]
-    dlq_url = stack.queue_url("WorkDeadLetterQueue")
+    dlq_url = stack.queue_url("DeadLetterQueue")
 
     dispatcher = load_handler(stack.functions["DispatcherFunction"], stack.layer_paths)
     worker = load_handler(stack.functions["WorkerFunction"], stack.layer_paths)

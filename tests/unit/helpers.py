@@ -168,3 +168,60 @@ def upload_export(s3: Any, bucket: str, user_id: str, now: datetime, body: bytes
     put = s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"file-name": file_name})
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
     return key, s3_object_created_event(bucket, key, size, put["ETag"], now)
+
+
+class ImportContinuations:
+    """An import's continuations delivered as on AWS: the jobs queue's event source (the jobs
+    function, one message a batch as the template's mapping), then the asynchronous invocations of
+    the importer it made (aws_env collects them: moto runs no function)."""
+
+    def __init__(self, aws_env: Any, load_function: Any, lambda_context: Any, invocations: list[Any],
+                 importer: Any = None, importer_context: Any = None):
+        from playvault_local.events import sqs_event
+
+        self.sqs_event = sqs_event
+        self.sqs = boto3.client("sqs")
+        self.queue_url, self.queue_arn = aws_env.queue_url("JobsQueue"), aws_env.physical["JobsQueue"]["Arn"]
+        self.importer_name = aws_env.name("ImporterFunction")
+        self.jobs, self.jobs_context = load_function("JobsFunction"), lambda_context("JobsFunction")
+        self.importer = importer or load_function("ImporterFunction")
+        self.importer_context = importer_context or lambda_context("ImporterFunction")
+        self.invocations = invocations
+        self.messages = 0  # jobs-queue messages delivered
+        self.handed_over = 0  # importer invocations run
+        self.outcomes: list[dict[str, Any]] = []  # what each importer invocation answered
+
+    def step(self) -> bool:
+        """One jobs-queue message delivered (and the importer invocations it made run); False when
+        no message is visible."""
+        got = self.sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=1,
+                                       AttributeNames=["All"]).get("Messages")
+        if not got:
+            return False
+        self.messages += 1
+        answer = self.jobs(self.sqs_event(got, self.queue_arn), self.jobs_context)
+        assert answer == {"batchItemFailures": []}, answer
+        self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=got[0]["ReceiptHandle"])
+        while self.invocations:
+            name, invocation_type, event = self.invocations.pop(0)
+            assert (name, invocation_type) == (self.importer_name, "Event")
+            self.handed_over += 1
+            self.outcomes.append(self.importer(event, self.importer_context))
+        return True
+
+    def drain(self, max_rounds: int = 200) -> int:
+        """Deliver until no message is visible; returns the importer invocations run."""
+        before = self.handed_over
+        for _ in range(max_rounds):
+            if not self.step():
+                return self.handed_over - before
+        raise AssertionError("the jobs queue did not drain")
+
+
+def sqs_follows(monkeypatch: Any, now: Any) -> None:
+    """moto's SQS reads `now()` (a datetime) for delays and visibility: delayed messages become
+    visible when the test's clock passes their delay, as they would on AWS."""
+    from moto.sqs import models
+
+    monkeypatch.setattr(models, "unix_time", lambda *args: now().timestamp())
+    monkeypatch.setattr(models, "unix_time_millis", lambda *args: now().timestamp() * 1000)

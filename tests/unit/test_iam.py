@@ -209,6 +209,51 @@ def test_roles_are_resolved_to_the_local_stacks_arns_with_their_conditions(aws_e
     assert not any("ses:SendEmail" in s.actions for s in dispatcher.statements)
 
 
+
+def test_the_jobs_function_may_invoke_the_importer_and_nothing_else_and_no_other_function_may(aws_env):
+    """Import continuations: the jobs function hands a due one to the importer (an asynchronous
+    invocation). That grant names the importer only; no other role can invoke any function."""
+    check = IamCheck.for_stack(aws_env)
+    importer = aws_env.physical["ImporterFunction"]["Arn"]
+    assert evaluate(check.roles["JobsFunction"].statements, Request("lambda:InvokeFunction", importer)).allowed
+    for function, role in check.roles.items():
+        for target in aws_env.functions:
+            allowed = evaluate(role.statements, Request("lambda:InvokeFunction", aws_env.physical[target]["Arn"]))
+            assert allowed.allowed == ((function, target) == ("JobsFunction", "ImporterFunction")), (function, target)
+        assert not any("lambda:*" in s.actions or "*" in s.actions for s in role.statements), function
+    (invoke,) = requests_for("lambda", "Invoke", {"FunctionName": aws_env.name("ImporterFunction")}, check.locator)
+    assert (invoke.action, invoke.resource) == ("lambda:InvokeFunction", importer)
+
+
+def test_the_jobs_function_invoking_the_importer_is_checked_and_refused_without_the_grant(
+        aws_env, load_function, lambda_context, lambda_invocations):
+    from playvault import clock
+    from playvault.jobs import JobMessage
+    from playvault_local.events import sqs_event
+    from playvault_local.telemetry import AwsCallHooks
+
+    clock.set_clock(lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    jobs = load_function("JobsFunction")
+    body = JobMessage(kind="import", user_id="alice", import_job_id="job#1", not_before=0).model_dump_json()
+    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": body, "Attributes": {}, "MD5OfBody": "x"}
+    event = sqs_event([message], aws_env.physical["JobsQueue"]["Arn"])
+    assert jobs(event, lambda_context("JobsFunction")) == {"batchItemFailures": []}
+    assert lambda_invocations == [(aws_env.name("ImporterFunction"), "Event",
+                                   {"user_id": "alice", "job_id": "job#1", "not_before": 0})]
+    refused = IamCheck.for_stack(aws_env, translated=iam.without_action(iam.translated_template(), "JobsFunction",
+                                                                       "lambda:InvokeFunction"))
+    hooks = AwsCallHooks(iam=refused, invoke=lambda *args: 202)
+    hooks.install()
+    try:
+        jobs = load_function("JobsFunction")
+        assert jobs(event, lambda_context("JobsFunction")) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    finally:
+        hooks.uninstall()
+    (denial,) = refused.denials
+    assert (denial.function, denial.action, denial.resource) == (
+        "JobsFunction", "lambda:InvokeFunction", aws_env.physical["ImporterFunction"]["Arn"])
+
+
 # ---------------------------------------------------------------- a missing permission fails the invocation
 def test_a_role_without_one_permission_fails_the_invocation_naming_function_action_and_resource(
         aws_env, load_function, lambda_context):

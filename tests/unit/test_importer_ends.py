@@ -243,26 +243,25 @@ def test_a_warm_container_keeps_nothing_of_a_finished_job(world):
 # ---------------------------------------------------------------- the template
 def test_the_importers_concurrency_is_bounded_so_imports_cannot_starve_polling():
     """Each running import looks tracks up at most once per RESOLVE_INTERVAL_MS: bounding how many
-    run bounds their share of Spotify's rate budget. Both entries are bounded: the continuations
-    (the queue's MaximumConcurrency) and the whole function (reserved concurrency, which also caps
-    the upload events; Lambda retries a throttled asynchronous event for up to six hours)."""
+    run bounds their share of Spotify's rate budget. Uploads and continuations both arrive as
+    asynchronous invocations (the EventBridge rule; the jobs function), which the reserved
+    concurrency caps; Lambda retries a throttled asynchronous event for up to six hours. No queue
+    event source: its pollers would be throttled by the reservation instead."""
     from playvault_local import template as tpl
 
     importer = tpl.load()["Resources"]["ImporterFunction"]["Properties"]
-    reserved = importer["ReservedConcurrentExecutions"]
-    continuing = importer["Events"]["Continue"]["Properties"]["ScalingConfig"]["MaximumConcurrency"]
-    assert 2 <= continuing < reserved <= 5  # a slot is left for new uploads beside the continuations
+    assert 2 <= importer["ReservedConcurrentExecutions"] <= 5
+    assert [event["Type"] for event in importer["Events"].values()] == ["EventBridgeRule"]
 
 
 # ---------------------------------------------------------------- through the function, as Lambda calls it
-def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_when_aws_fails(
+def test_the_function_returns_normally_for_a_bad_upload_and_retries_later_when_aws_fails(
         aws_env, load_function, lambda_context, monkeypatch):
     import boto3
 
     from playvault import clock, store
     from playvault.config import ImporterSettings
     from playvault.store import users
-    from playvault_local.events import sqs_event
     from tests.unit.helpers import upload_export
     from tests.unit.test_importer import NOW
 
@@ -279,16 +278,15 @@ def test_the_function_returns_normally_for_a_bad_upload_and_fails_the_record_whe
     key, event = upload(b"[" + b"[" * 3000 + b"]" * 3000 + b"]")
     answer = handler(event, lambda_context("ImporterFunction"))  # no exception: Lambda does not retry it
     assert answer["status"] == "failed" and "nested" in answer["reason"]
-    # A continuation whose job AWS fails: its record fails (redelivered), the job is released and says why.
+    # A continuation whose job AWS fails: tried again later (the jobs queue), the job released, saying why.
     key, event = upload(json.dumps(history(START, 3)).encode())
     user_id, job_id = job_mod.job_for_key(key)
     imports.create(user_id, job_id, key, 10, NOW, file_name=NAME)
     monkeypatch.setattr(plays, "write_rows", lambda rows: (_ for _ in ()).throw(
         PutError("Failed to batch write items: max_retry_attempts exceeded")))
-    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Attributes": {}, "MD5OfBody": "x",
-               "Body": job_mod.ContinueMessage(user_id=user_id, job_id=job_id, not_before=0).model_dump_json()}
-    answer = handler(sqs_event([message], aws_env.physical["ImportQueue"]["Arn"]), lambda_context("ImporterFunction"))
-    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    continuation = job_mod.ContinueMessage(user_id=user_id, job_id=job_id).model_dump()
+    answer = handler(continuation, lambda_context("ImporterFunction"))
+    assert answer["status"] == "retry"
     job = imports.get(user_id, job_id)
     assert job.state == "running" and job.lease_token is None and job.attempts == 1
 

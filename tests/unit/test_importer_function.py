@@ -10,13 +10,15 @@ from datetime import UTC, datetime, timedelta
 from io import BytesIO
 
 import boto3
+import pytest
+from aws_lambda_powertools.utilities.parser import ValidationError
 
-from playvault import clock, coverage, imports, store
+from playvault import clock, coverage, imports, jobs, store
 from playvault.config import ImporterSettings
 from playvault.store import gaps, plays, users
-from playvault_local.events import s3_object_created_event, sqs_event
+from playvault_local.events import s3_object_created_event
 from spotify_emulator import catalog as emulator_catalog
-from tests.unit.helpers import UPLOAD_ID_KEY, upload_export
+from tests.unit.helpers import UPLOAD_ID_KEY, ImportContinuations, sqs_follows, upload_export
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -34,34 +36,28 @@ def export_zip(n: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_function, lambda_context):
+def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_function, lambda_context,
+                                                                lambda_invocations):
     clock.set_clock(lambda: NOW)
     handler = load_function("ImporterFunction")
     store.bind(ImporterSettings.from_env())
     users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
-    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3 = boto3.client("s3")
     bucket = aws_env.name("UserFilesBucket")
     _key, event = upload_export(s3, bucket, "alice", NOW, export_zip(30), "my_spotify_data.zip")
     # Under MIN_REMAINING_MS from the start: one step (a chunk, a track) per invocation, the rest
-    # continued through the import queue.
+    # continued through the jobs queue, whose function hands each continuation back to the importer.
     context = lambda_context("ImporterFunction")
     context.get_remaining_time_in_millis = lambda: 29_000
     answer = handler(event, context)
     assert answer["status"] == "continue"
-    queue_url, queue_arn = aws_env.queue_url("ImportQueue"), aws_env.physical["ImportQueue"]["Arn"]
-    continued = 0
-    for _ in range(60):
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
-        if not got:
-            break
-        continued += 1
-        result = handler(sqs_event(got, queue_arn), context)
-        assert result == {"batchItemFailures": []}
-        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=got[0]["ReceiptHandle"])
+    delivery = ImportContinuations(aws_env, load_function, lambda_context, lambda_invocations, handler, context)
+    continued = delivery.drain()
     [status] = imports.status_for_user("alice", NOW)
     assert status["state"] == "done" and status["plays_added"] == 30 and status["tracks_resolved"] == 30
     assert status["file_name"] == "my_spotify_data.zip"
-    assert continued >= 29
+    assert continued >= 29 and delivery.outcomes[-1]["status"] == "done"
+    assert delivery.messages == continued + 1  # and the rebuild of the rollups the import started
     assert len(list(plays.all_plays("alice"))) == 30
     # The same event again (EventBridge delivers at least once): the job exists, nothing changes.
     handler(event, lambda_context("ImporterFunction"))
@@ -69,46 +65,76 @@ def test_an_s3_event_starts_the_job_and_continuations_finish_it(aws_env, load_fu
     assert imports.status_for_user("alice", NOW)[0]["plays_added"] == 30
 
 
-def test_an_upload_event_redriven_from_the_dead_letter_queue_starts_its_job(aws_env, load_function, lambda_context):
-    """Lambda sends its record of an upload event whose invocations all failed to the importer's
-    dead-letter queue (template: EventInvokeConfig OnFailure); an operator redrives it to the import
-    queue, which starts the job."""
-    from playvault_local.eventsource import on_failure_record
+def test_an_import_paused_for_hours_by_a_429_resumes_through_the_jobs_queue(aws_env, load_function, lambda_context,
+                                                                              lambda_invocations, emulator,
+                                                                              monkeypatch):
+    """Spotify answers a catalog lookup 429 with Retry-After: 2 hours. The job pauses; its continuation
+    waits on the jobs queue past SQS's 15-minute delay cap (not_before: the jobs function sends it on
+    at each delivery), and the importer is invoked only when the pause is over: it resumes, looks
+    each track up once, and ends done."""
+    now = [NOW]
+    clock.set_clock(lambda: now[0])
+    sqs_follows(monkeypatch, lambda: now[0])
+    handler = load_function("ImporterFunction")
+    store.bind(ImporterSettings.from_env())
+    users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
+    emulator.state.inject("/v1/tracks/", 429, times=1, retry_after=7200)
+    _key, event = upload_export(boto3.client("s3"), aws_env.name("UserFilesBucket"), "alice", NOW, export_zip(3))
+    assert handler(event, lambda_context("ImporterFunction"))["status"] == "paused"
+    delivery = ImportContinuations(aws_env, load_function, lambda_context, lambda_invocations, handler)
+    while imports.status_for_user("alice", now[0])[0]["state"] != "done":
+        assert now[0] < NOW + timedelta(hours=3), "the paused import never resumed"
+        before = delivery.handed_over
+        if not delivery.step():  # nothing visible: SQS's delay runs (at most 15 minutes a time)
+            now[0] += timedelta(minutes=5)
+        elif delivery.handed_over > before:
+            assert now[0] >= NOW + timedelta(seconds=7200 - jobs.NOT_BEFORE_SLACK_S)  # never invoked early
+    assert delivery.handed_over == 1 and delivery.outcomes == [delivery.outcomes[0]]
+    assert delivery.outcomes[0]["status"] == "done" and delivery.messages >= 8  # 2 hours, 15 minutes a hop
+    [status] = imports.status_for_user("alice", now[0])
+    assert status["plays_added"] == 3 and status["tracks_resolved"] == 3
+    assert emulator.state.request_counts()["track"] == 4  # the refused lookup again, then the rest: none twice
+
+
+def test_an_event_that_is_neither_an_upload_nor_a_continuation_fails_naming_the_problem(aws_env, load_function,
+                                                                                        lambda_context):
+    """Lambda retries a failed asynchronous event twice, then its record goes to the dead-letter
+    queue: the error must say what was wrong, and nothing is written."""
+    handler = load_function("ImporterFunction")
+    with pytest.raises(ValidationError, match="job_id"):
+        handler({"user_id": "alice"}, lambda_context("ImporterFunction"))
+    with pytest.raises(ValidationError, match="kind"):
+        handler({"user_id": "alice", "job_id": "j", "kind": "import"}, lambda_context("ImporterFunction"))
+    assert imports.status_for_user("alice", NOW) == []
+
+
+def test_a_continuation_aws_interrupts_is_tried_again_later_through_the_jobs_queue(aws_env, load_function,
+                                                                                  lambda_context, monkeypatch):
+    """Not by Lambda's two retries a minute or two apart: the job notes the attempt (the third in a row
+    fails it, naming why) and its next try comes AWS_RETRY_DELAY_S later."""
+    from botocore.exceptions import ClientError
 
     clock.set_clock(lambda: NOW)
     handler = load_function("ImporterFunction")
     store.bind(ImporterSettings.from_env())
     users.UserModel("alice", status=users.ACTIVE, created_at=NOW).save()
-    s3, bucket = boto3.client("s3"), aws_env.name("UserFilesBucket")
-    key = f"imports/alice/{imports.issue_upload_id('alice', NOW, UPLOAD_ID_KEY)}/export"
-    put = s3.put_object(Bucket=bucket, Key=key, Body=export_zip(3))
-    event = s3_object_created_event(bucket, key, 10, put["ETag"], NOW)
-    record = on_failure_record(event, RuntimeError("DynamoDB unavailable"), 3, "ImporterFunction")
-    redriven = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": json.dumps(record), "Attributes": {},
-                "MD5OfBody": "x"}
-    answer = handler(sqs_event([redriven], aws_env.physical["ImportQueue"]["Arn"]), lambda_context("ImporterFunction"))
-    assert answer == {"batchItemFailures": []}
-    [job] = imports.status_for_user("alice", NOW)
-    assert job["state"] != "failed" and job["rows_read"] == 3
+    key, event = upload_export(boto3.client("s3"), aws_env.name("UserFilesBucket"), "alice", NOW, export_zip(3))
+    from playvault.imports.job import job_for_key
+    from playvault.store import imports as import_jobs
 
-
-def test_the_importer_dead_letters_its_upload_events_where_the_alarm_looks():
-    from playvault_local import template as tpl
-
-    resources = tpl.load()["Resources"]
-    on_failure = resources["ImporterFunction"]["Properties"]["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]
-    assert on_failure == {"Type": "SQS", "Destination": {"Fn::GetAtt": ["ImportDeadLetterQueue", "Arn"]}}
-    watched = [m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]
-               for m in resources["DeadLetterQueueAlarm"]["Properties"]["Metrics"] if "MetricStat" in m]
-    assert {"Fn::GetAtt": ["ImportDeadLetterQueue", "QueueName"]} in watched
-
-
-def test_a_malformed_continuation_fails_only_its_record(aws_env, load_function, lambda_context):
-    handler = load_function("ImporterFunction")
-    message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": '{"user_id": "alice"}', "Attributes": {},
-               "MD5OfBody": "x"}
-    answer = handler(sqs_event([message], aws_env.physical["ImportQueue"]["Arn"]), lambda_context("ImporterFunction"))
-    assert answer == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    user_id, job_id = job_for_key(key)
+    import_jobs.create(user_id, job_id, key, 10, NOW, file_name="x.zip")
+    throttled = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}},
+                            "BatchWriteItem")
+    monkeypatch.setattr(plays, "write_rows", lambda rows: (_ for _ in ()).throw(throttled))
+    answer = handler({"user_id": user_id, "job_id": job_id}, lambda_context("ImporterFunction"))
+    assert answer == {"status": "retry", "delay_s": 600}
+    job = import_jobs.get(user_id, job_id)
+    assert job.state == "running" and job.lease_token is None and job.attempts == 1
+    sqs = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=aws_env.queue_url("JobsQueue"),
+                                          AttributeNames=["ApproximateNumberOfMessagesDelayed"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
 
 
 def test_the_presigned_post_fixes_the_key_and_caps_size_and_encryption(aws_env):
@@ -150,7 +176,7 @@ def test_a_planted_object_in_a_classic_notification_encoding_fails_its_job(aws_e
     assert job["state"] == "failed" and "not issued to this user" in job["error"]["message"]
     assert list(plays.all_plays("alice")) == []
     sqs = boto3.client("sqs")
-    assert sqs.receive_message(QueueUrl=aws_env.queue_url("ImportQueue")).get("Messages") is None
+    assert sqs.receive_message(QueueUrl=aws_env.queue_url("JobsQueue")).get("Messages") is None
 
 
 def test_coverage_shows_polling_import_and_neither(aws_env, monkeypatch):

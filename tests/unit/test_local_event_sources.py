@@ -177,3 +177,6 @@ def test_the_local_system_reads_the_importer_rule_from_the_template():
     system._read_event_sources(tpl.load())
     assert [r.function for r in system.s3_rules] == ["ImporterFunction"]
     assert system.import_function == "ImporterFunction"
+    # Its continuations travel on the queue it sends to, whose function hands them back (jobs).
+    assert (system.import_source.queue_logical_id, system.import_source.function) == ("JobsQueue", "JobsFunction")
+    assert system.event_source.function == "WorkerFunction"

@@ -26,7 +26,7 @@ def test_work_queue_redrives_to_its_dead_letter_queue(aws_env):
     sqs = boto3.client("sqs")
     attrs = sqs.get_queue_attributes(QueueUrl=aws_env.queue_url("WorkQueue"), AttributeNames=["All"])["Attributes"]
     policy = json.loads(attrs["RedrivePolicy"])
-    assert policy["deadLetterTargetArn"] == aws_env.physical["WorkDeadLetterQueue"]["Arn"]
+    assert policy["deadLetterTargetArn"] == aws_env.physical["DeadLetterQueue"]["Arn"]
     assert policy["maxReceiveCount"] == int(aws_env.resolver.parameters["MaxReceiveCount"])
 
 

@@ -475,33 +475,30 @@ def test_year_review_and_item_pages_equal_the_plays(aws_env):
     assert rollups.track_page(user, "nope", START) is None
 
 
-def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_function, lambda_context):
+def test_an_import_that_looked_tracks_up_has_its_rollups_rebuilt(aws_env, load_function, lambda_context,
+                                                                 lambda_invocations):
     """Through the importer and jobs functions: the chunks recompute their dates as they go, with the
     export's names (the tracks unknown yet); the lookups then give them albums and artist ids, so
     the import ends by starting a rebuild, after which the figures equal the plays again."""
     import boto3
 
     from playvault import imports
-    from tests.unit.helpers import upload_export
+    from tests.unit.helpers import ImportContinuations, upload_export
     from tests.unit.test_account import Site
     from tests.unit.test_importer_function import export_zip
-    from tests.unit.test_worker import sqs_event
 
     clock.set_clock(lambda: START)
     importer = load_function("ImporterFunction")
     user = new_user()
-    s3, sqs = boto3.client("s3"), boto3.client("sqs")
+    s3 = boto3.client("s3")
     bucket = aws_env.name("UserFilesBucket")
     _key, event = upload_export(s3, bucket, user.user_id, START, export_zip(12))
     context = lambda_context("ImporterFunction")
     importer(event, context)
-    queue_url, queue_arn = aws_env.queue_url("ImportQueue"), aws_env.physical["ImportQueue"]["Arn"]
-    for _ in range(30):
-        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, AttributeNames=["All"]).get("Messages")
-        if not got:
-            break
-        assert importer(sqs_event(got, queue_arn), context) == {"batchItemFailures": []}
-        sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=got[0]["ReceiptHandle"])
+    # The import's continuations, and nothing else yet: the rebuild starts when the import is done.
+    delivery = ImportContinuations(aws_env, load_function, lambda_context, lambda_invocations, importer, context)
+    while imports.status_for_user(user.user_id, START)[0]["state"] != "done":
+        assert delivery.step(), "the import stopped before it was done"
     assert imports.status_for_user(user.user_id, START)[0]["state"] == "done"
     assert rollups.rebuild_state(user).rebuilding
     assert Site(load_function, lambda_context, aws_env).run_jobs() == 1

@@ -415,15 +415,27 @@ def test_one_account_wide_errors_alarm_and_the_dashboard_names_the_failing_funct
 
 def test_dead_letter_queue_alarm_watches_every_dead_letter_queue(template):
     props = template["Resources"]["DeadLetterQueueAlarm"]["Properties"]
-    watched = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
-               for m in props["Metrics"] if "MetricStat" in m}
+    watched = {props["Dimensions"][0]["Value"]["Fn::GetAtt"][0]}
     dead_letter_queues = {name for name, res in template["Resources"].items() if res["Type"] == "AWS::SQS::Queue"
                           and any(other.get("Properties", {}).get("RedrivePolicy", {}).get("deadLetterTargetArn")
                                   == {"Fn::GetAtt": [name, "Arn"]} for other in template["Resources"].values())}
-    assert watched == dead_letter_queues == {"WorkDeadLetterQueue", "JobsDeadLetterQueue", "ImportDeadLetterQueue"}
-    assert all(m["MetricStat"]["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
-               for m in props["Metrics"] if "MetricStat" in m)
+    assert watched == dead_letter_queues == {"DeadLetterQueue"}  # one queue: one alarm metric
+    assert props["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert (props["ComparisonOperator"], props["Threshold"]) == ("GreaterThanThreshold", 0)
+
+
+def test_two_queues_are_polled_by_lambda_and_imports_continue_through_the_jobs_queue(template):
+    """Every queue with a Lambda trigger is long-polled around the clock (billed requests): the work
+    queue and the jobs queue only. The importer is invoked asynchronously (uploads, continuations)."""
+    triggered = {event["Properties"]["Queue"]["Fn::GetAtt"][0]: function
+                 for function, res in tpl.resources_of_type(template, "AWS::Serverless::Function").items()
+                 for event in (res["Properties"].get("Events") or {}).values() if event["Type"] == "SQS"}
+    assert triggered == {"WorkQueue": "WorkerFunction", "JobsQueue": "JobsFunction"}
+    importer = template["Resources"]["ImporterFunction"]["Properties"]
+    assert importer["ReservedConcurrentExecutions"] == 3  # uploads and continuations: no more imports at once
+    assert importer["Environment"]["Variables"]["JOBS_QUEUE_URL"] == {"Ref": "JobsQueue"}
+    jobs_env = template["Resources"]["JobsFunction"]["Properties"]["Environment"]["Variables"]
+    assert jobs_env["IMPORTER_FUNCTION_NAME"] == {"Ref": "ImporterFunction"}
 
 
 def _sub_texts(node: Any) -> list[str]:

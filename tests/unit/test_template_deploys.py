@@ -132,7 +132,7 @@ def test_the_serverless_rules_are_loaded(translated):
         res.pop("Metadata", None)
     unwaived["Metadata"]["cfn-lint"]["config"]["ignore_checks"] = []
     findings = rules.lint_findings(json.dumps(unwaived))
-    assert any(f.startswith("ES6000 WorkDeadLetterQueue:") for f in findings), _show(findings)
+    assert any(f.startswith("ES6000 DeadLetterQueue:") for f in findings), _show(findings)
     assert any(f.startswith("WS1000 WorkerFunction:") for f in findings), _show(findings)
 
 

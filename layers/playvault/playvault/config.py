@@ -146,6 +146,11 @@ class JobSettings(TableSettings):
     deletion_grace_seconds: int = Field(default=150, ge=0, le=900)
 
 
+class JobsFunctionSettings(JobSettings):
+    # Import continuations travel on the jobs queue; a due one is handed to the importer (async invoke).
+    importer_function_name: str = Field(min_length=1)
+
+
 class AccountSettings(WebSettings, JobSettings, SpotifySettings, DispatchSettings):
     imports_table: str = Field(min_length=3)  # the user's import jobs, shown on /me
     # DispatchSettings: /me says when the next poll comes (a user not yet due waits for the next run).
@@ -185,8 +190,8 @@ class ImportStatusSettings(EnvSettings):
 class ImporterSettings(TableSettings, SpotifySettings, UserFilesSettings):
     imports_table: str = Field(min_length=3)
     episodes_table: str = Field(min_length=3)
-    import_queue_url: str = Field(min_length=1)
-    # An import that looked tracks up (names, albums, artists now known) has its rollups rebuilt: a job.
+    # Its continuations (the jobs function hands each back when due) and, after an import that looked
+    # tracks up (names, albums, artists now known), the rebuild of the rollups: both are jobs messages.
     jobs_queue_url: str = Field(min_length=1)
     import_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     # The listening rule and the de-duplication tolerance (README, Import).

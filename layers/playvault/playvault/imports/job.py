@@ -17,8 +17,8 @@ when the upload id was not issued to that user). Phases:
    (the batch endpoints are gone for development-mode apps), throttled, and only while the
    app-wide rate gate is open: polling comes first. A 429 closes the gate for everyone and pauses
    the job until it reopens (hours, if Spotify says so); a paused job is not done.
-When the invocation's time runs short, or the job pauses, it asks to be continued later (an SQS
-message to itself) and releases its lease.
+When the invocation's time runs short, or the job pauses, it asks to be continued later (a message
+on the jobs queue, handed back to the importer when due) and releases its lease.
 
 One job per user writes at a time (store/imports: the user's import lock, taken with the job's
 lease): a job started while another of its user runs writes nothing and is continued later through
@@ -39,7 +39,7 @@ from aws_lambda_powertools import Logger
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from playvault import clock, identity, rollups
+from playvault import clock, identity, jobs, rollups
 from playvault.failures import (
     AppFailure,
     RateLimited,
@@ -647,27 +647,25 @@ class Importer:
         return self._app_token[0]
 
 
-# ---------------------------------------------------------------------- continuations (SQS)
+# ---------------------------------------------------------------------- continuations (the jobs queue)
 class ContinueMessage(BaseModel):
-    """Body of an ImportQueue message: run this job again, not before `not_before` (Unix s)."""
+    """What the importer is invoked with to continue a job (besides S3's "Object Created" event): run
+    this job again, not before `not_before` (Unix s). The jobs function sends it when the job's
+    message on the jobs queue is due (playvault.jobs, kind "import")."""
 
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1, max_length=64)
     job_id: str = Field(min_length=1, max_length=80)
-    not_before: int = Field(ge=0)
+    not_before: int = Field(default=0, ge=0)
 
 
-SQS_MAX_DELAY_S = 900
-
-
-def continuation_sender(sqs: Any, queue_url: str) -> Callable[[str, str, float], None]:
-    """continue_later for the Importer: a delayed message to the import queue. A pause longer than
-    SQS's 15-minute delay cap is carried by not_before; an early delivery sends itself on again."""
-
+def continuation_sender(queue: Any) -> Callable[[str, str, float], None]:
+    """continue_later for the Importer: a delayed "import" message on the jobs queue (a
+    playvault.jobs.JobQueue). A pause longer than SQS's 15-minute delay cap is carried by not_before:
+    the jobs function sends the message on until it is due, then hands it to the importer."""
     def send(user_id: str, job_id: str, delay_s: float) -> None:
         not_before = int(clock.now().timestamp() + max(0.0, delay_s) + 0.999)
-        body = ContinueMessage(user_id=user_id, job_id=job_id, not_before=not_before).model_dump_json()
-        sqs.send_message(QueueUrl=queue_url, MessageBody=body,
-                         DelaySeconds=int(min(SQS_MAX_DELAY_S, max(0, not_before - clock.now().timestamp()))))
+        queue.send(jobs.JobMessage(kind="import", user_id=user_id, import_job_id=job_id, not_before=not_before),
+                   delay_s=max(0, not_before - int(clock.now().timestamp())))
 
     return send
