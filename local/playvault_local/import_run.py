@@ -361,7 +361,9 @@ class Imports:
             for stream, copies in seen.items():
                 if len(copies) > 1:
                     _example(examples["duplicated"], f"{user_id} {stream[0]} {_ms_text(stream[1])} as " + ", ".join(
-                        f"{r['played_at']} ({r.get('source', 'api')})" for r in copies))
+                        f"{r['played_at']} ({r.get('source', 'api')}, track {r.get('track_id')} "
+                        f"{r.get('track_name')!r} by {r.get('artist_name')!r}, ms_played {r.get('ms_played')}, "
+                        f"import {r.get('import_ref')})" for r in copies))
             # Exposed plays no export holds, still in Spotify's window: the next poll fetches them.
             recoverable = {s for s in exposed - exported.get(user_id, set()) - set(seen) if s in window}
             lost = expected - set(seen) - recoverable
@@ -422,7 +424,7 @@ class Imports:
 
 
 PLAY_ATTRIBUTES = ("user_id", "played_at", "played_at_ms", "item_type", "track_id", "episode_id", "source",
-                   "track_name", "artist_name", "album_name", "episode_name", "show_name", "import_ref")
+                   "track_name", "artist_name", "album_name", "episode_name", "show_name", "import_ref", "ms_played")
 
 
 def _example(examples: list[str], text: str) -> None:

@@ -215,6 +215,46 @@ def test_account_data_music_rows_and_polled_tracks_are_one_play(world, order):
     assert_once_with_both(world.stored(), items)
 
 
+@pytest.mark.parametrize("order", ["poll, then import", "import, then poll"])
+def test_a_local_file_polled_without_its_artist_and_its_export_row_are_one_play(world, order):
+    """Found by `make run ARGS="--import --faults chaos"`: recently-played served a local file (no
+    ids on either plane) with `artists: null`, as Spotify sometimes does; the export's row names the
+    artist. Title + artist on one side, title alone on the other: one stream (two plays of one
+    account are never within the tolerance), so one play, with the export's artist."""
+    world.sign_up()
+    items = [world.play(20, local=True, track_index=7, bad_kind="artists_null"),
+             world.play(10, local=True, track_index=8)]
+    from spotify_emulator import catalog as emulator_catalog
+
+    undamaged = {**items[0], "track": emulator_catalog.local_track(world.state.seed, 7)}
+    rows = [extended_row(undamaged), extended_row(items[1])]
+    assert not any(items[0]["track"]["artists"] or []) and all(r["master_metadata_album_artist_name"] for r in rows)
+    if order == "poll, then import":
+        world.poll()
+        world.import_rows(rows)
+    else:
+        world.import_rows(rows)
+        world.poll()
+    stored = world.stored()
+    assert_once_with_both(stored, items)
+    assert all(p.artist_name for p in stored)
+
+
+def test_a_title_alone_never_matches_a_different_title_or_a_different_artist():
+    from playvault import identity
+
+    end = 1_772_438_815_000
+    polled = identity.Stream(end, identity.TRACK, "local:aaaa", None, identity.name_key("Broken Orbit", None), 1)
+    other_title = identity.Stream(end, identity.TRACK, None, None, identity.name_key("Broken Glass", "Jonas"), 1000)
+    assert identity.match([other_title], [polled], 20_000) == {}
+    named = identity.Stream(end, identity.TRACK, None, None, identity.name_key("Broken Orbit", "Jonas"), 1000)
+    assert identity.match([named], [polled], 20_000) == {0: 0}
+    by_someone_else = identity.Stream(end, identity.TRACK, None, None, identity.name_key("Broken Orbit", "Mila"),
+                                      1000)
+    by_jonas = identity.Stream(end, identity.TRACK, None, None, identity.name_key("Broken Orbit", "Jonas"), 1)
+    assert identity.match([by_someone_else], [by_jonas], 20_000) == {}
+
+
 # ---------------------------------------------------------------- races and retries
 def test_an_import_racing_a_poll_merges_in_the_importers_post_write_read(world, monkeypatch):
     """The importer's pre-check read sees no polled play; the poll writes its plays before the

@@ -31,6 +31,7 @@ MS_PLAYED_SLACK_MS = 1000
 # when polling saw only one of them (a late feed). The planes themselves differ by a few seconds.
 DEFAULT_TOLERANCE_S = 20
 MAX_TOLERANCE_S = 29
+NAME_SEPARATOR = "\x1f"
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def name_key(title: str | None, by: str | None) -> str | None:
     if not title:
         return None
     fold = lambda s: unicodedata.normalize("NFKC", s or "").casefold().strip()  # noqa: E731
-    return f"{fold(title)}\x1f{fold(by)}"
+    return f"{fold(title)}{NAME_SEPARATOR}{fold(by)}"
 
 
 def same_item(a: Stream, b: Stream) -> bool:
@@ -60,7 +61,18 @@ def same_item(a: Stream, b: Stream) -> bool:
     ids = (a.episode_id, b.episode_id) if a.item_type == EPISODE else (a.track_id, b.track_id)
     if ids[0] and ids[1]:
         return ids[0] == ids[1]
-    return a.name_key is not None and a.name_key == b.name_key
+    return a.name_key is not None and b.name_key is not None and same_names(a.name_key, b.name_key)
+
+
+def same_names(a: str, b: str) -> bool:
+    """Same title and artist; or the same title where one side lacks the artist (recently-played
+    sometimes serves `artists: null`, and a local file has no id to fall back on). A title alone is
+    enough within the tolerance: two plays of one account are never that close."""
+    if a == b:
+        return True
+    title_a, _, by_a = a.partition(NAME_SEPARATOR)
+    title_b, _, by_b = b.partition(NAME_SEPARATOR)
+    return title_a == title_b and (not by_a or not by_b)
 
 
 def same_length(a: Stream, b: Stream) -> bool:
