@@ -440,6 +440,7 @@ def deployment(m: dict[str, Any], facts: dict[str, Any], users: int, month: int 
         "dominant_variable_line": dominant_variable["line"] if dominant_variable["usd"] > 0 else None,
         "polls_per_month": round(polls), "plays_per_month": round(plays), "messages_per_month": round(messages),
         "dispatcher_runs_per_month": round(runs), "history_plays": round(history_plays),
+        "storage_gb_by_table": {k: round(v / GB, 4) for k, v in by_table.items()},
         "assumptions": pick,
         "prices_as_of": PRICES_AS_OF,
     }
