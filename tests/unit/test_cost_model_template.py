@@ -249,3 +249,14 @@ def test_a_secure_string_is_a_parameter_functions_read_that_the_template_does_no
                 "Id": {"Type": "AWS::SSM::Parameter", "Properties": {"Name": "/app/id", "Type": "String",
                                                                      "Value": "x"}}})
     assert tf.facts(document=doc)["secure_parameter_reads"] == {"WorkerFunction": ["/app/secret"]}
+
+
+def test_a_standard_ia_table_stores_for_less():
+    standard = tf.facts(document=_tables(RollupsTable={}, PlaysTable={}))
+    ia = tf.facts(document=_tables(RollupsTable={"TableClass": "STANDARD_INFREQUENT_ACCESS"}, PlaysTable={}))
+    assert ia["tables"]["RollupsTable"]["table_class"] == "STANDARD_INFREQUENT_ACCESS"
+    cheap, full = _priced(ia, 36, users=1000), _priced(standard, 36, users=1000)
+    assert line(cheap, "DynamoDB storage")["quantity"] == line(full, "DynamoDB storage")["quantity"]
+    rollups_gb = cheap["storage_gb_by_table"]["RollupsTable"]
+    assert line(full, "DynamoDB storage")["usd"] - line(cheap, "DynamoDB storage")["usd"] == pytest.approx(
+        rollups_gb * (0.25 - 0.10), abs=2e-4)
