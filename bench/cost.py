@@ -153,8 +153,9 @@ ASSUMPTIONS: dict[str, Any] = {
     # KMS: a worker container opens each data key once per cache age (crypto.TokenCipher); an auth
     # container seals the users who sign up in one container-hour with one data key.
     "users_per_data_key": {"personal": 1, "fleet": 100},
-    "worker_containers": {"personal": 1, "fleet": 5},
-    "worker_cold_starts_per_month": {"personal": None, "fleet": 5 * 12 * DAYS},  # None: every invocation
+    # None: as many as the worker's trigger allows (its MaximumConcurrency in the template; 5 without one)
+    "worker_containers": {"personal": 1, "fleet": None},
+    "worker_recycled_every_hours": {"personal": None, "fleet": 2},  # None: cold at every invocation
     "account_page_ms": 150,  # when the rollups bench gave no time (its moto time is an upper bound)
 }
 
@@ -271,8 +272,11 @@ def deployment(m: dict[str, Any], facts: dict[str, Any], users: int, month: int 
 
     # -- Lambda
     worker_invocations = messages
-    cold = pick["worker_cold_starts_per_month"]
-    cold_starts = worker_invocations if cold is None else min(cold, worker_invocations)
+    trigger_cap = next((q["maximum_concurrency"] for q in facts["triggered_queues"].values()
+                        if q.get("function") == "WorkerFunction" and q.get("maximum_concurrency")), 5)
+    containers = pick["worker_containers"] or trigger_cap
+    recycled = pick["worker_recycled_every_hours"]
+    cold_starts = worker_invocations if recycled is None else min(containers * HOURS / recycled, worker_invocations)
     worker_gb_s = (messages * m["worker_seconds_per_message"] + cold_starts * m["worker_init_seconds"]) \
         * m["worker_memory_gb"]
     dispatcher_gb_s = runs * (m["dispatcher_seconds_fixed"] + m["dispatcher_seconds_per_user"] * users
@@ -331,16 +335,16 @@ def deployment(m: dict[str, Any], facts: dict[str, Any], users: int, month: int 
     data_keys = max(1, math.ceil(users / pick["users_per_data_key"]))
     cache = code["data_key_cache_size"]
     opens_per_hour = 3600 / code["data_key_max_age_s"]
-    data_key_decrypts = min(polls, pick["worker_containers"] * min(data_keys, cache) * HOURS * opens_per_hour) \
+    data_key_decrypts = min(polls, containers * min(data_keys, cache) * HOURS * opens_per_hour) \
         + max(0.0, 1 - cache / data_keys) * polls + signups / 10
     ssm_cap = HOURS * 3600 / code["ssm_max_age_s"]  # one read per container per cache age at most
     readers = facts["secure_parameter_reads"]
     ssm_decrypts = 0.0
-    for function, invoked, containers in (("WorkerFunction", worker_invocations, pick["worker_containers"]),
-                                          ("AccountFunction", page_views, 1), ("AuthFunction", auth_invocations, 1),
-                                          ("ImporterFunction", import_invocations, 1)):
+    for function, invoked, count in (("WorkerFunction", worker_invocations, containers),
+                                     ("AccountFunction", page_views, 1), ("AuthFunction", auth_invocations, 1),
+                                     ("ImporterFunction", import_invocations, 1)):
         if function in readers:
-            ssm_decrypts += min(invoked, containers * ssm_cap) * len(readers[function])
+            ssm_decrypts += min(invoked, count * ssm_cap) * len(readers[function])
     sse_tables = facts["sse_kms_tables"]
     sse_requests = len(sse_tables) * 12 * HOURS if high else 0.0
     reminders = users * pick["reminder_emails_per_user_per_month"]
