@@ -259,7 +259,7 @@ def deployment(m: dict[str, Any], facts: dict[str, Any], users: int, month: int 
 
     plays_markup = IA_REQUEST_MARKUP if table("PlaysTable")["table_class"] == "STANDARD_INFREQUENT_ACCESS" else 1.0
     poll_wru = units("dynamodb_wru") + plays * (plays_markup - 1) * per_play["dynamodb_wru"]
-    rollup_wru = plays * m.get("rollup_wru_per_play", 0.0)
+    rollup_wru = plays * m.get("rollup_recompute_wru_per_play", 0.0)
     poll_rru = units("dynamodb_rru")
     scans = m["dispatcher_scans_per_run"]
     scan_rru = runs * scans * max(0.5, math.ceil(users * m["user_item_bytes"] / 4096) * 0.5)
@@ -373,7 +373,8 @@ def deployment(m: dict[str, Any], facts: dict[str, Any], users: int, month: int 
               account_gb_s + jobs_gb_s + importer_gb_s, "lambda_gb_s_arm64", "lambda_gb_s", "per user"),
         _line("DynamoDB write units: polls and new plays (on-demand)", poll_wru, "ddb_wru", "ddb_requests",
               "per user"),
-        _line("DynamoDB write units: rollups of new plays", rollup_wru, "ddb_wru", "ddb_requests", "per user"),
+        _line("DynamoDB write units: rollups recomputed for new plays", rollup_wru, "ddb_wru", "ddb_requests",
+              "per user"),
         _line("DynamoDB write units: imported plays", import_wru, "ddb_wru", "ddb_requests", "per user",
               f"{imported_plays_now:,.0f} plays imported this month"),
         _line("DynamoDB read units: polls", poll_rru, "ddb_rru", "ddb_requests", "per user"),

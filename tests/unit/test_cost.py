@@ -27,7 +27,7 @@ def synthetic_inputs(**overrides: Any) -> dict[str, Any]:
         "log_bytes_per_message": 1200, "log_bytes_per_dispatch": 2000,
         "dispatcher_seconds_per_user": 0.002, "dispatcher_seconds_fixed": 0.1, "dispatcher_scans_per_run": 2.0,
         "play_item_bytes": 260, "user_item_bytes": 900, "catalog_bytes_per_track": 300,
-        "rollup_day_bytes_per_play": 80, "rollup_other_bytes_per_user": 40_000, "rollup_wru_per_play": 0.4,
+        "rollup_day_bytes_per_play": 80, "rollup_other_bytes_per_user": 40_000, "rollup_recompute_wru_per_play": 0.3,
         "page_view_rru_by_history": {"1000": 3.0, "20000": 6.5, "200000": 12.5}, "page_view_ms": 100,
         "import_wru_per_play": 1.25, "import_rows_per_s": 700, "export_plays_per_s": 700,
         "export_bytes_per_play": 300, "export_part_bytes": 6_000_000,
