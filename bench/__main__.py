@@ -73,6 +73,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--import-rows", type=int, default=150_000, metavar="N",
                         help="rows of the big export in the import benchmark (bench/imports.py) (default: 150000)")
     parser.add_argument("--only-import", action="store_true", help="run the import benchmark alone")
+    parser.add_argument("--only-cost", action="store_true",
+                        help="re-price from the measurements in --out (a previous full run): count the template "
+                             "(bench/template_facts.py), re-run the real-items run (bench/real_items.py, about a "
+                             "minute) and the cost model, and write --out again")
     parser.add_argument("--export-plays", type=int, default=100_000, metavar="N",
                         help="plays of the full-export benchmark (bench/export.py); 0 skips it (default: 100000)")
     parser.add_argument("--rollup-sizes", type=ints, default=[1_000, 20_000, 200_000], metavar="LIST",
@@ -517,15 +521,33 @@ class Bench:
                 "aws_calls": probe["aws_calls"]}
 
     # -- part 3: cost ----------------------------------------------------------------------------------
-    def cost(self, stack: Any) -> None:
+    def real_items(self, users: int = 5, hours: int = 26) -> None:
+        """Item sizes and the dispatcher's Scans from a real local run (bench/real_items.py, its own process)."""
+        _say(f"== real items: a local run of {users} users over {hours} simulated hours")
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(LAYER), str(ROOT / "local"), str(ROOT)])}
+        proc = subprocess.run([sys.executable, "-m", "bench.real_items", str(users), str(hours)], env=env,
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.real_items failed: {proc.stderr[-3000:]}")
+        self.results["real_items"] = json.loads(proc.stdout.strip().splitlines()[-1])
+        ri = self.results["real_items"]
+        _say(f"  user {ri['user_item_bytes']} B, play {ri['play_item_bytes']} B, "
+             f"{ri['dispatcher_scans_per_run']} Scans of the users table per dispatcher run")
+
+    def cost(self) -> None:
         from bench import cost
+        from bench import template_facts as tf
         from playvault import metrics as m
         from playvault.failures import USER_FAILURE_TYPES
 
         r = self.results
-        at100 = next((row for row in r["throughput"] if row["latency_ms"] == 100), r["throughput"][-1])
-        tc = str(r["template_user_concurrency"])
-        worker = at100["worker"].get(tc) or next(iter(at100["worker"].values()))
+        facts = tf.facts()
+        r["template_facts"] = facts
+        throughput = r.get("throughput") or []
+        at100 = next((row for row in throughput if row["latency_ms"] == 100), throughput[-1] if throughput else None)
+        tc = str(r.get("template_user_concurrency", ""))
+        worker = (at100["worker"].get(tc) or next(iter(at100["worker"].values()))) if at100 else \
+            {"seconds": 1.0, "log_bytes": 1200}  # assumed: no throughput run measured
         disp = [d for d in r.get("dispatcher") or [] if "error" not in d]
         if len(disp) >= 2:
             per_user = (disp[-1]["seconds"] - disp[0]["seconds"]) / (disp[-1]["users"] - disp[0]["users"])
@@ -546,63 +568,75 @@ class Bench:
         per_play = {k: round(per_play[k] + cold_lookup[k], 4) for k in keys}
         with_plays = {k: round(polls["1_play_known_track"][k] - polls["idle"][k] - (per_play[k] - cold_lookup[k]), 4)
                       for k in keys}
-        user_bytes = r["item_bytes"]["user"]
-        off = {"DetailedMetrics": "false"}
-        resolver = type(stack.resolver)(stack.template, stack.physical, {**stack.resolver.parameters, **off})
-        resources = stack.template["Resources"]
-        alarms = [k for k, v in resources.items() if v.get("Type") == "AWS::CloudWatch::Alarm"
-                  and (v.get("Condition") is None or resolver.condition(v["Condition"]))]
-        boards = [v for v in resources.values() if v.get("Type") == "AWS::CloudWatch::Dashboard"
-                  and (v.get("Condition") is None or resolver.condition(v["Condition"]))]
-        widgets = [w for b in boards for w in json.loads(resolver.value(b["Properties"]["DashboardBody"]))["widgets"]]
+        ri = r["real_items"]
         cold = r.get("cold_import") or {}
+        rollups = r.get("rollups") or {}
+        sizes = (rollups.get("item_bytes") or {})
+        # The rollups' month, year and all items by the plays they cover, from the page bench's users
+        # (ten years of history each: a month holds size/120 plays, a year size/10).
+        per = {"month#": 120, "year#": 10, "all": 1}
+        rollup_items: dict[str, dict[str, float]] = {k.rstrip("#"): {} for k in per}
+        for size, items in sizes.items():
+            for prefix, share in per.items():
+                found = [v for k, v in items.items() if k.startswith(prefix)]
+                if found:
+                    rollup_items[prefix.rstrip("#")][str(int(size) / share)] = float(max(found))
+        scenario = rollups.get("rollup_write_scenario")
+        page_view = r.get("page_view") or {}
+        imp = r.get("import") or {}
+        export = r.get("export") or {}
+        jsonl = export.get("jsonl") or {}
+        memory_gb = {k: f["memory_mb"] / 1024 for k, f in facts["functions"].items()}
+        core = m.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=False)
         inputs = {
             "per_poll": {"per_user": r["message_split"]["per_user"], "per_message": r["message_split"]["per_message"]},
             "per_play": per_play,
             "per_poll_with_plays": with_plays,
             "per_unknown_track": diff("20_plays_unknown_tracks", "20_plays_known_tracks_new_container", 20),
-            "users_per_message": int(stack.template["Parameters"]["BatchSize"]["Default"]),
+            "users_per_message": int(facts["parameters"]["BatchSize"]),
             "worker_seconds_per_message": worker["seconds"],
-            "worker_memory_gb": stack.functions["WorkerFunction"].memory_mb / 1024,
+            "worker_memory_gb": memory_gb["WorkerFunction"],
             "worker_init_seconds": cold.get("WorkerFunction", {}).get("median_ms", 600) / 1000,
-            "dispatcher_memory_gb": stack.functions["DispatcherFunction"].memory_mb / 1024,
+            "dispatcher_memory_gb": memory_gb["DispatcherFunction"],
             "dispatcher_init_seconds": cold.get("DispatcherFunction", {}).get("median_ms", 400) / 1000,
-            "requeue_hops_per_message": 1.5,  # offsets uniform over 3600 s, 900 s per hop: 0,1,2,3 hops
-            "requeue_seconds": r["requeue_hop"]["seconds"],
+            "account_memory_gb": memory_gb["AccountFunction"],
+            "jobs_memory_gb": memory_gb["JobsFunction"],
+            "importer_memory_gb": memory_gb["ImporterFunction"],
             "log_bytes_per_message": worker["log_bytes"],
-            "log_bytes_per_requeue": r["requeue_hop"]["log_bytes"],
             "log_bytes_per_dispatch": 2000,  # assumed: the dispatch report and the schedule line
-            "dispatcher_rru_per_user": (user_bytes / 4096) * 0.5,  # Scan: item sizes summed, /4 KB, x0.5
             "dispatcher_seconds_per_user": per_user,
             "dispatcher_seconds_fixed": fixed,
-            "play_item_bytes": r["item_bytes"]["play"],
-            "user_item_bytes": user_bytes,
-            "catalog_bytes_per_unknown_track": 700,  # assumed: a track row and its share of album/artist rows
-            # Assumed: the SQS event source's 5 pollers long-poll (20 s) an idle queue.
-            "sqs_idle_polls_per_month": 5 * 3 * 60 * 24 * 30,
-            "custom_metrics": len(m.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=False)),
+            "dispatcher_scans_per_run": ri["dispatcher_scans_per_run"],
+            "play_item_bytes": ri["play_item_bytes"],
+            "user_item_bytes": ri["user_item_bytes"],
+            "catalog_bytes_per_track": ri["catalog_bytes_per_track"],
+            "rollup_day_bytes_per_play": ri["rollup_day_bytes_per_play"],
+            "rollup_item_bytes_by_plays": rollup_items,
+            "rollup_other_bytes_per_user": ri["rollup_other_bytes_per_user"],
+            # The rollups bench's writes less the dirty mark of each of its polls, which the poll
+            # counts above (a poll with plays) measure already: the recompute's write units per play.
+            "rollup_recompute_wru_per_play": round(max(0.0, (scenario["rollups_wru"] - scenario["polls"]
+                                                             * with_plays["dynamodb_wru"]) / scenario["plays"]), 4)
+            if scenario else 0.0,
+            "page_view_rru_by_history": {size: v["default"]["read_units"] for size, v in page_view.items()},
+            "page_view_ms": (max(v["default"]["ms"] for v in page_view.values()) if page_view else None),
+            "import_wru_per_play": (imp.get("units") or {}).get("total_wru_per_play", 1.0),
+            "import_rows_per_s": (imp.get("big") or {}).get("rows_per_s", 500.0),
+            "export_plays_per_s": jsonl.get("plays_per_s", 500.0),
+            "export_bytes_per_play": (jsonl["bytes"] / jsonl["rows"]) if jsonl.get("rows") else 300.0,
+            "export_part_bytes": (jsonl["bytes"] / jsonl["parts"]) if jsonl.get("parts") else 8 * 1024**2,
+            # each (name, dimensions) a metric; a log metric filter's metric unless EMF emits it too
+            "custom_metrics": len(core) + len(set(facts["metric_filters"]) - {name for name, _ in core}),
             "custom_metrics_detailed": len(m.custom_metrics([t.value for t in USER_FAILURE_TYPES], detailed_on=True)),
-            "alarms": len(alarms),
-            "dashboards": len(boards),
-            "dashboard_metrics": sum(len((w.get("properties") or {}).get("metrics") or []) for w in widgets),
-            "logs_insights_widgets": sum(1 for w in widgets if w.get("type") == "log"),
+            "code_facts": cost.code_facts(),
         }
-        self.results["cost_inputs"] = inputs
-        self.results["cost_personal"] = cost.personal(inputs)
-        self.results["cost_fleet"] = cost.fleet(inputs)
-        self.results["cost_personal_max_custom_metrics_for_6_usd"] = cost.max_custom_metrics_for(6.0, inputs)
-        projected = cost.projected_issue_11(inputs)
-        self.results["cost_projected_issue_11"] = {
-            "note": "projection, not a measurement: the idle poll of the polling issue's design (2 requests, "
-                    "1 WRU per user; idempotency per message), everything else as measured",
-            "personal_with_allowances_usd": cost.personal(projected)["with_allowances"]["total_usd"],
-            "personal_without_allowances_usd": cost.personal(projected)["without_allowances"]["total_usd"],
-            "fleet_variable_per_1000_usd": {k: v["variable_per_1000_usd"] for k, v in cost.fleet(projected).items()},
-        }
-
+        r["cost_inputs"] = inputs
+        r["cost_personal"] = cost.personal(inputs, facts)
+        r["cost_fleet"] = cost.fleet(inputs, facts)
 
 def _cost_lines(d: dict[str, Any], title: str) -> list[str]:
-    lines = [f"{title}: {d['total_usd']:.4f} USD/month (dominant: {d['dominant_line']})"]
+    lines = [f"{title}: {d['total_usd']:.4f} USD/month, low end {d['total_usd_low']:.4f} "
+             f"(dominant: {d['dominant_line']})"]
     for line in d["lines"]:
         if not line["quantity"] and not line["usd"]:
             continue
@@ -635,23 +669,20 @@ def _table(results: dict[str, Any]) -> str:
     split = results["message_split"]
     lines.append(f"idle poll, measured split: per user {split['per_user']}, per message {split['per_message']}")
     lines.append("")
-    personal = results["cost_personal"]
-    lines += _cost_lines(personal["with_allowances"], "Personal deployment (5 users, 30 plays a day), with the "
-                                                      "always-free allowances")
-    lines += _cost_lines(personal["without_allowances"], "Personal deployment, without any allowance")
-    for fleet, c in results["cost_fleet"].items():
-        lines.append(f"Fleet of {int(fleet):>7,}: variable {c['variable_per_1000_usd']:.4f} USD per 1,000 users a month"
-                     f" without allowances (dominant: {c['dominant_variable_line']}); total per 1,000 users"
-                     f" {c['total_per_1000_usd_without_allowances']:.4f} without, "
-                     f"{c['total_per_1000_usd_with_allowances']:.4f} with allowances")
-    lines += _cost_lines(results["cost_fleet"]["1000"]["without_allowances"], "Fleet of 1,000, without allowances")
-    p = results["cost_projected_issue_11"]
-    lines.append(f"Projected ({p['note']}): personal {p['personal_with_allowances_usd']:.4f} with / "
-                 f"{p['personal_without_allowances_usd']:.4f} without allowances; fleet variable per 1,000 users "
-                 + ", ".join(f"{k}: {v:.4f}" for k, v in p["fleet_variable_per_1000_usd"].items()))
-    lines.append(f"Personal without allowances under 6 USD needs at most "
-                 f"{results['cost_personal_max_custom_metrics_for_6_usd']} custom metrics (with "
-                 f"{results['cost_inputs']['alarms']} alarms and the dashboard)")
+    for month, personal in results["cost_personal"].items():
+        for key, title in (("with_allowances", "with the always-free allowances"),
+                           ("without_allowances", "without any allowance")):
+            lines += _cost_lines(personal[key], f"Personal deployment, month {month}, {title}")
+    for month, sizes in results["cost_fleet"].items():
+        for fleet, c in sizes.items():
+            lines.append(f"Month {month:>2}, fleet of {int(fleet):>7,}: variable "
+                         f"{c['variable_per_1000_usd']:.4f} USD per 1,000 users (low end "
+                         f"{c['variable_per_1000_usd_low']:.4f}) without allowances (dominant: "
+                         f"{c['dominant_variable_line']}); total per 1,000 users "
+                         f"{c['total_per_1000_usd_without_allowances']:.4f} without, "
+                         f"{c['total_per_1000_usd_with_allowances']:.4f} with allowances")
+    lines += _cost_lines(results["cost_fleet"]["1"]["1000"]["without_allowances"],
+                         "Fleet of 1,000, month 1, without allowances")
     lines.append("")
     for name, r in results["cold_import"].items():
         lines.append(f"cold import {name:20s} median {r['median_ms']:6.1f} ms (min {r['min_ms']}, max {r['max_ms']});"
@@ -679,6 +710,8 @@ def main(argv: list[str] | None = None) -> int:
     from playvault_local.provision import DEV_CLIENT_ID, DEV_CLIENT_SECRET
 
     started = time.perf_counter()
+    if args.only_cost:
+        return _only_cost(args, started)
     moto, aws_url = _start_moto()
     emulator = None
     dynalite = None
@@ -710,7 +743,6 @@ def main(argv: list[str] | None = None) -> int:
         bench.cold_imports(stack)
         if args.dispatcher_users:
             bench.dispatcher(stack)
-        bench.cost(stack)
         if args.export_plays:
             from bench import export as export_bench
 
@@ -723,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
             measured = rollups_bench.run(bench.recorder, aws_url, tuple(args.rollup_sizes))
             bench.results.update(rollups_bench.results_keys(measured))
             _say(rollups_bench.summary(measured))
+        bench.real_items()
+        bench.cost()
     finally:
         if dynalite is not None:
             dynalite.stop()
@@ -730,7 +764,28 @@ def main(argv: list[str] | None = None) -> int:
             emulator.stop()
         moto.stop()
 
-    r = bench.results
+    return _write(args, bench.results, started)
+
+
+def _only_cost(args: argparse.Namespace, started: float) -> int:
+    try:
+        previous = json.loads(Path(args.out).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--only-cost: cannot read the previous results {args.out}: {exc}") from None
+    bench = Bench.__new__(Bench)  # no emulators: the measurements come from the previous run
+    bench.args = args
+    args.latency_ms = previous.get("latency_ms", args.latency_ms)
+    args.users_per_message = previous.get("users_per_message", args.users_per_message)
+    bench.results = dict(previous["details"])
+    for key in ("page_view", "rollup_wru_per_play", "rollups"):
+        if key in previous:
+            bench.results[key] = previous[key]
+    bench.real_items()
+    bench.cost()
+    return _write(args, bench.results, started)
+
+
+def _write(args: argparse.Namespace, r: dict[str, Any], started: float) -> int:
     tc = str(r["template_user_concurrency"])
 
     def speedups(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -758,23 +813,32 @@ def main(argv: list[str] | None = None) -> int:
         "wru_per_idle_poll": split["per_user"]["dynamodb_wru"],
         "dynamodb_requests_per_message": split["per_message"]["dynamodb_requests"],
         "spotify_requests_per_idle_poll": r["poll_counts"]["idle"]["spotify_requests"],
-        "cost_personal_month_usd": {"with_allowances": personal["with_allowances"]["total_usd"],
-                                    "without_allowances": personal["without_allowances"]["total_usd"],
-                                    "dominant_line_with_allowances": personal["with_allowances"]["dominant_line"],
-                                    "dominant_line_without_allowances":
-                                        personal["without_allowances"]["dominant_line"]},
-        "cost_fleet_variable_per_1000_usd": {size: c["variable_per_1000_usd"] for size, c in r["cost_fleet"].items()},
-        "cost_fleet_dominant_variable_line": {size: c["dominant_variable_line"] for size, c in r["cost_fleet"].items()},
-        "cost_per_1000_users_month_usd": {
-            "variable": r["cost_fleet"]["1000"]["variable_per_1000_usd"],
-            "total_at_1000_users": r["cost_fleet"]["1000"]["total_per_1000_usd_without_allowances"],
-            "by_fleet_size": {size: {k: v for k, v in c.items() if k != "without_allowances"}
-                              for size, c in r["cost_fleet"].items()},
-        },
+        # Per month of history ("1", "12", "36"); the high end of the documented ranges, the low end beside it.
+        "cost_personal_month_usd": {month: {
+            "with_allowances": p["with_allowances"]["total_usd"],
+            "with_allowances_low": p["with_allowances"]["total_usd_low"],
+            "without_allowances": p["without_allowances"]["total_usd"],
+            "without_allowances_low": p["without_allowances"]["total_usd_low"],
+            "dominant_line_with_allowances": p["with_allowances"]["dominant_line"],
+            "dominant_line_without_allowances": p["without_allowances"]["dominant_line"]}
+            for month, p in personal.items()},
+        "cost_fleet_variable_per_1000_usd": {month: {size: c["variable_per_1000_usd"] for size, c in sizes.items()}
+                                             for month, sizes in r["cost_fleet"].items()},
+        "cost_fleet_variable_per_1000_usd_low": {
+            month: {size: c["variable_per_1000_usd_low"] for size, c in sizes.items()}
+            for month, sizes in r["cost_fleet"].items()},
+        "cost_fleet_dominant_variable_line": {month: {size: c["dominant_variable_line"] for size, c in sizes.items()}
+                                              for month, sizes in r["cost_fleet"].items()},
+        "cost_per_1000_users_month_usd": {month: {size: {k: v for k, v in c.items() if k != "without_allowances"}
+                                                  for size, c in sizes.items()}
+                                          for month, sizes in r["cost_fleet"].items()},
+        "alarm_metrics": r["template_facts"]["alarm_metrics"],
+        "triggered_queues": len(r["template_facts"]["triggered_queues"]),
+        "dispatcher_scans_per_run": r["cost_inputs"]["dispatcher_scans_per_run"],
         "custom_metrics": r["cost_inputs"]["custom_metrics"],
         "custom_metrics_with_detailed_metrics": r["cost_inputs"]["custom_metrics_detailed"],
-        "alarms": r["cost_inputs"]["alarms"],
-        "dashboard_metrics": r["cost_inputs"]["dashboard_metrics"],
+        "alarms": len(r["template_facts"]["alarms"]),
+        "dashboard_metrics": r["template_facts"]["dashboard_metrics"],
         "cold_import_ms": {name: c["median_ms"] for name, c in r["cold_import"].items()},
         "cold_import_dependency_floor_ms": {name: c["dependency_floor_median_ms"]
                                             for name, c in r["cold_import"].items()},
@@ -790,6 +854,8 @@ def main(argv: list[str] | None = None) -> int:
         "user_concurrency_template_default": int(tc),
         "run_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run_seconds": round(time.perf_counter() - started, 1),
+        # the rollups bench's own keys (bench/rollups.py results_keys), at the top as it writes them
+        **{k: r[k] for k in ("page_view", "rollup_wru_per_play", "rollups") if k in r},
         "details": r,
     }
     Path(args.out).write_text(json.dumps(results, indent=2, default=str) + "\n")
