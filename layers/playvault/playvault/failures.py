@@ -157,7 +157,10 @@ def aws_error_code(exc: BaseException) -> str | None:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code"))
     if isinstance(exc, PynamoDBException):
-        return exc.cause_response_code
+        # Not PynamoDB's cause_response_code: it raises when the cause's `response` is None.
+        response = getattr(exc.cause, "response", None)
+        code = (response.get("Error") or {}).get("Code") if isinstance(response, dict) else None
+        return str(code) if code is not None else None
     return None
 
 
