@@ -90,7 +90,7 @@ def test_a_duplicate_a_lost_play_a_dropped_stream_and_a_nameless_play_are_each_c
     assert account["plays_duplicated"] == 2
     assert (account["imported_plays"], account["imported_plays_without_name"]) == (3, 1)
     assert account["by_scenario"][AFTER_THE_HOURS]["lost"] == 2
-    assert any("1970-01-01T00:16:40.123Z" in e and "(export)" in e for e in account["examples"]["duplicated"])
+    assert any("1970-01-01T00:16:40.123Z" in e and "(export," in e for e in account["examples"]["duplicated"])
     section = {**account, "jobs_by_state": {"done": 1}}
     assert not import_verdict({"import": section})
     for change, problem in (({"plays_lost": 0, "plays_duplicated": 0}, "imported plays without a name"),
