@@ -8,35 +8,23 @@ exposed, so plays nobody received were reported lost (a 103-play "loss" in one l
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import requests
 
 from playvault_local.spotify import LocalSpotify
 from spotify_emulator import EmulatorState
-from tests.unit.test_spotify_emulator import CLIENT_ID, CLIENT_SECRET, REDIRECT, RP, Clock, api, sign_in
+from tests.unit import test_spotify_emulator as emulator_tests
+from tests.unit.test_spotify_emulator import RP, T0, api, sign_in
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
-
-
-@pytest.fixture
-def state(clock: Clock) -> EmulatorState:
-    st = EmulatorState(clock=clock, seed=1)
-    st.register_client(CLIENT_ID, CLIENT_SECRET, [REDIRECT])
-    st.add_user("alice")
-    for i in range(5):
-        st.add_play("alice", T0 - timedelta(minutes=4 * (i + 1)))
-    return st
-
+clock, state = emulator_tests.clock, emulator_tests.state  # the emulator tests' fixtures: alice, signed up
 
 @pytest.fixture
 def server(state: EmulatorState):
+    """The emulator's own test state (alice signed up), with 5 plays, behind the local run's wrapper."""
+    for i in range(5):
+        state.add_play("alice", T0 - timedelta(minutes=4 * (i + 1)))
     srv = LocalSpotify(state).start()
     try:
         yield srv
