@@ -28,6 +28,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+from playvault.normalize import canonical_played_at_ms
 from spotify_emulator.state import UNREADABLE_KINDS, WINDOW
 
 REQUIRED_KEYS = ("users", "hours", "plays_exposed", "plays_archived", "plays_lost", "plays_duplicated", "gap_plays",
@@ -145,7 +146,7 @@ def build_report(sim: Any, baseline: dict[str, Any], counts: dict[str, Any]) -> 
                              "gaps_detected": gaps_detected, "pending": len(pending),
                              "late_missed": len(late_missed),
                              # Where to start reading the logs (--log) when a play is lost.
-                             "lost_examples": [_ms_iso(m) for m in sorted(lost)[:5]]}
+                             "lost_examples": [canonical_played_at_ms(m) for m in sorted(lost)[:5]]}
         if user.revoke_at_hour is not None:
             flipped = item.get("last_failed_at", {}).get("S") if item else None
             flipped_at = _parse_time(flipped) if status == "needs_reauth" else None
@@ -335,10 +336,6 @@ def lifecycle_lines(report: dict[str, Any]) -> list[str]:
         f"  seats         : reconnected {life['reconnected']}, lapsed {life['lapsed']}, late sign-ups "
         f"{life['late_sign_ups']}, sent to the waitlist on sign-in {life['waitlisted_on_sign_in']}",
     ]
-
-
-def _ms_iso(played_ms: int) -> str:
-    return datetime.fromtimestamp(played_ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_time(value: str | None) -> float | None:

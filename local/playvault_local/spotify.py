@@ -71,6 +71,7 @@ class LocalSpotify(EmulatorServer):
         self.timeout_s = 1.0
         self.timeouts_injected = 0
         self._not_received: dict[str, list[Any]] = {}  # answer id -> exposures held until received
+        self._answers_lock = threading.Lock()
         self._rng = random.Random(f"timeouts:{getattr(state, 'seed', 0)}")
         self._rng_lock = threading.Lock()
         self._idle = threading.Condition()
@@ -113,7 +114,7 @@ class LocalSpotify(EmulatorServer):
     @property
     def answers_not_received(self) -> int:
         """Recently-played answers sent that no client received (it had given up)."""
-        with self._rng_lock:
+        with self._answers_lock:
             return len(self._not_received)
 
     def _answer_exposed_on_receipt(self, environ: dict[str, Any], start_response: Any) -> Any:
@@ -124,14 +125,14 @@ class LocalSpotify(EmulatorServer):
         finally:
             held = self.state.take_held_exposures()
         answer_id = f"{self.port}-{uuid.uuid4().hex}"
-        with self._rng_lock:
+        with self._answers_lock:
             self._not_received[answer_id] = held
         status, headers = answer
         start_response(status, [*headers, (ANSWER_HEADER, answer_id)])
         return body
 
     def confirm_received(self, answer_id: str) -> None:
-        with self._rng_lock:
+        with self._answers_lock:
             held = self._not_received.pop(answer_id, None)
         if held:
             self.state.expose_held(held)

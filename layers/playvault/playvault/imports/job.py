@@ -666,6 +666,6 @@ def continuation_sender(queue: Any) -> Callable[[str, str, float], None]:
     def send(user_id: str, job_id: str, delay_s: float) -> None:
         not_before = int(clock.now().timestamp() + max(0.0, delay_s) + 0.999)
         queue.send(jobs.JobMessage(kind="import", user_id=user_id, import_job_id=job_id, not_before=not_before),
-                   delay_s=max(0, not_before - int(clock.now().timestamp())))
+                   delay_s=not_before - int(clock.now().timestamp()))  # JobQueue.send clamps to SQS's 0..900
 
     return send
