@@ -82,10 +82,9 @@ def schedule_runs_per_month(expression: str) -> float:
     """Runs a month (30 days) of a rate() expression; a cron() one is counted by its fields
     minute and hour (every day): '*/15 * ...' runs 96 times a day."""
     expression = expression.strip()
-    match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression)
-    if match:
-        unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
-        return _DAYS_PER_MONTH * 86400 / (int(match.group(1)) * unit)
+    period_s = tpl.rate_seconds(expression)
+    if period_s is not None:
+        return _DAYS_PER_MONTH * 86400 / period_s
     match = re.fullmatch(r"cron\((\S+)\s+(\S+)\s+.*\)", expression)
     if match:
         def count(field: str, size: int) -> int:

@@ -216,10 +216,15 @@ def layer_paths(template: dict[str, Any], root: Path = ROOT) -> list[Path]:
             for layer in resources_of_type(template, "AWS::Serverless::LayerVersion").values()]
 
 
-def schedule_period_s(expression: str) -> float:
-    """Seconds between two runs of a `rate(N unit)` schedule (cron(...): hourly, close enough locally)."""
+def rate_seconds(expression: str) -> float | None:
+    """Seconds between two runs of a `rate(N unit)` schedule expression; None for anything else."""
     match = re.fullmatch(r"rate\((\d+)\s+(minute|minutes|hour|hours|day|days)\)", expression.strip())
     if not match:
-        return 3600.0
+        return None
     unit = {"minute": 60, "hour": 3600, "day": 86400}[match.group(2).rstrip("s")]
     return float(int(match.group(1)) * unit)
+
+
+def schedule_period_s(expression: str) -> float:
+    """Seconds between two runs of a `rate(N unit)` schedule (cron(...): hourly, close enough locally)."""
+    return rate_seconds(expression) or 3600.0
